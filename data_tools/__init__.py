@@ -1,0 +1,1 @@
+"""Raw sources -> canonical dataset folders (`python -m data_tools prepare ...`)."""

