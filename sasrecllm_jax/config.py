@@ -1,0 +1,259 @@
+"""Every configuration is a frozen dataclass; presets are module constants; YAML files override them.
+
+The one place where defaults live. `load_config(path, overrides)` reads a YAML file, applies
+`--set a.b=value` overrides and validates every key and type before anything is compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the file, the key and the fix."""
+
+
+# --------------------------------------------------------------------------- models
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3-style rotary scaling (`rope_type: llama3` in a Hugging Face config)."""
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_layers: int = 22
+    num_heads: int = 32
+    num_kv_heads: int = 4
+    head_dim: int = 64
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScaling] = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    param_dtype: str = "float32"       # base weights; "bfloat16" on GPU
+    dtype: str = "float32"             # activations / matmul inputs
+    attention: Literal["xla", "cudnn"] = "xla"  # cudnn: GPU only, right-padded batches
+    remat: Literal["none", "full", "dots"] = "none"  # per-layer rematerialisation policy
+
+
+TINYLLAMA_1_1B = LlamaConfig()
+SMOLLM2_135M = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                           num_heads=9, num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5,
+                           rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)
+DEBUG_TINY = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=512)
+LLAMA_PRESETS = {"TINYLLAMA_1_1B": TINYLLAMA_1_1B, "SMOLLM2_135M": SMOLLM2_135M, "DEBUG_TINY": DEBUG_TINY}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "v_proj")  # names of the adapted projections
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    hidden: int = 64
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 25                  # history length fed to the encoder (left-padded)
+
+
+@dataclasses.dataclass(frozen=True)
+class MFConfig:
+    dim: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class MapperConfig:
+    hidden: int = 320
+    num_tokens: int = 1                # soft tokens per ID placeholder
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    llm: str = "SMOLLM2_135M"          # a preset name; weights come from `weights`
+    llm_overrides: dict = dataclasses.field(default_factory=dict)  # e.g. {param_dtype: bfloat16}
+    weights: str = "smollm2"           # "smollm2" (registry GGUF), "random", a GGUF file or an HF folder
+    encoder: Literal["sasrec", "mf"] = "sasrec"
+    sasrec: SASRecConfig = SASRecConfig()
+    mf: MFConfig = MFConfig()
+    mapper: MapperConfig = MapperConfig()
+    lora: LoraConfig = LoraConfig()
+    score_head: Literal["yes_logit", "log_odds"] = "log_odds"
+
+    def llama(self) -> LlamaConfig:
+        if self.llm not in LLAMA_PRESETS:
+            raise ConfigError(f"model.llm = {self.llm!r} is not a preset; choose one of {list(LLAMA_PRESETS)}")
+        return from_dict(LlamaConfig, {**dataclasses.asdict(LLAMA_PRESETS[self.llm]), **self.llm_overrides},
+                         "model.llm_overrides")
+
+
+# --------------------------------------------------------------------------- data
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "ml100k"            # a prepared folder, or a name data_tools can prepare: ml100k
+    data_dir: str = "data"             # where named datasets are prepared
+    prompt_hybrid: str = "configs/prompts/hybrid.txt"
+    prompt_text: str = "configs/prompts/text.txt"
+    answer_yes: str = " Yes"
+    answer_no: str = " No"
+    max_titles: int = 10               # most recent liked titles shown in the prompt
+    max_tokens: int = 320              # longest prompt; longer ones are refused, never cut silently
+    pad_multiple: int = 16             # pad batch lengths to a multiple (fewer compilations)
+    max_rows: dict = dataclasses.field(default_factory=dict)  # e.g. {train: 2000} for CPU runs
+    eval_split: Literal["valid_small", "valid"] = "valid_small"
+
+
+# --------------------------------------------------------------------------- training
+@dataclasses.dataclass(frozen=True)
+class PhaseConfig:
+    name: str = "main"
+    trainable: tuple[str, ...] = ("mapper", "lora")   # groups: sasrec | mf | mapper | lora
+    prompt: Literal["text", "hybrid", "none"] = "hybrid"  # none: encoder-only (sasrec / mf)
+    epochs: float = 1.0
+    max_steps: int = 0                 # > 0 caps the phase
+    lr: dict = dataclasses.field(default_factory=lambda: {"mapper": 1e-3, "lora": 1e-3})
+    restore: dict = dataclasses.field(default_factory=dict)  # group -> "phase:NAME" or a run folder
+    restore_best: bool = True          # start from the previous phase's best checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm"] = "sasrecllm"
+    strategy: str = "dual_stage"       # for sasrecllm: dual_stage | hierarchical_freezing | plug_and_play
+    phases: tuple[PhaseConfig, ...] = ()  # empty: taken from the method / strategy preset
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    encoder_batch_size: int = 1024
+    warmup_steps: int = 20
+    weight_decay: float = 1e-3
+    encoder_weight_decay: float = 1e-4
+    clip_norm: float = 1.0             # 0 disables clipping
+    eval_every: int = 100              # steps between evaluations (0: once per epoch)
+    patience: int = 20                 # evaluations without improvement before stopping
+    seed: int = 0
+    log_every: int = 10
+    collab: Literal["on", "drop", "shuffle"] = "on"  # ablation of the collaborative tokens
+    max_eval_rows: int = 0             # > 0 caps evaluation rows (CPU runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+# --------------------------------------------------------------------------- loading
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where} = {value!r}; choose one of {list(typing.get_args(tp))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp)
+        return tuple(_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build a (nested) frozen dataclass from plain data; unknown keys and wrong types are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def apply_override(data: dict, assignment: str, where: str = "--set") -> dict:
+    """`a.b.c=value` with value parsed as YAML (numbers, lists, booleans...)."""
+    if "=" not in assignment:
+        raise ConfigError(f"{where} {assignment!r}: expected key=value, e.g. train.batch_size=32")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where} {assignment!r}: {p} is not a section")
+    node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    data: dict = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping with data / model / train")
+        where = str(path)
+    for o in overrides:
+        apply_override(data, o)
+    cfg = from_dict(Config, data, where)
+    cfg.model.llama()  # validates the preset and its overrides now, not at compile time
+    return cfg

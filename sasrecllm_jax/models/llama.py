@@ -1,0 +1,207 @@
+"""A Llama decoder in Flax linen, parameters named after the Hugging Face checkpoint keys.
+
+    llm/model/embed_tokens/embedding                  <- model.embed_tokens.weight
+    llm/model/layers/self_attn/{q,k,v,o}_proj/kernel  <- model.layers.{i}.self_attn.*.weight (transposed,
+    llm/model/layers/mlp/{gate,up,down}_proj/kernel      stacked over i: layers run under nn.scan)
+    llm/model/layers/{input,post_attention}_layernorm/weight
+    llm/model/norm/weight, llm/lm_head/kernel         <- model.norm.weight, lm_head.weight (untied only)
+
+Rotary in the Hugging Face (rotate_half) layout. Positions come from the attention mask, so a left-
+or right-padded row scores as the same row unpadded.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from sasrecllm_jax.config import LlamaConfig, LoraConfig
+from sasrecllm_jax.models.lora import Linear
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("weight", nn.initializers.ones, (x.shape[-1],), jnp.dtype(self.param_dtype))
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return w.astype(self.dtype) * y.astype(self.dtype)
+
+
+def inv_frequencies(cfg: LlamaConfig) -> jnp.ndarray:
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > low_wavelen, inv / s.factor, inv)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x, positions, inv_freq):
+    """x: [B, T, heads, H]; positions: [B, T]. Hugging Face's rotate_half layout."""
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    cfg: LlamaConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, positions, mask):
+        c = self.cfg
+        B, T, _ = x.shape
+        proj = lambda n, f: Linear(f, self.lora, c.dtype, c.param_dtype, self.deterministic, name=n)
+        q = proj("q_proj", c.num_heads * c.head_dim)(x).reshape(B, T, c.num_heads, c.head_dim)
+        k = proj("k_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
+        v = proj("v_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
+        inv = inv_frequencies(c)
+        q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
+        if c.attention == "cudnn":  # right-padded rows: causal + key lengths, no mask tensor
+            lengths = mask.sum(-1).astype(jnp.int32)
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
+                                               key_value_seq_lengths=lengths, implementation="cudnn")
+        else:
+            causal = jnp.tril(jnp.ones((T, T), bool))
+            full = causal[None, None] & mask[:, None, None, :].astype(bool)
+            out = jax.nn.dot_product_attention(q, k, v, mask=full, implementation="xla")
+        return proj("o_proj", c.hidden_size)(out.reshape(B, T, c.num_heads * c.head_dim))
+
+
+class MLP(nn.Module):
+    cfg: LlamaConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.cfg
+        proj = lambda n, f: Linear(f, self.lora, c.dtype, c.param_dtype, self.deterministic, name=n)
+        return proj("down_proj", c.hidden_size)(
+            nn.silu(proj("gate_proj", c.intermediate_size)(x)) * proj("up_proj", c.intermediate_size)(x))
+
+
+class DecoderLayer(nn.Module):
+    cfg: LlamaConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, positions, mask):
+        c = self.cfg
+        norm = lambda n: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=n)
+        h = x + Attention(c, self.lora, self.deterministic, name="self_attn")(norm("input_layernorm")(x), positions, mask)
+        out = h + MLP(c, self.lora, self.deterministic, name="mlp")(norm("post_attention_layernorm")(h))
+        return out, None
+
+
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+class LlamaModel(nn.Module):
+    cfg: LlamaConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    def setup(self):
+        c = self.cfg
+        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=jnp.dtype(c.dtype),
+                                     param_dtype=jnp.dtype(c.param_dtype),
+                                     embedding_init=nn.initializers.normal(0.02))
+        layer = DecoderLayer
+        if c.remat != "none":
+            layer = nn.remat(layer, prevent_cse=False, policy=REMAT_POLICIES[c.remat])
+        self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                              in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers)(
+                                  c, self.lora, self.deterministic)
+        self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
+
+    def embed(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+    def head_matrix(self):
+        """[vocab, hidden]: the tied output head."""
+        return self.embed_tokens.embedding
+
+    def __call__(self, x, positions, mask):
+        x, _ = self.layers(x.astype(self.cfg.dtype), positions, mask)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    cfg: LlamaConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    def setup(self):
+        self.model = LlamaModel(self.cfg, self.lora, self.deterministic)
+        if not self.cfg.tie_word_embeddings:
+            self.lm_head = OutputHead(self.cfg.hidden_size, self.cfg.vocab_size, self.cfg.param_dtype)
+
+    def embed(self, input_ids):
+        return self.model.embed(input_ids)
+
+    def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
+                 logits_at=None, vocab_ids=None):
+        """Logits [B, T or P, V or len(vocab_ids)].
+
+        attention_mask [B, T] (1 = token); positions default to cumsum(mask) - 1, so padding on
+        either side leaves a row's numbers unchanged. logits_at [B] or [B, P] picks the positions
+        whose logits are computed; vocab_ids [V'] restricts the output head to those tokens.
+        """
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+        h = self.model(x, positions, mask)
+        if logits_at is not None:
+            at = logits_at if logits_at.ndim == 2 else logits_at[:, None]
+            h = jnp.take_along_axis(h, at[:, :, None], axis=1)
+            if logits_at.ndim == 1:
+                h = h[:, 0]
+        w = self.model.head_matrix() if self.cfg.tie_word_embeddings else self.lm_head.kernel_t()
+        if vocab_ids is not None:
+            w = w[jnp.asarray(vocab_ids)]
+        return jnp.einsum("...d,vd->...v", h.astype(jnp.float32), w.astype(jnp.float32))
+
+
+class OutputHead(nn.Module):
+    """lm_head: kernel [hidden, vocab] (Hugging Face `lm_head.weight` transposed)."""
+    hidden_size: int
+    vocab_size: int
+    param_dtype: str = "float32"
+
+    def setup(self):
+        self.kernel = self.param("kernel", nn.initializers.normal(0.02), (self.hidden_size, self.vocab_size),
+                                 jnp.dtype(self.param_dtype))
+
+    def kernel_t(self):
+        return self.kernel.T
+
+
+def last_positions(mask):
+    """Index of the last real token of each row (works for left and right padding)."""
+    T = mask.shape[-1]
+    return jnp.max(jnp.where(mask.astype(bool), jnp.arange(T), -1), axis=-1)
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

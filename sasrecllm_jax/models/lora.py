@@ -1,0 +1,109 @@
+"""Hand-written LoRA: a `lora: {a, b}` subtree beside each targeted kernel, plus merge / unmerge.
+
+    y = x @ kernel + dropout(x) @ a @ b * (alpha / rank),   a: [in, r], b: [r, out], b = 0 at init
+
+so step 0 equals the base model exactly. LoRA parameters are kept in float32 whatever the base dtype.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from sasrecllm_jax.config import LoraConfig
+
+
+def lora_a_init(key, shape, dtype=jnp.float32):
+    """PEFT's kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); works on stacked [L, in, r]."""
+    bound = 1.0 / jnp.sqrt(shape[-2])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class LoRA(nn.Module):
+    features: int
+    cfg: LoraConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        a = self.param("a", lora_a_init, (x.shape[-1], self.cfg.rank), jnp.float32)
+        b = self.param("b", nn.initializers.zeros, (self.cfg.rank, self.features), jnp.float32)
+        x = nn.Dropout(self.cfg.dropout)(x, deterministic=self.deterministic)
+        return (x @ a.astype(x.dtype)) @ b.astype(x.dtype) * jnp.asarray(self.cfg.scale, x.dtype)
+
+
+class Linear(nn.Module):
+    """A bias-free projection named like its Hugging Face module (`q_proj`...), optionally LoRA-adapted."""
+    features: int
+    lora: LoraConfig | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features),
+                            jnp.dtype(self.param_dtype))
+        x = x.astype(self.dtype)
+        y = x @ kernel.astype(self.dtype)
+        if self.lora is not None and self.name in self.lora.targets:
+            y = y + LoRA(self.features, self.lora, self.deterministic, name="lora")(x)
+        return y
+
+
+def _map_lora(params, fn):
+    """Apply fn(node) to every dict that holds both `kernel` and `lora`; returns a new tree."""
+    if isinstance(params, dict):
+        if "kernel" in params and "lora" in params:
+            return fn(params)
+        return {k: _map_lora(v, fn) for k, v in params.items()}
+    return params
+
+
+def _delta(lora, scale, dtype):
+    return (jnp.matmul(lora["a"], lora["b"]) * scale).astype(dtype)
+
+
+def merge(params, cfg: LoraConfig):
+    """Fold every adapter into its kernel: returns base-shaped params without `lora` subtrees."""
+    return _map_lora(params, lambda n: {**{k: v for k, v in n.items() if k != "lora"},
+                                        "kernel": n["kernel"] + _delta(n["lora"], cfg.scale, n["kernel"].dtype)})
+
+
+def unmerge(merged, adapters, cfg: LoraConfig):
+    """Inverse of merge: subtract the adapters found in `adapters` (a LoRA-bearing tree) again."""
+    def walk(m, a):
+        if isinstance(a, dict) and "kernel" in a and "lora" in a:
+            return {**m, "kernel": m["kernel"] - _delta(a["lora"], cfg.scale, m["kernel"].dtype), "lora": a["lora"]}
+        if isinstance(a, dict):
+            return {k: walk(m[k], a[k]) for k in a}
+        return m
+    return walk(merged, adapters)
+
+
+def init_adapters(abstract, key, cfg: LoraConfig):
+    """Fresh adapter values for every `lora` subtree of an abstract (ShapeDtypeStruct) param tree."""
+    leaves = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if set(node) == {"a", "b"} and path and path[-1] == "lora":
+                leaves.append(path)
+            for k, v in node.items():
+                walk(v, path + (k,))
+    walk(abstract, ())
+    out = {}
+    for i, path in enumerate(leaves):
+        node = abstract
+        for p in path:
+            node = node[p]
+        a = lora_a_init(jax.random.fold_in(key, i), node["a"].shape)
+        b = jnp.zeros(node["b"].shape, jnp.float32)
+        set_path(out, path, {"a": a, "b": b})
+    return out
+
+
+def set_path(tree: dict, path: tuple, value):
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value

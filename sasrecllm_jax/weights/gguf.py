@@ -1,0 +1,88 @@
+"""A GGUF file (llama.cpp) -> (LlamaConfig, llm params): dequantized, q/k un-permuted, HF-named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sasrecllm_jax.config import LlamaConfig
+from sasrecllm_jax.weights.convert import WeightsError, hf_to_params
+
+NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+         "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+         "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        if default is None:
+            raise WeightsError(f"GGUF metadata lacks {key}")
+        return default
+    v = f.parts[f.data[0]]
+    if v.dtype == np.uint8:
+        return v.tobytes().decode()
+    if v.dtype == np.float32:  # shortest decimal of the float32 (1e-05, not 9.9999997e-06)
+        return float(str(v.item() if v.ndim == 0 else np.float32(v[0])))
+    return v.item()
+
+
+def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's interleaved-rotary permutation of q/k rows (back to HF's rotate_half layout)."""
+    out, inp = w.shape
+    return w.reshape(n_heads, out // n_heads // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def read_gguf(path: str | Path):
+    """(LlamaConfig, HF-named float32 tensors) from a GGUF file."""
+    import gguf
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise WeightsError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise WeightsError(f"{path}: architecture {arch!r}; only llama GGUF files load")
+    p = f"{arch}."
+    heads = int(_field(reader, p + "attention.head_count"))
+    kv = int(_field(reader, p + "attention.head_count_kv", heads))
+    hidden = int(_field(reader, p + "embedding_length"))
+    names = [t.name for t in reader.tensors]
+    vocab = next(t for t in reader.tensors if t.name == "token_embd.weight").shape[-1]
+    cfg = LlamaConfig(vocab_size=int(vocab), hidden_size=hidden,
+                      intermediate_size=int(_field(reader, p + "feed_forward_length")),
+                      num_layers=int(_field(reader, p + "block_count")), num_heads=heads, num_kv_heads=kv,
+                      head_dim=int(_field(reader, p + "attention.key_length", hidden // heads)),
+                      rms_norm_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
+                      rope_theta=float(_field(reader, p + "rope.freq_base", 10000.0)),
+                      max_position_embeddings=int(_field(reader, p + "context_length", 2048)),
+                      tie_word_embeddings="output.weight" not in names)
+    tensors = {}
+    for t in reader.tensors:
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w = w.reshape([int(s) for s in reversed(t.shape)]) if w.ndim != len(t.shape) else w
+        parts = t.name.split(".")
+        if t.name == "token_embd.weight":
+            key = "model.embed_tokens.weight"
+        elif t.name == "output_norm.weight":
+            key = "model.norm.weight"
+        elif t.name == "output.weight":
+            key = "lm_head.weight"
+        elif parts[0] == "blk" and parts[2] in NAMES:
+            key = f"model.layers.{parts[1]}.{NAMES[parts[2]]}.weight"
+            if parts[2] == "attn_q":
+                w = unpermute(w, heads)
+            elif parts[2] == "attn_k":
+                w = unpermute(w, kv)
+        else:
+            raise WeightsError(f"{path}: tensor {t.name} has no Hugging Face counterpart here")
+        tensors[key] = w
+    return cfg, tensors, reader
+
+
+def load_gguf(path: str | Path, **config_overrides):
+    cfg, tensors, _ = read_gguf(path)
+    import dataclasses
+    cfg = dataclasses.replace(cfg, **config_overrides)
+    return cfg, hf_to_params(tensors, cfg, str(path))
