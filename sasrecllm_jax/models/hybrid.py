@@ -1,0 +1,103 @@
+"""SASRecLLM: an ID encoder's vectors, mapped into the LLM's embedding space, spliced into a prompt.
+
+Parameters: {encoder name ("sasrec" | "mf"): ..., "mapper": ..., "llm": {"model": ..., "lm_head"?: ...}}.
+
+A batch (see sasrecllm_jax.data.pipeline) carries `tokens`, `mask` [B, T]; for hybrid prompts
+`user_pos`, `item_pos` [B] (the first of k placeholder positions), `his` [B, L], `uid`, `iid` [B];
+and the ablation inputs `collab_scale` [B] (1 keeps, 0 drops the collaborative tokens) and
+`collab_perm` [B] (a permutation of rows: shuffles them). The score is the raw "Yes" logit at the
+last prompt position, or the Yes-minus-No log-odds.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from sasrecllm_jax.config import LlamaConfig, LoraConfig, ModelConfig
+from sasrecllm_jax.models.llama import LlamaForCausalLM, last_positions
+from sasrecllm_jax.models.mapper import Mapper
+from sasrecllm_jax.models.mf import MF
+from sasrecllm_jax.models.sasrec import SASRec
+
+
+def make_encoder(cfg: ModelConfig, num_users: int, num_items: int, deterministic: bool):
+    if cfg.encoder == "sasrec":
+        return SASRec(cfg.sasrec, num_items, deterministic)
+    return MF(cfg.mf, num_users, num_items, deterministic)
+
+
+class _HasEncoder:
+    """The encoder lives under its own name ("sasrec" / "mf"), which is also its parameter group."""
+
+    def _set_encoder(self, encoder):
+        setattr(self, self.cfg.encoder, encoder)
+
+    @property
+    def encoder(self):
+        return getattr(self, self.cfg.encoder)
+
+
+class Hybrid(_HasEncoder, nn.Module):
+    cfg: ModelConfig
+    llm_cfg: LlamaConfig
+    num_users: int
+    num_items: int
+    answer_ids: tuple[int, int]            # (yes, no) token ids
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+    frozen: tuple[str, ...] = ()           # groups that always run deterministically (no dropout)
+
+    def setup(self):
+        det = lambda group: self.deterministic or group in self.frozen
+        self._set_encoder(make_encoder(self.cfg, self.num_users, self.num_items, det(self.cfg.encoder)))
+        self.mapper = Mapper(self.cfg.mapper, self.llm_cfg.hidden_size)
+        self.llm = LlamaForCausalLM(self.llm_cfg, self.lora, det("lora"))
+
+    def collaborative_tokens(self, batch):
+        """[B, k, d_model] each for the user and the target item, with the ablation masks applied."""
+        user = self.mapper(self.encoder.user_vector(batch["his"], batch["uid"]))
+        item = self.mapper(self.encoder.item_vector(batch["iid"]))
+        perm = batch.get("collab_perm")
+        if perm is not None:
+            user, item = user[perm], item[perm]
+        scale = batch.get("collab_scale")
+        if scale is not None:
+            user, item = user * scale[:, None, None], item * scale[:, None, None]
+        return user, item
+
+    def __call__(self, batch):
+        """Scores [B] for a batch of rendered prompts."""
+        embeds = self.llm.embed(batch["tokens"])
+        if "user_pos" in batch:
+            user, item = self.collaborative_tokens(batch)
+            embeds = splice(embeds, user.astype(embeds.dtype), batch["user_pos"])
+            embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
+        logits = self.llm(inputs_embeds=embeds, attention_mask=batch["mask"],
+                          logits_at=last_positions(batch["mask"]), vocab_ids=jnp.asarray(self.answer_ids))
+        if self.cfg.score_head == "yes_logit":
+            return logits[:, 0]
+        return logits[:, 0] - logits[:, 1]
+
+
+def splice(embeds, vectors, start):
+    """Write vectors [B, k, D] into embeds [B, T, D] at rows start..start+k-1 of each batch row."""
+    B, k = vectors.shape[:2]
+    rows = start[:, None] + jnp.arange(k)[None]
+    return embeds.at[jnp.arange(B)[:, None], rows].set(vectors)
+
+
+class EncoderScorer(_HasEncoder, nn.Module):
+    """The ID encoder alone (methods `sasrec`, `mf`): score = <user, item>. Same param names as Hybrid."""
+    cfg: ModelConfig
+    num_users: int
+    num_items: int
+    deterministic: bool = True
+
+    def setup(self):
+        self._set_encoder(make_encoder(self.cfg, self.num_users, self.num_items, self.deterministic))
+
+    def __call__(self, batch):
+        return self.encoder(batch["his"], batch["uid"], batch["iid"])

@@ -1,0 +1,89 @@
+"""SASRec (Kang & McAuley 2018) as the reference code runs it (REFERENCE.md section 2).
+
+    x = item_emb(seq) * sqrt(d) + pos_emb(0..L-1); dropout; pads zeroed
+    per block: Q = LN(x); x = Q + MHA(Q, x, x, causal); x = LN(x); x = x + FFN(x); pads zeroed
+    user vector = LN(x)[:, -1]      (left-padded: the last position is the most recent item)
+    item vector = item_emb(item)    (raw, unscaled)
+
+Item 0 is padding: its embedding reads as zero. `deterministic=True` turns every dropout off
+(a frozen SASRec always runs so).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from sasrecllm_jax.config import SASRecConfig
+
+LN_EPS = 1e-8
+init = nn.initializers.xavier_normal()
+
+
+class CausalSelfAttention(nn.Module):
+    """torch.nn.MultiheadAttention(query=Q, key=x, value=x) with a causal mask."""
+    hidden: int
+    num_heads: int
+    dropout: float
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, q_in, kv_in):
+        B, L, D = q_in.shape
+        H = self.num_heads
+        dense = lambda n: nn.Dense(D, kernel_init=init, name=n)
+        split = lambda t: t.reshape(B, L, H, D // H).transpose(0, 2, 1, 3)
+        q, k, v = split(dense("q")(q_in)), split(dense("k")(kv_in)), split(dense("v")(kv_in))
+        logits = q @ k.transpose(0, 1, 3, 2) / jnp.sqrt(D // H)
+        causal = jnp.tril(jnp.ones((L, L), bool))
+        weights = nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
+        weights = nn.Dropout(self.dropout)(weights, deterministic=self.deterministic)
+        out = (weights @ v).transpose(0, 2, 1, 3).reshape(B, L, D)
+        return dense("out")(out)
+
+
+class SASRec(nn.Module):
+    cfg: SASRecConfig
+    num_items: int
+    deterministic: bool = True
+
+    def setup(self):
+        c = self.cfg
+        if c.hidden % c.num_heads:
+            raise ValueError(f"sasrec.hidden {c.hidden} is not divisible by sasrec.num_heads {c.num_heads}")
+        self.item_emb = nn.Embed(self.num_items + 1, c.hidden, embedding_init=init)
+        self.pos_emb = nn.Embed(c.max_len, c.hidden, embedding_init=init)
+        drop = lambda: nn.Dropout(c.dropout)
+        self.emb_dropout = drop()
+        self.attention_layernorms = [nn.LayerNorm(LN_EPS) for _ in range(c.num_blocks)]
+        self.attention_layers = [CausalSelfAttention(c.hidden, c.num_heads, c.dropout, self.deterministic)
+                                 for _ in range(c.num_blocks)]
+        self.forward_layernorms = [nn.LayerNorm(LN_EPS) for _ in range(c.num_blocks)]
+        self.forward_fc1 = [nn.Dense(c.hidden, kernel_init=init) for _ in range(c.num_blocks)]
+        self.forward_fc2 = [nn.Dense(c.hidden, kernel_init=init) for _ in range(c.num_blocks)]
+        self.forward_dropout = [(drop(), drop()) for _ in range(c.num_blocks)]
+        self.last_layernorm = nn.LayerNorm(LN_EPS)
+
+    def item_vector(self, items):
+        """[...] item ids -> [..., d]; id 0 (padding) reads as zero."""
+        return self.item_emb(items) * (items != 0)[..., None]
+
+    def user_vector(self, his, uid=None):
+        """his: [B, L] left-padded item ids (0 = pad) -> [B, d]. `uid` is unused (MF's signature)."""
+        c = self.cfg
+        det = self.deterministic
+        keep = (his != 0)[..., None]
+        x = self.item_vector(his) * jnp.sqrt(c.hidden) + self.pos_emb(jnp.arange(his.shape[1]))[None]
+        x = self.emb_dropout(x, deterministic=det) * keep
+        for i in range(c.num_blocks):
+            q = self.attention_layernorms[i](x)
+            x = q + self.attention_layers[i](q, x)
+            x = self.forward_layernorms[i](x)
+            d1, d2 = self.forward_dropout[i]
+            h = d1(nn.relu(self.forward_fc1[i](x)), deterministic=det)
+            x = x + d2(self.forward_fc2[i](h), deterministic=det)
+            x = x * keep
+        return self.last_layernorm(x)[:, -1]
+
+    def __call__(self, his, uid, iid):
+        """Pointwise score <user, item> (pretraining with BCE)."""
+        return jnp.sum(self.user_vector(his, uid) * self.item_vector(iid), axis=-1)

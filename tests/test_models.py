@@ -1,0 +1,183 @@
+"""SASRec vs NumPy, LoRA identities, the partition, and the hybrid's splice / padding / gradients."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sasrecllm_jax.config import DEBUG_TINY, TINYLLAMA_1_1B, LoraConfig, MapperConfig, ModelConfig, SASRecConfig
+from sasrecllm_jax.models import lora as lora_lib
+from sasrecllm_jax.models.hybrid import Hybrid, splice
+from sasrecllm_jax.models.llama import LlamaForCausalLM
+from sasrecllm_jax.models.sasrec import SASRec
+from sasrecllm_jax.train import partition
+
+
+# ----------------------------------------------------------------------------- SASRec
+def _ln(x, p, eps=1e-8):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _dense(x, p):
+    return x @ p["kernel"] + p["bias"]
+
+
+def sasrec_numpy(p, his, cfg):
+    """SASRec forward written from REFERENCE.md section 2, independent of the Flax module."""
+    p = jax.tree_util.tree_map(np.asarray, p)
+    B, L = his.shape
+    D, H = cfg.hidden, cfg.num_heads
+    keep = (his != 0)[..., None]
+    x = p["item_emb"]["embedding"][his] * keep * np.sqrt(D) + p["pos_emb"]["embedding"][:L][None]
+    x = x * keep
+    for i in range(cfg.num_blocks):
+        a = p[f"attention_layers_{i}"]
+        q = _ln(x, p[f"attention_layernorms_{i}"])
+        heads = lambda t: t.reshape(B, L, H, D // H).transpose(0, 2, 1, 3)
+        Q, K, V = heads(_dense(q, a["q"])), heads(_dense(x, a["k"])), heads(_dense(x, a["v"]))
+        s = Q @ K.transpose(0, 1, 3, 2) / np.sqrt(D // H)
+        s = np.where(np.tril(np.ones((L, L), bool)), s, -np.inf)
+        w = np.exp(s - s.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        att = _dense((w @ V).transpose(0, 2, 1, 3).reshape(B, L, D), a["out"])
+        x = q + att
+        x = _ln(x, p[f"forward_layernorms_{i}"])
+        x = x + _dense(np.maximum(_dense(x, p[f"forward_fc1_{i}"]), 0), p[f"forward_fc2_{i}"])
+        x = x * keep
+    return _ln(x, p["last_layernorm"])[:, -1]
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_sasrec_matches_numpy(heads):
+    cfg = SASRecConfig(hidden=16, num_blocks=2, num_heads=heads, max_len=6)
+    model = SASRec(cfg, num_items=30)
+    his = np.array([[0, 0, 3, 7, 1, 2], [0, 0, 0, 0, 0, 9], [4, 5, 6, 7, 8, 9]])
+    params = model.init(jax.random.key(0), jnp.asarray(his), None, method=SASRec.user_vector)["params"]
+    params = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), params)
+    ours = model.apply({"params": params}, jnp.asarray(his), None, method=SASRec.user_vector)
+    np.testing.assert_allclose(np.asarray(ours), sasrec_numpy(params, his, cfg), atol=2e-5)
+    # dropout only when not deterministic; a deterministic SASRec ignores the dropout key
+    train = SASRec(cfg, 30, deterministic=False)
+    a = train.apply({"params": params}, jnp.asarray(his), None, method=SASRec.user_vector, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(np.asarray(a), np.asarray(ours))
+
+
+# ----------------------------------------------------------------------------- LoRA
+def _tiny_lm(lora=LoraConfig(rank=4, alpha=8, dropout=0.0)):
+    model = LlamaForCausalLM(DEBUG_TINY, lora)
+    ids = jax.random.randint(jax.random.key(3), (2, 10), 0, DEBUG_TINY.vocab_size)
+    params = model.init(jax.random.key(0), ids)["params"]
+    return model, params, ids
+
+
+def test_lora_starts_at_base_and_merges():
+    model, params, ids = _tiny_lm()
+    base_params, _ = partition.split({"llm": params}, ["frozen"])
+    base = LlamaForCausalLM(DEBUG_TINY).apply({"params": base_params["llm"]}, ids)
+    np.testing.assert_array_equal(np.asarray(model.apply({"params": params}, ids)), np.asarray(base))
+    # give the adapters values, then merged (base model) == unmerged (LoRA model)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.05 * jax.random.normal(jax.random.key(len(p)), x.shape) if "lora" in str(p) else x, params)
+    lora_out = model.apply({"params": params}, ids)
+    merged = lora_lib.merge(params, model.lora)
+    assert "lora" not in str(jax.tree_util.tree_structure(merged))
+    merged_out = LlamaForCausalLM(DEBUG_TINY).apply({"params": merged}, ids)
+    np.testing.assert_allclose(np.asarray(merged_out), np.asarray(lora_out), atol=1e-5)
+    assert not np.allclose(np.asarray(merged_out), np.asarray(base), atol=1e-3)
+    back = lora_lib.unmerge(merged, params, model.lora)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), back, params)
+
+
+def test_lora_targets_by_name():
+    model, params, _ = _tiny_lm(LoraConfig(rank=2, targets=("k_proj", "down_proj")))
+    layers = params["model"]["layers"]
+    assert "lora" in layers["self_attn"]["k_proj"] and "lora" in layers["mlp"]["down_proj"]
+    assert "lora" not in layers["self_attn"]["q_proj"] and "lora" not in layers["self_attn"]["v_proj"]
+
+
+# ----------------------------------------------------------------------------- partition
+def test_partition_labels_every_leaf_and_refuses_unclaimed():
+    params = {"llm": {"model": {"x": {"kernel": 1, "lora": {"a": 2, "b": 3}}}}, "mapper": {"w": 4}, "sasrec": {"e": 5}}
+    lab = partition.labels(params)
+    assert lab == {"llm": {"model": {"x": {"kernel": "frozen", "lora": {"a": "lora", "b": "lora"}}}},
+                   "mapper": {"w": "mapper"}, "sasrec": {"e": "sasrec"}}
+    train, rest = partition.split(params, ["lora", "mapper"])
+    assert train == {"llm": {"model": {"x": {"lora": {"a": 2, "b": 3}}}}, "mapper": {"w": 4}}
+    assert partition.merge(train, rest) == params
+    with pytest.raises(partition.PartitionError, match="stray/w is claimed by no rule"):
+        partition.labels({"stray": {"w": 1}})
+    with pytest.raises(partition.PartitionError, match="leaf w is in both trees"):
+        partition.merge({"m": {"w": 1}}, {"m": {"w": 2}})
+
+
+def _hybrid(llm=DEBUG_TINY, k=1, **kw):
+    cfg = ModelConfig(mapper=MapperConfig(hidden=32 if llm is DEBUG_TINY else 320, num_tokens=k),
+                      sasrec=SASRecConfig(max_len=5), **kw)
+    return Hybrid(cfg, llm, num_users=9, num_items=20, answer_ids=(5, 6), lora=LoraConfig(dropout=0.0))
+
+
+def _batch(T=12, user_pos=(2, 3), item_pos=(6, 8), pad_right=0):
+    B = len(user_pos)
+    tokens = jax.random.randint(jax.random.key(7), (B, T), 10, DEBUG_TINY.vocab_size)
+    return {"tokens": jnp.pad(tokens, ((0, 0), (0, pad_right))),
+            "mask": jnp.pad(jnp.ones((B, T), jnp.int32), ((0, 0), (0, pad_right))),
+            "user_pos": jnp.array(user_pos), "item_pos": jnp.array(item_pos),
+            "his": jnp.array([[0, 0, 1, 2, 3], [0, 4, 5, 6, 7]][:B]), "uid": jnp.arange(1, B + 1),
+            "iid": jnp.array([11, 12][:B])}
+
+
+def test_trainable_count_tinyllama():
+    model = _hybrid(TINYLLAMA_1_1B)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), _batch())["params"]
+    assert partition.count(abstract, ["frozen"]) == 1_100_048_384
+    assert partition.count(abstract, ["lora"]) == 1_126_400
+    assert partition.count(abstract, ["mapper"]) == 678_208
+    assert partition.count(abstract, ["lora", "mapper"]) == 1_804_608
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_placeholders_land_in_place(k):
+    model = _hybrid(k=k)
+    batch = _batch(user_pos=(2, 3), item_pos=(6, 8))
+    params = model.init(jax.random.key(0), batch)["params"]
+    user, item = model.apply({"params": params}, batch, method=Hybrid.collaborative_tokens)
+    assert user.shape == (2, k, DEBUG_TINY.hidden_size)
+    emb = model.apply({"params": params}, batch["tokens"], method=lambda m, t: m.llm.embed(t))
+    spliced = splice(splice(emb, user, batch["user_pos"]), item, batch["item_pos"])
+    for b, (u, i) in enumerate(zip((2, 3), (6, 8))):
+        np.testing.assert_array_equal(spliced[b, u:u + k], user[b])
+        np.testing.assert_array_equal(spliced[b, i:i + k], item[b])
+        untouched = [t for t in range(12) if not (u <= t < u + k or i <= t < i + k)]
+        np.testing.assert_array_equal(spliced[b, untouched], emb[b, untouched])
+    # the model's score is the LLM run on exactly these embeddings
+    logits = model.apply({"params": params}, spliced, batch["mask"], method=lambda m, e, mk: m.llm(
+        inputs_embeds=e, attention_mask=mk, logits_at=jnp.array([11, 11]), vocab_ids=jnp.array([5, 6])))
+    np.testing.assert_allclose(model.apply({"params": params}, batch), logits[:, 0] - logits[:, 1], atol=1e-6)
+
+
+def test_padding_does_not_change_a_score():
+    model = _hybrid()
+    batch = _batch()
+    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.tree_util.tree_map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(4), x.shape), params)
+    plain = model.apply({"params": params}, batch)
+    padded = model.apply({"params": params}, _batch(pad_right=9))
+    np.testing.assert_allclose(np.asarray(padded), np.asarray(plain), atol=1e-6)
+
+
+def test_gradients_reach_only_what_trains():
+    model = _hybrid()
+    batch = _batch()
+    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.tree_util.tree_map_with_path(  # nonzero LoRA b so the adapters pass gradient to a
+        lambda p, x: x + 0.1 if "'b'" in str(p) else x, params)
+    trainable, frozen = partition.split(params, ["sasrec", "mapper"])
+    loss = lambda t: jnp.sum(model.apply({"params": partition.merge(t, frozen)}, batch))
+    grads = jax.grad(loss)(trainable)
+    assert set(grads) == {"sasrec", "mapper"}
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        if "pos_emb" in str(path):  # rows past the history length get no gradient: check the used ones
+            continue
+        assert np.abs(np.asarray(g)).max() > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
