@@ -154,6 +154,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     collab: Literal["on", "drop", "shuffle"] = "on"  # ablation of the collaborative tokens
+    freeze: tuple[str, ...] = ()       # ablation: groups that never train, in any phase
+    enc_epochs: float = 10.0           # preset phases: encoder pretraining epochs
+    llm_epochs: float = 1.0            # preset phases: epochs of each LLM phase
     max_eval_rows: int = 0             # > 0 caps evaluation rows (CPU runs)
 
 

@@ -1,0 +1,167 @@
+"""Everything a run needs, built from a Config: dataset, backbone, tokenizer, models, initial params.
+
+Only what trains is initialised; the LLM base is loaded (`jax.eval_shape` gives the tree to check
+against, so a 1B model is never initialised just to be overwritten).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sasrecllm_jax.config import Config, ConfigError, LlamaConfig
+from sasrecllm_jax.data import prompts as prompts_lib
+from sasrecllm_jax.data.dataset import DataError, Dataset, load_dataset, write_dataset
+from sasrecllm_jax.data.pipeline import SplitData
+from sasrecllm_jax.models.hybrid import EncoderScorer, Hybrid, make_encoder
+from sasrecllm_jax.models.lora import init_adapters
+from sasrecllm_jax.models.llama import LlamaForCausalLM
+from sasrecllm_jax.models.mapper import Mapper
+from sasrecllm_jax.train import partition
+from sasrecllm_jax.weights.tokenizer import answer_token
+
+SHARED_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-collm" / "ml-1m.zip"
+RUNTIME_FIELDS = ("param_dtype", "dtype", "attention", "remat")  # may differ from the loaded weights
+
+
+def resolve_dataset(cfg: Config) -> Dataset:
+    """A prepared folder, or a named dataset prepared on first use under data.data_dir."""
+    d = cfg.data
+    path = Path(d.dataset)
+    if (path / "dataset.json").exists():
+        return load_dataset(path)
+    out = Path(d.data_dir) / d.dataset
+    if (out / "dataset.json").exists():
+        return load_dataset(out)
+    from data_tools import collm, movielens
+    if d.dataset == "ml100k":
+        built = movielens.prepare_ml100k(None, 0.1, 0.1)
+    elif d.dataset == "ml1m-collm" and SHARED_ML1M.exists():
+        built = collm.prepare_collm(SHARED_ML1M, trust_pickle=True)  # the project's own shared copy
+    else:
+        raise DataError(f"data.dataset = {d.dataset!r} is neither a prepared folder nor a dataset that can be "
+                        f"prepared automatically (ml100k, ml1m-collm); run `python -m data_tools prepare ...` first")
+    splits, items, source, recipe = built
+    print(f"preparing {d.dataset} into {out} ...")
+    write_dataset(out, splits, items, source=source, recipe=recipe)
+    return load_dataset(out)
+
+
+def load_backbone(cfg: Config, key) -> tuple[LlamaConfig, dict, object]:
+    """(llm config, base params, tokenizer) from model.weights."""
+    m = cfg.model
+    preset = m.llama()
+    runtime = {k: getattr(preset, k) for k in RUNTIME_FIELDS}
+    w = m.weights
+    if w == "random":
+        if preset.vocab_size != 256:
+            raise ConfigError(f"model.weights: random is for DEBUG_TINY-sized models with the byte tokenizer "
+                              f"(vocab 256); {m.llm} has vocab {preset.vocab_size}: point model.weights at real weights")
+        params = jax.jit(LlamaForCausalLM(preset).init)(key, jnp.zeros((1, 4), jnp.int32))["params"]
+        return preset, params, prompts_lib.byte_tokenizer()
+    from sasrecllm_jax.weights.gguf import load_gguf
+    from sasrecllm_jax.weights.hf_folder import load_hf_folder
+    from sasrecllm_jax.weights.tokenizer import load_tokenizer
+    if w == "smollm2":
+        from data_tools import fetch
+        path = fetch.smollm2_gguf()
+    else:
+        path = Path(w)
+        if not path.exists():
+            raise ConfigError(f"model.weights = {w!r}: no such file or folder; use smollm2, random, a .gguf file "
+                              f"or a Hugging Face folder (python -c 'from sasrecllm_jax.weights import hub; hub.download()')")
+    llm_cfg, params = (load_hf_folder(path, **runtime) if path.is_dir() else load_gguf(path, **runtime))
+    arch = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in RUNTIME_FIELDS + ("max_position_embeddings",)}
+    if arch(llm_cfg) != arch(preset):
+        diff = {k: (v, arch(llm_cfg)[k]) for k, v in arch(preset).items() if arch(llm_cfg)[k] != v}
+        raise ConfigError(f"model.llm = {m.llm} but {path} holds another architecture {diff} (preset, weights); "
+                          f"set model.llm to the matching preset")
+    return llm_cfg, params, load_tokenizer(path)
+
+
+@dataclasses.dataclass
+class Components:
+    cfg: Config
+    dataset: Dataset
+    llm_cfg: LlamaConfig | None = None
+    base_llm: dict | None = None
+    tokenizer: object = None
+    answer_ids: tuple[int, int] = (0, 0)
+    _splits: dict = dataclasses.field(default_factory=dict)
+
+    @staticmethod
+    def build(cfg: Config, needs_llm: bool, key=None) -> "Components":
+        comp = Components(cfg, resolve_dataset(cfg))
+        if needs_llm:
+            comp.llm_cfg, comp.base_llm, comp.tokenizer = load_backbone(cfg, key if key is not None else jax.random.key(0))
+            comp.answer_ids = (answer_token(comp.tokenizer, cfg.data.answer_yes),
+                               answer_token(comp.tokenizer, cfg.data.answer_no))
+        return comp
+
+    @property
+    def num_users(self) -> int:
+        return self.dataset.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.dataset.num_items
+
+    def split(self, name: str, prompt: str, max_rows: int = 0) -> SplitData:
+        key = (name, prompt, max_rows)
+        if key not in self._splits:
+            d, m = self.cfg.data, self.cfg.model
+            data = SplitData.from_frame(name, self.dataset.splits[name], m.sasrec.max_len, max_rows)
+            if prompt != "none":
+                template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
+                data.prompts = prompts_lib.encode(
+                    template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
+                    max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
+                    where=f"{self.dataset.path}/{name}")
+                if data.prompts.shortened:
+                    print(f"{name}: {data.prompts.shortened} prompts over data.max_tokens={d.max_tokens} "
+                          f"show fewer history titles")
+            self._splits[key] = data
+        return self._splits[key]
+
+    def model(self, prompt: str, deterministic: bool, frozen=()):
+        m = self.cfg.model
+        if prompt == "none":
+            return EncoderScorer(m, self.num_users, self.num_items, deterministic)
+        return Hybrid(m, self.llm_cfg, self.num_users, self.num_items, self.answer_ids, m.lora,
+                      deterministic, tuple(frozen))
+
+    def init_params(self, key) -> dict:
+        """Fresh encoder, mapper and LoRA parameters around the loaded LLM base."""
+        m = self.cfg.model
+        k_enc, k_map, k_lora = jax.random.split(key, 3)
+        L = m.sasrec.max_len
+        dummy = (jnp.zeros((1, L), jnp.int32), jnp.ones((1,), jnp.int32), jnp.ones((1,), jnp.int32))
+        encoder = make_encoder(m, self.num_users, self.num_items, True)
+        params = {m.encoder: encoder.init(k_enc, *dummy)["params"]}
+        if self.llm_cfg is None:
+            return params
+        d_enc = m.sasrec.hidden if m.encoder == "sasrec" else m.mf.dim
+        params["mapper"] = Mapper(m.mapper, self.llm_cfg.hidden_size).init(k_map, jnp.zeros((1, d_enc)))["params"]
+        batch = {"tokens": jnp.zeros((1, 8), jnp.int32), "mask": jnp.ones((1, 8), jnp.int32),
+                 "user_pos": jnp.zeros((1,), jnp.int32), "item_pos": jnp.full((1,), 2, jnp.int32),
+                 "his": dummy[0], "uid": dummy[1], "iid": dummy[2]}
+        abstract = jax.eval_shape(self.model("hybrid", True).init, key, batch)["params"]
+        params["llm"] = partition.merge(self.base_llm, init_adapters(abstract["llm"], k_lora, m.lora))
+        want = jax.tree_util.tree_map(lambda x: (x.shape, jnp.dtype(x.dtype)), abstract)
+        have = jax.tree_util.tree_map(lambda x: (x.shape, jnp.dtype(x.dtype)), params)
+        if want != have:
+            raise ConfigError("the loaded weights do not fit the model built from the config; check model.llm "
+                              "and model.llm_overrides against the checkpoint")
+        return params
+
+
+def prompt_groups(prompt: str, encoder: str) -> set[str]:
+    """Top-level param keys a model of this prompt kind reads."""
+    return {"none": {encoder}, "text": {"llm"}, "hybrid": {encoder, "mapper", "llm"}}[prompt]
+
+
+def host(x) -> np.ndarray:
+    return np.asarray(jax.device_get(x))

@@ -1,0 +1,124 @@
+"""From a canonical split to device-ready batches.
+
+`SplitData` holds one split's arrays (ids, labels, left-padded SASRec histories and, when the phase
+uses prompts, the tokenized prompts). `BatchIterator` yields index batches: shuffled by (seed, epoch),
+grouped by prompt length so padding stays small, resumable from `state()`. `make_batch` pads a
+batch to a fixed row count (filler rows have weight 0) and to a multiple of `pad_multiple` tokens,
+right-padded, so only a few shapes are ever compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from sasrecllm_jax.data.prompts import EncodedPrompts
+
+WINDOW_BATCHES = 32  # length-sort within windows of this many batches: keeps order random across windows
+
+
+@dataclasses.dataclass
+class SplitData:
+    name: str
+    uid: np.ndarray
+    iid: np.ndarray
+    label: np.ndarray
+    not_cold: np.ndarray
+    his: np.ndarray                    # [N, max_len] left-padded (0 = pad)
+    histories: list[np.ndarray]        # full positive histories (prompt titles)
+    prompts: EncodedPrompts | None = None
+
+    def __len__(self) -> int:
+        return len(self.uid)
+
+    @staticmethod
+    def from_frame(name: str, df: pd.DataFrame, max_len: int, max_rows: int = 0) -> "SplitData":
+        if max_rows and len(df) > max_rows:
+            df = df.iloc[:max_rows]  # deterministic prefix: CPU-sized runs see the same rows every time
+        his = np.zeros((len(df), max_len), np.int32)
+        for r, h in enumerate(df["his"]):
+            h = h[-max_len:]
+            if len(h):
+                his[r, max_len - len(h):] = h
+        return SplitData(name, df["uid"].to_numpy(np.int32), df["iid"].to_numpy(np.int32),
+                         df["label"].to_numpy(np.float32), df["not_cold"].to_numpy(np.int8), his,
+                         list(df["his"]))
+
+    def lengths(self) -> np.ndarray:
+        return self.prompts.lengths if self.prompts is not None else np.ones(len(self), np.int64)
+
+
+class BatchIterator:
+    """Index batches over one split; the order is a pure function of (seed, epoch)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, *, shuffle: bool = True):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0
+        self._order = self._epoch_batches(0)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:  # evaluation: sorted by length, every row exactly once
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i:i + bs] for i in range(0, n, bs)]
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(n)
+        batches = []
+        window = bs * WINDOW_BATCHES
+        for w in range(0, n, window):
+            chunk = perm[w:w + window]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.position >= len(self._order):
+            self.epoch += 1
+            self.position = 0
+            self._order = self._epoch_batches(self.epoch)
+        batch = self._order[self.position]
+        self.position += 1
+        return batch
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def restore(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"iterator state was saved with seed {state['seed']}, this run uses {self.seed}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._epoch_batches(self.epoch)
+
+
+def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad_multiple: int,
+               with_prompts: bool, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """A fixed-size batch: rows idx (filler rows repeat row idx[0] with weight 0)."""
+    n = len(idx)
+    full = np.concatenate([idx, np.full(batch_size - n, idx[0], idx.dtype)]) if n < batch_size else idx
+    batch = {"uid": data.uid[full], "iid": data.iid[full], "his": data.his[full], "label": data.label[full],
+             "weight": (np.arange(batch_size) < n).astype(np.float32), "row": full.astype(np.int32)}
+    if with_prompts:
+        p = data.prompts
+        T = max(len(p.tokens[i]) for i in full)
+        T = -(-T // pad_multiple) * pad_multiple
+        tokens = np.full((batch_size, T), pad_id, np.int32)
+        mask = np.zeros((batch_size, T), np.int32)
+        for r, i in enumerate(full):
+            tokens[r, :len(p.tokens[i])] = p.tokens[i]
+            mask[r, :len(p.tokens[i])] = 1
+        batch.update(tokens=tokens, mask=mask)
+        if p.user_pos[full[0]] >= 0:
+            batch.update(user_pos=p.user_pos[full].astype(np.int32), item_pos=p.item_pos[full].astype(np.int32))
+    return batch

@@ -1,0 +1,112 @@
+"""Prompt templates and their tokenization.
+
+A template is a text file with `{history}` (the most recent liked titles, quoted, oldest first),
+`{target}` (the target title) and, for hybrid prompts, the markers `<UserID>` and `<ItemID>`, each of
+which becomes k placeholder positions whose embeddings the model replaces with mapped vectors.
+Text segments are tokenized separately, so a marker never merges with its neighbours.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+
+from sasrecllm_jax.data.dataset import DataError
+
+MARKERS = ("<UserID>", "<ItemID>")
+_SPLIT = re.compile("(" + "|".join(map(re.escape, MARKERS)) + ")")
+NO_HISTORY = "(none yet)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    segments: tuple[str, ...]          # text pieces between markers
+    markers: tuple[str, ...]           # the markers in order (empty for text prompts)
+
+    @staticmethod
+    def load(path: str | Path, kind: str) -> "Template":
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"prompt template {path} does not exist; see configs/prompts/ for examples")
+        text = path.read_text().rstrip("\n")
+        parts = _SPLIT.split(text)
+        segments, markers = tuple(parts[0::2]), tuple(parts[1::2])
+        for field in ("{history}", "{target}"):
+            if field not in text:
+                raise DataError(f"{path}: the template has no {field} field")
+        want = MARKERS if kind == "hybrid" else ()
+        if markers != want:
+            raise DataError(f"{path}: a {kind} template needs the markers {list(want)} in this order, "
+                            f"found {list(markers)}")
+        return Template(segments, markers)
+
+
+def history_text(titles: list[str]) -> str:
+    return ", ".join(f'"{t}"' for t in titles) if titles else NO_HISTORY
+
+
+@dataclasses.dataclass
+class EncodedPrompts:
+    """Token ids of every row's prompt, ragged, plus where the placeholders start."""
+    tokens: list[np.ndarray]
+    user_pos: np.ndarray               # [N] first position of the user placeholder (-1: none)
+    item_pos: np.ndarray
+    shortened: int                     # rows whose oldest titles were dropped to fit max_tokens
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens])
+
+
+def encode(template: Template, tokenizer, histories: list[np.ndarray], targets: np.ndarray, titles: np.ndarray,
+           *, max_titles: int, max_tokens: int, num_soft_tokens: int, placeholder_id: int = 0,
+           where: str = "prompts") -> EncodedPrompts:
+    """Render and tokenize every row. A row over max_tokens drops its oldest titles until it fits."""
+    n = len(targets)
+    shown = [min(len(h), max_titles) for h in histories]
+    out: list[np.ndarray | None] = [None] * n
+    user_pos = np.full(n, -1, np.int64)
+    item_pos = np.full(n, -1, np.int64)
+    todo = np.arange(n)
+    shortened = set()
+    while len(todo):
+        rendered = [[seg.format(history=history_text([titles[i] for i in histories[r][len(histories[r]) - shown[r]:]]),
+                                target=titles[targets[r]]) if "{" in seg else seg
+                     for seg in template.segments] for r in todo]
+        encoded = [tokenizer.encode_batch([row[s] for row in rendered], add_special_tokens=(s == 0))
+                   for s in range(len(template.segments))]
+        retry = []
+        for j, r in enumerate(todo):
+            pieces, pos = [], 0
+            for s in range(len(template.segments)):
+                ids = encoded[s][j].ids
+                pieces.append(np.asarray(ids, np.int32))
+                pos += len(ids)
+                if s < len(template.markers):
+                    (user_pos if template.markers[s] == "<UserID>" else item_pos)[r] = pos
+                    pieces.append(np.full(num_soft_tokens, placeholder_id, np.int32))
+                    pos += num_soft_tokens
+            if pos > max_tokens:
+                if shown[r] == 0:
+                    raise DataError(f"{where}: row {r} needs {pos} tokens even without history titles, "
+                                    f"over data.max_tokens={max_tokens}; raise data.max_tokens")
+                shown[r] -= 1
+                shortened.add(int(r))
+                retry.append(r)
+            else:
+                out[r] = np.concatenate(pieces)
+        todo = np.asarray(retry, dtype=np.int64)
+    return EncodedPrompts(out, user_pos, item_pos, len(shortened))  # type: ignore[arg-type]
+
+
+def byte_tokenizer():
+    """A 256-token byte-level tokenizer for DEBUG_TINY models with random weights (tests, smoke runs)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok

@@ -1,0 +1,116 @@
+"""Run outputs people read: metrics.jsonl, TensorBoard events, and PNG plots of one or more runs.
+
+    python -m sasrecllm_jax.report RUN_DIR [RUN_DIR ...] --out curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class Reporter:
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        except ImportError:  # TensorBoard is optional: metrics.jsonl has everything
+            self._tb = None
+
+    def log(self, kind: str, phase: str, step: int, values: dict) -> None:
+        flat = {k: float(v) for k, v in _flatten(values).items() if v is not None}
+        self._file.write(json.dumps({"time": time.time(), "kind": kind, "phase": phase, "step": step, **flat}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in flat.items():
+                self._tb.add_scalar(f"{phase}/{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) or hasattr(v, "item"):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def plot_runs(runs: list[Path], out: Path) -> Path:
+    """Training loss and validation AUC per phase, and test AUC on warm vs cold rows per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_loss, ax_val, ax_bar) = plt.subplots(1, 3, figsize=(16, 4.5))
+    names, warm, cold, overall = [], [], [], []
+    for run in runs:
+        rows = read_metrics(run)
+        label = Path(run).name
+        for phase in dict.fromkeys(r["phase"] for r in rows):
+            tr = [r for r in rows if r["phase"] == phase and r["kind"] == "train" and "loss" in r]
+            ev = [r for r in rows if r["phase"] == phase and r["kind"] == "eval" and r.get("all/auc") is not None]
+            if tr:
+                ax_loss.plot([r["step"] for r in tr], [r["loss"] for r in tr], label=f"{label}:{phase}")
+            if ev:
+                ax_val.plot([r["step"] for r in ev], [r["all/auc"] for r in ev], marker="o", label=f"{label}:{phase}")
+        res = Path(run) / "results.json"
+        if res.exists():
+            test = json.loads(res.read_text())["test"]
+            names.append(label)
+            overall.append(test["all"]["auc"] or 0)
+            warm.append(test["warm"]["auc"] or 0)
+            cold.append(test["cold"]["auc"] or 0)
+    ax_loss.set(title="training loss", xlabel="step", ylabel="BCE")
+    ax_val.set(title="validation AUC", xlabel="step", ylabel="AUC")
+    for ax in (ax_loss, ax_val):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if names:
+        import numpy as np
+        x = np.arange(len(names))
+        for off, vals, lab in ((-0.27, overall, "all"), (0, warm, "warm"), (0.27, cold, "cold")):
+            bars = ax_bar.bar(x + off, vals, 0.27, label=lab)
+            ax_bar.bar_label(bars, fmt="%.3f", fontsize=6)
+        ax_bar.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        ax_bar.set_ylim(0.4, max(0.8, max(overall + warm + cold) + 0.05))
+        ax_bar.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax_bar.legend(fontsize=8)
+    ax_bar.set(title="test AUC: all / warm / cold")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.report", description="plot runs")
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path("runs.png"))
+    args = p.parse_args(argv)
+    missing = [r for r in args.runs if not (r / "metrics.jsonl").exists()]
+    if missing:
+        print(f"error: {missing[0]} has no metrics.jsonl; pass run folders written by train.py", file=sys.stderr)
+        return 2
+    print(plot_runs(args.runs, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""train_and_evaluate(cfg, workdir): the phases of a method in order, then one test evaluation.
+
+Per phase: split the params into what trains and what is frozen, build the optimizer from the
+labels, run jitted steps over length-bucketed batches, evaluate on the validation split every
+`eval_every` steps, keep the best and latest checkpoints, stop early after `patience` evaluations
+without improvement, and hand the best params to the next phase.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from sasrecllm_jax.components import Components, prompt_groups
+from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, to_dict
+from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
+from sasrecllm_jax.evaluate import Scorer, collab_inputs, evaluate
+from sasrecllm_jax.report import Reporter
+from sasrecllm_jax.train import partition
+from sasrecllm_jax.train.checkpoint import Store
+from sasrecllm_jax.train.optim import make_optimizer
+from sasrecllm_jax.train.step import TrainState, make_train_step
+from sasrecllm_jax.train.strategies import resolve_phases
+
+LLM_METHODS = ("icl", "tallrec", "collm_mf", "sasrecllm")
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def group_trees(params: dict) -> dict[str, dict]:
+    """{group: params of that group} for every group present except the frozen LLM base."""
+    return {g: partition.split(params, [g])[0] for g in sorted(partition.present_groups(params) - {"frozen"})}
+
+
+def replace_groups(params: dict, groups: dict[str, dict]) -> dict:
+    _, rest = partition.split(params, list(groups))
+    for tree in groups.values():
+        rest = partition.merge(rest, tree)
+    return rest
+
+
+def _state_tree(state: TrainState) -> dict:
+    return {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "key": state.key}
+
+
+class Run:
+    def __init__(self, cfg: Config, workdir: Path, resume: bool, on_step: Callable | None = None,
+                 config_path: str = "config", on_phase: Callable | None = None):
+        self.cfg = cfg
+        self.workdir = Path(workdir).absolute()
+        self.resume = resume
+        self.on_step = on_step      # (phase name, step): observers, tests
+        self.on_phase = on_phase    # (phase, params before, params after), host copies
+        self.phases = resolve_phases(cfg, config_path)
+        self.state_path = self.workdir / "run_state.json"
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _prepare_workdir(self) -> dict:
+        saved_cfg = self.workdir / "config.yaml"
+        if self.state_path.exists() and not self.resume:
+            raise TrainingError(f"{self.workdir} already holds a run; pass --resume to continue it, or choose "
+                                f"another --workdir")
+        if self.resume and saved_cfg.exists():
+            before = yaml.safe_load(saved_cfg.read_text())
+            now = to_dict(self.cfg)
+            if before != json.loads(json.dumps(now)):
+                diff = [k for k in now if before.get(k) != json.loads(json.dumps(now[k]))]
+                raise TrainingError(f"--resume with a different config (sections {diff} differ from "
+                                    f"{saved_cfg}); resume with the same config or start a new --workdir")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        saved_cfg.write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(self.cfg))), sort_keys=False))
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {"completed": []}
+
+    def _restore(self, params: dict, phase: PhaseConfig) -> dict:
+        for group, source in phase.restore.items():
+            if group not in partition.present_groups(params):
+                raise ConfigError(f"phase {phase.name}: restore {group!r}, but this model has no such group")
+            store = (Store(self.workdir / "checkpoints" / source[6:] / "best") if source.startswith("phase:")
+                     else Store(Path(source).absolute() / "final"))
+            like = {group: partition.split(params, [group])[0]}
+            restored, _ = store.restore(like)
+            params = replace_groups(params, restored)
+            print(f"[{phase.name}] {group} restored from {source}")
+        return params
+
+    # ------------------------------------------------------------------ one phase
+    def run_phase(self, comp: Components, phase: PhaseConfig, index: int, params: dict, reporter: Reporter) -> dict:
+        cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
+        used = prompt_groups(phase.prompt, cfg.model.encoder)
+        phase_params = {k: v for k, v in params.items() if k in used}
+        rest = {k: v for k, v in params.items() if k not in used}
+        trainable, frozen = partition.split(phase_params, phase.trainable)
+        if not jax.tree_util.tree_leaves(trainable):
+            raise ConfigError(f"phase {phase.name}: nothing to train (trainable {list(phase.trainable)}, "
+                              f"train.freeze {list(t.freeze)})")
+        with_prompts = phase.prompt != "none"
+        train_data = comp.split("train", phase.prompt, d.max_rows.get("train", 0))
+        eval_data = comp.split(d.eval_split, phase.prompt, t.max_eval_rows)
+        bs = t.batch_size if with_prompts else t.encoder_batch_size
+        it = BatchIterator(train_data.lengths(), bs, seed=t.seed * 1000 + index)
+        total = math.ceil(phase.epochs * it.batches_per_epoch) if phase.epochs > 0 else phase.max_steps
+        total = min(total, phase.max_steps) if phase.max_steps > 0 else total
+        tx, schedules = make_optimizer(phase, trainable, total, t)
+        n_train = partition.count(trainable)
+        print(f"[{phase.name}] {phase.prompt} prompts, training {list(phase.trainable)}: {n_train:,} parameters, "
+              f"{total} steps of {bs} rows ({len(train_data):,} rows, {it.batches_per_epoch} steps/epoch)")
+
+        frozen_groups = tuple(g for g in ("sasrec", "mf", "mapper", "lora") if g not in phase.trainable)
+        train_model = comp.model(phase.prompt, deterministic=False, frozen=frozen_groups)
+        apply_fn = lambda p, b, rngs: train_model.apply({"params": p}, b, rngs=rngs)
+        step_fn = jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0)
+        key = jax.random.key_data(jax.random.fold_in(jax.random.key(t.seed), 100 + index))
+        state = TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable), key)
+        book = {"best_auc": -1.0, "best_step": -1, "bad_evals": 0, "evals": 0}
+        ck = self.workdir / "checkpoints" / phase.name
+        latest, best = Store(ck / "latest"), Store(ck / "best")
+        if self.resume and latest.latest_step() is not None:
+            restored, meta = latest.restore({"state": _state_tree(state)})
+            state = state.replace(**restored["state"])
+            it.restore(meta["iterator"])
+            book = meta["book"]
+            print(f"[{phase.name}] resumed at step {int(state.step)} from {latest.directory}")
+
+        scorer = Scorer(comp.model(phase.prompt, deterministic=True))
+        eval_every = t.eval_every or it.batches_per_epoch
+        step = int(state.step)
+        bar = tqdm(total=total, initial=step, desc=phase.name, unit="step", dynamic_ncols=True)
+        tick, rows_since = time.perf_counter(), 0
+        while step < total:
+            idx = next(it)
+            batch = collab_inputs(make_batch(train_data, idx, bs, d.pad_multiple, with_prompts), t.collab, seed=step)
+            batch.pop("row")
+            state, m = step_fn(state, batch)
+            step += 1
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                good = latest.latest_step()
+                raise TrainingError(
+                    f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped; the last good checkpoint "
+                    f"is {latest.directory}/{good} (step {good}) and is intact" if good is not None else
+                    f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped before any checkpoint; "
+                    f"lower the learning rates (phase lr) or enable train.clip_norm")
+            rows_since += len(idx)
+            if step % t.log_every == 0 or step == total:
+                now = time.perf_counter()
+                values = {k: float(v) for k, v in m.items()}
+                values["samples_per_s"] = rows_since / max(now - tick, 1e-9)
+                tick, rows_since = now, 0
+                reporter.log("train", phase.name, step, values)
+                lr = max(v for k, v in values.items() if k.startswith("lr/"))
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{values['samples_per_s']:.0f}")
+            bar.update(1)
+            if self.on_step is not None:
+                self.on_step(phase.name, step)
+            if step % eval_every == 0 or step == total:
+                current = partition.merge(state.trainable, state.frozen)
+                result, _ = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts, t.collab)
+                auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
+                book["evals"] += 1
+                reporter.log("eval", phase.name, step, result)
+                if auc > book["best_auc"]:
+                    book.update(best_auc=auc, best_step=step, bad_evals=0)
+                    best.save(step, group_trees(current), {"auc": auc, "phase": phase.name})
+                else:
+                    book["bad_evals"] += 1
+                latest.save(step, {"state": _state_tree(state)}, {"iterator": it.state(), "book": book})
+                bar.write(f"[{phase.name}] step {step}: valid AUC {auc:.4f} (best {book['best_auc']:.4f} at "
+                          f"step {book['best_step']})")
+                if book["bad_evals"] >= t.patience:
+                    bar.write(f"[{phase.name}] early stop: {t.patience} evaluations without improvement")
+                    break
+        bar.close()
+        final = partition.merge(state.trainable, state.frozen)
+        if phase.restore_best and best.latest_step() is not None:
+            restored, _ = best.restore(group_trees(final))
+            final = replace_groups(final, restored)
+        return {**rest, **final}
+
+    # ------------------------------------------------------------------ the whole run
+    def __call__(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        if self.resume and (self.workdir / "results.json").exists():
+            print(f"{self.workdir} is complete; results.json is unchanged")
+            return json.loads((self.workdir / "results.json").read_text())
+        run_state = self._prepare_workdir()
+        start = time.time()
+        key = jax.random.key(t.seed)
+        comp = Components.build(cfg, t.method in LLM_METHODS, jax.random.fold_in(key, 0))
+        params = comp.init_params(jax.random.fold_in(key, 1))
+        reporter = Reporter(self.workdir)
+        try:
+            for i, phase in enumerate(self.phases):
+                params = self._restore(params, phase)
+                if phase.name in run_state["completed"]:
+                    best = Store(self.workdir / "checkpoints" / phase.name / "best")
+                    used = prompt_groups(phase.prompt, cfg.model.encoder)
+                    restored, _ = best.restore(group_trees({k: v for k, v in params.items() if k in used}))
+                    params = replace_groups(params, restored)
+                    print(f"[{phase.name}] already done: best checkpoint restored")
+                    continue
+                before = jax.device_get(params) if self.on_phase else None  # the step donates its inputs
+                params = self.run_phase(comp, phase, i, params, reporter)
+                if self.on_phase:
+                    self.on_phase(phase, before, jax.device_get(params))
+                run_state["completed"].append(phase.name)
+                self.state_path.write_text(json.dumps(run_state))
+            Store(self.workdir / "final").save(0, group_trees(params), {"method": t.method})
+            prompt = self.phases[-1].prompt if self.phases else "text"
+            results = self.final_evaluation(comp, params, prompt, time.time() - start, reporter)
+        finally:
+            reporter.close()
+        return results
+
+    def final_evaluation(self, comp: Components, params: dict, prompt: str, train_time: float, reporter) -> dict:
+        cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
+        used = prompt_groups(prompt, cfg.model.encoder)
+        params = {k: v for k, v in params.items() if k in used}
+        scorer = Scorer(comp.model(prompt, deterministic=True))
+        with_prompts = prompt != "none"
+        out = {}
+        for split, max_rows in ((d.eval_split, t.max_eval_rows), ("test", t.max_eval_rows)):
+            data = comp.split(split, prompt, max_rows)
+            with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
+                out[split], _ = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
+                                         t.collab, progress=bar)
+            reporter.log("final", split, 0, out[split])
+        results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
+                   "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
+                   "valid": out[d.eval_split], "test": out["test"], "train_time_s": round(train_time, 1),
+                   "device": jax.devices()[0].device_kind, "dataset": comp.dataset.card.get("source")}
+        tmp = self.workdir / "results.json.partial"
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(self.workdir / "results.json")
+        print(format_table(results))
+        return results
+
+
+def format_table(results: dict) -> str:
+    name = results["method"] + (f" ({results['strategy']})" if results.get("strategy") else "")
+    lines = [f"{name}: test split ({results['train_time_s']} s, {results['device']})",
+             f"{'rows':<6}{'AUC':>8}{'UAUC':>8}{'logloss':>9}{'n':>8}"]
+    fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8}"
+    for part in ("all", "warm", "cold"):
+        r = results["test"][part]
+        lines.append(f"{part:<6}{fmt(r['auc'])}{fmt(r['uauc'])}{fmt(r['logloss'])[-9:]:>9}{r['n']:>8}")
+    return "\n".join(lines)
+
+
+def train_and_evaluate(cfg: Config, workdir: str | Path, resume: bool = False, on_step: Callable | None = None,
+                       config_path: str = "config", on_phase: Callable | None = None) -> dict:
+    return Run(cfg, Path(workdir), resume, on_step, config_path, on_phase)()

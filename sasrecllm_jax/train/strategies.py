@@ -1,0 +1,84 @@
+"""Methods and training strategies as data: each is a list of phases (REFERENCE.md sections 6-7).
+
+A phase names the groups that train, the prompt kind (`none` = the ID encoder alone, `text`,
+`hybrid`), its length, a learning rate per group, and what it restores first: `{group: "phase:NAME"}`
+takes that group from an earlier phase's best checkpoint of this run, `{group: "RUN_DIR"}` from the
+final model of another run (plug-and-play).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sasrecllm_jax.config import Config, ConfigError, PhaseConfig
+
+ENC_LR = 1e-2   # SASRec / MF pretraining (Adam 1e-2, REFERENCE section 2)
+LLM_LR = 1e-3   # LoRA and mapper (REFERENCE section 5)
+
+
+def _encoder(name: str, epochs: float) -> PhaseConfig:
+    return PhaseConfig(name=name, trainable=(name,), prompt="none", epochs=epochs, lr={name: ENC_LR})
+
+
+def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 10.0,
+                  llm_epochs: float = 1.0) -> tuple[PhaseConfig, ...]:
+    llm = lambda name, groups, prompt, **kw: PhaseConfig(
+        name=name, trainable=groups, prompt=prompt, epochs=llm_epochs,
+        lr={g: (ENC_LR / 10 if g in ("sasrec", "mf") else LLM_LR) for g in groups}, **kw)
+    if method in ("mf", "sasrec"):
+        return (_encoder(method, enc_epochs),)
+    if method == "icl":
+        return ()
+    if method == "tallrec":
+        return (llm("text_lora", ("lora",), "text"),)
+    if method == "collm_mf":
+        return (_encoder("mf", enc_epochs), llm("hybrid", ("mapper", "lora"), "hybrid", restore={"mf": "phase:mf"}))
+    enc = encoder
+    presets = {
+        # stage 1: the encoder alone and LoRA alone on text prompts; stage 2: mapper + LoRA on hybrid prompts
+        "dual_stage": (_encoder(enc, enc_epochs), llm("text_lora", ("lora",), "text"),
+                       llm("hybrid", ("mapper", "lora"), "hybrid",
+                           restore={enc: f"phase:{enc}", "lora": "phase:text_lora"})),
+        # hybrid prompts throughout: LoRA, then LoRA + mapper, then everything
+        "hierarchical_freezing": (_encoder(enc, enc_epochs), llm("lora", ("lora",), "hybrid", restore={enc: f"phase:{enc}"}),
+                                  llm("lora_mapper", ("lora", "mapper"), "hybrid"),
+                                  llm("all", ("lora", "mapper", enc), "hybrid")),
+        # a tuned LoRA and an encoder plugged together: only the mapper trains
+        "plug_and_play": (_encoder(enc, enc_epochs), llm("text_lora", ("lora",), "text"),
+                          llm("mapper", ("mapper",), "hybrid", restore={enc: f"phase:{enc}", "lora": "phase:text_lora"})),
+    }
+    if strategy not in presets:
+        raise ConfigError(f"train.strategy = {strategy!r}; choose one of {list(presets)}")
+    return presets[strategy]
+
+
+def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfig, ...]:
+    """The phases a run executes, checked before anything is compiled."""
+    t = cfg.train
+    phases = t.phases or preset_phases(t.method, t.strategy, cfg.model.encoder, t.enc_epochs, t.llm_epochs)
+    if t.method == "collm_mf" and cfg.model.encoder != "mf":
+        raise ConfigError(f"{config_path}: method collm_mf needs model.encoder: mf")
+    freeze = set(t.freeze)
+    out, seen = [], set()
+    for i, ph in enumerate(phases):
+        where = f"{config_path}: train.phases[{i}] ({ph.name})"
+        if ph.name in seen:
+            raise ConfigError(f"{where}: phase names must be unique")
+        seen.add(ph.name)
+        groups = tuple(g for g in ph.trainable if g not in freeze)
+        allowed = {"none": {cfg.model.encoder}, "text": {"lora"}, "hybrid": {cfg.model.encoder, "mapper", "lora"}}[ph.prompt]
+        bad = sorted(set(groups) - allowed)
+        if bad:
+            raise ConfigError(f"{where}: group(s) {bad} cannot train on '{ph.prompt}' prompts (trainable there: "
+                              f"{sorted(allowed)}); with model.encoder={cfg.model.encoder!r}")
+        for group, source in ph.restore.items():
+            if source.startswith("phase:"):
+                if source[6:] not in seen - {ph.name}:
+                    raise ConfigError(f"{where}: restore {group} from {source!r}, but no earlier phase has that name")
+            elif not (Path(source) / "final").exists():
+                raise ConfigError(f"{where}: restore {group} from {source!r}: no finished run there "
+                                  f"({Path(source) / 'final'} is missing); train that run first or fix the path")
+        if ph.epochs <= 0 and ph.max_steps <= 0:
+            raise ConfigError(f"{where}: set epochs > 0 or max_steps > 0")
+        out.append(dataclasses.replace(ph, trainable=groups))
+    return tuple(out)

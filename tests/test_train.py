@@ -1,0 +1,163 @@
+"""End to end on configs/smoke.yaml (DEBUG_TINY, synthetic data): every method and strategy, resume,
+NaN handling, ablations, and the errors a user sees for bad configs and checkpoints."""
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import ROOT, smoke_config, synthetic_dataset
+from sasrecllm_jax.cli import train_main
+from sasrecllm_jax.train import partition
+from sasrecllm_jax.train.checkpoint import CheckpointError, load_raw
+from sasrecllm_jax.train.loop import TrainingError, train_and_evaluate
+
+FAST = ["data.pad_multiple=512", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=4"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+def run(dataset, workdir, *overrides, **kw):
+    return train_and_evaluate(smoke_config(dataset, *FAST, *overrides), workdir, **kw)
+
+
+def losses(workdir, phase):
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["phase"] == phase and r["kind"] == "train"]
+
+
+METHODS = [("mf", ["model.encoder=mf"]), ("sasrec", []), ("icl", []), ("tallrec", []),
+           ("collm_mf", ["model.encoder=mf", "model.mf.dim=16"]),
+           ("dual_stage", []), ("hierarchical_freezing", []), ("plug_and_play", [])]
+
+
+@pytest.mark.parametrize("name,extra", METHODS, ids=[m for m, _ in METHODS])
+def test_method_end_to_end(dataset, tmp_path, name, extra):
+    method = "sasrecllm" if name in ("dual_stage", "hierarchical_freezing", "plug_and_play") else name
+    checked = []
+
+    def frozen_untouched(phase, before, after):
+        trained = set(phase.trainable)
+        for group in partition.present_groups(before) - trained:
+            b, _ = partition.split(before, [group])
+            a, _ = partition.split(after, [group])
+            if group in {g for g, src in phase.restore.items()}:
+                continue  # restored at the phase start: checked by the restore tests
+            jax.tree_util.tree_map(np.testing.assert_array_equal, b, a)
+        checked.append(phase.name)
+        drop = losses(tmp_path, phase.name)
+        assert np.mean(drop[-2:]) < np.mean(drop[:2]), f"{phase.name}: loss did not go down: {drop}"
+
+    results = run(dataset, tmp_path, f"train.method={method}", f"train.strategy={name}", *extra,
+                  on_phase=frozen_untouched)
+    assert checked == results["phases"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["method"] == method and saved["config"]["train"]["method"] == method
+    for part in ("all", "warm", "cold"):
+        assert set(saved["test"][part]) >= {"auc", "uauc", "logloss", "n"}
+    assert saved["test"]["all"]["n"] == 96 and saved["test"]["all"]["auc"] is not None
+    assert saved["valid"]["all"]["auc"] is not None
+    if method == "sasrec":  # a user's liked history names their genre: SASRec learns it quickly
+        assert saved["test"]["all"]["auc"] > 0.6
+    assert (tmp_path / "tensorboard").exists()
+
+
+def test_resume_is_bit_exact(dataset, tmp_path):
+    overrides = ["train.method=collm_mf", "model.encoder=mf", "model.mf.dim=16", "train.enc_epochs=2"]
+    run(dataset, tmp_path / "a", *overrides)
+
+    class Kill(Exception):
+        pass
+
+    def kill(phase, step):
+        if phase == "hybrid" and step == 11:  # after the eval at step 8, with the mf phase done
+            raise Kill()
+
+    with pytest.raises(Kill):
+        run(dataset, tmp_path / "b", *overrides, on_step=kill)
+    assert not (tmp_path / "b" / "results.json").exists()
+    with pytest.raises(TrainingError, match="pass --resume"):
+        run(dataset, tmp_path / "b", *overrides)
+    run(dataset, tmp_path / "b", *overrides, resume=True)
+    a, b = load_raw(tmp_path / "a" / "final"), load_raw(tmp_path / "b" / "final")
+    assert a.keys() == b.keys() == {"lora", "mapper", "mf"}
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    ra, rb = (json.loads((tmp_path / r / "results.json").read_text()) for r in "ab")
+    assert ra["test"] == rb["test"]
+
+
+def test_nan_loss_stops_with_checkpoint_intact(dataset, tmp_path):
+    phases = json.dumps([{"name": "sasrec", "trainable": ["sasrec"], "prompt": "none", "epochs": 10,
+                          "lr": {"sasrec": 1e30}}])
+    with pytest.raises(TrainingError, match=r"the loss is nan.*checkpoint is .*latest/(\d+) \(step \1\) and is intact") as e:
+        run(dataset, tmp_path, "train.method=sasrec", f"train.phases={phases}", "train.eval_every=1",
+            "train.clip_norm=0")
+    good = int(e.value.args[0].split("(step ")[1].split(")")[0])
+    state = load_raw(tmp_path / "checkpoints" / "sasrec" / "latest")["state"]
+    assert state["step"] == good and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state["trainable"]))
+
+
+def test_plug_and_play_restores_other_runs(dataset, tmp_path):
+    run(dataset, tmp_path / "enc", "train.method=sasrec")
+    run(dataset, tmp_path / "llm", "train.method=tallrec")
+    phases = json.dumps([{"name": "mapper", "trainable": ["mapper"], "prompt": "hybrid", "epochs": 1,
+                          "lr": {"mapper": 1e-3}, "restore": {"sasrec": str(tmp_path / "enc"), "lora": str(tmp_path / "llm")}}])
+    seen = {}
+    run(dataset, tmp_path / "pnp", f"train.phases={phases}", on_phase=lambda p, b, a: seen.update(after=a))
+    enc, llm = load_raw(tmp_path / "enc" / "final"), load_raw(tmp_path / "llm" / "final")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, enc["sasrec"], partition.split(seen["after"], ["sasrec"])[0])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, llm["lora"], partition.split(seen["after"], ["lora"])[0])
+    # a checkpoint from a different model is refused, never loaded loosely
+    with pytest.raises(CheckpointError, match=r"'sasrec' does not match this model \(shape of .*checkpoint \[64\], model \[32\]\)"):
+        run(dataset, tmp_path / "pnp2", f"train.phases={phases}", "model.sasrec.hidden=32")
+    # a damaged checkpoint is refused with a message
+    for f in (tmp_path / "enc" / "final").rglob("*"):
+        if f.is_file() and "sasrec" in str(f) and f.stat().st_size > 0 and "meta" not in str(f):
+            f.write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match="damaged"):
+        run(dataset, tmp_path / "pnp3", f"train.phases={phases}")
+
+
+def test_collab_ablation_masks(dataset, tmp_path):
+    """drop: scores ignore the encoder; shuffle: rows get other rows' collaborative tokens."""
+    from sasrecllm_jax.components import Components
+    from sasrecllm_jax.data.pipeline import make_batch
+    from sasrecllm_jax.evaluate import collab_inputs
+    cfg = smoke_config(dataset, *FAST)
+    comp = Components.build(cfg, needs_llm=True, key=jax.random.key(0))
+    params = comp.init_params(jax.random.key(1))
+    params = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.3 if "'b'" in str(p) else x, params)
+    data = comp.split("test", "hybrid")
+    batch = make_batch(data, np.arange(8), 8, 512, True)
+    batch = {k: v for k, v in batch.items() if k not in ("row", "weight", "label")}
+    model = comp.model("hybrid", True)
+    score = lambda p, b: np.asarray(model.apply({"params": p}, b))
+    other = {**params, "sasrec": jax.tree_util.tree_map(lambda x: x * 2.0, params["sasrec"])}
+    dropped = collab_inputs(batch, "drop", 0)
+    np.testing.assert_array_equal(score(params, dropped), score(other, dropped))
+    assert not np.allclose(score(params, batch), score(other, batch))
+    shuffled = collab_inputs(batch, "shuffle", 0)
+    assert not np.array_equal(shuffled["collab_perm"], np.arange(8))
+    assert not np.allclose(score(params, shuffled), score(params, batch))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "train.batch_sise=4"], "unknown key(s) ['batch_sise']"),
+    (["--set", "train.batch_size=many"], "train.batch_size must be int, got 'many'"),
+    (["--set", "model.llm=GPT5"], "model.llm = 'GPT5' is not a preset"),
+    (["--set", "train.method=sasrecllm", "--set", 'train.phases=[{name: m, trainable: [mapper], prompt: hybrid, '
+      'lr: {mapper: 0.001}, restore: {lora: /nowhere/run}}]'], "no finished run there"),
+    (["--set", "train.phases=[{name: m, trainable: [mapper], prompt: text}]"], "cannot train on 'text' prompts"),
+    (["--config", "configs/nope.yaml"], "config file configs/nope.yaml does not exist"),
+])
+def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    argv = args if args[0] == "--config" else ["--config", "configs/smoke.yaml", *args]
+    assert train_main([*argv, "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()  # refused before any run folder or compilation
