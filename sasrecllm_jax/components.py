@@ -109,6 +109,15 @@ class Components:
     def num_items(self) -> int:
         return self.dataset.num_items
 
+    def row_limit(self, kind: str) -> int:
+        """data.max_rows[kind], with data.cpu_max_rows on top when running on the CPU backend."""
+        d = self.cfg.data
+        limits = {**d.max_rows, **(d.cpu_max_rows if jax.default_backend() == "cpu" else {})}
+        unknown = set(limits) - {"train", "eval"}
+        if unknown:
+            raise ConfigError(f"data.max_rows / data.cpu_max_rows: unknown key(s) {sorted(unknown)}; use train, eval")
+        return int(limits.get(kind, 0))
+
     def split(self, name: str, prompt: str, max_rows: int = 0) -> SplitData:
         key = (name, prompt, max_rows)
         if key not in self._splits:

@@ -120,7 +120,10 @@ class DataConfig:
     max_titles: int = 10               # most recent liked titles shown in the prompt
     max_tokens: int = 320              # longest prompt; longer ones are refused, never cut silently
     pad_multiple: int = 16             # pad batch lengths to a multiple (fewer compilations)
-    max_rows: dict = dataclasses.field(default_factory=dict)  # e.g. {train: 2000} for CPU runs
+    # Row caps (a seeded random subset, 0 = all): "train" caps the rows of prompted (LLM) phases,
+    # "eval" the rows of every evaluation and of the final test. Encoder phases train on every row.
+    max_rows: dict = dataclasses.field(default_factory=dict)
+    cpu_max_rows: dict = dataclasses.field(default_factory=dict)  # the same, applied only on the CPU backend
     eval_split: Literal["valid_small", "valid"] = "valid_small"
 
 
@@ -134,7 +137,9 @@ class PhaseConfig:
     max_steps: int = 0                 # > 0 caps the phase
     lr: dict = dataclasses.field(default_factory=lambda: {"mapper": 1e-3, "lora": 1e-3})
     restore: dict = dataclasses.field(default_factory=dict)  # group -> "phase:NAME" or a run folder
-    restore_best: bool = True          # start from the previous phase's best checkpoint
+    restore_best: bool = True          # end the phase on its best checkpoint (what the next phase starts from)
+    eval_every: int = 0                # steps between evaluations; 0: train.eval_every for prompted
+                                       # phases, once per epoch for encoder phases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,15 +154,16 @@ class TrainConfig:
     weight_decay: float = 1e-3
     encoder_weight_decay: float = 1e-4
     clip_norm: float = 1.0             # 0 disables clipping
-    eval_every: int = 100              # steps between evaluations (0: once per epoch)
+    eval_every: int = 100              # steps between evaluations in prompted phases (0: once per epoch)
     patience: int = 20                 # evaluations without improvement before stopping
     seed: int = 0
     log_every: int = 10
     collab: Literal["on", "drop", "shuffle"] = "on"  # ablation of the collaborative tokens
     freeze: tuple[str, ...] = ()       # ablation: groups that never train, in any phase
+    sharding: Literal["none", "data", "fsdp"] = "none"  # parameter layout over all devices
+    distributed: bool = False          # call jax.distributed.initialize() (several hosts)
     enc_epochs: float = 10.0           # preset phases: encoder pretraining epochs
     llm_epochs: float = 1.0            # preset phases: epochs of each LLM phase
-    max_eval_rows: int = 0             # > 0 caps evaluation rows (CPU runs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,19 +247,37 @@ def apply_override(data: dict, assignment: str, where: str = "--set") -> dict:
     return data
 
 
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """A config file as plain data; `base: other.yaml` (relative to the file) is merged underneath."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `base` files include each other in a loop")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with data / model / train")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _deep_merge(read_yaml(path.parent / base, seen + (path.resolve(),)), data)
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     data: dict = {}
     where = "defaults"
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping with data / model / train")
+        data = read_yaml(path)
         where = str(path)
     for o in overrides:
         apply_override(data, o)

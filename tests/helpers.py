@@ -34,4 +34,4 @@ def smoke_config(dataset: Path, *overrides: str):
     """configs/smoke.yaml on the synthetic dataset, with the repository's prompt templates."""
     return load_config(ROOT / "configs" / "smoke.yaml", [
         f"data.dataset={dataset}", f"data.prompt_hybrid={ROOT / 'configs/prompts/hybrid.txt'}",
-        f"data.prompt_text={ROOT / 'configs/prompts/text.txt'}", "train.max_eval_rows=0", *overrides])
+        f"data.prompt_text={ROOT / 'configs/prompts/text.txt'}", "data.max_rows={train: 256}", *overrides])

@@ -34,8 +34,8 @@ class SplitData:
 
     @staticmethod
     def from_frame(name: str, df: pd.DataFrame, max_len: int, max_rows: int = 0) -> "SplitData":
-        if max_rows and len(df) > max_rows:
-            df = df.iloc[:max_rows]  # deterministic prefix: CPU-sized runs see the same rows every time
+        if max_rows and len(df) > max_rows:  # a seeded subset: capped runs always see the same rows
+            df = df.sample(n=max_rows, random_state=0).sort_index()
         his = np.zeros((len(df), max_len), np.int32)
         for r, h in enumerate(df["his"]):
             h = h[-max_len:]

@@ -28,6 +28,8 @@ class Template:
     @staticmethod
     def load(path: str | Path, kind: str) -> "Template":
         path = Path(path)
+        if not path.exists() and not path.is_absolute():  # configs/... also works outside the repo root
+            path = Path(__file__).resolve().parents[2] / path
         if not path.exists():
             raise DataError(f"prompt template {path} does not exist; see configs/prompts/ for examples")
         text = path.read_text().rstrip("\n")

@@ -59,6 +59,12 @@ def apply_rope(x, positions, inv_freq):
     return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
 
 
+def _proj(module, name: str, features: int) -> Linear:
+    """A projection of a block (Attention / MLP), LoRA-adapted when its name is a target."""
+    c = module.cfg
+    return Linear(features, module.lora, c.dtype, c.param_dtype, module.deterministic, name=name)
+
+
 class Attention(nn.Module):
     cfg: LlamaConfig
     lora: LoraConfig | None = None
@@ -68,7 +74,7 @@ class Attention(nn.Module):
     def __call__(self, x, positions, mask):
         c = self.cfg
         B, T, _ = x.shape
-        proj = lambda n, f: Linear(f, self.lora, c.dtype, c.param_dtype, self.deterministic, name=n)
+        proj = lambda n, f: _proj(self, n, f)
         q = proj("q_proj", c.num_heads * c.head_dim)(x).reshape(B, T, c.num_heads, c.head_dim)
         k = proj("k_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
         v = proj("v_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
@@ -93,7 +99,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.cfg
-        proj = lambda n, f: Linear(f, self.lora, c.dtype, c.param_dtype, self.deterministic, name=n)
+        proj = lambda n, f: _proj(self, n, f)
         return proj("down_proj", c.hidden_size)(
             nn.silu(proj("gate_proj", c.intermediate_size)(x)) * proj("up_proj", c.intermediate_size)(x))
 

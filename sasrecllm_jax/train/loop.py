@@ -24,6 +24,7 @@ from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
 from sasrecllm_jax.evaluate import Scorer, collab_inputs, evaluate
 from sasrecllm_jax.report import Reporter
+from sasrecllm_jax import sharding
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.train.checkpoint import Store
 from sasrecllm_jax.train.optim import make_optimizer
@@ -63,6 +64,7 @@ class Run:
         self.on_phase = on_phase    # (phase, params before, params after), host copies
         self.phases = resolve_phases(cfg, config_path)
         self.state_path = self.workdir / "run_state.json"
+        self.handed_on_valid = None
 
     # ------------------------------------------------------------------ bookkeeping
     def _prepare_workdir(self) -> dict:
@@ -100,12 +102,12 @@ class Run:
         phase_params = {k: v for k, v in params.items() if k in used}
         rest = {k: v for k, v in params.items() if k not in used}
         trainable, frozen = partition.split(phase_params, phase.trainable)
+        with_prompts = phase.prompt != "none"
         if not jax.tree_util.tree_leaves(trainable):
             raise ConfigError(f"phase {phase.name}: nothing to train (trainable {list(phase.trainable)}, "
                               f"train.freeze {list(t.freeze)})")
-        with_prompts = phase.prompt != "none"
-        train_data = comp.split("train", phase.prompt, d.max_rows.get("train", 0))
-        eval_data = comp.split(d.eval_split, phase.prompt, t.max_eval_rows)
+        train_data = comp.split("train", phase.prompt, comp.row_limit("train") if with_prompts else 0)
+        eval_data = comp.split(d.eval_split, phase.prompt, comp.row_limit("eval"))
         bs = t.batch_size if with_prompts else t.encoder_batch_size
         it = BatchIterator(train_data.lengths(), bs, seed=t.seed * 1000 + index)
         total = math.ceil(phase.epochs * it.batches_per_epoch) if phase.epochs > 0 else phase.max_steps
@@ -121,6 +123,10 @@ class Run:
         step_fn = jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0)
         key = jax.random.key_data(jax.random.fold_in(jax.random.key(t.seed), 100 + index))
         state = TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable), key)
+        mesh = None
+        if t.sharding != "none":
+            mesh = sharding.make_mesh(t.sharding)
+            sharding.check_batch(bs, mesh, "train.batch_size" if with_prompts else "train.encoder_batch_size")
         book = {"best_auc": -1.0, "best_step": -1, "bad_evals": 0, "evals": 0}
         ck = self.workdir / "checkpoints" / phase.name
         latest, best = Store(ck / "latest"), Store(ck / "best")
@@ -130,9 +136,11 @@ class Run:
             it.restore(meta["iterator"])
             book = meta["book"]
             print(f"[{phase.name}] resumed at step {int(state.step)} from {latest.directory}")
+        if mesh is not None:
+            state = sharding.place(state, sharding.param_shardings(state, mesh, t.sharding))
 
         scorer = Scorer(comp.model(phase.prompt, deterministic=True))
-        eval_every = t.eval_every or it.batches_per_epoch
+        eval_every = phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch
         step = int(state.step)
         bar = tqdm(total=total, initial=step, desc=phase.name, unit="step", dynamic_ncols=True)
         tick, rows_since = time.perf_counter(), 0
@@ -140,6 +148,8 @@ class Run:
             idx = next(it)
             batch = collab_inputs(make_batch(train_data, idx, bs, d.pad_multiple, with_prompts), t.collab, seed=step)
             batch.pop("row")
+            if mesh is not None:
+                batch = sharding.place_batch(batch, mesh)
             state, m = step_fn(state, batch)
             step += 1
             loss = float(m["loss"])
@@ -169,7 +179,7 @@ class Run:
                 book["evals"] += 1
                 reporter.log("eval", phase.name, step, result)
                 if auc > book["best_auc"]:
-                    book.update(best_auc=auc, best_step=step, bad_evals=0)
+                    book.update(best_auc=auc, best_step=step, bad_evals=0, best_metrics=result)
                     best.save(step, group_trees(current), {"auc": auc, "phase": phase.name})
                 else:
                     book["bad_evals"] += 1
@@ -181,6 +191,8 @@ class Run:
                     break
         bar.close()
         final = partition.merge(state.trainable, state.frozen)
+        # the validation metrics of the params this phase hands on (None: not evaluated at that point)
+        self.handed_on_valid = book.get("best_metrics") if phase.restore_best else None
         if phase.restore_best and best.latest_step() is not None:
             restored, _ = best.restore(group_trees(final))
             final = replace_groups(final, restored)
@@ -192,6 +204,7 @@ class Run:
         if self.resume and (self.workdir / "results.json").exists():
             print(f"{self.workdir} is complete; results.json is unchanged")
             return json.loads((self.workdir / "results.json").read_text())
+        sharding.init_distributed(t.distributed)
         run_state = self._prepare_workdir()
         start = time.time()
         key = jax.random.key(t.seed)
@@ -228,8 +241,10 @@ class Run:
         scorer = Scorer(comp.model(prompt, deterministic=True))
         with_prompts = prompt != "none"
         out = {}
-        for split, max_rows in ((d.eval_split, t.max_eval_rows), ("test", t.max_eval_rows)):
-            data = comp.split(split, prompt, max_rows)
+        if self.handed_on_valid is not None:  # the final params are the last phase's best: already evaluated
+            out[d.eval_split] = self.handed_on_valid
+        for split in [s for s in (d.eval_split, "test") if s not in out]:
+            data = comp.split(split, prompt, comp.row_limit("eval"))
             with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
                 out[split], _ = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
                                          t.collab, progress=bar)

@@ -1,0 +1,102 @@
+"""The experiment grid: every method on one dataset, then one summary table and chart.
+
+    python -m sasrecllm_jax.experiments ml1m                       # every method, seed 0
+    python -m sasrecllm_jax.experiments ml1m --methods sasrec tallrec --seeds 0 1
+    python -m sasrecllm_jax.experiments ml1m --summary-only        # rebuild the table from finished runs
+
+Each method's config is configs/experiments/DATASET/METHOD.yaml. Runs go to results/DATASET/runs/NAME
+(NAME = METHOD, or METHOD-seedN for seeds other than 0); a run whose results.json exists is skipped.
+Writes results/DATASET/summary.json ({name: results.json}), SUMMARY.md and warm_cold.png.
+On a CPU the configs' data.cpu_max_rows apply (a documented subset), and the table says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
+           "sasrecllm_hierarchical_freezing", "sasrecllm_plug_and_play"]
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str]) -> None:
+    from sasrecllm_jax.config import load_config
+    from sasrecllm_jax.train.loop import train_and_evaluate
+    for method in methods:
+        cfg_path = ROOT / "configs" / "experiments" / dataset / f"{method}.yaml"
+        for seed in seeds if method != "icl" else [0]:
+            name = method if seed == 0 else f"{method}-seed{seed}"
+            workdir = out / "runs" / name
+            if (workdir / "results.json").exists():
+                print(f"{name}: done, skipped")
+                continue
+            cfg = load_config(cfg_path, [f"train.seed={seed}", *overrides])
+            print(f"=== {name} ({cfg_path.relative_to(ROOT)})")
+            train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path))
+
+
+def summarise(out: Path) -> dict:
+    runs = sorted(p.parent for p in (out / "runs").glob("*/results.json"))
+    summary = {r.name: json.loads((r / "results.json").read_text()) for r in runs}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+    lines = [f"# {out.name}: test split (commit {commit()}, {time.strftime('%Y-%m-%d')})", "",
+             "| method | AUC | UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC | valid AUC | n test | train s | card |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in summary.items():
+        t = r["test"]
+        lines.append(f"| {name} | {fmt(t['all']['auc'])} | {fmt(t['all']['uauc'])} | {fmt(t['warm']['auc'])} | "
+                     f"{fmt(t['warm']['uauc'])} | {fmt(t['cold']['auc'])} | {fmt(t['cold']['uauc'])} | "
+                     f"{fmt(r['valid']['all']['auc'])} | {t['all']['n']} | {r['train_time_s']} | {r['device']} |")
+    capped = {n for n, r in summary.items() if r["device"] == "cpu" and r["config"]["data"].get("cpu_max_rows")}
+    if capped:
+        lines += ["", f"CPU runs ({', '.join(sorted(capped))}) used the configs' data.cpu_max_rows subset: "
+                      "not comparable with full-data GPU runs."]
+    (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
+    if runs:
+        from sasrecllm_jax.report import plot_runs
+        plot_runs(runs, out / "warm_cold.png")
+    print("\n".join(lines))
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.experiments", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="a folder name under configs/experiments/ (ml1m)")
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--out", type=Path, default=None, help="default: results/DATASET")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--summary-only", action="store_true")
+    args = p.parse_args(argv)
+    out = (args.out or ROOT / "results" / args.dataset).absolute()
+    unknown = [m for m in args.methods if not (ROOT / "configs" / "experiments" / args.dataset / f"{m}.yaml").exists()]
+    if unknown:
+        print(f"error: no config for {unknown} in configs/experiments/{args.dataset}/", file=sys.stderr)
+        return 2
+    from sasrecllm_jax.errors import KNOWN_ERRORS
+    try:
+        if not args.summary_only:
+            run_grid(args.dataset, args.methods, args.seeds, out, args.overrides)
+        summarise(out)
+    except KNOWN_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Score rows or rank candidates with a finished run.
+
+    python -m sasrecllm_jax.score --run runs/quickstart --rows rows.csv --out scores.csv
+        rows.csv: uid, history (space-separated item ids, oldest first), iid
+    python -m sasrecllm_jax.score --run runs/quickstart --user 12 --history "5 9 31" --candidates "7 8 40"
+
+Item ids are the dataset's (see DATASET/items.parquet). Scores are the model's logits (higher = more
+likely to be liked); `p_like` is sigmoid(score).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from sasrecllm_jax.config import ConfigError, from_dict, Config
+
+
+class Recommender:
+    """A run folder's final model, ready to score."""
+
+    def __init__(self, run: str | Path):
+        import jax
+        from sasrecllm_jax.components import Components, prompt_groups
+        from sasrecllm_jax.evaluate import Scorer
+        from sasrecllm_jax.train.checkpoint import Store
+        from sasrecllm_jax.train.loop import group_trees, replace_groups
+        from sasrecllm_jax.train.strategies import resolve_phases
+        run = Path(run)
+        if not (run / "final").exists() or not (run / "config.yaml").exists():
+            raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
+        self.cfg = from_dict(Config, yaml.safe_load((run / "config.yaml").read_text()), str(run / "config.yaml"))
+        phases = resolve_phases(self.cfg, str(run / "config.yaml"))
+        self.prompt = phases[-1].prompt if phases else "text"
+        t = self.cfg.train
+        self.comp = Components.build(self.cfg, t.method not in ("mf", "sasrec"), jax.random.key(t.seed))
+        params = self.comp.init_params(jax.random.key(0))
+        used = prompt_groups(self.prompt, self.cfg.model.encoder)
+        params = {k: v for k, v in params.items() if k in used}
+        restored, _ = Store(run / "final").restore(group_trees(params))
+        self.params = replace_groups(params, restored)
+        self.scorer = Scorer(self.comp.model(self.prompt, deterministic=True))
+
+    def score(self, uids, histories, iids, batch_size: int = 32) -> np.ndarray:
+        from sasrecllm_jax.data.dataset import DataError
+        from sasrecllm_jax.evaluate import score_split
+        n_items = self.comp.num_items
+        for h, i in zip(histories, iids):
+            bad = [x for x in [*h, i] if not 1 <= x <= n_items]
+            if bad:
+                raise DataError(f"item id {bad[0]} is not in the dataset (ids run 1..{n_items})")
+        df = pd.DataFrame({"uid": np.asarray(uids, np.int64), "iid": np.asarray(iids, np.int64), "label": 0,
+                           "timestamp": 0, "his": [np.asarray(h, np.int64) for h in histories], "not_cold": 1})
+        self.comp._splits.pop(("request", self.prompt, 0), None)
+        self.comp.dataset.splits["request"] = df
+        data = self.comp.split("request", self.prompt)
+        return score_split(self.scorer, self.params, data, batch_size, self.cfg.data.pad_multiple,
+                           self.prompt != "none")
+
+    def rank(self, uid: int, history, candidates) -> pd.DataFrame:
+        scores = self.score([uid] * len(candidates), [history] * len(candidates), candidates)
+        titles = self.comp.dataset.titles()
+        out = pd.DataFrame({"iid": candidates, "title": titles[np.asarray(candidates)], "score": scores})
+        return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _ids(text: str) -> list[int]:
+    return [int(x) for x in str(text).split()] if str(text).strip() and str(text) != "nan" else []
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.score", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--rows", type=Path, help="CSV with uid, history, iid")
+    p.add_argument("--out", type=Path, help="where to write scores (CSV); default: print")
+    p.add_argument("--user", type=int)
+    p.add_argument("--history", default="")
+    p.add_argument("--candidates", default="")
+    args = p.parse_args(argv)
+    from sasrecllm_jax.errors import KNOWN_ERRORS
+    try:
+        rec = Recommender(args.run)
+        if args.rows:
+            rows = pd.read_csv(args.rows)
+            missing = {"uid", "history", "iid"} - set(rows.columns)
+            if missing:
+                raise ConfigError(f"{args.rows}: missing column(s) {sorted(missing)}; need uid, history, iid")
+            rows["score"] = rec.score(rows["uid"], [_ids(h) for h in rows["history"]], rows["iid"])
+            rows["p_like"] = 1 / (1 + np.exp(-rows["score"]))
+            out = rows
+        elif args.user is not None and args.candidates:
+            out = rec.rank(args.user, _ids(args.history), _ids(args.candidates))
+        else:
+            raise ConfigError("pass --rows FILE, or --user ID --candidates 'ID ID ...' [--history 'ID ...']")
+    except KNOWN_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        out.to_csv(args.out, index=False)
+        print(f"wrote {len(out)} scores to {args.out}")
+    else:
+        print(out.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

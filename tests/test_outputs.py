@@ -1,0 +1,54 @@
+"""What a user reads after a run: scoring a finished run, the plots, the experiment summary."""
+import json
+
+import numpy as np
+import pytest
+
+from helpers import smoke_config, synthetic_dataset
+from sasrecllm_jax import experiments, report
+from sasrecllm_jax.score import Recommender, main as score_main
+from sasrecllm_jax.train.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    dataset = synthetic_dataset(root / "data")
+    out = root / "results"
+    for method in ("sasrec", "icl"):
+        train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=512"), out / "runs" / method)
+    return dataset, out
+
+
+@pytest.mark.parametrize("method", ["sasrec", "icl"])
+def test_scoring_a_run_matches_its_evaluation(runs, method):
+    from sasrecllm_jax.data.dataset import load_dataset
+    from sasrecllm_jax.evaluate import score_split
+    dataset, out = runs
+    rec = Recommender(out / "runs" / method)
+    test = load_dataset(dataset).splits["test"].iloc[:6]
+    ours = rec.score(test["uid"], list(test["his"]), test["iid"])
+    data = rec.comp.split("test", rec.prompt)
+    reference = score_split(rec.scorer, rec.params, data, 64, rec.cfg.data.pad_multiple, rec.prompt != "none")[:6]
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    ranked = rec.rank(int(test["uid"].iloc[0]), list(test["his"].iloc[0]), [1, 2, 3])
+    assert list(ranked["score"]) == sorted(ranked["score"], reverse=True) and set(ranked["iid"]) == {1, 2, 3}
+
+
+def test_score_cli_errors(runs, tmp_path, capsys):
+    _, out = runs
+    assert score_main(["--run", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    assert score_main(["--run", str(out / "runs" / "sasrec"), "--user", "1", "--candidates", "1 99999"]) == 2
+    assert "item id 99999 is not in the dataset" in capsys.readouterr().err
+
+
+def test_plot_and_summary(runs, tmp_path):
+    _, out = runs
+    png = report.plot_runs([out / "runs" / "sasrec", out / "runs" / "icl"], tmp_path / "curves.png")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    summary = experiments.summarise(out)
+    assert set(summary) == {"sasrec", "icl"}
+    assert json.loads((out / "summary.json").read_text())["sasrec"]["test"]["all"]["n"] == 96
+    table = (out / "SUMMARY.md").read_text()
+    assert "| sasrec |" in table and "| icl |" in table and (out / "warm_cold.png").exists()
