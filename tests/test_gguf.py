@@ -42,3 +42,16 @@ def test_smollm2_gguf_matches_transformers(smollm2_gguf, tmp_path):
         print(f"{prompt[:30]!r}: max |logit diff| = {diff:.2e}")
         assert diff < 1e-3
         assert list(np.argsort(-ours)[:5]) == list(np.argsort(-ref)[:5])
+
+
+def test_gguf_tokenizer_matches_transformers(smollm2_gguf, tmp_path):
+    """Our torch-free GGUF tokenizer equals transformers' conversion of the same file, token for token."""
+    from sasrecllm_jax.weights.tokenizer import tokenizer_from_gguf
+    ours = tokenizer_from_gguf(smollm2_gguf)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    texts = PROMPTS + ["<|im_start|>user\nHi 12345 ça va? 日本語\t  spaces  <|im_end|>", " Yes", "Yes", " No",
+                       'A user liked "Amélie (2001)", "8½ (1963)".\nAnswer:']
+    for text in texts:
+        assert ours.encode(text).ids == theirs(text)["input_ids"], text
+        assert ours.decode(ours.encode(text).ids, skip_special_tokens=False) == theirs.decode(theirs(text)["input_ids"])
+    assert ours.get_vocab_size() == theirs.vocab_size == 49152
