@@ -163,6 +163,8 @@ class TrainConfig:
     sharding: Literal["none", "data", "fsdp"] = "none"  # parameter layout over all devices
     distributed: bool = False          # call jax.distributed.initialize() (several hosts)
     enc_epochs: float = 10.0           # preset phases: encoder pretraining epochs
+    enc_lr: float = 1e-2               # preset phases: encoder pretraining lr (REFERENCE section 2)
+    llm_lr: float = 1e-3               # preset phases: LoRA / mapper lr (REFERENCE section 5)
     llm_epochs: float = 1.0            # preset phases: epochs of each LLM phase
 
 

@@ -95,3 +95,10 @@ def test_preset_parameter_counts():
     assert layers["q_proj"]["lora"]["a"].shape == (22, 2048, 8) and layers["q_proj"]["lora"]["b"].shape == (22, 8, 2048)
     assert layers["v_proj"]["lora"]["b"].shape == (22, 8, 256) and "lora" not in layers["k_proj"]
     assert count_params(tree) - 1_100_048_384 == 1_126_400
+
+
+def test_hub_download_offline_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from sasrecllm_jax.weights import hub
+    with pytest.raises(WeightsError, match="cannot download TinyLlama/TinyLlama-1.1B-Chat-v1.0 .* Offline\\?"):
+        hub.download(out=tmp_path / "tl")

@@ -173,3 +173,26 @@ def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "w").exists()  # refused before any run folder or compilation
+
+
+def test_hf_folder_weights_train_end_to_end(dataset, tmp_path):
+    """The TinyLlama path at toy size: a random checkpoint that transformers writes, loaded by model.weights."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from sasrecllm_jax.config import DEBUG_TINY
+    from sasrecllm_jax.data.prompts import byte_tokenizer
+    torch.manual_seed(0)
+    c = DEBUG_TINY
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=False))
+    folder = tmp_path / "tiny-llama"
+    hf.save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer().save(str(folder / "tokenizer.json"))
+    results = run(dataset, tmp_path / "run", "train.method=tallrec", f"model.weights={folder}")
+    assert results["test"]["all"]["auc"] is not None
+    from sasrecllm_jax.config import ConfigError
+    with pytest.raises(ConfigError, match="holds another architecture"):
+        run(dataset, tmp_path / "run2", "train.method=tallrec", f"model.weights={folder}",
+            'model.llm_overrides={intermediate_size: 96}')

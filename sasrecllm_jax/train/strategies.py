@@ -12,19 +12,15 @@ from pathlib import Path
 
 from sasrecllm_jax.config import Config, ConfigError, PhaseConfig
 
-ENC_LR = 1e-2   # SASRec / MF pretraining (Adam 1e-2, REFERENCE section 2)
-LLM_LR = 1e-3   # LoRA and mapper (REFERENCE section 5)
+def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 10.0, llm_epochs: float = 1.0,
+                  enc_lr: float = 1e-2, llm_lr: float = 1e-3) -> tuple[PhaseConfig, ...]:
+    """The phases of a method; an encoder trained inside an LLM phase uses enc_lr / 10."""
+    def _encoder(name: str, epochs: float) -> PhaseConfig:
+        return PhaseConfig(name=name, trainable=(name,), prompt="none", epochs=epochs, lr={name: enc_lr})
 
-
-def _encoder(name: str, epochs: float) -> PhaseConfig:
-    return PhaseConfig(name=name, trainable=(name,), prompt="none", epochs=epochs, lr={name: ENC_LR})
-
-
-def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 10.0,
-                  llm_epochs: float = 1.0) -> tuple[PhaseConfig, ...]:
     llm = lambda name, groups, prompt, **kw: PhaseConfig(
         name=name, trainable=groups, prompt=prompt, epochs=llm_epochs,
-        lr={g: (ENC_LR / 10 if g in ("sasrec", "mf") else LLM_LR) for g in groups}, **kw)
+        lr={g: (enc_lr / 10 if g in ("sasrec", "mf") else llm_lr) for g in groups}, **kw)
     if method in ("mf", "sasrec"):
         return (_encoder(method, enc_epochs),)
     if method == "icl":
@@ -55,7 +51,8 @@ def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 
 def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfig, ...]:
     """The phases a run executes, checked before anything is compiled."""
     t = cfg.train
-    phases = t.phases or preset_phases(t.method, t.strategy, cfg.model.encoder, t.enc_epochs, t.llm_epochs)
+    phases = t.phases or preset_phases(t.method, t.strategy, cfg.model.encoder, t.enc_epochs, t.llm_epochs,
+                                       t.enc_lr, t.llm_lr)
     if t.method == "collm_mf" and cfg.model.encoder != "mf":
         raise ConfigError(f"{config_path}: method collm_mf needs model.encoder: mf")
     freeze = set(t.freeze)
