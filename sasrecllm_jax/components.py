@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sasrecllm_jax.config import Config, ConfigError, LlamaConfig
 from sasrecllm_jax.data import prompts as prompts_lib
@@ -119,21 +118,26 @@ class Components:
         return int(limits.get(kind, 0))
 
     def split(self, name: str, prompt: str, max_rows: int = 0) -> SplitData:
+        """A split of the dataset, encoded for this prompt kind (cached)."""
         key = (name, prompt, max_rows)
         if key not in self._splits:
-            d, m = self.cfg.data, self.cfg.model
-            data = SplitData.from_frame(name, self.dataset.splits[name], m.sasrec.max_len, max_rows)
-            if prompt != "none":
-                template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
-                data.prompts = prompts_lib.encode(
-                    template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
-                    max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
-                    where=f"{self.dataset.path}/{name}")
-                if data.prompts.shortened:
-                    print(f"{name}: {data.prompts.shortened} prompts over data.max_tokens={d.max_tokens} "
-                          f"show fewer history titles")
-            self._splits[key] = data
+            self._splits[key] = self.encode_rows(name, self.dataset.splits[name], prompt, max_rows)
         return self._splits[key]
+
+    def encode_rows(self, name: str, df, prompt: str, max_rows: int = 0) -> SplitData:
+        """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""
+        d, m = self.cfg.data, self.cfg.model
+        data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows)
+        if prompt != "none":
+            template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
+            data.prompts = prompts_lib.encode(
+                template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
+                max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
+                where=f"{self.dataset.path}/{name}")
+            if data.prompts.shortened:
+                print(f"{name}: {data.prompts.shortened} prompts over data.max_tokens={d.max_tokens} "
+                      f"show fewer history titles")
+        return data
 
     def model(self, prompt: str, deterministic: bool, frozen=()):
         m = self.cfg.model
@@ -171,6 +175,3 @@ def prompt_groups(prompt: str, encoder: str) -> set[str]:
     """Top-level param keys a model of this prompt kind reads."""
     return {"none": {encoder}, "text": {"llm"}, "hybrid": {encoder, "mapper", "llm"}}[prompt]
 
-
-def host(x) -> np.ndarray:
-    return np.asarray(jax.device_get(x))

@@ -55,9 +55,7 @@ class Recommender:
                 raise DataError(f"item id {bad[0]} is not in the dataset (ids run 1..{n_items})")
         df = pd.DataFrame({"uid": np.asarray(uids, np.int64), "iid": np.asarray(iids, np.int64), "label": 0,
                            "timestamp": 0, "his": [np.asarray(h, np.int64) for h in histories], "not_cold": 1})
-        self.comp._splits.pop(("request", self.prompt, 0), None)
-        self.comp.dataset.splits["request"] = df
-        data = self.comp.split("request", self.prompt)
+        data = self.comp.encode_rows("request", df, self.prompt)
         return score_split(self.scorer, self.params, data, batch_size, self.cfg.data.pad_multiple,
                            self.prompt != "none")
 
