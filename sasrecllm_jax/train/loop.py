@@ -65,6 +65,12 @@ class Run:
         self.phases = resolve_phases(cfg, config_path)
         self.state_path = self.workdir / "run_state.json"
         self.handed_on_valid = None
+        self._scorers: dict[str, Scorer] = {}  # one compiled evaluation function per prompt kind
+
+    def scorer(self, comp: Components, prompt: str) -> Scorer:
+        if prompt not in self._scorers:
+            self._scorers[prompt] = Scorer(comp.model(prompt, deterministic=True))
+        return self._scorers[prompt]
 
     # ------------------------------------------------------------------ bookkeeping
     def _prepare_workdir(self) -> dict:
@@ -139,7 +145,7 @@ class Run:
         if mesh is not None:
             state = sharding.place(state, sharding.param_shardings(state, mesh, t.sharding))
 
-        scorer = Scorer(comp.model(phase.prompt, deterministic=True))
+        scorer = self.scorer(comp, phase.prompt)
         eval_every = phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch
         step = int(state.step)
         bar = tqdm(total=total, initial=step, desc=phase.name, unit="step", dynamic_ncols=True)
@@ -238,7 +244,7 @@ class Run:
         cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
         used = prompt_groups(prompt, cfg.model.encoder)
         params = {k: v for k, v in params.items() if k in used}
-        scorer = Scorer(comp.model(prompt, deterministic=True))
+        scorer = self.scorer(comp, prompt)
         with_prompts = prompt != "none"
         out = {}
         if self.handed_on_valid is not None:  # the final params are the last phase's best: already evaluated
