@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,14 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
            "sasrecllm_hierarchical_freezing", "sasrecllm_plug_and_play"]
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str]) -> None:
@@ -52,14 +43,18 @@ def summarise(out: Path) -> dict:
     summary = {r.name: json.loads((r / "results.json").read_text()) for r in runs}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-    lines = [f"# {out.name}: test split (commit {commit()}, {time.strftime('%Y-%m-%d')})", "",
-             "| method | AUC | UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC | valid AUC | n test | train s | card |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    from sasrecllm_jax.report import code_version
+    commits = sorted({r.get("commit", "unknown") for r in summary.values()})
+    lines = [f"# {out.name}: test split (table written {time.strftime('%Y-%m-%d')} at {code_version()}; "
+             f"runs from commit{'s' if len(commits) > 1 else ''} {', '.join(commits) or '-'})", "",
+             "| method | AUC | UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC | valid AUC | n test | train s | card | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         t = r["test"]
         lines.append(f"| {name} | {fmt(t['all']['auc'])} | {fmt(t['all']['uauc'])} | {fmt(t['warm']['auc'])} | "
                      f"{fmt(t['warm']['uauc'])} | {fmt(t['cold']['auc'])} | {fmt(t['cold']['uauc'])} | "
-                     f"{fmt(r['valid']['all']['auc'])} | {t['all']['n']} | {r['train_time_s']} | {r['device']} |")
+                     f"{fmt(r['valid']['all']['auc'])} | {t['all']['n']} | {r['train_time_s']} | {r['device']} | "
+                     f"{r.get('commit', 'unknown')} |")
     capped = {n for n, r in summary.items() if r["device"] == "cpu" and r["config"]["data"].get("cpu_max_rows")}
     if capped:
         lines += ["", f"CPU runs ({', '.join(sorted(capped))}) used the configs' data.cpu_max_rows subset: "

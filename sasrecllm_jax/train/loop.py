@@ -23,7 +23,7 @@ from sasrecllm_jax.components import Components, prompt_groups
 from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
 from sasrecllm_jax.evaluate import Scorer, collab_inputs, evaluate
-from sasrecllm_jax.report import Reporter
+from sasrecllm_jax.report import Reporter, code_version
 from sasrecllm_jax import sharding
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.train.checkpoint import Store
@@ -258,7 +258,8 @@ class Run:
         results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                    "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
                    "valid": out[d.eval_split], "test": out["test"], "train_time_s": round(train_time, 1),
-                   "device": jax.devices()[0].device_kind, "dataset": comp.dataset.card.get("source")}
+                   "device": jax.devices()[0].device_kind, "dataset": comp.dataset.card.get("source"),
+                   "commit": code_version(), "date": time.strftime("%Y-%m-%d")}
         tmp = self.workdir / "results.json.partial"
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(self.workdir / "results.json")
