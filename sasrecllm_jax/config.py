@@ -6,6 +6,7 @@ The one place where defaults live. `load_config(path, overrides)` reads a YAML f
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -233,12 +234,31 @@ def to_dict(cfg) -> Any:
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-5 as a string (it wants 1.0e-5); researchers write 1e-5. Read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, except that 1e-5 is a float."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def apply_override(data: dict, assignment: str, where: str = "--set") -> dict:
     """`a.b.c=value` with value parsed as YAML (numbers, lists, booleans...)."""
     if "=" not in assignment:
         raise ConfigError(f"{where} {assignment!r}: expected key=value, e.g. train.batch_size=32")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = load_yaml(raw) if raw.strip() else ""
     node = data
     parts = key.strip().split(".")
     for p in parts[:-1]:
@@ -263,7 +283,7 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `base` files include each other in a loop")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from sasrecllm_jax.config import ConfigError, from_dict, Config
+from sasrecllm_jax.config import Config, ConfigError, from_dict, load_yaml
 
 
 class Recommender:
@@ -33,7 +32,7 @@ class Recommender:
         run = Path(run)
         if not (run / "final").exists() or not (run / "config.yaml").exists():
             raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
-        self.cfg = from_dict(Config, yaml.safe_load((run / "config.yaml").read_text()), str(run / "config.yaml"))
+        self.cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
         phases = resolve_phases(self.cfg, str(run / "config.yaml"))
         self.prompt = phases[-1].prompt if phases else "text"
         t = self.cfg.train

@@ -175,6 +175,17 @@ def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "w").exists()  # refused before any run folder or compilation
 
 
+def test_exponent_floats_read_as_floats(tmp_path):
+    """YAML 1.1 reads 1e-5 as the string '1e-5'; in a file, in --set and inside a dict it is a float."""
+    from sasrecllm_jax.config import load_config
+    path = tmp_path / "c.yaml"
+    path.write_text("base: %s\ntrain:\n  llm_lr: 2e-4\n" % (ROOT / "configs" / "smoke.yaml"))
+    cfg = load_config(path, ["train.enc_lr=1e-5", "train.phases=[{name: p, trainable: [lora], prompt: text, "
+                                                   "epochs: 1, lr: {lora: 3E-4}}]"])
+    assert (cfg.train.llm_lr, cfg.train.enc_lr, cfg.train.phases[0].lr["lora"]) == (2e-4, 1e-5, 3e-4)
+    assert isinstance(cfg.train.phases[0].lr["lora"], float)
+
+
 def test_hf_folder_weights_train_end_to_end(dataset, tmp_path):
     """The TinyLlama path at toy size: a random checkpoint that transformers writes, loaded by model.weights."""
     transformers = pytest.importorskip("transformers")

@@ -20,7 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sasrecllm_jax.components import Components, prompt_groups
-from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, to_dict
+from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, load_yaml, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
 from sasrecllm_jax.evaluate import Scorer, collab_inputs, evaluate
 from sasrecllm_jax.report import Reporter, code_version
@@ -79,7 +79,7 @@ class Run:
             raise TrainingError(f"{self.workdir} already holds a run; pass --resume to continue it, or choose "
                                 f"another --workdir")
         if self.resume and saved_cfg.exists():
-            before = yaml.safe_load(saved_cfg.read_text())
+            before = load_yaml(saved_cfg.read_text())
             now = to_dict(self.cfg)
             if before != json.loads(json.dumps(now)):
                 diff = [k for k in now if before.get(k) != json.loads(json.dumps(now[k]))]
