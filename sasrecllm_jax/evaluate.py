@@ -25,21 +25,38 @@ class Scorer:
         self.model = model
         self._fn = jax.jit(lambda params, batch: model.apply({"params": params}, batch))
 
+    def dispatch(self, params, batch) -> jax.Array:
+        """Start scoring a batch on the device and return at once (JAX dispatches asynchronously)."""
+        return self._fn(params, batch)
+
     def __call__(self, params, batch) -> np.ndarray:
-        return np.asarray(self._fn(params, batch))
+        return np.asarray(self.dispatch(params, batch))
 
 
 def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int,
                 with_prompts: bool, collab: str = "on", progress=None) -> np.ndarray:
+    """Scores of every row. Batch b+1 is built on the host while the device scores batch b: the only
+    wait is for results, one batch behind."""
     scores = np.empty(len(data), np.float64)
     it = BatchIterator(data.lengths(), batch_size, seed=0, shuffle=False)
+    pending = None
+
+    def collect(job):
+        idx, out = job
+        scores[idx] = np.asarray(out)[: len(idx)]
+        if progress is not None:
+            progress.update(len(idx))
+
     for b in range(it.batches_per_epoch):
         idx = next(it)
         batch = collab_inputs(make_batch(data, idx, batch_size, pad_multiple, with_prompts), collab, seed=b)
         batch = {k: v for k, v in batch.items() if k not in ("row", "weight", "label")}
-        scores[idx] = scorer(params, batch)[: len(idx)]
-        if progress is not None:
-            progress.update(len(idx))
+        job = (idx, scorer.dispatch(params, batch))
+        if pending is not None:
+            collect(pending)
+        pending = job
+    if pending is not None:
+        collect(pending)
     return scores
 
 

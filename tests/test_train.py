@@ -113,6 +113,19 @@ def test_nan_loss_stops_with_checkpoint_intact(dataset, tmp_path):
     assert state["step"] == good and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state["trainable"]))
 
 
+def test_nan_step_is_exact_without_a_sync_per_step(dataset, tmp_path):
+    """The loop reads losses only every train.log_every steps, yet names the first non-finite step."""
+    phases = json.dumps([{"name": "sasrec", "trainable": ["sasrec"], "prompt": "none", "epochs": 10,
+                          "lr": {"sasrec": 1e30}, "eval_every": 1000}])
+    steps = []
+    for every in (1, 7):
+        with pytest.raises(TrainingError, match="before any checkpoint") as e:
+            run(dataset, tmp_path / str(every), "train.method=sasrec", f"train.phases={phases}", "train.clip_norm=0",
+                f"train.log_every={every}", "train.warmup_steps=3")
+        steps.append(int(e.value.args[0].split("step ")[1].split(":")[0]))
+    assert steps[0] == steps[1] and steps[0] % 7 != 0, steps  # a step between two log steps
+
+
 def test_plug_and_play_restores_other_runs(dataset, tmp_path):
     run(dataset, tmp_path / "enc", "train.method=sasrec")
     run(dataset, tmp_path / "llm", "train.method=tallrec")

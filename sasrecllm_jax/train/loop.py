@@ -65,6 +65,7 @@ class Run:
         self.phases = resolve_phases(cfg, config_path)
         self.state_path = self.workdir / "run_state.json"
         self.handed_on_valid = None
+        self.timing: dict[str, dict] = {}  # per phase, and the final evaluation per split
         self._scorers: dict[str, Scorer] = {}  # one compiled evaluation function per prompt kind
 
     def scorer(self, comp: Components, prompt: str) -> Scorer:
@@ -100,6 +101,15 @@ class Run:
             params = replace_groups(params, restored)
             print(f"[{phase.name}] {group} restored from {source}")
         return params
+
+    @staticmethod
+    def _nonfinite(phase: PhaseConfig, step: int, loss: float, latest: Store):
+        good = latest.latest_step()
+        raise TrainingError(
+            f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped; the last good checkpoint "
+            f"is {latest.directory}/{good} (step {good}) and is intact" if good is not None else
+            f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped before any checkpoint; "
+            f"lower the learning rates (phase lr) or enable train.clip_norm")
 
     # ------------------------------------------------------------------ one phase
     def run_phase(self, comp: Components, phase: PhaseConfig, index: int, params: dict, reporter: Reporter) -> dict:
@@ -149,7 +159,11 @@ class Run:
         eval_every = phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch
         step = int(state.step)
         bar = tqdm(total=total, initial=step, desc=phase.name, unit="step", dynamic_ncols=True)
-        tick, rows_since = time.perf_counter(), 0
+        # The device runs step n while the host builds batch n+1: nothing waits on the device except the
+        # log steps (every train.log_every), the evaluations and the checkpoints.
+        tick, rows_since, losses = time.perf_counter(), 0, []
+        clock = {"first_step_s": None, "eval_s": 0.0, "steps": 0}
+        phase_start = time.perf_counter()
         while step < total:
             idx = next(it)
             batch = collab_inputs(make_batch(train_data, idx, bs, d.pad_multiple, with_prompts), t.collab, seed=step)
@@ -157,28 +171,33 @@ class Run:
             if mesh is not None:
                 batch = sharding.place_batch(batch, mesh)
             state, m = step_fn(state, batch)
+            if clock["first_step_s"] is None:
+                jax.block_until_ready(m["loss"])
+                clock["first_step_s"] = time.perf_counter() - phase_start
             step += 1
-            loss = float(m["loss"])
-            if not math.isfinite(loss):
-                good = latest.latest_step()
-                raise TrainingError(
-                    f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped; the last good checkpoint "
-                    f"is {latest.directory}/{good} (step {good}) and is intact" if good is not None else
-                    f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped before any checkpoint; "
-                    f"lower the learning rates (phase lr) or enable train.clip_norm")
+            clock["steps"] += 1
+            losses.append(m["loss"])
             rows_since += len(idx)
-            if step % t.log_every == 0 or step == total:
-                now = time.perf_counter()
-                values = {k: float(v) for k, v in m.items()}
-                values["samples_per_s"] = rows_since / max(now - tick, 1e-9)
-                tick, rows_since = now, 0
-                reporter.log("train", phase.name, step, values)
-                lr = max(v for k, v in values.items() if k.startswith("lr/"))
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{values['samples_per_s']:.0f}")
+            is_eval = step % eval_every == 0 or step == total
+            if step % t.log_every == 0 or is_eval or step == total:
+                recent = np.asarray(jnp.stack(losses))
+                bad = np.flatnonzero(~np.isfinite(recent))
+                if bad.size:
+                    self._nonfinite(phase, step - len(recent) + 1 + int(bad[0]), float(recent[bad[0]]), latest)
+                losses = []
+                if step % t.log_every == 0 or step == total:
+                    now = time.perf_counter()
+                    values = {k: float(v) for k, v in m.items()}
+                    values["samples_per_s"] = rows_since / max(now - tick, 1e-9)
+                    tick, rows_since = now, 0
+                    reporter.log("train", phase.name, step, values)
+                    lr = max(v for k, v in values.items() if k.startswith("lr/"))
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{values['samples_per_s']:.0f}")
             bar.update(1)
             if self.on_step is not None:
                 self.on_step(phase.name, step)
-            if step % eval_every == 0 or step == total:
+            if is_eval:
+                t_eval = time.perf_counter()
                 current = partition.merge(state.trainable, state.frozen)
                 result, _ = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts, t.collab)
                 auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
@@ -192,9 +211,20 @@ class Run:
                 latest.save(step, {"state": _state_tree(state)}, {"iterator": it.state(), "book": book})
                 bar.write(f"[{phase.name}] step {step}: valid AUC {auc:.4f} (best {book['best_auc']:.4f} at "
                           f"step {book['best_step']})")
+                clock["eval_s"] += time.perf_counter() - t_eval
+                tick = time.perf_counter()  # samples/s counts training only
                 if book["bad_evals"] >= t.patience:
                     bar.write(f"[{phase.name}] early stop: {t.patience} evaluations without improvement")
                     break
+        jax.block_until_ready(state.step)
+        wall = time.perf_counter() - phase_start
+        first = clock["first_step_s"] or 0.0
+        self.timing[phase.name] = {
+            "steps": clock["steps"], "wall_s": round(wall, 2), "first_step_s": round(first, 2),
+            "eval_and_checkpoint_s": round(clock["eval_s"], 2),
+            # training time of the steps after the first (which compiles): what an epoch costs in steady state
+            "steady_s_per_step": round((wall - first - clock["eval_s"]) / max(clock["steps"] - 1, 1), 5)}
+        reporter.log("timing", phase.name, step, self.timing[phase.name])
         bar.close()
         final = partition.merge(state.trainable, state.frozen)
         # the validation metrics of the params this phase hands on (None: not evaluated at that point)
@@ -251,13 +281,16 @@ class Run:
             out[d.eval_split] = self.handed_on_valid
         for split in [s for s in (d.eval_split, "test") if s not in out]:
             data = comp.split(split, prompt, comp.row_limit("eval"))
+            t0 = time.perf_counter()
             with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
                 out[split], _ = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
                                          t.collab, progress=bar)
+            self.timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2)}
             reporter.log("final", split, 0, out[split])
         results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                    "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
                    "valid": out[d.eval_split], "test": out["test"], "train_time_s": round(train_time, 1),
+                   "timing": self.timing,
                    "device": jax.devices()[0].device_kind, "dataset": comp.dataset.card.get("source"),
                    "commit": code_version(), "date": time.strftime("%Y-%m-%d")}
         tmp = self.workdir / "results.json.partial"
