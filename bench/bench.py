@@ -1,13 +1,18 @@
-"""Speed of the SASRecLLM LoRA train step and of scoring, and the same step in HF transformers + PEFT.
+"""Speed of the SASRecLLM LoRA train step and of scoring, beside HF transformers + PEFT on the same card.
 
-    python bench/bench.py            # GPU: TinyLlama-1.1B bf16 at 16x256, 64x256 (train), 128x256 (score),
-                                     #      then the peer (../shared/peers/hf_peft_lora_bench.py) in the same run
-    python bench/bench.py --cpu      # CPU: SmolLM2-135M fp32 at 16x128 (forward and train step)
-    python bench/bench.py --cpu --shapes 2x32   # a quick look
+    python bench/bench.py                 # GPU: the full table (about 5 minutes on an H100)
+    python bench/bench.py --cpu           # CPU: SmolLM2-135M fp32 at 16x128, our side only
+    python bench/bench.py --cpu --shapes 2x32          # a quick look
+    python bench/bench.py --epoch         # also one ML-1M epoch + test evaluation through the real loop
 
-Random weights with the real shapes (jax.eval_shape, then random arrays: no slow init). The SASRec
-encoder and the mapper are part of every step, LoRA r=8 / alpha 16 on q_proj, v_proj. Compilation is
-timed separately and excluded from step times. Prints one JSON line per measurement, then a table.
+GPU rows: our jitted step for TINYLLAMA_1_1B (random weights, bf16, cuDNN attention; LoRA r=8 /
+alpha 16 on q_proj, v_proj; the SASRec encoder and the mapper in every step) at 16x256 and 64x256,
+SMOLLM2_135M at the same shapes, forward-only scoring at 128x256; the peer
+(../shared/peers/hf_peft_lora_bench.py) at the same shapes, and the peer's model forward-only for
+scoring (bench/peer_score.py). Every measurement runs in its own process, so peak device memory is
+that measurement's own, and compilation is timed apart from the steps. MFU: model FLOPs per token
+(4 x non-embedding matmul params + attention for a LoRA step, half that for scoring; the peer's
+formula) over the card's dense bf16 peak, and over the bf16 matmul rate measured in the same run.
 """
 from __future__ import annotations
 
@@ -21,37 +26,36 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from sasrecllm_jax.config import SMOLLM2_135M, TINYLLAMA_1_1B, LoraConfig, ModelConfig, PhaseConfig, TrainConfig
-from sasrecllm_jax.models.hybrid import Hybrid
-from sasrecllm_jax.train import partition
-from sasrecllm_jax.train.optim import make_optimizer
-from sasrecllm_jax.train.step import TrainState, make_train_step
-
-PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "hf_peft_lora_bench.py"
-BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # dense bf16 TFLOP/s (SXM)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PEER = ROOT.parent / "shared" / "peers" / "hf_peft_lora_bench.py"
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
+PEER_NAMES = {"TINYLLAMA_1_1B": "tinyllama-1.1b", "SMOLLM2_135M": "smollm2-135m"}
 
 
+# ----------------------------------------------------------------------------- one measurement
 def random_params(model, batch, seed=0):
+    """Random weights with the real shapes, drawn on the device (host RNG for 1.1B values is slow)."""
+    import jax
+    import jax.numpy as jnp
     abstract = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
-    rng = np.random.default_rng(seed)
-
-    def fill(path, x):
+    key = jax.random.key(seed)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    out = []
+    for i, (path, x) in enumerate(leaves):
         name = jax.tree_util.keystr(path)
         if "'b'" in name:  # LoRA b starts at zero
-            return jnp.zeros(x.shape, x.dtype)
-        if "weight" in name or "scale" in name:
-            return jnp.ones(x.shape, x.dtype)
-        return jnp.asarray(rng.standard_normal(x.shape, np.float32) * 0.02, x.dtype)
-    return jax.tree_util.tree_map_with_path(fill, abstract)
+            out.append(jnp.zeros(x.shape, x.dtype))
+        elif "weight" in name or "scale" in name:
+            out.append(jnp.ones(x.shape, x.dtype))
+        else:
+            out.append((jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32) * 0.02).astype(x.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def make_batch(B, T, vocab, L=25, seed=0):
+    import jax.numpy as jnp
+    import numpy as np
     rng = np.random.default_rng(seed)
     return {"tokens": jnp.asarray(rng.integers(0, vocab, (B, T)), jnp.int32), "mask": jnp.ones((B, T), jnp.int32),
             "user_pos": jnp.full((B,), T // 3, jnp.int32), "item_pos": jnp.full((B,), 2 * T // 3, jnp.int32),
@@ -60,128 +64,254 @@ def make_batch(B, T, vocab, L=25, seed=0):
             "label": jnp.asarray(rng.integers(0, 2, (B,)), jnp.float32), "weight": jnp.ones((B,), jnp.float32)}
 
 
-def timed(fn, args_fn, steps, warmup):
+def timed(fn, steps, warmup):
+    import jax
     t0 = time.perf_counter()
-    out = fn(*args_fn())
-    jax.block_until_ready(out)
+    jax.block_until_ready(fn())
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
-        out = fn(*args_fn())
+        out = fn()
     jax.block_until_ready(out)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        out = fn(*args_fn())
-        jax.block_until_ready(out)
+        jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
     return compile_s, times
 
 
-def flops_per_token(cfg, seq):
-    """Peer's formula: 4 x non-embedding matmul params (fwd + activation grads) + attention."""
+def flops_per_token(cfg, seq, train: bool):
+    """The peer's formula: a LoRA step costs 4 x non-embedding matmul params (forward + activation
+    gradients; frozen weights get no weight gradients) + attention; scoring is half of it."""
     h, L = cfg.hidden_size, cfg.num_layers
     attn = h * cfg.num_heads * cfg.head_dim * 2 + h * cfg.num_kv_heads * cfg.head_dim * 2
     n = L * (attn + 3 * h * cfg.intermediate_size)
-    return 4 * n + 12 * L * seq * h
+    per = 4 * n + 12 * L * seq * h
+    return per if train else per / 2
 
 
 def peak_memory_gib():
+    import jax
     stats = jax.devices()[0].memory_stats() or {}
-    return round(stats.get("peak_bytes_in_use", 0) / 2**30, 2) if stats else None
+    return round(stats["peak_bytes_in_use"] / 2**30, 2) if "peak_bytes_in_use" in stats else None
 
 
-def bench_train(llm, B, T, steps, warmup):
-    model_cfg = ModelConfig()
-    lora = LoraConfig(dropout=0.05)
+def measure(job: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from sasrecllm_jax import config as C
+    steps, warmup = job["steps"], job["warmup"]
+    if job["kind"] == "matmul":  # the dense matmul rate this card reaches in this run
+        n, dtype = job["n"], jnp.dtype(job["dtype"])
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+        mm = jax.jit(lambda a, b: a @ b)
+        compile_s, times = timed(lambda: mm(a, b), steps, warmup)
+        med = statistics.median(times)
+        return {"what": f"matmul {n}^3 {job['dtype']}", "flops_per_s": 2 * n**3 / med, "compile_s": round(compile_s, 1)}
+    llm = getattr(C, job["model"])
+    llm = dataclasses.replace(llm, **job["llm_overrides"])
+    B, T = job["batch"], job["seq"]
     batch = make_batch(B, T, llm.vocab_size)
-    model = Hybrid(model_cfg, llm, num_users=1000, num_items=3000, answer_ids=(5, 6), lora=lora, deterministic=False,
-                   frozen=("sasrec",))
-    params = random_params(model, batch)
-    trainable, frozen = partition.split(params, ["lora", "mapper"])
-    phase = PhaseConfig(trainable=("lora", "mapper"), lr={"lora": 1e-3, "mapper": 1e-3})
-    tx, schedules = make_optimizer(phase, trainable, 1000, TrainConfig(warmup_steps=10))
-    apply_fn = lambda p, b, rngs: model.apply({"params": p}, b, rngs=rngs)
-    step = jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0)
-    holder = {"state": TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable),
-                                  jax.random.key_data(jax.random.key(0)))}
+    from sasrecllm_jax.models.hybrid import Hybrid
+    if job["kind"] == "score":
+        model = Hybrid(C.ModelConfig(), llm, 1000, 3000, (5, 6), C.LoraConfig())
+        params = random_params(model, batch)
+        score = jax.jit(lambda p, b: model.apply({"params": p}, b))
+        compile_s, times = timed(lambda: score(params, batch), steps, warmup)
+    else:
+        from sasrecllm_jax.train import partition
+        from sasrecllm_jax.train.optim import make_optimizer
+        from sasrecllm_jax.train.step import TrainState, make_train_step
+        model = Hybrid(C.ModelConfig(), llm, num_users=1000, num_items=3000, answer_ids=(5, 6),
+                       lora=C.LoraConfig(dropout=0.05), deterministic=False, frozen=("sasrec",))
+        params = random_params(model, batch)
+        trainable, frozen = partition.split(params, ["lora", "mapper"])
+        phase = C.PhaseConfig(trainable=("lora", "mapper"), lr={"lora": 1e-3, "mapper": 1e-3})
+        tx, schedules = make_optimizer(phase, trainable, 1000, C.TrainConfig(warmup_steps=10))
+        apply_fn = lambda p, b, rngs: model.apply({"params": p}, b, rngs=rngs)
+        step = jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0)
+        holder = {"state": TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable),
+                                      jax.random.key_data(jax.random.key(0)))}
 
-    def run(batch):
-        holder["state"], m = step(holder["state"], batch)
-        return m["loss"]
-    compile_s, times = timed(run, lambda: (batch,), steps, warmup)
-    return summarise("jax train step", llm, B, T, compile_s, times, train=True)
-
-
-def bench_score(llm, B, T, steps, warmup):
-    batch = make_batch(B, T, llm.vocab_size)
-    model = Hybrid(ModelConfig(), llm, 1000, 3000, (5, 6), LoraConfig())
-    params = random_params(model, batch)
-    score = jax.jit(lambda p, b: model.apply({"params": p}, b))
-    compile_s, times = timed(score, lambda: (params, batch), steps, warmup)
-    return summarise("jax scoring", llm, B, T, compile_s, times, train=False)
-
-
-def summarise(what, llm, B, T, compile_s, times, train):
+        def run():
+            holder["state"], m = step(holder["state"], batch)
+            return m["loss"]
+        compile_s, times = timed(run, steps, warmup)
     med = statistics.median(times)
-    fpt = flops_per_token(llm, T) / (1 if train else 2)  # forward only: 2N per token
-    device = jax.devices()[0].device_kind
-    peak = next((v for k, v in BF16_PEAK.items() if k in device), None)
-    row = {"what": what, "device": device, "batch": B, "seq": T, "compile_s": round(compile_s, 1),
-           "step_ms_median": round(med * 1e3, 1), "samples_per_s": round(B / med, 1),
-           "tokens_per_s": round(B * T / med), "tflops_per_s": round(fpt * B * T / med / 1e12, 2),
-           "mfu_vs_bf16_peak": round(fpt * B * T / med / peak, 3) if peak else None,
-           "peak_mem_gib": peak_memory_gib()}
+    flops = flops_per_token(llm, T, job["kind"] == "train") * B * T / med
+    return {"what": f"jax {job['kind']}", "model": job["model"], "batch": B, "seq": T,
+            "attention": llm.attention, "dtype": llm.dtype, "remat": llm.remat, "compile_s": round(compile_s, 1),
+            "step_ms_median": round(med * 1e3, 2), "step_ms_min": round(min(times) * 1e3, 2),
+            "samples_per_s": round(B / med, 1), "tokens_per_s": round(B * T / med), "flops_per_s": flops,
+            "peak_mem_gib": peak_memory_gib(), "device": jax.devices()[0].device_kind}
+
+
+# ----------------------------------------------------------------------------- the whole table
+def subprocess_rows(cmd: list[str], timeout: float) -> tuple[list[dict], str]:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [], f"timed out after {timeout:.0f} s"
+    rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    return rows, (out.stderr[-1500:] if out.returncode else "")
+
+
+def run_job(job: dict, timeout: float) -> dict | None:
+    rows, err = subprocess_rows([sys.executable, __file__, "--one", json.dumps(job)], timeout)
+    if rows:
+        return rows[-1]
+    print(json.dumps({"job": job, "error": err.strip().splitlines()[-1:] if err else "no output"}), flush=True)
+    if job.get("llm_overrides", {}).get("attention") == "cudnn":  # record the failure, then try XLA attention
+        return run_job({**job, "llm_overrides": {**job["llm_overrides"], "attention": "xla"}}, timeout)
+    return None
+
+
+def table(rows: list[dict], peer_train: list[dict], peer_score: list[dict], ceiling: float | None, peak: float | None):
+    lines = ["| what | model | batch x seq | samples/s | tokens/s | MFU (bf16 peak) | MFU (measured matmul) | "
+             "peak GiB | compile s | peer samples/s | peer GiB | ratio |", "|---" * 12 + "|"]
+    verdicts = []
+    for r in rows:
+        pool = peer_score if r["what"] == "jax score" else peer_train
+        p = next((q for q in pool if q.get("model") == PEER_NAMES.get(r["model"]) and q.get("batch") == r["batch"]
+                  and q.get("seq") == r["seq"] and q.get("attn", "sdpa") == "sdpa"), None)
+        ratio = round(r["samples_per_s"] / p["samples_per_s"], 2) if p else None
+        r.update(peer_samples_per_s=p and p["samples_per_s"], peer_mem_gib=p and p.get("peak_mem_gib"), ratio=ratio,
+                 mfu_peak=round(r["flops_per_s"] / peak, 3) if peak else None,
+                 mfu_ceiling=round(r["flops_per_s"] / ceiling, 3) if ceiling else None)
+        cell = lambda v: "-" if v is None else v
+        lines.append(f"| {r['what']} | {r['model']} | {r['batch']}x{r['seq']} | {r['samples_per_s']} | {r['tokens_per_s']} | "
+                     f"{cell(r['mfu_peak'])} | {cell(r['mfu_ceiling'])} | {cell(r['peak_mem_gib'])} | {r['compile_s']} | "
+                     f"{cell(r['peer_samples_per_s'])} | {cell(r['peer_mem_gib'])} | {cell(ratio)} |")
+    target = lambda what, model, shape: next((r for r in rows if r["what"] == what and r["model"] == model
+                                               and f"{r['batch']}x{r['seq']}" == shape), None)
+    for what, model, shape, need in [("jax train", "TINYLLAMA_1_1B", "16x256", 2.0), ("jax train", "TINYLLAMA_1_1B", "64x256", 1.6),
+                                     ("jax score", "TINYLLAMA_1_1B", "128x256", 1.3)]:
+        r = target(what, model, shape)
+        if r is not None and r["ratio"] is not None:
+            verdicts.append(f"- {what} {shape}: {r['ratio']}x the peer (target {need}x): {'met' if r['ratio'] >= need else 'NOT met'}")
+            if r["peer_mem_gib"] and r["peak_mem_gib"]:
+                ok = r["peak_mem_gib"] <= r["peer_mem_gib"]
+                verdicts.append(f"- {what} {shape} memory: {r['peak_mem_gib']} GiB vs the peer's {r['peer_mem_gib']} GiB: "
+                                f"{'met' if ok else 'NOT met'}")
+    r = target("jax train", "TINYLLAMA_1_1B", "64x256")
+    if r is not None and r["mfu_peak"] is not None:
+        verdicts.append(f"- MFU at 64x256: {r['mfu_peak']:.1%} of the bf16 peak (target 40%): "
+                        f"{'met' if r['mfu_peak'] >= 0.4 else 'NOT met'}")
+    return lines, verdicts
+
+
+def epoch_measure(timeout: float, overrides: list[str]) -> dict | None:
+    """One ML-1M epoch of hybrid training (mapper + LoRA, SmolLM2) and the test evaluation, through the real loop."""
+    workdir = Path(os.environ.get("OUT", "/tmp")) / f"bench-epoch-{os.getpid()}"
+    phases = json.dumps([{"name": "hybrid", "trainable": ["mapper", "lora"], "prompt": "hybrid", "epochs": 1,
+                          "lr": {"mapper": 1e-3, "lora": 1e-3}, "eval_every": 100000}])
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/experiments/ml1m/base.yaml"),
+           "--set", "train.method=sasrecllm", "--set", f"train.phases={phases}", "--set", "train.log_every=100",
+           "--set", "model.llm_overrides={param_dtype: bfloat16, dtype: bfloat16, attention: cudnn}",
+           *[a for o in overrides for a in ("--set", o)], "--workdir", str(workdir)]
+    t0 = time.time()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        print(json.dumps({"epoch": "timed out", "after_s": timeout}), flush=True)
+        return None
+    res = workdir / "results.json"
+    if out.returncode or not res.exists():
+        print(json.dumps({"epoch": "failed", "stderr": out.stderr[-1500:]}), flush=True)
+        return None
+    r = json.loads(res.read_text())
+    tm = r["timing"]
+    h = tm["hybrid"]
+    ev = tm["evaluate test"]
+    row = {"what": "ML-1M epoch (SmolLM2, hybrid, mapper+LoRA)", "steps": h["steps"],
+           "epoch_s_steady": round((h["steady_s_per_step"] or 0) * h["steps"], 1), "epoch_wall_s": h["wall_s"],
+           "compile_s": h["compile_s"], "batch_shapes": h["batch_shapes"],
+           "test_eval_s": round(ev["wall_s"] - ev["compile_s"], 2), "test_eval_wall_s": ev["wall_s"],
+           "test_eval_compile_s": ev["compile_s"], "test_rows": ev["rows"],
+           "test_auc": r["test"]["all"]["auc"], "wall_s": round(time.time() - t0, 1)}
     print(json.dumps(row), flush=True)
     return row
 
 
-def run_peer(model_name, peer: Path):
-    if not peer.exists():
-        print(json.dumps({"peer": "missing", "path": str(peer)}))
-        return []
-    out = subprocess.run([sys.executable, str(peer), model_name], capture_output=True, text=True)
-    rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-    for r in rows:
-        print(json.dumps(r), flush=True)
-    if out.returncode:
-        print(out.stderr[-2000:], file=sys.stderr)
-    return rows
-
-
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--cpu", action="store_true", help="CPU variant: SmolLM2-135M fp32")
-    p.add_argument("--shapes", default=None, help="comma-separated BxT for training, e.g. 16x256,64x256")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="CPU variant: SmolLM2-135M fp32, no peer")
+    p.add_argument("--shapes", default=None, help="comma-separated BxT for the train rows, e.g. 16x256,64x256")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--smollm2", action="store_true", help="GPU: add SmolLM2-135M train rows (and the peer's)")
+    p.add_argument("--epoch", action="store_true", help="also time an ML-1M epoch and the test evaluation")
+    p.add_argument("--epoch-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for the epoch run, e.g. model.llm_overrides={attention: xla}")
     p.add_argument("--peer", type=Path, default=PEER, help="hf_peft_lora_bench.py (default: ../shared/peers/)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement, in this process
     args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))), flush=True)
+        return
+    import jax
     if args.cpu:
-        llm, shapes, score_shapes, steps, warmup = SMOLLM2_135M, ["16x128"], ["16x128"], 3, 1
+        gpu = {}
+        jobs = [("score", "SMOLLM2_135M", "16x128"), ("train", "SMOLLM2_135M", "16x128")]
+        steps, warmup, mm = 3, 1, {"n": 1024, "dtype": "float32"}
     else:
-        llm = dataclasses.replace(TINYLLAMA_1_1B, param_dtype="bfloat16", dtype="bfloat16", attention="cudnn")
-        shapes, score_shapes, steps, warmup = ["16x256", "64x256"], ["128x256"], 20, 5
-    if args.shapes:
-        shapes = score_shapes = args.shapes.split(",")
+        gpu = {"param_dtype": "bfloat16", "dtype": "bfloat16", "attention": "cudnn"}
+        jobs = [("score", "TINYLLAMA_1_1B", "128x256"), ("train", "TINYLLAMA_1_1B", "16x256"),
+                ("train", "TINYLLAMA_1_1B", "64x256")]
+        jobs += [("train", "SMOLLM2_135M", "16x256"), ("train", "SMOLLM2_135M", "64x256")] if args.smollm2 else []
+        steps, warmup, mm = 20, 5, {"n": 8192, "dtype": "bfloat16"}
+    if args.shapes:  # scoring at the first shape, training at each, with the first job's model
+        shapes, model = args.shapes.split(","), jobs[0][1]
+        jobs = [("score", model, shapes[0])] + [("train", model, s) for s in shapes]
     steps = args.steps or steps
-    print(json.dumps({"jax": jax.__version__, "devices": [d.device_kind for d in jax.devices()],
-                      "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}), flush=True)
+    import transformers
+    print(json.dumps({"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+                      "transformers": transformers.__version__, "devices": [d.device_kind for d in jax.devices()],
+                      "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}), flush=True)
+    device = jax.devices()[0].device_kind
+    peak = next((v for k, v in BF16_PEAK.items() if k in device), None)
+    mmrow = run_job({"kind": "matmul", "steps": steps, "warmup": warmup, **mm}, 300)
+    ceiling = mmrow and mmrow["flops_per_s"]
+    if mmrow:
+        print(json.dumps(mmrow), flush=True)
     rows = []
-    for s in score_shapes:
-        B, T = map(int, s.split("x"))
-        rows.append(bench_score(llm, B, T, steps, warmup))
-    for s in shapes:
-        B, T = map(int, s.split("x"))
-        rows.append(bench_train(llm, B, T, steps, warmup))
-    peer = [] if (args.cpu or args.no_peer) else run_peer("tinyllama-1.1b", args.peer)
-    print("\n| what | batch x seq | samples/s | tokens/s | MFU (bf16 peak) | peak GiB | compile s | peer samples/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        match = [q for q in peer if q.get("batch") == r["batch"] and q.get("seq") == r["seq"] and q.get("attn") == "sdpa"]
-        ps = match[0]["samples_per_s"] if match else None
-        print(f"| {r['what']} | {r['batch']}x{r['seq']} | {r['samples_per_s']} | {r['tokens_per_s']} | "
-              f"{r['mfu_vs_bf16_peak']} | {r['peak_mem_gib']} | {r['compile_s']} | {ps} | "
-              f"{round(r['samples_per_s'] / ps, 2) if ps else '-'} |")
+    for kind, model, shape in jobs:
+        B, T = map(int, shape.split("x"))
+        r = run_job({"kind": kind, "model": model, "batch": B, "seq": T, "steps": steps, "warmup": warmup,
+                     "llm_overrides": gpu}, 600)
+        if r:
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+    peer_train, peer_score = [], []
+    if not (args.cpu or args.no_peer):
+        if not args.peer.exists():
+            print(json.dumps({"peer": "missing", "path": str(args.peer)}), flush=True)
+        else:
+            peer_train, err = subprocess_rows([sys.executable, str(args.peer), "tinyllama-1.1b",
+                                              *(["smollm2-135m"] if args.smollm2 else [])], 900)
+            peer_score, err2 = subprocess_rows([sys.executable, str(ROOT / "bench" / "peer_score.py"), str(args.peer),
+                                                "tinyllama-1.1b", "128x256"], 600)
+            for q in peer_train + peer_score:
+                print(json.dumps(q), flush=True)
+            for e in (err, err2):
+                if e:
+                    print(e, file=sys.stderr)
+    lines, verdicts = table(rows, peer_train, peer_score, ceiling, peak)
+    print()
+    print(f"matmul ceiling: {ceiling / 1e12:.3f} TFLOP/s ({mmrow['what']}); card's dense bf16 peak: "
+          f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown'}" if ceiling else "matmul ceiling: not measured")
+    print("\n".join(lines))
+    if verdicts:
+        print("\n".join(["", "Targets (issue 6):", *verdicts]))
+    if args.epoch:
+        e = epoch_measure(900, args.epoch_set)
+        if e:
+            print(f"- ML-1M epoch: {e['epoch_s_steady']} s once compiled ({e['steps']} steps; {e['epoch_wall_s']} s "
+                  f"wall with {e['compile_s']} s compiling {e['batch_shapes']} batch shapes) (target < 25 s): "
+                  f"{'met' if e['epoch_s_steady'] < 25 else 'NOT met'}")
+            print(f"- test evaluation: {e['test_eval_s']} s once compiled for {e['test_rows']} rows ({e['test_eval_wall_s']} s "
+                  f"wall) (target < 5 s): {'met' if e['test_eval_s'] < 5 else 'NOT met'}")
 
 
 if __name__ == "__main__":

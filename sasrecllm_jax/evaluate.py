@@ -1,6 +1,8 @@
 """One evaluate(): score every row of a split and report AUC / UAUC / log-loss for all, warm, cold."""
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 
@@ -24,10 +26,20 @@ class Scorer:
     def __init__(self, model):
         self.model = model
         self._fn = jax.jit(lambda params, batch: model.apply({"params": params}, batch))
+        self._shapes: set = set()
+        self.compile_s = 0.0  # time of the first call at each batch shape (compilation + one batch)
 
     def dispatch(self, params, batch) -> jax.Array:
-        """Start scoring a batch on the device and return at once (JAX dispatches asynchronously)."""
-        return self._fn(params, batch)
+        """Start scoring a batch on the device and return at once (JAX dispatches asynchronously);
+        a batch of a new shape compiles, and that call waits so its time is counted apart."""
+        shape = tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
+        if shape in self._shapes:
+            return self._fn(params, batch)
+        self._shapes.add(shape)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(self._fn(params, batch))
+        self.compile_s += time.perf_counter() - t0
+        return out
 
     def __call__(self, params, batch) -> np.ndarray:
         return np.asarray(self.dispatch(params, batch))

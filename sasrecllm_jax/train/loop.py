@@ -162,7 +162,8 @@ class Run:
         # The device runs step n while the host builds batch n+1: nothing waits on the device except the
         # log steps (every train.log_every), the evaluations and the checkpoints.
         tick, rows_since, losses = time.perf_counter(), 0, []
-        clock = {"first_step_s": None, "eval_s": 0.0, "steps": 0}
+        clock = {"compile_s": 0.0, "eval_s": 0.0, "steps": 0}
+        shapes: set = set()
         phase_start = time.perf_counter()
         while step < total:
             idx = next(it)
@@ -170,10 +171,16 @@ class Run:
             batch.pop("row")
             if mesh is not None:
                 batch = sharding.place_batch(batch, mesh)
-            state, m = step_fn(state, batch)
-            if clock["first_step_s"] is None:
+            shape = np.shape(batch["tokens"]) if "tokens" in batch else None
+            if shape not in shapes:  # a new batch shape compiles: time it apart from the steady state
+                jax.block_until_ready(state.step)
+                t_new = time.perf_counter()
+                state, m = step_fn(state, batch)
                 jax.block_until_ready(m["loss"])
-                clock["first_step_s"] = time.perf_counter() - phase_start
+                clock["compile_s"] += time.perf_counter() - t_new
+                shapes.add(shape)
+            else:
+                state, m = step_fn(state, batch)
             step += 1
             clock["steps"] += 1
             losses.append(m["loss"])
@@ -218,12 +225,14 @@ class Run:
                     break
         jax.block_until_ready(state.step)
         wall = time.perf_counter() - phase_start
-        first = clock["first_step_s"] or 0.0
+        steady_steps = clock["steps"] - len(shapes)
         self.timing[phase.name] = {
-            "steps": clock["steps"], "wall_s": round(wall, 2), "first_step_s": round(first, 2),
+            "steps": clock["steps"], "wall_s": round(wall, 2), "batch_shapes": len(shapes),
+            "compile_s": round(clock["compile_s"], 2),  # first step at each batch shape, compilation included
             "eval_and_checkpoint_s": round(clock["eval_s"], 2),
-            # training time of the steps after the first (which compiles): what an epoch costs in steady state
-            "steady_s_per_step": round((wall - first - clock["eval_s"]) / max(clock["steps"] - 1, 1), 5)}
+            # the other steps: what an epoch costs once every shape is compiled
+            "steady_s_per_step": round((wall - clock["compile_s"] - clock["eval_s"]) / steady_steps, 5)
+            if steady_steps > 0 else None}
         reporter.log("timing", phase.name, step, self.timing[phase.name])
         bar.close()
         final = partition.merge(state.trainable, state.frozen)
@@ -281,11 +290,12 @@ class Run:
             out[d.eval_split] = self.handed_on_valid
         for split in [s for s in (d.eval_split, "test") if s not in out]:
             data = comp.split(split, prompt, comp.row_limit("eval"))
-            t0 = time.perf_counter()
+            t0, compiled = time.perf_counter(), scorer.compile_s
             with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
                 out[split], _ = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
                                          t.collab, progress=bar)
-            self.timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2)}
+            self.timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
+                                                "compile_s": round(scorer.compile_s - compiled, 2)}
             reporter.log("final", split, 0, out[split])
         results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                    "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
