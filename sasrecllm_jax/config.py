@@ -88,6 +88,9 @@ class MFConfig:
 class MapperConfig:
     hidden: int = 320
     num_tokens: int = 1                # soft tokens per ID placeholder
+    # "gate": the hybrid's score adds g x the encoder's own score <user, item>, with g a learned scalar
+    # of the mapper group that starts at 1, so the LLM learns a correction to the ID model's logit.
+    fusion: Literal["none", "gate"] = "none"
 
 
 @dataclasses.dataclass(frozen=True)

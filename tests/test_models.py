@@ -157,6 +157,30 @@ def test_placeholders_land_in_place(k):
     np.testing.assert_allclose(model.apply({"params": params}, batch), logits[:, 0] - logits[:, 1], atol=1e-6)
 
 
+def test_gate_adds_the_encoder_score():
+    """fusion: gate = the plain hybrid's score + g x SASRec's own <user, item>; g is a mapper leaf; the
+    ablation masks reach the ID score too."""
+    from sasrecllm_jax.models.hybrid import EncoderScorer
+    plain = _hybrid()
+    gated = Hybrid(dataclasses.replace(plain.cfg, mapper=dataclasses.replace(plain.cfg.mapper, fusion="gate")),
+                   DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    batch = _batch()
+    params = gated.init(jax.random.key(0), batch)["params"]
+    assert params["mapper"]["id_gate"] == 1.0 and partition.labels(params)["mapper"]["id_gate"] == "mapper"
+    params["mapper"]["id_gate"] = jnp.float32(2.5)
+    without = {**params, "mapper": {k: v for k, v in params["mapper"].items() if k != "id_gate"}}
+    llm_score = plain.apply({"params": without}, batch)
+    id_score = EncoderScorer(plain.cfg, 9, 20).apply({"params": {"sasrec": params["sasrec"]}}, batch)
+    assert np.abs(id_score).min() > 1e-3
+    np.testing.assert_allclose(gated.apply({"params": params}, batch), llm_score + 2.5 * id_score, rtol=1e-5, atol=1e-6)
+    dropped = {**batch, "collab_scale": jnp.zeros(2)}
+    np.testing.assert_allclose(gated.apply({"params": params}, dropped), plain.apply({"params": without}, dropped),
+                               rtol=1e-6, atol=1e-6)
+    swapped = {**batch, "collab_perm": jnp.array([1, 0])}
+    np.testing.assert_allclose(gated.apply({"params": params}, swapped) - plain.apply({"params": without}, swapped),
+                               2.5 * id_score[::-1], rtol=1e-4, atol=1e-5)
+
+
 def test_padding_does_not_change_a_score():
     model = _hybrid()
     batch = _batch()

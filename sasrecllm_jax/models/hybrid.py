@@ -6,7 +6,8 @@ A batch (see sasrecllm_jax.data.pipeline) carries `tokens`, `mask` [B, T]; for h
 `user_pos`, `item_pos` [B] (the first of k placeholder positions), `his` [B, L], `uid`, `iid` [B];
 and the ablation inputs `collab_scale` [B] (1 keeps, 0 drops the collaborative tokens) and
 `collab_perm` [B] (a permutation of rows: shuffles them). The score is the raw "Yes" logit at the
-last prompt position, or the Yes-minus-No log-odds.
+last prompt position, or the Yes-minus-No log-odds; with `model.mapper.fusion: gate` the mapper adds a
+learned multiple of the encoder's own score <user, item> to it.
 """
 from __future__ import annotations
 
@@ -56,30 +57,36 @@ class Hybrid(_HasEncoder, nn.Module):
         self.mapper = Mapper(self.cfg.mapper, self.llm_cfg.hidden_size)
         self.llm = LlamaForCausalLM(self.llm_cfg, self.lora, det("lora"))
 
-    def collaborative_tokens(self, batch):
-        """[B, k, d_model] each for the user and the target item, with the ablation masks applied."""
-        user = self.mapper(self.encoder.user_vector(batch["his"], batch["uid"]))
-        item = self.mapper(self.encoder.item_vector(batch["iid"]))
+    def collaborative_inputs(self, batch):
+        """The user's and the target item's soft tokens [B, k, d_model] and the encoder's own score [B],
+        with the ablation masks applied to all three."""
+        u = self.encoder.user_vector(batch["his"], batch["uid"])
+        i = self.encoder.item_vector(batch["iid"])
+        user, item, id_score = self.mapper(u), self.mapper(i), jnp.sum(u * i, axis=-1)
         perm = batch.get("collab_perm")
         if perm is not None:
-            user, item = user[perm], item[perm]
+            user, item, id_score = user[perm], item[perm], id_score[perm]
         scale = batch.get("collab_scale")
         if scale is not None:
-            user, item = user * scale[:, None, None], item * scale[:, None, None]
-        return user, item
+            user, item, id_score = user * scale[:, None, None], item * scale[:, None, None], id_score * scale
+        return user, item, id_score
+
+    def collaborative_tokens(self, batch):
+        """[B, k, d_model] each for the user and the target item, with the ablation masks applied."""
+        return self.collaborative_inputs(batch)[:2]
 
     def __call__(self, batch):
         """Scores [B] for a batch of rendered prompts."""
         embeds = self.llm.embed(batch["tokens"])
+        id_score = None
         if "user_pos" in batch:
-            user, item = self.collaborative_tokens(batch)
+            user, item, id_score = self.collaborative_inputs(batch)
             embeds = splice(embeds, user.astype(embeds.dtype), batch["user_pos"])
             embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=batch["mask"],
                           logits_at=last_positions(batch["mask"]), vocab_ids=jnp.asarray(self.answer_ids))
-        if self.cfg.score_head == "yes_logit":
-            return logits[:, 0]
-        return logits[:, 0] - logits[:, 1]
+        score = logits[:, 0] if self.cfg.score_head == "yes_logit" else logits[:, 0] - logits[:, 1]
+        return score if id_score is None else self.mapper.fuse(score, id_score.astype(score.dtype))
 
 
 def splice(embeds, vectors, start):

@@ -10,9 +10,19 @@ class Mapper(nn.Module):
     cfg: MapperConfig
     d_model: int
 
-    @nn.compact
+    def setup(self):
+        self.fc1 = nn.Dense(self.cfg.hidden)
+        self.fc2 = nn.Dense(self.d_model * self.cfg.num_tokens)
+        if self.cfg.fusion == "gate":
+            self.id_gate = self.param("id_gate", nn.initializers.ones, ())
+
     def __call__(self, x):
         """[..., d_enc] -> [..., k, d_model]."""
-        h = nn.relu(nn.Dense(self.cfg.hidden, name="fc1")(x))
-        y = nn.Dense(self.d_model * self.cfg.num_tokens, name="fc2")(h)
+        y = self.fc2(nn.relu(self.fc1(x)))
         return y.reshape(*x.shape[:-1], self.cfg.num_tokens, self.d_model)
+
+    def fuse(self, llm_score, id_score):
+        """The hybrid's score: the LLM's, plus the gated ID score when cfg.fusion == "gate"."""
+        if self.cfg.fusion == "gate":
+            return llm_score + self.id_gate * id_score
+        return llm_score
