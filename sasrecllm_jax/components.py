@@ -16,6 +16,8 @@ from sasrecllm_jax.data import prompts as prompts_lib
 from sasrecllm_jax.data.dataset import DataError, Dataset, load_dataset, write_dataset
 from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.models.hybrid import EncoderScorer, Hybrid, make_encoder
+
+LLM_METHODS = ("icl", "tallrec", "collm_mf", "sasrecllm")  # the methods that load an LLM
 from sasrecllm_jax.models.lora import init_adapters
 from sasrecllm_jax.models.llama import LlamaForCausalLM
 from sasrecllm_jax.models.mapper import Mapper
@@ -99,6 +101,15 @@ class Components:
             comp.answer_ids = (answer_token(comp.tokenizer, cfg.data.answer_yes),
                                answer_token(comp.tokenizer, cfg.data.answer_no))
         return comp
+
+    @staticmethod
+    def for_run(cfg: Config) -> tuple["Components", dict]:
+        """The components and initial parameters of a run, from train.seed alone. Training and every later
+        reader of the run (scoring, ablations) call this, so a randomly initialised LLM base, which no
+        checkpoint stores, is the same base for all of them."""
+        key = jax.random.key(cfg.train.seed)
+        comp = Components.build(cfg, cfg.train.method in LLM_METHODS, jax.random.fold_in(key, 0))
+        return comp, comp.init_params(jax.random.fold_in(key, 1))
 
     @property
     def num_users(self) -> int:

@@ -36,8 +36,7 @@ class Recommender:
         phases = resolve_phases(self.cfg, str(run / "config.yaml"))
         self.prompt = phases[-1].prompt if phases else "text"
         t = self.cfg.train
-        self.comp = Components.build(self.cfg, t.method not in ("mf", "sasrec"), jax.random.key(t.seed))
-        params = self.comp.init_params(jax.random.key(0))
+        self.comp, params = Components.for_run(self.cfg)
         used = prompt_groups(self.prompt, self.cfg.model.encoder)
         params = {k: v for k, v in params.items() if k in used}
         restored, _ = Store(run / "final").restore(group_trees(params))

@@ -17,6 +17,8 @@ def runs(tmp_path_factory):
     out = root / "results"
     for method in ("sasrec", "icl"):
         train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=512"), out / "runs" / method)
+    train_and_evaluate(smoke_config(dataset, "train.method=sasrecllm", "train.strategy=plug_and_play",
+                                    "data.pad_multiple=512"), root / "hybrid")
     return dataset, out
 
 
@@ -41,6 +43,23 @@ def test_score_cli_errors(runs, tmp_path, capsys):
     assert "not a finished run" in capsys.readouterr().err
     assert score_main(["--run", str(out / "runs" / "sasrec"), "--user", "1", "--candidates", "1 99999"]) == 2
     assert "item id 99999 is not in the dataset" in capsys.readouterr().err
+
+
+def test_test_time_ablation(runs, capsys):
+    from sasrecllm_jax.ablate import main as ablate_main
+    dataset, out = runs
+    run = out.parent / "hybrid"
+    assert ablate_main([str(run), "--modes", "on", "drop", "shuffle"]) == 0
+    ab = json.loads((run / "ablation.json").read_text())["test"]
+    results = json.loads((run / "results.json").read_text())
+    for part in ("all", "warm", "cold"):  # 'on' is the run's own evaluation
+        assert ab["on"][part]["auc"] == pytest.approx(results["test"][part]["auc"], abs=1e-6)
+    assert ab["drop"]["all"]["auc"] != ab["on"]["all"]["auc"] != ab["shuffle"]["all"]["auc"]
+    assert "drop" in capsys.readouterr().out
+    assert ablate_main([str(out / "runs" / "icl")]) == 2
+    assert "has no collaborative tokens" in capsys.readouterr().err
+    assert ablate_main([str(run), "--modes", "zero"]) == 2
+    assert "unknown ablation mode" in capsys.readouterr().err
 
 
 def test_plot_and_summary(runs, tmp_path):

@@ -31,7 +31,6 @@ from sasrecllm_jax.train.optim import make_optimizer
 from sasrecllm_jax.train.step import TrainState, make_train_step
 from sasrecllm_jax.train.strategies import resolve_phases
 
-LLM_METHODS = ("icl", "tallrec", "collm_mf", "sasrecllm")
 
 
 class TrainingError(RuntimeError):
@@ -252,9 +251,7 @@ class Run:
         sharding.init_distributed(t.distributed)
         run_state = self._prepare_workdir()
         start = time.time()
-        key = jax.random.key(t.seed)
-        comp = Components.build(cfg, t.method in LLM_METHODS, jax.random.fold_in(key, 0))
-        params = comp.init_params(jax.random.fold_in(key, 1))
+        comp, params = Components.for_run(cfg)
         reporter = Reporter(self.workdir)
         try:
             for i, phase in enumerate(self.phases):
