@@ -18,6 +18,6 @@ if [ "$what" = bench ]; then
   # about 6-7 minutes on an H100: matmul ceiling, 3 TinyLlama rows, the peer, an ML-1M epoch
   python3 bench/bench.py --epoch --peer .parts/hf_peft_lora_bench.py "$@" 2>&1 | tee "${OUT:-/tmp/out}/bench.txt"
 else
-  python3 -m sasrecllm_jax.experiments ml1m --methods "$@" --out "${OUT:-/tmp/out}/ml1m" \
+  python3 -m sasrecllm_jax.experiments ml1m --ablate --methods "$@" --out "${OUT:-/tmp/out}/ml1m" \
     --set model.llm_overrides='{param_dtype: bfloat16, dtype: bfloat16, attention: cudnn}' 2>&1 | tee "${OUT:-/tmp/out}/grid.txt"
 fi

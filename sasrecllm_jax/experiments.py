@@ -3,9 +3,12 @@
     python -m sasrecllm_jax.experiments ml1m                       # every method, seed 0
     python -m sasrecllm_jax.experiments ml1m --methods sasrec tallrec --seeds 0 1
     python -m sasrecllm_jax.experiments ml1m --summary-only        # rebuild the table from finished runs
+    python -m sasrecllm_jax.experiments ml1m --methods sasrecllm_dual_stage --set model.mapper.hidden=64 --tag mapper64
+    python -m sasrecllm_jax.experiments ml1m --methods sasrecllm_dual_stage --ablate   # + test-time ablations
 
 Each method's config is configs/experiments/DATASET/METHOD.yaml. Runs go to results/DATASET/runs/NAME
-(NAME = METHOD, or METHOD-seedN for seeds other than 0); a run whose results.json exists is skipped.
+(NAME = METHOD, METHOD-seedN for seeds other than 0, then -TAG with --tag); a run whose results.json
+exists is skipped.
 Writes results/DATASET/summary.json ({name: results.json}), SUMMARY.md and warm_cold.png.
 On a CPU the configs' data.cpu_max_rows apply (a documented subset), and the table says so.
 """
@@ -22,20 +25,26 @@ METHODS = ["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
            "sasrecllm_hierarchical_freezing", "sasrecllm_plug_and_play"]
 
 
-def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str]) -> None:
+def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str], tag: str = "",
+             ablate: bool = False) -> None:
     from sasrecllm_jax.config import load_config
     from sasrecllm_jax.train.loop import train_and_evaluate
     for method in methods:
         cfg_path = ROOT / "configs" / "experiments" / dataset / f"{method}.yaml"
         for seed in seeds if method != "icl" else [0]:
-            name = method if seed == 0 else f"{method}-seed{seed}"
+            name = (method if seed == 0 else f"{method}-seed{seed}") + (f"-{tag}" if tag else "")
             workdir = out / "runs" / name
             if (workdir / "results.json").exists():
                 print(f"{name}: done, skipped")
-                continue
-            cfg = load_config(cfg_path, [f"train.seed={seed}", *overrides])
-            print(f"=== {name} ({cfg_path.relative_to(ROOT)})")
-            train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path))
+            else:
+                cfg = load_config(cfg_path, [f"train.seed={seed}", *overrides])
+                print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
+                train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path))
+            if ablate and not (workdir / "ablation.json").exists():
+                from sasrecllm_jax.ablate import ablate as run_ablation
+                if (workdir / "results.json").exists() and json.loads((workdir / "results.json").read_text())[
+                        "config"]["train"]["method"] in ("sasrecllm", "collm_mf"):
+                    run_ablation(workdir, ("drop", "shuffle"), "test")
 
 
 def summarise(out: Path) -> dict:
@@ -55,6 +64,14 @@ def summarise(out: Path) -> dict:
                      f"{fmt(t['warm']['uauc'])} | {fmt(t['cold']['auc'])} | {fmt(t['cold']['uauc'])} | "
                      f"{fmt(r['valid']['all']['auc'])} | {t['all']['n']} | {r['train_time_s']} | {r['device']} | "
                      f"{r.get('commit', 'unknown')} |")
+    ablations = [(r.name, mode, m) for r in runs if (r / "ablation.json").exists()
+                 for mode, m in json.loads((r / "ablation.json").read_text()).get("test", {}).items() if mode != "on"]
+    if ablations:
+        lines += ["", "Test-time ablations (`python -m sasrecllm_jax.ablate`; the trained model, collaborative inputs "
+                      "dropped or shuffled):", "",
+                  "| run | collab | AUC | UAUC | warm AUC | cold AUC | n test |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {mode} | {fmt(m['all']['auc'])} | {fmt(m['all']['uauc'])} | {fmt(m['warm']['auc'])} | "
+                  f"{fmt(m['cold']['auc'])} | {m['all']['n']} |" for n, mode, m in ablations]
     capped = {n for n, r in summary.items() if r["device"] == "cpu" and r["config"]["data"].get("cpu_max_rows")}
     if capped:
         lines += ["", f"CPU runs ({', '.join(sorted(capped))}) used the configs' data.cpu_max_rows subset: "
@@ -75,6 +92,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", type=Path, default=None, help="default: results/DATASET")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--tag", default="", help="suffix of the run names, for variants made with --set "
+                   "(e.g. --set model.mapper.hidden=64 --tag mapper64)")
+    p.add_argument("--ablate", action="store_true", help="after each hybrid run, its test-time ablations "
+                   "(collaborative inputs dropped, shuffled)")
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
     out = (args.out or ROOT / "results" / args.dataset).absolute()
@@ -85,7 +106,7 @@ def main(argv=None) -> int:
     from sasrecllm_jax.errors import KNOWN_ERRORS
     try:
         if not args.summary_only:
-            run_grid(args.dataset, args.methods, args.seeds, out, args.overrides)
+            run_grid(args.dataset, args.methods, args.seeds, out, args.overrides, args.tag, args.ablate)
         summarise(out)
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -56,6 +56,12 @@ def test_test_time_ablation(runs, capsys):
         assert ab["on"][part]["auc"] == pytest.approx(results["test"][part]["auc"], abs=1e-6)
     assert ab["drop"]["all"]["auc"] != ab["on"]["all"]["auc"] != ab["shuffle"]["all"]["auc"]
     assert "drop" in capsys.readouterr().out
+    table_dir = out.parent / "with_ablation"
+    (table_dir / "runs").mkdir(parents=True)
+    (table_dir / "runs" / "hybrid").symlink_to(run)
+    experiments.summarise(table_dir)
+    table = (table_dir / "SUMMARY.md").read_text()
+    assert f"| hybrid | drop | {ab['drop']['all']['auc']:.4f} |" in table and "| hybrid | shuffle |" in table
     assert ablate_main([str(out / "runs" / "icl")]) == 2
     assert "has no collaborative tokens" in capsys.readouterr().err
     assert ablate_main([str(run), "--modes", "zero"]) == 2
