@@ -17,8 +17,9 @@ def runs(tmp_path_factory):
     out = root / "results"
     for method in ("sasrec", "icl"):
         train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=512"), out / "runs" / method)
-    train_and_evaluate(smoke_config(dataset, "train.method=sasrecllm", "train.strategy=plug_and_play",
-                                    "data.pad_multiple=512"), root / "hybrid")
+    one_phase = "[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 3, lr: {mapper: 0.01}}]"
+    train_and_evaluate(smoke_config(dataset, "train.method=sasrecllm", f"train.phases={one_phase}",
+                                    "data.pad_multiple=512"), root / "hybrid")  # a hybrid run, quickly
     return dataset, out
 
 
