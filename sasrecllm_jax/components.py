@@ -16,14 +16,13 @@ from sasrecllm_jax.data import prompts as prompts_lib
 from sasrecllm_jax.data.dataset import DataError, Dataset, load_dataset, write_dataset
 from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.models.hybrid import EncoderScorer, Hybrid, make_encoder
-
-LLM_METHODS = ("icl", "tallrec", "collm_mf", "sasrecllm")  # the methods that load an LLM
 from sasrecllm_jax.models.lora import init_adapters
 from sasrecllm_jax.models.llama import LlamaForCausalLM
 from sasrecllm_jax.models.mapper import Mapper
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.weights.tokenizer import answer_token
 
+LLM_METHODS = ("icl", "tallrec", "collm_mf", "sasrecllm")  # the methods that load an LLM
 SHARED_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-collm" / "ml-1m.zip"
 RUNTIME_FIELDS = ("param_dtype", "dtype", "attention", "remat")  # may differ from the loaded weights
 

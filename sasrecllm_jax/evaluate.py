@@ -20,29 +20,37 @@ def collab_inputs(batch: dict, mode: str, seed: int) -> dict:
     return {**batch, "collab_perm": np.random.default_rng(seed).permutation(B).astype(np.int32)}
 
 
+class CompileTimer:
+    """Times the first call of a jitted function at each batch shape (compilation plus one run) apart
+    from the other calls, which stay asynchronous. The batch is the last argument."""
+
+    def __init__(self):
+        self.shapes: set = set()
+        self.seconds = 0.0
+
+    def __call__(self, fn, *args):
+        shape = tuple(sorted((k, np.shape(v)) for k, v in args[-1].items()))
+        if shape in self.shapes:
+            return fn(*args)
+        jax.block_until_ready(args)  # work already in flight is not this shape's compilation
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        self.seconds += time.perf_counter() - t0
+        self.shapes.add(shape)
+        return out
+
+
 class Scorer:
     """A jitted score function for one model; compiled once per batch shape."""
 
     def __init__(self, model):
         self.model = model
         self._fn = jax.jit(lambda params, batch: model.apply({"params": params}, batch))
-        self._shapes: set = set()
-        self.compile_s = 0.0  # time of the first call at each batch shape (compilation + one batch)
+        self.compile = CompileTimer()
 
     def dispatch(self, params, batch) -> jax.Array:
-        """Start scoring a batch on the device and return at once (JAX dispatches asynchronously);
-        a batch of a new shape compiles, and that call waits so its time is counted apart."""
-        shape = tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
-        if shape in self._shapes:
-            return self._fn(params, batch)
-        self._shapes.add(shape)
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(self._fn(params, batch))
-        self.compile_s += time.perf_counter() - t0
-        return out
-
-    def __call__(self, params, batch) -> np.ndarray:
-        return np.asarray(self.dispatch(params, batch))
+        """Start scoring a batch on the device and return at once (JAX dispatches asynchronously)."""
+        return self.compile(self._fn, params, batch)
 
 
 def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int,

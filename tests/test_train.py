@@ -30,7 +30,7 @@ def training_loss(cfg):
     from sasrecllm_jax.components import Components, prompt_groups
     from sasrecllm_jax.evaluate import Scorer, score_split
     from sasrecllm_jax.metrics import logloss
-    comp = Components.build(cfg, cfg.train.method not in ("mf", "sasrec"), jax.random.key(cfg.train.seed))
+    comp = Components.for_run(cfg)[0]  # the run's own LLM base (random weights are rebuilt, not stored)
 
     def loss(phase, params):
         with_prompts = phase.prompt != "none"

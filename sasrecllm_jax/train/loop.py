@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sasrecllm_jax.components import Components, prompt_groups
 from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, load_yaml, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
-from sasrecllm_jax.evaluate import Scorer, collab_inputs, evaluate
+from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
 from sasrecllm_jax.report import Reporter, code_version
 from sasrecllm_jax import sharding
 from sasrecllm_jax.train import partition
@@ -30,7 +30,6 @@ from sasrecllm_jax.train.checkpoint import Store
 from sasrecllm_jax.train.optim import make_optimizer
 from sasrecllm_jax.train.step import TrainState, make_train_step
 from sasrecllm_jax.train.strategies import resolve_phases
-
 
 
 class TrainingError(RuntimeError):
@@ -161,8 +160,8 @@ class Run:
         # The device runs step n while the host builds batch n+1: nothing waits on the device except the
         # log steps (every train.log_every), the evaluations and the checkpoints.
         tick, rows_since, losses = time.perf_counter(), 0, []
-        clock = {"compile_s": 0.0, "eval_s": 0.0, "steps": 0}
-        shapes: set = set()
+        clock = {"eval_s": 0.0, "steps": 0}
+        compile_timer = CompileTimer()  # a new batch shape compiles: its first step is timed apart
         phase_start = time.perf_counter()
         while step < total:
             idx = next(it)
@@ -170,22 +169,13 @@ class Run:
             batch.pop("row")
             if mesh is not None:
                 batch = sharding.place_batch(batch, mesh)
-            shape = np.shape(batch["tokens"]) if "tokens" in batch else None
-            if shape not in shapes:  # a new batch shape compiles: time it apart from the steady state
-                jax.block_until_ready(state.step)
-                t_new = time.perf_counter()
-                state, m = step_fn(state, batch)
-                jax.block_until_ready(m["loss"])
-                clock["compile_s"] += time.perf_counter() - t_new
-                shapes.add(shape)
-            else:
-                state, m = step_fn(state, batch)
+            state, m = compile_timer(step_fn, state, batch)
             step += 1
             clock["steps"] += 1
             losses.append(m["loss"])
             rows_since += len(idx)
             is_eval = step % eval_every == 0 or step == total
-            if step % t.log_every == 0 or is_eval or step == total:
+            if step % t.log_every == 0 or is_eval:
                 recent = np.asarray(jnp.stack(losses))
                 bad = np.flatnonzero(~np.isfinite(recent))
                 if bad.size:
@@ -224,13 +214,13 @@ class Run:
                     break
         jax.block_until_ready(state.step)
         wall = time.perf_counter() - phase_start
-        steady_steps = clock["steps"] - len(shapes)
+        steady_steps = clock["steps"] - len(compile_timer.shapes)
         self.timing[phase.name] = {
-            "steps": clock["steps"], "wall_s": round(wall, 2), "batch_shapes": len(shapes),
-            "compile_s": round(clock["compile_s"], 2),  # first step at each batch shape, compilation included
+            "steps": clock["steps"], "wall_s": round(wall, 2), "batch_shapes": len(compile_timer.shapes),
+            "compile_s": round(compile_timer.seconds, 2),  # first step at each batch shape, compilation included
             "eval_and_checkpoint_s": round(clock["eval_s"], 2),
             # the other steps: what an epoch costs once every shape is compiled
-            "steady_s_per_step": round((wall - clock["compile_s"] - clock["eval_s"]) / steady_steps, 5)
+            "steady_s_per_step": round((wall - compile_timer.seconds - clock["eval_s"]) / steady_steps, 5)
             if steady_steps > 0 else None}
         reporter.log("timing", phase.name, step, self.timing[phase.name])
         bar.close()
@@ -287,12 +277,12 @@ class Run:
             out[d.eval_split] = self.handed_on_valid
         for split in [s for s in (d.eval_split, "test") if s not in out]:
             data = comp.split(split, prompt, comp.row_limit("eval"))
-            t0, compiled = time.perf_counter(), scorer.compile_s
+            t0, compiled = time.perf_counter(), scorer.compile.seconds
             with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
                 out[split], _ = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
                                          t.collab, progress=bar)
             self.timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
-                                                "compile_s": round(scorer.compile_s - compiled, 2)}
+                                                "compile_s": round(scorer.compile.seconds - compiled, 2)}
             reporter.log("final", split, 0, out[split])
         results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                    "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
