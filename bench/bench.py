@@ -245,6 +245,7 @@ def main():
     p.add_argument("--epoch-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for the epoch run, e.g. model.llm_overrides={attention: xla}")
     p.add_argument("--peer", type=Path, default=PEER, help="hf_peft_lora_bench.py (default: ../shared/peers/)")
+    p.add_argument("--job-timeout", type=float, default=600, help="seconds for each measurement's process")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement, in this process
     args = p.parse_args()
     if args.one:
@@ -271,7 +272,7 @@ def main():
                       "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}), flush=True)
     device = jax.devices()[0].device_kind
     peak = next((v for k, v in BF16_PEAK.items() if k in device), None)
-    mmrow = run_job({"kind": "matmul", "steps": steps, "warmup": warmup, **mm}, 300)
+    mmrow = run_job({"kind": "matmul", "steps": steps, "warmup": warmup, **mm}, min(300, args.job_timeout))
     ceiling = mmrow and mmrow["flops_per_s"]
     if mmrow:
         print(json.dumps(mmrow), flush=True)
@@ -279,7 +280,7 @@ def main():
     for kind, model, shape in jobs:
         B, T = map(int, shape.split("x"))
         r = run_job({"kind": kind, "model": model, "batch": B, "seq": T, "steps": steps, "warmup": warmup,
-                     "llm_overrides": gpu}, 600)
+                     "llm_overrides": gpu}, args.job_timeout)
         if r:
             print(json.dumps(r), flush=True)
             rows.append(r)
@@ -289,9 +290,9 @@ def main():
             print(json.dumps({"peer": "missing", "path": str(args.peer)}), flush=True)
         else:
             peer_train, err = subprocess_rows([sys.executable, str(args.peer), "tinyllama-1.1b",
-                                              *(["smollm2-135m"] if args.smollm2 else [])], 900)
+                                              *(["smollm2-135m"] if args.smollm2 else [])], 2 * args.job_timeout)
             peer_score, err2 = subprocess_rows([sys.executable, str(ROOT / "bench" / "peer_score.py"), str(args.peer),
-                                                "tinyllama-1.1b", "128x256"], 600)
+                                                "tinyllama-1.1b", "128x256"], args.job_timeout)
             for q in peer_train + peer_score:
                 print(json.dumps(q), flush=True)
             for e in (err, err2):
@@ -305,7 +306,7 @@ def main():
     if verdicts:
         print("\n".join(["", "Targets (issue 6):", *verdicts]))
     if args.epoch:
-        e = epoch_measure(900, args.epoch_set)
+        e = epoch_measure(max(900, args.job_timeout), args.epoch_set)
         if e:
             print(f"- ML-1M epoch: {e['epoch_s_steady']} s once compiled ({e['steps']} steps; {e['epoch_wall_s']} s "
                   f"wall with {e['compile_s']} s compiling {e['batch_shapes']} batch shapes) (target < 25 s): "

@@ -1,23 +1,53 @@
 #!/usr/bin/env bash
-# The prepared device run (GPU machine, one call): issue 6's benchmark beside the peer, then part of
-# issue 5's grid. Needs, carried into the repo root (ignored folders, see bench/RESULTS.md):
+# The prepared device run (GPU machine): issue 6's benchmark beside the peer, then issue 5's grid.
+# Needs, carried into the repo root (ignored folders, see bench/RESULTS.md):
 #   .whl/    gguf wheel (the GPU image lacks gguf)
-#   .parts/  SmolLM2 GGUF in two parts (smollm2.gguf.part-aa/-ab), ml-1m.zip, hf_peft_lora_bench.py
-# Usage there: bash bench/device_run.sh [bench|grid METHOD...]
-set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SASRECLLM_CACHE=/tmp/sasrecllm-cache
-mkdir -p "$SASRECLLM_CACHE/models" "${OUT:-/tmp/out}"
-gguf="$SASRECLLM_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-[ -f "$gguf" ] || cat .parts/smollm2.gguf.part-* > "$gguf"
-echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $gguf" | sha256sum -c
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-what=${1:-bench}; shift || true
-[ -d data/ml1m-collm ] || python3 -m data_tools prepare ml1m-collm --source .parts/ml-1m.zip --trust-pickle --out data/ml1m-collm
-if [ "$what" = bench ]; then
-  # about 6-7 minutes on an H100: matmul ceiling, 3 TinyLlama rows, the peer, an ML-1M epoch
-  python3 bench/bench.py --epoch --peer .parts/hf_peft_lora_bench.py "$@" 2>&1 | tee "${OUT:-/tmp/out}/bench.txt"
+#   .parts/  hf_peft_lora_bench.py and ml-1m.zip (call 1), the SmolLM2 GGUF in two parts (one per call)
+# Usage there:
+#   SASRECLLM_COMMIT=<sha> bash bench/device_run.sh bench [bench.py args]     # TinyLlama rows + the peer
+#   SASRECLLM_COMMIT=<sha> bash bench/device_run.sh grid SECONDS METHOD...   # ML-1M runs, stopped after SECONDS
+# The grid writes $OUT/ml1m-runs.tgz (every run's results.json, metrics.jsonl, config; no weights) and
+# $OUT/ml1m/SUMMARY.md; methods still running at the deadline are left out of the summary.
+# SASRECLLM_COMMIT: the tree travels without .git; the sender states which clean commit it is.
+set -uo pipefail
+PY=${PY:-python3}
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
 else
-  python3 -m sasrecllm_jax.experiments ml1m --ablate --methods "$@" --out "${OUT:-/tmp/out}/ml1m" \
-    --set model.llm_overrides='{param_dtype: bfloat16, dtype: bfloat16, attention: cudnn}' 2>&1 | tee "${OUT:-/tmp/out}/grid.txt"
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20 SASRECLLM_CACHE=${SASRECLLM_CACHE:-/tmp/sasrecllm-cache}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}  # seeds and phases share compiles
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+echo "commit ${SASRECLLM_COMMIT:-unknown}, $(date -u '+%Y-%m-%d %H:%M UTC')"
+prepare() {  # CoLLM's ML-1M, once per machine (data/ is ignored, so it stays between calls)
+  [ -f data/ml1m-collm/dataset.json ] || $PY -m data_tools prepare ml1m-collm --source .parts/ml-1m.zip \
+    --trust-pickle --out data/ml1m-collm
+}
+what=${1:-bench}; shift || true
+if [ "$what" = bench ]; then
+  # about 4 minutes on an H100: matmul ceiling, 3 TinyLlama rows, the peer; the data is prepared beside it
+  [ -f .parts/ml-1m.zip ] && { prepare >"$out/prepare.txt" 2>&1 & }
+  timeout -k 10 "${BENCH_SECONDS:-420}" $PY bench/bench.py --peer .parts/hf_peft_lora_bench.py --job-timeout 150 "$@" \
+    2>&1 | tee "$out/bench.txt"
+  wait
+else
+  secs=$1; shift
+  mkdir -p "$SASRECLLM_CACHE/models"
+  gguf="$SASRECLLM_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  [ -f "$gguf" ] || cat .parts/smollm2.gguf.part-* > "$gguf"
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $gguf" | sha256sum -c || exit 1
+  prepare || exit 1
+  runs=${GRID_OUT:-/tmp/ml1m}
+  timeout -k 15 -s INT "$secs" $PY -m sasrecllm_jax.experiments ml1m ${ABLATE:+--ablate} --methods "$@" --out "$runs" \
+    --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1 \
+    | tee "$out/grid.txt"
+  $PY -m sasrecllm_jax.experiments ml1m --summary-only --out "$runs" >/dev/null 2>&1
+  mkdir -p "$out/ml1m" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$out/ml1m/" 2>/dev/null
+  tar czf "$out/ml1m-runs.tgz" -C "$runs" --exclude checkpoints --exclude final --exclude tensorboard \
+    --exclude run_state.json runs
+  cat "$out/ml1m/SUMMARY.md" 2>/dev/null
 fi

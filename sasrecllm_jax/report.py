@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,14 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_version() -> str:
-    """The source checkout's short commit, with '+dirty' when tracked files differ from it
-    ('unknown' outside a git checkout): recorded in every results.json."""
+    """The source checkout's short commit, with '+dirty' when tracked files differ from it: recorded in
+    every results.json. Outside a git checkout (a copy of the tree on another machine) it is
+    $SASRECLLM_COMMIT when set (the sender vouches that the copy is that commit, clean), else 'unknown'."""
     try:
         git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", "sasrecllm_jax", "configs", "train.py").strip()
         return git("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("SASRECLLM_COMMIT") or "unknown"
 
 
 class Reporter:

@@ -78,3 +78,13 @@ def test_plot_and_summary(runs, tmp_path):
     assert json.loads((out / "summary.json").read_text())["sasrec"]["test"]["all"]["n"] == 96
     table = (out / "SUMMARY.md").read_text()
     assert "| sasrec |" in table and "| icl |" in table and (out / "warm_cold.png").exists()
+
+
+def test_code_version_outside_a_checkout(tmp_path, monkeypatch):
+    """A copy of the tree without .git (the GPU machine) records the commit its sender vouched for."""
+    assert report.code_version() not in ("", "unknown")  # this checkout is a git repository
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.delenv("SASRECLLM_COMMIT", raising=False)
+    assert report.code_version() == "unknown"
+    monkeypatch.setenv("SASRECLLM_COMMIT", "abc1234")
+    assert report.code_version() == "abc1234"
