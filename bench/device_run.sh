@@ -31,7 +31,7 @@ what=${1:-bench}; shift || true
 if [ "$what" = bench ]; then
   # about 4 minutes on an H100: matmul ceiling, 3 TinyLlama rows, the peer; the data is prepared beside it
   [ -f .parts/ml-1m.zip ] && { prepare >"$out/prepare.txt" 2>&1 & }
-  timeout -k 10 "${BENCH_SECONDS:-420}" $PY bench/bench.py --peer .parts/hf_peft_lora_bench.py --job-timeout 150 "$@" \
+  timeout -k 10 "${BENCH_SECONDS:-420}" $PY bench/bench.py --peer .parts/hf_peft_lora_bench.py --job-timeout 150 --remat none,cheap "$@" \
     2>&1 | tee "$out/bench.txt"
   wait
 else

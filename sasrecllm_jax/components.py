@@ -24,7 +24,7 @@ from sasrecllm_jax.weights.tokenizer import answer_token
 
 LLM_METHODS = ("icl", "tallrec", "collm_mf", "sasrecllm")  # the methods that load an LLM
 SHARED_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-collm" / "ml-1m.zip"
-RUNTIME_FIELDS = ("param_dtype", "dtype", "attention", "remat")  # may differ from the loaded weights
+RUNTIME_FIELDS = ("param_dtype", "dtype", "attention", "remat", "scan_unroll")  # may differ from the loaded weights
 
 
 def resolve_dataset(cfg: Config) -> Dataset:

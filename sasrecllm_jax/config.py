@@ -46,7 +46,10 @@ class LlamaConfig:
     param_dtype: str = "float32"       # base weights; "bfloat16" on GPU
     dtype: str = "float32"             # activations / matmul inputs
     attention: Literal["xla", "cudnn"] = "xla"  # cudnn: GPU only, right-padded batches
-    remat: Literal["none", "full", "dots"] = "none"  # per-layer rematerialisation policy
+    # per-layer rematerialisation: "full" saves only layer inputs, "dots" saves matmul outputs,
+    # "cheap" recomputes only elementwise work (fp32 norm and rotary intermediates, silu, LoRA dropout)
+    remat: Literal["none", "full", "dots", "cheap"] = "none"
+    scan_unroll: int = 1  # layers per iteration of the layer loop: fewer loop trips, longer compiles
 
 
 TINYLLAMA_1_1B = LlamaConfig()
@@ -108,8 +111,12 @@ class ModelConfig:
     def llama(self) -> LlamaConfig:
         if self.llm not in LLAMA_PRESETS:
             raise ConfigError(f"model.llm = {self.llm!r} is not a preset; choose one of {list(LLAMA_PRESETS)}")
-        return from_dict(LlamaConfig, {**dataclasses.asdict(LLAMA_PRESETS[self.llm]), **self.llm_overrides},
-                         "model.llm_overrides")
+        cfg = from_dict(LlamaConfig, {**dataclasses.asdict(LLAMA_PRESETS[self.llm]), **self.llm_overrides},
+                        "model.llm_overrides")
+        if cfg.scan_unroll < 1:
+            raise ConfigError(f"model.llm_overrides.scan_unroll = {cfg.scan_unroll}; use 1 (a loop over layers) "
+                              f"up to {cfg.num_layers} (every layer inlined)")
+        return cfg
 
 
 # --------------------------------------------------------------------------- data

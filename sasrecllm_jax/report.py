@@ -17,14 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def code_version() -> str:
     """The source checkout's short commit, with '+dirty' when tracked files differ from it: recorded in
-    every results.json. Outside a git checkout (a copy of the tree on another machine) it is
-    $SASRECLLM_COMMIT when set (the sender vouches that the copy is that commit, clean), else 'unknown'."""
+    every results.json. $SASRECLLM_COMMIT, when set, wins: a copy of the tree on another machine (the
+    GPU machine) may carry no .git or a stale one, and its sender states which clean commit it is."""
+    if os.environ.get("SASRECLLM_COMMIT"):
+        return os.environ["SASRECLLM_COMMIT"]
     try:
         git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", "sasrecllm_jax", "configs", "train.py").strip()
         return git("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("SASRECLLM_COMMIT") or "unknown"
+        return "unknown"
 
 
 class Reporter:

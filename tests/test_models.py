@@ -207,7 +207,32 @@ def test_gradients_reach_only_what_trains():
         assert np.abs(np.asarray(g)).max() > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_cheap_remat_redraws_the_same_dropout():
+    """remat "cheap" recomputes the LoRA dropout in the backward pass: the mask must be the one the
+    forward pass drew (same rng stream, same names), so loss and gradients equal remat "none"."""
+    lora = LoraConfig(rank=4, dropout=0.5)
+    ids = jax.random.randint(jax.random.key(3), (2, 10), 0, DEBUG_TINY.vocab_size)
+    plain = LlamaForCausalLM(DEBUG_TINY, lora, deterministic=False)
+    cheap = LlamaForCausalLM(dataclasses.replace(DEBUG_TINY, remat="cheap"), lora, deterministic=False)
+    params = plain.init(jax.random.key(0), ids)["params"]
+    assert jax.tree_util.tree_structure(cheap.init(jax.random.key(0), ids)["params"]) == \
+        jax.tree_util.tree_structure(params)
+    params = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.05 if "'b'" in str(p) else x, params)
+    adapters, frozen = partition.split({"llm": params}, ["lora"])
+
+    def loss(model, a, key):
+        out = model.apply({"params": partition.merge(a, frozen)["llm"]}, ids, logits_at=jnp.array([9, 9]),
+                          rngs={"dropout": key})
+        return jnp.sum(out ** 2)
+    l0, g0 = jax.value_and_grad(lambda a: loss(plain, a, jax.random.key(7)))(adapters)
+    l1, g1 = jax.value_and_grad(lambda a: loss(cheap, a, jax.random.key(7)))(adapters)
+    l2 = loss(plain, adapters, jax.random.key(8))
+    assert abs(float(l2) - float(l0)) > 1e-3 * abs(float(l0))  # the dropout is live: another key moves the loss
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), g1, g0)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots", "cheap", "unroll2"])
 def test_remat_and_bf16_keep_the_numbers(remat):
     lora = LoraConfig(rank=4, dropout=0.0)
     ids = jax.random.randint(jax.random.key(3), (2, 10), 0, DEBUG_TINY.vocab_size)
@@ -218,7 +243,8 @@ def test_remat_and_bf16_keep_the_numbers(remat):
 
     def loss(model, a):
         return jnp.sum(model.apply({"params": partition.merge(a, frozen)["llm"]}, ids, logits_at=jnp.array([9, 9])) ** 2)
-    rematted = LlamaForCausalLM(dataclasses.replace(DEBUG_TINY, remat=remat), lora)
+    variant = {"scan_unroll": 2} if remat == "unroll2" else {"remat": remat}
+    rematted = LlamaForCausalLM(dataclasses.replace(DEBUG_TINY, **variant), lora)
     l0, g0 = jax.value_and_grad(lambda a: loss(base, a))(adapters)
     l1, g1 = jax.value_and_grad(lambda a: loss(rematted, a))(adapters)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)

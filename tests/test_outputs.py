@@ -81,10 +81,14 @@ def test_plot_and_summary(runs, tmp_path):
 
 
 def test_code_version_outside_a_checkout(tmp_path, monkeypatch):
-    """A copy of the tree without .git (the GPU machine) records the commit its sender vouched for."""
-    assert report.code_version() not in ("", "unknown")  # this checkout is a git repository
-    monkeypatch.setattr(report, "ROOT", tmp_path)
+    """A copy of the tree without .git (or with a stale one: the GPU machine) records the commit its
+    sender states in $SASRECLLM_COMMIT."""
     monkeypatch.delenv("SASRECLLM_COMMIT", raising=False)
-    assert report.code_version() == "unknown"
+    here = report.code_version()
+    assert here not in ("", "unknown")  # this checkout is a git repository
     monkeypatch.setenv("SASRECLLM_COMMIT", "abc1234")
+    assert report.code_version() == "abc1234"  # the stated commit wins over the checkout's own
+    monkeypatch.setattr(report, "ROOT", tmp_path)
     assert report.code_version() == "abc1234"
+    monkeypatch.delenv("SASRECLLM_COMMIT")
+    assert report.code_version() == "unknown"

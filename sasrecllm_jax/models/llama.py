@@ -21,17 +21,23 @@ from sasrecllm_jax.config import LlamaConfig, LoraConfig
 from sasrecllm_jax.models.lora import Linear
 
 
+def rms_norm(x, w, eps: float, dtype):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return w.astype(dtype) * y.astype(dtype)
+
+
 class RMSNorm(nn.Module):
     eps: float
     dtype: str = "float32"
     param_dtype: str = "float32"
+    recompute: bool = False  # remat "cheap": the backward pass recomputes the fp32 intermediates
 
     @nn.compact
     def __call__(self, x):
         w = self.param("weight", nn.initializers.ones, (x.shape[-1],), jnp.dtype(self.param_dtype))
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return w.astype(self.dtype) * y.astype(self.dtype)
+        norm = jax.checkpoint(rms_norm, static_argnums=(2, 3)) if self.recompute else rms_norm
+        return norm(x, w, self.eps, jnp.dtype(self.dtype))
 
 
 def inv_frequencies(cfg: LlamaConfig) -> jnp.ndarray:
@@ -62,7 +68,7 @@ def apply_rope(x, positions, inv_freq):
 def _proj(module, name: str, features: int) -> Linear:
     """A projection of a block (Attention / MLP), LoRA-adapted when its name is a target."""
     c = module.cfg
-    return Linear(features, module.lora, c.dtype, c.param_dtype, module.deterministic, name=name)
+    return Linear(features, module.lora, c.dtype, c.param_dtype, module.deterministic, c.remat == "cheap", name=name)
 
 
 class Attention(nn.Module):
@@ -79,7 +85,8 @@ class Attention(nn.Module):
         k = proj("k_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
         v = proj("v_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
         inv = inv_frequencies(c)
-        q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
+        rope = jax.checkpoint(apply_rope) if c.remat == "cheap" else apply_rope
+        q, k = rope(q, positions, inv), rope(k, positions, inv)
         if c.attention == "cudnn":  # right-padded rows: causal + key lengths, no mask tensor
             lengths = mask.sum(-1).astype(jnp.int32)
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
@@ -100,8 +107,11 @@ class MLP(nn.Module):
     def __call__(self, x):
         c = self.cfg
         proj = lambda n, f: _proj(self, n, f)
+        glu = lambda gate, up: nn.silu(gate) * up
+        if c.remat == "cheap":  # keep gate and up for the backward pass, recompute silu from them
+            glu = jax.checkpoint(glu)
         return proj("down_proj", c.hidden_size)(
-            nn.silu(proj("gate_proj", c.intermediate_size)(x)) * proj("up_proj", c.intermediate_size)(x))
+            glu(proj("gate_proj", c.intermediate_size)(x), proj("up_proj", c.intermediate_size)(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -112,7 +122,7 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask):
         c = self.cfg
-        norm = lambda n: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=n)
+        norm = lambda n: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, c.remat == "cheap", name=n)
         h = x + Attention(c, self.lora, self.deterministic, name="self_attn")(norm("input_layernorm")(x), positions, mask)
         out = h + MLP(c, self.lora, self.deterministic, name="mlp")(norm("post_attention_layernorm")(h))
         return out, None
@@ -132,10 +142,10 @@ class LlamaModel(nn.Module):
                                      param_dtype=jnp.dtype(c.param_dtype),
                                      embedding_init=nn.initializers.normal(0.02))
         layer = DecoderLayer
-        if c.remat != "none":
+        if c.remat not in ("none", "cheap"):
             layer = nn.remat(layer, prevent_cse=False, policy=REMAT_POLICIES[c.remat])
         self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                              in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers)(
+                              in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers, unroll=c.scan_unroll)(
                                   c, self.lora, self.deterministic)
         self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
 

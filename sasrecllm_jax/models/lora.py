@@ -39,6 +39,7 @@ class Linear(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     deterministic: bool = True
+    recompute: bool = False  # remat "cheap": the backward pass redraws the dropout mask and x @ a
 
     @nn.compact
     def __call__(self, x):
@@ -47,7 +48,8 @@ class Linear(nn.Module):
         x = x.astype(self.dtype)
         y = x @ kernel.astype(self.dtype)
         if self.lora is not None and self.name in self.lora.targets:
-            y = y + LoRA(self.features, self.lora, self.deterministic, name="lora")(x)
+            adapter = nn.remat(LoRA) if self.recompute else LoRA  # same names, same dropout stream
+            y = y + adapter(self.features, self.lora, self.deterministic, name="lora")(x)
         return y
 
 
