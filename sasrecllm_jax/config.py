@@ -47,7 +47,8 @@ class LlamaConfig:
     dtype: str = "float32"             # activations / matmul inputs
     attention: Literal["xla", "cudnn"] = "xla"  # cudnn: GPU only, right-padded batches
     # per-layer rematerialisation: "full" saves only layer inputs, "dots" saves matmul outputs,
-    # "cheap" recomputes only elementwise work (fp32 norm and rotary intermediates, silu, LoRA dropout)
+    # "cheap" recomputes elementwise work (fp32 norm and rotary intermediates, silu, LoRA dropout) and,
+    # on the XLA attention path, the [B, heads, T, T] scores
     remat: Literal["none", "full", "dots", "cheap"] = "none"
     scan_unroll: int = 1  # layers per iteration of the layer loop: fewer loop trips, longer compiles
 

@@ -92,9 +92,13 @@ class Attention(nn.Module):
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
                                                key_value_seq_lengths=lengths, implementation="cudnn")
         else:
-            causal = jnp.tril(jnp.ones((T, T), bool))
-            full = causal[None, None] & mask[:, None, None, :].astype(bool)
-            out = jax.nn.dot_product_attention(q, k, v, mask=full, implementation="xla")
+            def attend(q, k, v, mask):
+                causal = jnp.tril(jnp.ones((T, T), bool))
+                full = causal[None, None] & mask[:, None, None, :].astype(bool)
+                return jax.nn.dot_product_attention(q, k, v, mask=full, implementation="xla")
+            if c.remat == "cheap":  # keep q, k, v; recompute the [B, heads, T, T] scores in the backward pass
+                attend = jax.checkpoint(attend)
+            out = attend(q, k, v, mask)
         return proj("o_proj", c.hidden_size)(out.reshape(B, T, c.num_heads * c.head_dim))
 
 
