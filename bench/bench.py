@@ -168,6 +168,10 @@ def run_job(job: dict, timeout: float) -> dict | None:
 
 
 def table(rows: list[dict], peer_train: list[dict], peer_score: list[dict], ceiling: float | None, peak: float | None):
+    def at(what, model, shape):  # our rows of one kind, model and shape (one per remat policy)
+        return [r for r in rows if r["what"] == what and r["model"] == model and f"{r['batch']}x{r['seq']}" == shape]
+
+    how = lambda r: f" (remat {r['remat']})" if r["what"] == "jax train" else ""
     lines = ["| what | model | batch x seq | samples/s | tokens/s | MFU (bf16 peak) | MFU (measured matmul) | "
              "peak GiB | compile s | peer samples/s | peer GiB | ratio |", "|---" * 12 + "|"]
     verdicts = []
@@ -180,25 +184,20 @@ def table(rows: list[dict], peer_train: list[dict], peer_score: list[dict], ceil
                  mfu_peak=round(r["flops_per_s"] / peak, 3) if peak else None,
                  mfu_ceiling=round(r["flops_per_s"] / ceiling, 3) if ceiling else None)
         cell = lambda v: "-" if v is None else v
-        what = r["what"] + (f" (remat {r['remat']})" if r["what"] == "jax train" else "")
-        lines.append(f"| {what} | {r['model']} | {r['batch']}x{r['seq']} | {r['samples_per_s']} | {r['tokens_per_s']} | "
+        lines.append(f"| {r['what']}{how(r)} | {r['model']} | {r['batch']}x{r['seq']} | {r['samples_per_s']} | {r['tokens_per_s']} | "
                      f"{cell(r['mfu_peak'])} | {cell(r['mfu_ceiling'])} | {cell(r['peak_mem_gib'])} | {r['compile_s']} | "
                      f"{cell(r['peer_samples_per_s'])} | {cell(r['peer_mem_gib'])} | {cell(ratio)} |")
-    def target(what, model, shape):  # the fastest of our rows at that shape (several remat policies)
-        hits = [r for r in rows if r["what"] == what and r["model"] == model and f"{r['batch']}x{r['seq']}" == shape]
-        return max(hits, key=lambda r: r["samples_per_s"], default=None)
+    target = lambda what, model, shape: max(at(what, model, shape), key=lambda r: r["samples_per_s"], default=None)
     for what, model, shape, need in [("jax train", "TINYLLAMA_1_1B", "16x256", 2.0), ("jax train", "TINYLLAMA_1_1B", "64x256", 1.6),
                                      ("jax score", "TINYLLAMA_1_1B", "128x256", 1.3)]:
         r = target(what, model, shape)
         if r is not None and r["ratio"] is not None:
-            how = f" (remat {r['remat']})" if what == "jax train" else ""
-            verdicts.append(f"- {what} {shape}{how}: {r['ratio']}x the peer (target {need}x): "
+            verdicts.append(f"- {what} {shape}{how(r)}: {r['ratio']}x the peer (target {need}x): "
                             f"{'met' if r['ratio'] >= need else 'NOT met'}")
-        for m in [m for m in rows if m["what"] == what and m["model"] == model and f"{m['batch']}x{m['seq']}" == shape]:
+        for m in at(what, model, shape):
             if m.get("peer_mem_gib") and m["peak_mem_gib"]:
                 ok = m["peak_mem_gib"] <= m["peer_mem_gib"]
-                how = f" (remat {m['remat']})" if what == "jax train" else ""
-                verdicts.append(f"- {what} {shape}{how} memory: {m['peak_mem_gib']} GiB vs the peer's "
+                verdicts.append(f"- {what} {shape}{how(m)} memory: {m['peak_mem_gib']} GiB vs the peer's "
                                 f"{m['peer_mem_gib']} GiB: {'met' if ok else 'NOT met'}")
     r = target("jax train", "TINYLLAMA_1_1B", "64x256")
     if r is not None and r["mfu_peak"] is not None:

@@ -65,6 +65,11 @@ def apply_rope(x, positions, inv_freq):
     return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
 
 
+def _cheap(cfg: LlamaConfig, fn, **kw):
+    """remat "cheap": fn's intermediates are recomputed from its inputs in the backward pass, not saved."""
+    return jax.checkpoint(fn, **kw) if cfg.remat == "cheap" else fn
+
+
 def _proj(module, name: str, features: int) -> Linear:
     """A projection of a block (Attention / MLP), LoRA-adapted when its name is a target."""
     c = module.cfg
@@ -85,20 +90,18 @@ class Attention(nn.Module):
         k = proj("k_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
         v = proj("v_proj", c.num_kv_heads * c.head_dim)(x).reshape(B, T, c.num_kv_heads, c.head_dim)
         inv = inv_frequencies(c)
-        rope = jax.checkpoint(apply_rope) if c.remat == "cheap" else apply_rope
+        rope = _cheap(c, apply_rope)
         q, k = rope(q, positions, inv), rope(k, positions, inv)
         if c.attention == "cudnn":  # right-padded rows: causal + key lengths, no mask tensor
             lengths = mask.sum(-1).astype(jnp.int32)
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
                                                key_value_seq_lengths=lengths, implementation="cudnn")
         else:
-            def attend(q, k, v, mask):
+            def attend(q, k, v, mask):  # under remat "cheap" the [B, heads, T, T] scores are recomputed
                 causal = jnp.tril(jnp.ones((T, T), bool))
                 full = causal[None, None] & mask[:, None, None, :].astype(bool)
                 return jax.nn.dot_product_attention(q, k, v, mask=full, implementation="xla")
-            if c.remat == "cheap":  # keep q, k, v; recompute the [B, heads, T, T] scores in the backward pass
-                attend = jax.checkpoint(attend)
-            out = attend(q, k, v, mask)
+            out = _cheap(c, attend)(q, k, v, mask)
         return proj("o_proj", c.hidden_size)(out.reshape(B, T, c.num_heads * c.head_dim))
 
 
@@ -111,9 +114,7 @@ class MLP(nn.Module):
     def __call__(self, x):
         c = self.cfg
         proj = lambda n, f: _proj(self, n, f)
-        glu = lambda gate, up: nn.silu(gate) * up
-        if c.remat == "cheap":  # keep gate and up for the backward pass, recompute silu from them
-            glu = jax.checkpoint(glu)
+        glu = _cheap(c, lambda gate, up: nn.silu(gate) * up)  # "cheap": keeps gate and up, recomputes silu
         return proj("down_proj", c.hidden_size)(
             glu(proj("gate_proj", c.intermediate_size)(x), proj("up_proj", c.intermediate_size)(x)))
 

@@ -32,6 +32,9 @@ class LoRA(nn.Module):
         return (x @ a.astype(x.dtype)) @ b.astype(x.dtype) * jnp.asarray(self.cfg.scale, x.dtype)
 
 
+RematLoRA = nn.remat(LoRA)  # same parameter names, same dropout stream; recomputed in the backward pass
+
+
 class Linear(nn.Module):
     """A bias-free projection named like its Hugging Face module (`q_proj`...), optionally LoRA-adapted."""
     features: int
@@ -48,7 +51,7 @@ class Linear(nn.Module):
         x = x.astype(self.dtype)
         y = x @ kernel.astype(self.dtype)
         if self.lora is not None and self.name in self.lora.targets:
-            adapter = nn.remat(LoRA) if self.recompute else LoRA  # same names, same dropout stream
+            adapter = RematLoRA if self.recompute else LoRA
             y = y + adapter(self.features, self.lora, self.deterministic, name="lora")(x)
         return y
 
