@@ -167,6 +167,8 @@ class TrainConfig:
     encoder_weight_decay: float = 1e-4
     clip_norm: float = 1.0             # 0 disables clipping
     eval_every: int = 100              # steps between evaluations in prompted phases (0: once per epoch)
+    eval_at_start: bool = False        # prompted phases also evaluate before their first step: the curve shows
+                                       # where a phase starts, and a phase that only hurts hands on its input
     patience: int = 20                 # evaluations without improvement before stopping
     seed: int = 0
     log_every: int = 10
@@ -174,6 +176,8 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()       # ablation: groups that never train, in any phase
     sharding: Literal["none", "data", "fsdp"] = "none"  # parameter layout over all devices
     distributed: bool = False          # call jax.distributed.initialize() (several hosts)
+    phase_cache: str = ""              # a folder: reuse phases other runs trained on identical inputs
+                                       # (train/phase_cache.py); "" trains every phase
     enc_epochs: float = 10.0           # preset phases: encoder pretraining epochs
     enc_lr: float = 1e-2               # preset phases: encoder pretraining lr (REFERENCE section 2)
     llm_lr: float = 1e-3               # preset phases: LoRA / mapper lr (REFERENCE section 5)

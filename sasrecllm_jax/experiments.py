@@ -8,7 +8,8 @@
 
 Each method's config is configs/experiments/DATASET/METHOD.yaml. Runs go to results/DATASET/runs/NAME
 (NAME = METHOD, METHOD-seedN for seeds other than 0, then -TAG with --tag); a run whose results.json
-exists is skipped.
+exists is skipped. Phases shared by several methods (SASRec's, TALLRec's LoRA phase, MF's) are trained
+once: runs share results/DATASET/phase_cache (train.phase_cache; --no-phase-cache trains every phase).
 Writes results/DATASET/summary.json ({name: results.json}), SUMMARY.md and warm_cold.png.
 On a CPU the configs' data.cpu_max_rows apply (a documented subset), and the table says so.
 """
@@ -26,7 +27,7 @@ METHODS = ["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
 
 
 def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str], tag: str = "",
-             ablate: bool = False) -> None:
+             ablate: bool = False, phase_cache: bool = True) -> None:
     from sasrecllm_jax.config import load_config
     from sasrecllm_jax.train.loop import train_and_evaluate
     for method in methods:
@@ -37,7 +38,8 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
             if (workdir / "results.json").exists():
                 print(f"{name}: done, skipped")
             else:
-                cfg = load_config(cfg_path, [f"train.seed={seed}", *overrides])
+                cache = [f"train.phase_cache={out / 'phase_cache'}"] if phase_cache else []
+                cfg = load_config(cfg_path, [f"train.seed={seed}", *cache, *overrides])
                 print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
                 train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path))
             if ablate and not (workdir / "ablation.json").exists():
@@ -96,6 +98,8 @@ def main(argv=None) -> int:
                    "(e.g. --set model.mapper.hidden=64 --tag mapper64)")
     p.add_argument("--ablate", action="store_true", help="after each hybrid run, its test-time ablations "
                    "(collaborative inputs dropped, shuffled)")
+    p.add_argument("--no-phase-cache", action="store_true", help="train every phase of every run, even one "
+                   "another run already trained on identical inputs")
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
     out = (args.out or ROOT / "results" / args.dataset).absolute()
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
     from sasrecllm_jax.errors import KNOWN_ERRORS
     try:
         if not args.summary_only:
-            run_grid(args.dataset, args.methods, args.seeds, out, args.overrides, args.tag, args.ablate)
+            run_grid(args.dataset, args.methods, args.seeds, out, args.overrides, args.tag, args.ablate,
+                     not args.no_phase_cache)
         summarise(out)
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ without improvement, and hand the best params to the next phase.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -23,11 +24,12 @@ from sasrecllm_jax.components import Components, prompt_groups
 from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, load_yaml, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
-from sasrecllm_jax.report import Reporter, code_version
+from sasrecllm_jax.report import Reporter, code_version, read_metrics
 from sasrecllm_jax import sharding
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.train.checkpoint import Store
 from sasrecllm_jax.train.optim import make_optimizer
+from sasrecllm_jax.train.phase_cache import PhaseCache, enabled_reason, phase_key
 from sasrecllm_jax.train.step import TrainState, make_train_step
 from sasrecllm_jax.train.strategies import resolve_phases
 
@@ -48,6 +50,13 @@ def replace_groups(params: dict, groups: dict[str, dict]) -> dict:
     return rest
 
 
+def phase_salt(name: str) -> int:
+    """A phase's randomness (dropout, batch order) comes from (train.seed, its name), not its position: the
+    same phase gives the same result in every method that runs it (TALLRec's LoRA phase is dual-stage's
+    stage 1), which is what lets the phase cache reuse it."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
 def _state_tree(state: TrainState) -> dict:
     return {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "key": state.key}
 
@@ -65,6 +74,11 @@ class Run:
         self.handed_on_valid = None
         self.timing: dict[str, dict] = {}  # per phase, and the final evaluation per split
         self._scorers: dict[str, Scorer] = {}  # one compiled evaluation function per prompt kind
+        self.reused: dict[str, dict] = {}  # phases taken from the phase cache: {name: their meta}
+        why_not = enabled_reason(cfg)
+        self.cache = PhaseCache(cfg.train.phase_cache) if why_not is None else None
+        if cfg.train.phase_cache and why_not:
+            print(f"phase cache off: {why_not}")
 
     def scorer(self, comp: Components, prompt: str) -> Scorer:
         if prompt not in self._scorers:
@@ -110,7 +124,7 @@ class Run:
             f"lower the learning rates (phase lr) or enable train.clip_norm")
 
     # ------------------------------------------------------------------ one phase
-    def run_phase(self, comp: Components, phase: PhaseConfig, index: int, params: dict, reporter: Reporter) -> dict:
+    def run_phase(self, comp: Components, phase: PhaseConfig, params: dict, reporter: Reporter) -> dict:
         cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
         used = prompt_groups(phase.prompt, cfg.model.encoder)
         phase_params = {k: v for k, v in params.items() if k in used}
@@ -123,7 +137,8 @@ class Run:
         train_data = comp.split("train", phase.prompt, comp.row_limit("train") if with_prompts else 0)
         eval_data = comp.split(d.eval_split, phase.prompt, comp.row_limit("eval"))
         bs = t.batch_size if with_prompts else t.encoder_batch_size
-        it = BatchIterator(train_data.lengths(), bs, seed=t.seed * 1000 + index)
+        salt = phase_salt(phase.name)
+        it = BatchIterator(train_data.lengths(), bs, seed=t.seed * 2**31 + salt)
         total = math.ceil(phase.epochs * it.batches_per_epoch) if phase.epochs > 0 else phase.max_steps
         total = min(total, phase.max_steps) if phase.max_steps > 0 else total
         tx, schedules = make_optimizer(phase, trainable, total, t)
@@ -135,7 +150,7 @@ class Run:
         train_model = comp.model(phase.prompt, deterministic=False, frozen=frozen_groups)
         apply_fn = lambda p, b, rngs: train_model.apply({"params": p}, b, rngs=rngs)
         step_fn = jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0)
-        key = jax.random.key_data(jax.random.fold_in(jax.random.key(t.seed), 100 + index))
+        key = jax.random.key_data(jax.random.fold_in(jax.random.key(t.seed), salt))
         state = TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable), key)
         mesh = None
         if t.sharding != "none":
@@ -162,7 +177,33 @@ class Run:
         tick, rows_since, losses = time.perf_counter(), 0, []
         clock = {"eval_s": 0.0, "steps": 0}
         compile_timer = CompileTimer()  # a new batch shape compiles: its first step is timed apart
+
+        def evaluate_now(step: int) -> bool:
+            """Evaluate, keep the best and latest checkpoints; True when patience is used up."""
+            t_eval = time.perf_counter()
+            current = partition.merge(state.trainable, state.frozen)
+            result, _ = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts, t.collab)
+            auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
+            book["evals"] += 1
+            reporter.log("eval", phase.name, step, result)
+            if auc > book["best_auc"]:
+                book.update(best_auc=auc, best_step=step, bad_evals=0, best_metrics=result)
+                best.save(step, group_trees(current), {"auc": auc, "phase": phase.name})
+            else:
+                book["bad_evals"] += 1
+            latest.save(step, {"state": _state_tree(state)}, {"iterator": it.state(), "book": book})
+            bar.write(f"[{phase.name}] step {step}: valid AUC {auc:.4f} (best {book['best_auc']:.4f} at "
+                      f"step {book['best_step']})")
+            clock["eval_s"] += time.perf_counter() - t_eval
+            if book["bad_evals"] >= t.patience:
+                bar.write(f"[{phase.name}] early stop: {t.patience} evaluations without improvement")
+                return True
+            return False
+
         phase_start = time.perf_counter()
+        if t.eval_at_start and with_prompts and step == 0:
+            evaluate_now(0)  # where the phase starts (step 0 can be its best: then it hands on its input)
+        tick = time.perf_counter()
         while step < total:
             idx = next(it)
             batch = collab_inputs(make_batch(train_data, idx, bs, d.pad_multiple, with_prompts), t.collab, seed=step)
@@ -193,24 +234,9 @@ class Run:
             if self.on_step is not None:
                 self.on_step(phase.name, step)
             if is_eval:
-                t_eval = time.perf_counter()
-                current = partition.merge(state.trainable, state.frozen)
-                result, _ = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts, t.collab)
-                auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
-                book["evals"] += 1
-                reporter.log("eval", phase.name, step, result)
-                if auc > book["best_auc"]:
-                    book.update(best_auc=auc, best_step=step, bad_evals=0, best_metrics=result)
-                    best.save(step, group_trees(current), {"auc": auc, "phase": phase.name})
-                else:
-                    book["bad_evals"] += 1
-                latest.save(step, {"state": _state_tree(state)}, {"iterator": it.state(), "book": book})
-                bar.write(f"[{phase.name}] step {step}: valid AUC {auc:.4f} (best {book['best_auc']:.4f} at "
-                          f"step {book['best_step']})")
-                clock["eval_s"] += time.perf_counter() - t_eval
+                stop = evaluate_now(step)
                 tick = time.perf_counter()  # samples/s counts training only
-                if book["bad_evals"] >= t.patience:
-                    bar.write(f"[{phase.name}] early stop: {t.patience} evaluations without improvement")
+                if stop:
                     break
         jax.block_until_ready(state.step)
         wall = time.perf_counter() - phase_start
@@ -227,10 +253,36 @@ class Run:
         final = partition.merge(state.trainable, state.frozen)
         # the validation metrics of the params this phase hands on (None: not evaluated at that point)
         self.handed_on_valid = book.get("best_metrics") if phase.restore_best else None
+        self.best_step = book["best_step"]
         if phase.restore_best and best.latest_step() is not None:
             restored, _ = best.restore(group_trees(final))
             final = replace_groups(final, restored)
         return {**rest, **final}
+
+    # ------------------------------------------------------------------ the phase cache
+    def store_phase(self, phase: PhaseConfig, key: str, used_params: dict) -> None:
+        records = [r for r in read_metrics(self.workdir) if r.get("phase") == phase.name
+                   and r.get("kind") in ("train", "eval", "timing")]
+        self.cache.put(key, group_trees(used_params), self.best_step, {
+            "phase": phase.name, "run": str(self.workdir), "best_step": self.best_step,
+            "handed_on_valid": self.handed_on_valid, "timing": self.timing[phase.name], "records": records})
+
+    def reuse_phase(self, phase: PhaseConfig, key: str, meta: dict, params: dict, used: set, reporter) -> dict:
+        like = group_trees({k: v for k, v in params.items() if k in used})
+        restored = self.cache.restore(key, like)
+        params = replace_groups(params, restored)
+        # this run's own best checkpoint of the phase: later phases restore "phase:NAME" from it
+        Store(self.workdir / "checkpoints" / phase.name / "best").save(
+            meta["best_step"], restored, {"phase": phase.name, "reused_from": meta["run"], "cache_key": key})
+        for r in meta["records"]:
+            reporter.log(r["kind"], phase.name, r["step"],
+                         {k: v for k, v in r.items() if k not in ("time", "kind", "phase", "step")})
+        self.handed_on_valid = meta["handed_on_valid"]
+        self.timing[phase.name] = {**meta["timing"], "reused_from": meta["run"]}
+        self.reused[phase.name] = meta
+        print(f"[{phase.name}] reused: trained on identical inputs by {meta['run']} (phase cache "
+              f"{self.cache.directory / key}); {meta['timing'].get('wall_s')} s saved")
+        return params
 
     # ------------------------------------------------------------------ the whole run
     def __call__(self) -> dict:
@@ -244,7 +296,7 @@ class Run:
         comp, params = Components.for_run(cfg)
         reporter = Reporter(self.workdir)
         try:
-            for i, phase in enumerate(self.phases):
+            for phase in self.phases:
                 params = self._restore(params, phase)
                 if phase.name in run_state["completed"]:
                     best = Store(self.workdir / "checkpoints" / phase.name / "best")
@@ -254,14 +306,26 @@ class Run:
                     print(f"[{phase.name}] already done: best checkpoint restored")
                     continue
                 before = jax.device_get(params) if self.on_phase else None  # the step donates its inputs
-                params = self.run_phase(comp, phase, i, params, reporter)
+                used = prompt_groups(phase.prompt, cfg.model.encoder)
+                key = None
+                if self.cache is not None and phase.restore_best:  # (a phase ending on its last step: not cached)
+                    key = phase_key(cfg, phase, group_trees({k: v for k, v in params.items() if k in used}),
+                                    comp.dataset.path)
+                hit = self.cache.lookup(key) if key else None
+                if hit:
+                    params = self.reuse_phase(phase, key, hit, params, used, reporter)
+                else:
+                    params = self.run_phase(comp, phase, params, reporter)
+                    if key and self.best_step >= 0:
+                        self.store_phase(phase, key, {k: v for k, v in params.items() if k in used})
                 if self.on_phase:
                     self.on_phase(phase, before, jax.device_get(params))
                 run_state["completed"].append(phase.name)
                 self.state_path.write_text(json.dumps(run_state))
             Store(self.workdir / "final").save(0, group_trees(params), {"method": t.method})
             prompt = self.phases[-1].prompt if self.phases else "text"
-            results = self.final_evaluation(comp, params, prompt, time.time() - start, reporter)
+            reused_s = sum(m["timing"].get("wall_s", 0.0) for m in self.reused.values())
+            results = self.final_evaluation(comp, params, prompt, time.time() - start + reused_s, reporter)
         finally:
             reporter.close()
         return results
@@ -286,7 +350,9 @@ class Run:
             reporter.log("final", split, 0, out[split])
         results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                    "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
-                   "valid": out[d.eval_split], "test": out["test"], "train_time_s": round(train_time, 1),
+                   "valid": out[d.eval_split], "test": out["test"],
+                   "train_time_s": round(train_time, 1),  # reused phases count at what they cost their run
+                   "reused_phases": {n: m["run"] for n, m in self.reused.items()},
                    "timing": self.timing,
                    "device": jax.devices()[0].device_kind, "dataset": comp.dataset.card.get("source"),
                    "commit": code_version(), "date": time.strftime("%Y-%m-%d")}

@@ -1,0 +1,109 @@
+"""The phase cache: a reused phase gives bit for bit what training it again gives, and its key changes
+exactly when something the phase reads changes. Also train.eval_at_start."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import smoke_config, synthetic_dataset
+from sasrecllm_jax.components import Components
+from sasrecllm_jax.report import read_metrics
+from sasrecllm_jax.train.checkpoint import Store, load_raw
+from sasrecllm_jax.train.loop import group_trees, train_and_evaluate
+from sasrecllm_jax.train.phase_cache import enabled_reason, phase_key
+from sasrecllm_jax.train.strategies import resolve_phases
+
+FAST = ["data.pad_multiple=512", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture
+def clean_commit(monkeypatch):
+    monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")  # the cache only serves a named, clean code version
+
+
+def cfg_of(dataset, *overrides):
+    return smoke_config(dataset, *FAST, *overrides)
+
+
+def test_reused_phases_equal_retrained_ones(dataset, tmp_path, clean_commit):
+    cache = f"train.phase_cache={tmp_path / 'cache'}"
+    tallrec = train_and_evaluate(cfg_of(dataset, "train.method=tallrec", cache), tmp_path / "tallrec")
+    assert tallrec["reused_phases"] == {}
+    # plug-and-play's stage 1 LoRA phase is TALLRec's phase: taken from the cache, SASRec's is trained
+    pnp = cfg_of(dataset, "train.strategy=plug_and_play")
+    reused = train_and_evaluate(cfg_of(dataset, "train.strategy=plug_and_play", cache), tmp_path / "reused")
+    fresh = train_and_evaluate(pnp, tmp_path / "fresh")
+    assert reused["reused_phases"] == {"text_lora": str(tmp_path / "tallrec")} and fresh["reused_phases"] == {}
+    a, b = load_raw(tmp_path / "reused" / "final"), load_raw(tmp_path / "fresh" / "final")
+    assert a.keys() == b.keys() == {"lora", "mapper", "sasrec"}
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    assert reused["test"] == fresh["test"] and reused["valid"] == fresh["valid"]
+    # the reused phase's history is in the run's own record, and its checkpoint in the run's folder
+    evals = lambda run: [(r["step"], r["all/auc"]) for r in read_metrics(tmp_path / run)
+                         if r["kind"] == "eval" and r["phase"] == "text_lora"]
+    assert evals("reused") == evals("fresh") == evals("tallrec") and evals("fresh")
+    assert Store(tmp_path / "reused" / "checkpoints" / "text_lora" / "best").latest_step() is not None
+    assert reused["timing"]["text_lora"]["reused_from"] == str(tmp_path / "tallrec")
+    # the same method again: every phase comes from the cache, the final evaluation is the same
+    again = train_and_evaluate(cfg_of(dataset, "train.strategy=plug_and_play", cache), tmp_path / "again")
+    assert set(again["reused_phases"]) == {"sasrec", "text_lora", "mapper"}
+    assert again["test"] == fresh["test"] and again["valid"] == fresh["valid"]
+
+
+def test_key_follows_what_the_phase_reads(dataset, tmp_path, clean_commit):
+    cfg = cfg_of(dataset, f"train.phase_cache={tmp_path}")
+    comp, params = Components.for_run(cfg)
+    text, hybrid = (next(p for p in resolve_phases(cfg) if p.prompt == kind) for kind in ("text", "hybrid"))
+
+    def key(phase, *overrides, inputs=None):
+        c = cfg_of(dataset, f"train.phase_cache={tmp_path}", *overrides)
+        used = {"text": ["llm"], "hybrid": ["llm", "sasrec", "mapper"]}[phase.prompt]
+        return phase_key(c, phase, inputs or group_trees({k: params[k] for k in used}), comp.dataset.path)
+
+    base_text, base_hybrid = key(text), key(hybrid)
+    assert key(text) == base_text  # deterministic
+    # the mapper and the encoder are not read by a text phase; method and strategy only choose phases
+    for o in ("model.mapper.fusion=gate", "model.mapper.hidden=16", "model.sasrec.dropout=0.5",
+              "train.method=tallrec", "train.enc_lr=0.5"):
+        assert key(text, o) == base_text, o
+    assert key(hybrid, "model.mapper.fusion=gate") != base_hybrid
+    for o in ("model.lora.dropout=0.1", "train.seed=1", "train.batch_size=8", "data.max_titles=2",
+              "train.eval_at_start=true"):
+        assert key(text, o) != base_text, o
+    # input values: whatever an earlier phase trained changes the key
+    bumped = group_trees({"llm": params["llm"]})
+    bumped["lora"] = jax.tree_util.tree_map(lambda x: x + 1e-3, bumped["lora"])
+    assert key(text, inputs=bumped) != base_text
+    # the dataset's content, not only its path
+    (comp.dataset.path / "extra.txt").write_text("x")
+    try:
+        assert key(text) != base_text
+    finally:
+        (comp.dataset.path / "extra.txt").unlink()
+
+
+def test_cache_is_off_for_uncommitted_code(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc+dirty")
+    assert "uncommitted" in enabled_reason(cfg_of(dataset, f"train.phase_cache={tmp_path}"))
+    monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")
+    assert enabled_reason(cfg_of(dataset, f"train.phase_cache={tmp_path}")) is None
+    assert enabled_reason(cfg_of(dataset)) is not None
+
+
+def test_eval_at_start_can_hand_on_the_input(dataset, tmp_path):
+    """A phase that cannot improve (lr 0) keeps its step-0 evaluation as the best and hands on its input."""
+    phases = json.dumps([{"name": "lora", "trainable": ["lora"], "prompt": "text", "max_steps": 16,
+                          "lr": {"lora": 0.0}}])
+    seen = {}
+    train_and_evaluate(cfg_of(dataset, "train.method=tallrec", f"train.phases={phases}", "train.eval_at_start=true"),
+                       tmp_path, on_phase=lambda p, before, after: seen.update(before=before, after=after))
+    evals = [r for r in read_metrics(tmp_path) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 8, 16]
+    assert Store(tmp_path / "checkpoints" / "lora" / "best").latest_step() == 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, seen["before"], seen["after"])
