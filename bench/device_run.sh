@@ -8,6 +8,10 @@
 #   SASRECLLM_COMMIT=<sha> bash bench/device_run.sh grid SECONDS METHOD...   # ML-1M runs, stopped after SECONDS
 # The grid writes $OUT/ml1m-runs.tgz (every run's results.json, metrics.jsonl, config; no weights) and
 # $OUT/ml1m/SUMMARY.md; methods still running at the deadline are left out of the summary.
+# Runs, the phase cache, the assembled GGUF and the compilation cache live in ignored folders of the
+# tree (runs/device-ml1m, .cache/), which stay on the machine between back-to-back calls: a grid split
+# over calls shares phases (docs/RESULTS.md, "Finishing the table"). The GGUF is assembled once both
+# parts have arrived; before that only mf and sasrec can run. SEEDS="0 1" adds seeds; ABLATE=1 ablations.
 # SASRECLLM_COMMIT: the tree travels without .git; the sender states which clean commit it is.
 set -uo pipefail
 PY=${PY:-python3}
@@ -19,8 +23,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
-export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20 SASRECLLM_CACHE=${SASRECLLM_CACHE:-/tmp/sasrecllm-cache}
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}  # seeds and phases share compiles
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20 SASRECLLM_CACHE=${SASRECLLM_CACHE:-$PWD/.cache/sasrecllm}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}  # seeds and phases share compiles
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "commit ${SASRECLLM_COMMIT:-unknown}, $(date -u '+%Y-%m-%d %H:%M UTC')"
 prepare() {  # CoLLM's ML-1M, once per machine (data/ is ignored, so it stays between calls)
@@ -38,16 +42,23 @@ else
   secs=$1; shift
   mkdir -p "$SASRECLLM_CACHE/models"
   gguf="$SASRECLLM_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  [ -f "$gguf" ] || cat .parts/smollm2.gguf.part-* > "$gguf"
-  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $gguf" | sha256sum -c || exit 1
+  if [ ! -f "$gguf" ] && [ -f .parts/smollm2.gguf.part-aa ] && [ -f .parts/smollm2.gguf.part-ab ]; then
+    cat .parts/smollm2.gguf.part-* > "$gguf.partial" && mv "$gguf.partial" "$gguf"
+  fi
+  if [ -f "$gguf" ]; then
+    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $gguf" | sha256sum -c || exit 1
+  else
+    echo "SmolLM2 GGUF not assembled yet ($(ls .parts 2>/dev/null | tr '\n' ' ')): only mf and sasrec can run"
+  fi
   prepare || exit 1
-  runs=${GRID_OUT:-/tmp/ml1m}
+  runs=${GRID_OUT:-$PWD/runs/device-ml1m}
   timeout -k 15 -s INT "$secs" $PY -m sasrecllm_jax.experiments ml1m ${ABLATE:+--ablate} --methods "$@" --out "$runs" \
+    --seeds ${SEEDS:-0} \
     --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1 \
     | tee "$out/grid.txt"
   $PY -m sasrecllm_jax.experiments ml1m --summary-only --out "$runs" >/dev/null 2>&1
   mkdir -p "$out/ml1m" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$out/ml1m/" 2>/dev/null
   tar czf "$out/ml1m-runs.tgz" -C "$runs" --exclude checkpoints --exclude final --exclude tensorboard \
-    --exclude run_state.json runs
+    --exclude run_state.json --exclude phase_cache runs
   cat "$out/ml1m/SUMMARY.md" 2>/dev/null
 fi
