@@ -74,6 +74,12 @@ def summarise(out: Path) -> dict:
                   "| run | collab | AUC | UAUC | warm AUC | cold AUC | n test |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {n} | {mode} | {fmt(m['all']['auc'])} | {fmt(m['all']['uauc'])} | {fmt(m['warm']['auc'])} | "
                   f"{fmt(m['cold']['auc'])} | {m['all']['n']} |" for n, mode, m in ablations]
+    reused = {n: r["reused_phases"] for n, r in summary.items() if r.get("reused_phases")}
+    if reused:
+        lines += ["", "Phases trained once and reused (the phase cache; `train s` counts them at what they cost the "
+                      "run that trained them): " + "; ".join(
+                          f"{n}: " + ", ".join(f"{ph} from {Path(src).name}" for ph, src in phases.items())
+                          for n, phases in reused.items()) + "."]
     capped = {n for n, r in summary.items() if r["device"] == "cpu" and r["config"]["data"].get("cpu_max_rows")}
     if capped:
         lines += ["", f"CPU runs ({', '.join(sorted(capped))}) used the configs' data.cpu_max_rows subset: "

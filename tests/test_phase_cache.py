@@ -33,6 +33,7 @@ def cfg_of(dataset, *overrides):
 
 def test_reused_phases_equal_retrained_ones(dataset, tmp_path, clean_commit):
     cache = f"train.phase_cache={tmp_path / 'cache'}"
+    tmp_path, grid = tmp_path / "runs", tmp_path  # the experiment grid's layout: GRID/runs/NAME
     tallrec = train_and_evaluate(cfg_of(dataset, "train.method=tallrec", cache), tmp_path / "tallrec")
     assert tallrec["reused_phases"] == {}
     # plug-and-play's stage 1 LoRA phase is TALLRec's phase: taken from the cache, SASRec's is trained
@@ -54,6 +55,10 @@ def test_reused_phases_equal_retrained_ones(dataset, tmp_path, clean_commit):
     again = train_and_evaluate(cfg_of(dataset, "train.strategy=plug_and_play", cache), tmp_path / "again")
     assert set(again["reused_phases"]) == {"sasrec", "text_lora", "mapper"}
     assert again["test"] == fresh["test"] and again["valid"] == fresh["valid"]
+    from sasrecllm_jax.experiments import summarise
+    summarise(grid)
+    assert ("again: sasrec from reused, text_lora from tallrec, mapper from reused; reused: text_lora from "
+            "tallrec.") in (grid / "SUMMARY.md").read_text()
 
 
 def test_key_follows_what_the_phase_reads(dataset, tmp_path, clean_commit):
