@@ -221,3 +221,14 @@ def test_hf_folder_weights_train_end_to_end(dataset, tmp_path):
     with pytest.raises(ConfigError, match="holds another architecture"):
         run(dataset, tmp_path / "run2", "train.method=tallrec", f"model.weights={folder}",
             'model.llm_overrides={intermediate_size: 96}')
+
+
+def test_dotted_override_adds_to_a_mapping():
+    """The README's GPU command: dotted keys add to quickstart's llm_overrides; a whole mapping replaces it."""
+    from sasrecllm_jax.config import load_config
+    path = ROOT / "configs" / "quickstart.yaml"
+    added = load_config(path, ["model.llm_overrides.dtype=bfloat16", "model.llm_overrides.attention=cudnn"])
+    assert (added.model.llama().remat, added.model.llama().dtype, added.model.llama().attention) == \
+        ("cheap", "bfloat16", "cudnn")
+    replaced = load_config(path, ["model.llm_overrides={attention: cudnn}"])
+    assert (replaced.model.llama().remat, replaced.model.llama().attention) == ("none", "cudnn")
