@@ -55,10 +55,16 @@ def test_reused_phases_equal_retrained_ones(dataset, tmp_path, clean_commit):
     again = train_and_evaluate(cfg_of(dataset, "train.strategy=plug_and_play", cache), tmp_path / "again")
     assert set(again["reused_phases"]) == {"sasrec", "text_lora", "mapper"}
     assert again["test"] == fresh["test"] and again["valid"] == fresh["valid"]
+    # the gate changes the mapper phase (trained again) and nothing the stage-1 phases read (reused)
+    gated = train_and_evaluate(cfg_of(dataset, "train.strategy=plug_and_play", "model.mapper.fusion=gate", cache),
+                               tmp_path / "gated")
+    assert set(gated["reused_phases"]) == {"sasrec", "text_lora"}
+    g = float(load_raw(tmp_path / "gated" / "final")["mapper"]["mapper"]["id_gate"])
+    assert gated["id_gate"] == g and g != 1.0 and "id_gate" not in fresh  # recorded, and it trained
     from sasrecllm_jax.experiments import summarise
     summarise(grid)
-    assert ("again: sasrec from reused, text_lora from tallrec, mapper from reused; reused: text_lora from "
-            "tallrec.") in (grid / "SUMMARY.md").read_text()
+    assert ("again: sasrec from reused, text_lora from tallrec, mapper from reused; gated: sasrec from reused, "
+            "text_lora from tallrec; reused: text_lora from tallrec.") in (grid / "SUMMARY.md").read_text()
 
 
 def test_key_follows_what_the_phase_reads(dataset, tmp_path, clean_commit):
