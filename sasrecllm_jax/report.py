@@ -69,6 +69,15 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so it starts at the first value."""
+    out, m = [], 0.0
+    for t, v in enumerate(values, 1):
+        m = weight * m + (1 - weight) * v
+        out.append(m / (1 - weight ** t))
+    return out
+
+
 def plot_runs(runs: list[Path], out: Path) -> Path:
     """Training loss and validation AUC per phase, and test AUC on warm vs cold rows per run."""
     import matplotlib
@@ -82,8 +91,10 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
         for phase in dict.fromkeys(r["phase"] for r in rows):
             tr = [r for r in rows if r["phase"] == phase and r["kind"] == "train" and "loss" in r]
             ev = [r for r in rows if r["phase"] == phase and r["kind"] == "eval" and r.get("all/auc") is not None]
-            if tr:
-                ax_loss.plot([r["step"] for r in tr], [r["loss"] for r in tr], label=f"{label}:{phase}")
+            if tr:  # each point is one batch's loss: drawn faintly, with its moving average on top
+                steps, loss = [r["step"] for r in tr], [r["loss"] for r in tr]
+                line, = ax_loss.plot(steps, smooth(loss), label=f"{label}:{phase}")
+                ax_loss.plot(steps, loss, color=line.get_color(), alpha=0.2, lw=0.8)
             if ev:
                 ax_val.plot([r["step"] for r in ev], [r["all/auc"] for r in ev], marker="o", label=f"{label}:{phase}")
         res = Path(run) / "results.json"
@@ -93,7 +104,7 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
             overall.append(test["all"]["auc"] or 0)
             warm.append(test["warm"]["auc"] or 0)
             cold.append(test["cold"]["auc"] or 0)
-    ax_loss.set(title="training loss", xlabel="step", ylabel="BCE")
+    ax_loss.set(title="training loss (per batch, and its moving average)", xlabel="step", ylabel="BCE")
     ax_val.set(title="validation AUC", xlabel="step", ylabel="AUC")
     for ax in (ax_loss, ax_val):
         if ax.lines:

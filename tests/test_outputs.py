@@ -92,3 +92,10 @@ def test_code_version_outside_a_checkout(tmp_path, monkeypatch):
     assert report.code_version() == "abc1234"
     monkeypatch.delenv("SASRECLLM_COMMIT")
     assert report.code_version() == "unknown"
+
+
+def test_loss_smoothing_is_tensorboards():
+    """Debiased EMA, by hand: weight 0.5 over [1, 0, 1] gives 1, (0.25/0.75), (0.625/0.875)."""
+    from sasrecllm_jax.report import smooth
+    np.testing.assert_allclose(smooth([1.0, 0.0, 1.0], 0.5), [1.0, 1 / 3, 5 / 7])
+    assert smooth([], 0.9) == [] and smooth([2.0], 0.9) == [2.0]
