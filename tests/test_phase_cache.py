@@ -14,7 +14,8 @@ from sasrecllm_jax.train.loop import group_trees, train_and_evaluate
 from sasrecllm_jax.train.phase_cache import enabled_reason, phase_key
 from sasrecllm_jax.train.strategies import resolve_phases
 
-FAST = ["data.pad_multiple=512", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=2"]
+FAST = ["data.pad_multiple=512", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=2",
+        "data.max_rows={train: 64, eval: 64}"]  # 4 steps per LLM phase: equality needs no more
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +110,8 @@ def test_cache_is_off_for_uncommitted_code(dataset, tmp_path, monkeypatch):
 
 def test_eval_at_start_can_hand_on_the_input(dataset, tmp_path):
     """A phase that cannot improve (lr 0) keeps its step-0 evaluation as the best and hands on its input."""
-    phases = json.dumps([{"name": "lora", "trainable": ["lora"], "prompt": "text", "max_steps": 16,
-                          "lr": {"lora": 0.0}}])
+    phases = json.dumps([{"name": "lora", "trainable": ["lora"], "prompt": "text", "epochs": 4,
+                          "max_steps": 16, "lr": {"lora": 0.0}}])
     seen = {}
     train_and_evaluate(cfg_of(dataset, "train.method=tallrec", f"train.phases={phases}", "train.eval_at_start=true"),
                        tmp_path, on_phase=lambda p, before, after: seen.update(before=before, after=after))
