@@ -81,10 +81,11 @@ def test_key_follows_what_the_phase_reads(dataset, tmp_path, clean_commit):
     base_text, base_hybrid = key(text), key(hybrid)
     assert key(text) == base_text  # deterministic
     # the mapper and the encoder are not read by a text phase; method and strategy only choose phases
-    for o in ("model.mapper.fusion=gate", "model.mapper.hidden=16", "model.sasrec.dropout=0.5",
+    for o in ("model.mapper.fusion=gate", "model.mapper.hidden=16", "model.mapper.num_tokens=2", "model.sasrec.dropout=0.5",
               "train.method=tallrec", "train.enc_lr=0.5"):
         assert key(text, o) == base_text, o
-    assert key(hybrid, "model.mapper.fusion=gate") != base_hybrid
+    for o in ("model.mapper.fusion=gate", "model.mapper.num_tokens=2", "model.sasrec.dropout=0.5"):
+        assert key(hybrid, o) != base_hybrid, o
     for o in ("model.lora.dropout=0.1", "train.seed=1", "train.batch_size=8", "data.max_titles=2",
               "train.eval_at_start=true"):
         assert key(text, o) != base_text, o

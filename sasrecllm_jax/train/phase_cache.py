@@ -68,8 +68,8 @@ def _model_fields(cfg: Config, prompt: str) -> dict:
     llm = {k: m[k] for k in ("llm", "llm_overrides", "weights", "lora", "score_head")}
     if prompt == "none":
         return encoder
-    if prompt == "text":  # soft-token count is a prompt-encoding setting; the mapper itself is unused
-        return {**llm, "num_tokens": m["mapper"]["num_tokens"]}
+    if prompt == "text":  # text templates have no ID markers (prompts.Template.load): no mapper setting applies
+        return llm
     return {**encoder, **llm, "mapper": m["mapper"]}
 
 
