@@ -152,6 +152,7 @@ class PhaseConfig:
     restore_best: bool = True          # end the phase on its best checkpoint (what the next phase starts from)
     eval_every: int = 0                # steps between evaluations; 0: train.eval_every for prompted
                                        # phases, once per epoch for encoder phases
+    patience: int = 0                  # evaluations without improvement before stopping; 0: train.patience
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +160,9 @@ class TrainConfig:
     method: Literal["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm"] = "sasrecllm"
     strategy: str = "dual_stage"       # for sasrecllm: dual_stage | hierarchical_freezing | plug_and_play
     phases: tuple[PhaseConfig, ...] = ()  # empty: taken from the method / strategy preset
+    # per phase name, fields that replace the preset's (or train.phases'): e.g. a lower learning rate for
+    # the hybrid phase alone, {hybrid: {lr: {mapper: 3.0e-4, lora: 3.0e-4}, patience: 2}}
+    phase_overrides: dict = dataclasses.field(default_factory=dict)
     batch_size: int = 16
     eval_batch_size: int = 64
     encoder_batch_size: int = 1024

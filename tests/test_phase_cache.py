@@ -82,10 +82,14 @@ def test_key_follows_what_the_phase_reads(dataset, tmp_path, clean_commit):
     assert key(text) == base_text  # deterministic
     # the mapper and the encoder are not read by a text phase; method and strategy only choose phases
     for o in ("model.mapper.fusion=gate", "model.mapper.hidden=16", "model.mapper.num_tokens=2", "model.sasrec.dropout=0.5",
-              "train.method=tallrec", "train.enc_lr=0.5"):
+              "train.method=tallrec", "train.enc_lr=0.5", "train.phase_overrides={hybrid: {patience: 2}}"):
         assert key(text, o) == base_text, o
     for o in ("model.mapper.fusion=gate", "model.mapper.num_tokens=2", "model.sasrec.dropout=0.5"):
         assert key(hybrid, o) != base_hybrid, o
+    # an override reaches the key through the resolved phase it changes
+    c = cfg_of(dataset, "train.phase_overrides={hybrid: {lr: {mapper: 3.0e-4, lora: 3.0e-4}}}")
+    tuned = next(p for p in resolve_phases(c) if p.name == "hybrid")
+    assert tuned.lr == {"mapper": 3e-4, "lora": 3e-4} and key(tuned) != base_hybrid
     for o in ("model.lora.dropout=0.1", "train.seed=1", "train.batch_size=8", "data.max_titles=2",
               "train.eval_at_start=true"):
         assert key(text, o) != base_text, o
@@ -110,13 +114,28 @@ def test_cache_is_off_for_uncommitted_code(dataset, tmp_path, monkeypatch):
 
 
 def test_eval_at_start_can_hand_on_the_input(dataset, tmp_path):
-    """A phase that cannot improve (lr 0) keeps its step-0 evaluation as the best and hands on its input."""
+    """A phase that cannot improve (lr 0) keeps its step-0 evaluation as the best and hands on its input;
+    its own patience (1) stops it at the first evaluation without improvement."""
     phases = json.dumps([{"name": "lora", "trainable": ["lora"], "prompt": "text", "epochs": 4,
-                          "max_steps": 16, "lr": {"lora": 0.0}}])
+                          "max_steps": 16, "lr": {"lora": 0.0}, "patience": 1}])
     seen = {}
     train_and_evaluate(cfg_of(dataset, "train.method=tallrec", f"train.phases={phases}", "train.eval_at_start=true"),
                        tmp_path, on_phase=lambda p, before, after: seen.update(before=before, after=after))
     evals = [r for r in read_metrics(tmp_path) if r["kind"] == "eval"]
-    assert [r["step"] for r in evals] == [0, 8, 16]
+    assert [r["step"] for r in evals] == [0, 8]
     assert Store(tmp_path / "checkpoints" / "lora" / "best").latest_step() == 0
     jax.tree_util.tree_map(np.testing.assert_array_equal, seen["before"], seen["after"])
+
+
+def test_phase_overrides_change_only_the_named_phase(dataset):
+    preset = resolve_phases(cfg_of(dataset))
+    tuned = resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {epochs: 0.5, patience: 2}}"))
+    assert [p.name for p in tuned] == [p.name for p in preset] == ["sasrec", "text_lora", "hybrid"]
+    assert tuned[:2] == preset[:2] and (tuned[2].epochs, tuned[2].patience) == (0.5, 2)
+    from sasrecllm_jax.config import ConfigError
+    with pytest.raises(ConfigError, match=r"no phase 'mapper'; its phases are \['sasrec', 'text_lora', 'hybrid'\]"):
+        resolve_phases(cfg_of(dataset, "train.phase_overrides={mapper: {epochs: 2}}"))
+    with pytest.raises(ConfigError, match=r"phase_overrides.hybrid: unknown key\(s\) \['epoch'\]"):
+        resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {epoch: 2}}"))
+    with pytest.raises(ConfigError, match="patience must be >= 0"):
+        resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {patience: -1}}"))

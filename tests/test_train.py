@@ -179,6 +179,7 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "train.phases=[{name: m, trainable: [mapper], prompt: text}]"], "cannot train on 'text' prompts"),
     (["--config", "configs/nope.yaml"], "config file configs/nope.yaml does not exist"),
     (["--set", "model.llm_overrides={scan_unroll: 0}"], "scan_unroll = 0; use 1"),
+    (["--set", "train.phase_overrides={hybird: {epochs: 2}}"], "this run has no phase 'hybird'"),
 ])
 def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)

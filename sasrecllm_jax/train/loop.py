@@ -170,6 +170,7 @@ class Run:
 
         scorer = self.scorer(comp, phase.prompt)
         eval_every = phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch
+        patience = phase.patience or t.patience
         step = int(state.step)
         bar = tqdm(total=total, initial=step, desc=phase.name, unit="step", dynamic_ncols=True)
         # The device runs step n while the host builds batch n+1: nothing waits on the device except the
@@ -195,8 +196,8 @@ class Run:
             bar.write(f"[{phase.name}] step {step}: valid AUC {auc:.4f} (best {book['best_auc']:.4f} at "
                       f"step {book['best_step']})")
             clock["eval_s"] += time.perf_counter() - t_eval
-            if book["bad_evals"] >= t.patience:
-                bar.write(f"[{phase.name}] early stop: {t.patience} evaluations without improvement")
+            if book["bad_evals"] >= patience:
+                bar.write(f"[{phase.name}] early stop: {patience} evaluations without improvement")
                 return True
             return False
 

@@ -34,8 +34,8 @@ from sasrecllm_jax.report import code_version
 from sasrecllm_jax.train.checkpoint import Store
 
 # train fields that only pick or parameterise the preset phases; the resolved phase carries their effect
-_PHASE_SOURCES = ("method", "strategy", "phases", "enc_epochs", "enc_lr", "llm_lr", "llm_epochs", "freeze",
-                  "log_every", "distributed")
+_PHASE_SOURCES = ("method", "strategy", "phases", "phase_overrides", "enc_epochs", "enc_lr", "llm_lr",
+                  "llm_epochs", "freeze", "log_every", "distributed")
 
 
 def enabled_reason(cfg: Config) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sasrecllm_jax.config import Config, ConfigError, PhaseConfig
+from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, from_dict, to_dict
 
 def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 10.0, llm_epochs: float = 1.0,
                   enc_lr: float = 1e-2, llm_lr: float = 1e-3) -> tuple[PhaseConfig, ...]:
@@ -55,6 +55,18 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
                                        t.enc_lr, t.llm_lr)
     if t.method == "collm_mf" and cfg.model.encoder != "mf":
         raise ConfigError(f"{config_path}: method collm_mf needs model.encoder: mf")
+    names = [ph.name for ph in phases]
+    for name, fields in t.phase_overrides.items():
+        where = f"{config_path}: train.phase_overrides.{name}"
+        if name not in names:
+            raise ConfigError(f"{where}: this run has no phase {name!r}; its phases are {names}")
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where} must be a mapping of phase fields, e.g. {{lr: {{mapper: 3.0e-4}}}}")
+        if "name" in fields:
+            raise ConfigError(f"{where}: a phase cannot be renamed here; write train.phases instead")
+    phases = [from_dict(PhaseConfig, {**to_dict(ph), **t.phase_overrides[ph.name]},
+                        f"{config_path}: train.phase_overrides.{ph.name}") if ph.name in t.phase_overrides else ph
+              for ph in phases]
     freeze = set(t.freeze)
     out, seen = [], set()
     for i, ph in enumerate(phases):
@@ -75,6 +87,8 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
             elif not (Path(source) / "final").exists():
                 raise ConfigError(f"{where}: restore {group} from {source!r}: no finished run there "
                                   f"({Path(source) / 'final'} is missing); train that run first or fix the path")
+        if ph.patience < 0:
+            raise ConfigError(f"{where}: patience must be >= 0 (0: train.patience)")
         if ph.epochs <= 0 and ph.max_steps <= 0:
             raise ConfigError(f"{where}: set epochs > 0 or max_steps > 0")
         out.append(dataclasses.replace(ph, trainable=groups))
