@@ -139,3 +139,30 @@ def test_phase_overrides_change_only_the_named_phase(dataset):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {epoch: 2}}"))
     with pytest.raises(ConfigError, match="patience must be >= 0"):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {patience: -1}}"))
+
+
+def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
+    """Every shipped experiment config loads, and the phases the GPU plan counts on reusing (docs/RESULTS.md
+    section 6) have equal keys across methods: an edit that breaks the sharing costs device time."""
+    from helpers import ROOT
+    from sasrecllm_jax.config import load_config
+    monkeypatch.chdir(ROOT)  # the configs name their prompt templates relative to the repository
+    monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")
+    (tmp_path / "data.parquet").write_bytes(b"same dataset for every method")
+    inputs = {"lora": {"a": np.zeros(2)}}  # the same input values for every method: only configs differ
+    keys = {}
+    for path in sorted((ROOT / "configs" / "experiments" / "ml1m").glob("*.yaml")):
+        if path.name == "base.yaml":
+            continue
+        cfg = load_config(path, [f"train.phase_cache={tmp_path}"])
+        keys[path.stem] = {p.name: phase_key(cfg, p, inputs, tmp_path) for p in resolve_phases(cfg, str(path))}
+    same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
+    assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_dual_stage_gate",
+                "sasrecllm_dual_stage_gate_hlr", "sasrecllm_dual_stage_mapper64", "sasrecllm_dual_stage_k2")
+    assert same("sasrec", "sasrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_hierarchical_freezing",
+                "sasrecllm_dual_stage_gate", "sasrecllm_dual_stage_yes_logit")
+    assert same("mf", "mf", "collm_mf")
+    assert not same("text_lora", "tallrec", "sasrecllm_dual_stage_yes_logit")  # the head changes what LoRA learns
+    hybrids = ("sasrecllm_dual_stage", "sasrecllm_dual_stage_gate", "sasrecllm_dual_stage_gate_hlr",
+               "sasrecllm_dual_stage_mapper64", "sasrecllm_dual_stage_k2", "sasrecllm_dual_stage_yes_logit")
+    assert len({keys[m]["hybrid"] for m in hybrids}) == len(hybrids)  # each variant trains its own hybrid phase
