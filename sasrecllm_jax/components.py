@@ -50,8 +50,31 @@ def resolve_dataset(cfg: Config) -> Dataset:
     return load_dataset(out)
 
 
-def load_backbone(cfg: Config, key) -> tuple[LlamaConfig, dict, object]:
-    """(llm config, base params, tokenizer) from model.weights."""
+@dataclasses.dataclass
+class HostCache:
+    """Host-side inputs that runs in one process share (the experiment grid runs every method in one):
+    dequantized backbone weights, tokenizers and encoded splits, keyed by everything that shapes them.
+    Host arrays only: the device copies are made per run, because the train step donates its inputs."""
+    items: dict = dataclasses.field(default_factory=dict)
+
+    def get(self, key: tuple, make):
+        if key not in self.items:
+            self.items[key] = make()
+        return self.items[key]
+
+
+def _memo(cache: HostCache | None, key: tuple, make):
+    return cache.get(key, make) if cache is not None else make()
+
+
+def weights_source(path: Path) -> tuple:
+    """A weights file or folder by path, sizes and modification times: what a cached copy is keyed by."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return str(path.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+
+
+def load_backbone(cfg: Config, key, cache: HostCache | None = None) -> tuple[LlamaConfig, dict, object, tuple]:
+    """(llm config, base params, tokenizer, the weights' identity) from model.weights."""
     m = cfg.model
     preset = m.llama()
     runtime = {k: getattr(preset, k) for k in RUNTIME_FIELDS}
@@ -61,9 +84,10 @@ def load_backbone(cfg: Config, key) -> tuple[LlamaConfig, dict, object]:
             raise ConfigError(f"model.weights: random is for DEBUG_TINY-sized models with the byte tokenizer "
                               f"(vocab 256); {m.llm} has vocab {preset.vocab_size}: point model.weights at real weights")
         params = jax.jit(LlamaForCausalLM(preset).init)(key, jnp.zeros((1, 4), jnp.int32))["params"]
-        return preset, params, prompts_lib.byte_tokenizer()
-    from sasrecllm_jax.weights.gguf import load_gguf
-    from sasrecllm_jax.weights.hf_folder import load_hf_folder
+        return preset, params, prompts_lib.byte_tokenizer(), ("byte",)
+    from sasrecllm_jax.weights.convert import hf_to_params
+    from sasrecllm_jax.weights.gguf import read_gguf
+    from sasrecllm_jax.weights.hf_folder import read_hf_folder
     from sasrecllm_jax.weights.tokenizer import load_tokenizer
     if w == "smollm2":
         from data_tools import fetch
@@ -73,13 +97,17 @@ def load_backbone(cfg: Config, key) -> tuple[LlamaConfig, dict, object]:
         if not path.exists():
             raise ConfigError(f"model.weights = {w!r}: no such file or folder; use smollm2, random, a .gguf file "
                               f"or a Hugging Face folder (python -c 'from sasrecllm_jax.weights import hub; hub.download()')")
-    llm_cfg, params = (load_hf_folder(path, **runtime) if path.is_dir() else load_gguf(path, **runtime))
+    source = weights_source(path)
+    file_cfg, tensors = _memo(cache, ("weights", source),
+                              lambda: read_hf_folder(path) if path.is_dir() else read_gguf(path)[:2])
+    llm_cfg = dataclasses.replace(file_cfg, **runtime)
     arch = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in RUNTIME_FIELDS + ("max_position_embeddings",)}
     if arch(llm_cfg) != arch(preset):
         diff = {k: (v, arch(llm_cfg)[k]) for k, v in arch(preset).items() if arch(llm_cfg)[k] != v}
         raise ConfigError(f"model.llm = {m.llm} but {path} holds another architecture {diff} (preset, weights); "
                           f"set model.llm to the matching preset")
-    return llm_cfg, params, load_tokenizer(path)
+    tokenizer = _memo(cache, ("tokenizer", source), lambda: load_tokenizer(path))
+    return llm_cfg, hf_to_params(tensors, llm_cfg, str(path)), tokenizer, source
 
 
 @dataclasses.dataclass
@@ -90,24 +118,27 @@ class Components:
     base_llm: dict | None = None
     tokenizer: object = None
     answer_ids: tuple[int, int] = (0, 0)
+    host_cache: HostCache | None = None
+    tokenizer_source: tuple = ()       # which tokenizer encoded the prompts (part of a shared split's key)
     _splits: dict = dataclasses.field(default_factory=dict)
 
     @staticmethod
-    def build(cfg: Config, needs_llm: bool, key=None) -> "Components":
-        comp = Components(cfg, resolve_dataset(cfg))
+    def build(cfg: Config, needs_llm: bool, key=None, host_cache: HostCache | None = None) -> "Components":
+        comp = Components(cfg, resolve_dataset(cfg), host_cache=host_cache)
         if needs_llm:
-            comp.llm_cfg, comp.base_llm, comp.tokenizer = load_backbone(cfg, key if key is not None else jax.random.key(0))
+            comp.llm_cfg, comp.base_llm, comp.tokenizer, comp.tokenizer_source = load_backbone(
+                cfg, key if key is not None else jax.random.key(0), host_cache)
             comp.answer_ids = (answer_token(comp.tokenizer, cfg.data.answer_yes),
                                answer_token(comp.tokenizer, cfg.data.answer_no))
         return comp
 
     @staticmethod
-    def for_run(cfg: Config) -> tuple["Components", dict]:
+    def for_run(cfg: Config, host_cache: HostCache | None = None) -> tuple["Components", dict]:
         """The components and initial parameters of a run, from train.seed alone. Training and every later
         reader of the run (scoring, ablations) call this, so a randomly initialised LLM base, which no
         checkpoint stores, is the same base for all of them."""
         key = jax.random.key(cfg.train.seed)
-        comp = Components.build(cfg, cfg.train.method in LLM_METHODS, jax.random.fold_in(key, 0))
+        comp = Components.build(cfg, cfg.train.method in LLM_METHODS, jax.random.fold_in(key, 0), host_cache)
         return comp, comp.init_params(jax.random.fold_in(key, 1))
 
     @property
@@ -131,8 +162,19 @@ class Components:
         """A split of the dataset, encoded for this prompt kind (cached)."""
         key = (name, prompt, max_rows)
         if key not in self._splits:
-            self._splits[key] = self.encode_rows(name, self.dataset.splits[name], prompt, max_rows)
+            make = lambda: self.encode_rows(name, self.dataset.splits[name], prompt, max_rows)
+            self._splits[key] = _memo(self.host_cache, self._split_key(name, prompt, max_rows), make)
         return self._splits[key]
+
+    def _split_key(self, name: str, prompt: str, max_rows: int) -> tuple:
+        """Everything an encoded split depends on (for sharing it between runs of one process)."""
+        d, m = self.cfg.data, self.cfg.model
+        base = ("split", str(Path(self.dataset.path).resolve()), name, max_rows, m.sasrec.max_len, prompt)
+        if prompt == "none":
+            return base
+        template = Path(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text)
+        return base + (template.read_text() if template.exists() else str(template), self.tokenizer_source,
+                       d.max_titles, d.max_tokens, m.mapper.num_tokens)
 
     def encode_rows(self, name: str, df, prompt: str, max_rows: int = 0) -> SplitData:
         """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""
@@ -162,12 +204,13 @@ class Components:
         k_enc, k_map, k_lora = jax.random.split(key, 3)
         L = m.sasrec.max_len
         dummy = (jnp.zeros((1, L), jnp.int32), jnp.ones((1,), jnp.int32), jnp.ones((1,), jnp.int32))
+        # jitted: one compilation, instead of one per operation of an eager init (seconds per run)
         encoder = make_encoder(m, self.num_users, self.num_items, True)
-        params = {m.encoder: encoder.init(k_enc, *dummy)["params"]}
+        params = {m.encoder: jax.jit(encoder.init)(k_enc, *dummy)["params"]}
         if self.llm_cfg is None:
             return params
         d_enc = m.sasrec.hidden if m.encoder == "sasrec" else m.mf.dim
-        params["mapper"] = Mapper(m.mapper, self.llm_cfg.hidden_size).init(k_map, jnp.zeros((1, d_enc)))["params"]
+        params["mapper"] = jax.jit(Mapper(m.mapper, self.llm_cfg.hidden_size).init)(k_map, jnp.zeros((1, d_enc)))["params"]
         batch = {"tokens": jnp.zeros((1, 8), jnp.int32), "mask": jnp.ones((1, 8), jnp.int32),
                  "user_pos": jnp.zeros((1,), jnp.int32), "item_pos": jnp.full((1,), 2, jnp.int32),
                  "his": dummy[0], "uid": dummy[1], "iid": dummy[2]}

@@ -28,8 +28,10 @@ METHODS = ["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
 
 def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str], tag: str = "",
              ablate: bool = False, phase_cache: bool = True) -> None:
+    from sasrecllm_jax.components import HostCache
     from sasrecllm_jax.config import load_config
     from sasrecllm_jax.train.loop import train_and_evaluate
+    host_cache = HostCache()  # the backbone is read and each split encoded once for the whole grid
     for method in methods:
         cfg_path = ROOT / "configs" / "experiments" / dataset / f"{method}.yaml"
         for seed in seeds if method != "icl" else [0]:
@@ -41,7 +43,8 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
                 cache = [f"train.phase_cache={out / 'phase_cache'}"] if phase_cache else []
                 cfg = load_config(cfg_path, [f"train.seed={seed}", *cache, *overrides])
                 print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
-                train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path))
+                train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path),
+                                   host_cache=host_cache)
             if ablate and not (workdir / "ablation.json").exists():
                 from sasrecllm_jax.ablate import ablate as run_ablation
                 if (workdir / "results.json").exists() and json.loads((workdir / "results.json").read_text())[

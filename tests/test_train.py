@@ -201,8 +201,9 @@ def test_exponent_floats_read_as_floats(tmp_path):
     assert isinstance(cfg.train.phases[0].lr["lora"], float)
 
 
-def test_hf_folder_weights_train_end_to_end(dataset, tmp_path):
-    """The TinyLlama path at toy size: a random checkpoint that transformers writes, loaded by model.weights."""
+def test_hf_folder_weights_train_end_to_end(dataset, tmp_path, monkeypatch):
+    """The TinyLlama path at toy size: a random checkpoint that transformers writes, loaded by model.weights.
+    Runs sharing a HostCache (the experiment grid) read the weights once and give the same results."""
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     from sasrecllm_jax.config import DEBUG_TINY
@@ -218,6 +219,15 @@ def test_hf_folder_weights_train_end_to_end(dataset, tmp_path):
     byte_tokenizer().save(str(folder / "tokenizer.json"))
     results = run(dataset, tmp_path / "run", "train.method=tallrec", f"model.weights={folder}")
     assert results["test"]["all"]["auc"] is not None
+    from sasrecllm_jax.components import HostCache
+    from sasrecllm_jax.weights import hf_folder
+    reads, real = [], hf_folder.read_hf_folder
+    monkeypatch.setattr(hf_folder, "read_hf_folder", lambda f: reads.append(f) or real(f))
+    cache = HostCache()
+    shared = [run(dataset, tmp_path / f"shared{i}", "train.method=tallrec", f"model.weights={folder}", host_cache=cache)
+              for i in range(2)]
+    assert len(reads) == 1 and {k[0] for k in cache.items} == {"weights", "tokenizer", "split"}
+    assert shared[0]["test"] == shared[1]["test"] == results["test"]
     from sasrecllm_jax.config import ConfigError
     with pytest.raises(ConfigError, match="holds another architecture"):
         run(dataset, tmp_path / "run2", "train.method=tallrec", f"model.weights={folder}",

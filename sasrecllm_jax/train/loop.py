@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from sasrecllm_jax.components import Components, prompt_groups
+from sasrecllm_jax.components import Components, HostCache, prompt_groups
 from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, load_yaml, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
@@ -63,8 +63,9 @@ def _state_tree(state: TrainState) -> dict:
 
 class Run:
     def __init__(self, cfg: Config, workdir: Path, resume: bool, on_step: Callable | None = None,
-                 config_path: str = "config", on_phase: Callable | None = None):
+                 config_path: str = "config", on_phase: Callable | None = None, host_cache: HostCache | None = None):
         self.cfg = cfg
+        self.host_cache = host_cache  # weights and encoded splits shared with other runs of this process
         self.workdir = Path(workdir).absolute()
         self.resume = resume
         self.on_step = on_step      # (phase name, step): observers, tests
@@ -294,7 +295,7 @@ class Run:
         sharding.init_distributed(t.distributed)
         run_state = self._prepare_workdir()
         start = time.time()
-        comp, params = Components.for_run(cfg)
+        comp, params = Components.for_run(cfg, self.host_cache)
         reporter = Reporter(self.workdir)
         try:
             for phase in self.phases:
@@ -379,5 +380,6 @@ def format_table(results: dict) -> str:
 
 
 def train_and_evaluate(cfg: Config, workdir: str | Path, resume: bool = False, on_step: Callable | None = None,
-                       config_path: str = "config", on_phase: Callable | None = None) -> dict:
-    return Run(cfg, Path(workdir), resume, on_step, config_path, on_phase)()
+                       config_path: str = "config", on_phase: Callable | None = None,
+                       host_cache: HostCache | None = None) -> dict:
+    return Run(cfg, Path(workdir), resume, on_step, config_path, on_phase, host_cache)()
