@@ -76,6 +76,7 @@ class Run:
         self.timing: dict[str, dict] = {}  # per phase, and the final evaluation per split
         self._scorers: dict[str, Scorer] = {}  # one compiled evaluation function per prompt kind
         self.reused: dict[str, dict] = {}  # phases taken from the phase cache: {name: their meta}
+        self._bar = None  # the running phase's progress bar, closed however the run ends
         why_not = enabled_reason(cfg)
         self.cache = PhaseCache(cfg.train.phase_cache) if why_not is None else None
         if cfg.train.phase_cache and why_not:
@@ -173,7 +174,7 @@ class Run:
         eval_every = phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch
         patience = phase.patience or t.patience
         step = int(state.step)
-        bar = tqdm(total=total, initial=step, desc=phase.name, unit="step", dynamic_ncols=True)
+        bar = self._bar = tqdm(total=total, initial=step, desc=phase.name, unit="step", dynamic_ncols=True)
         # The device runs step n while the host builds batch n+1: nothing waits on the device except the
         # log steps (every train.log_every), the evaluations and the checkpoints.
         tick, rows_since, losses = time.perf_counter(), 0, []
@@ -329,6 +330,8 @@ class Run:
             reused_s = sum(m["timing"].get("wall_s", 0.0) for m in self.reused.values())
             results = self.final_evaluation(comp, params, prompt, time.time() - start + reused_s, reporter)
         finally:
+            if self._bar is not None:
+                self._bar.close()  # a run stopped by an error leaves no half-drawn bar behind its message
             reporter.close()
         return results
 
