@@ -257,3 +257,19 @@ def test_remat_and_bf16_keep_the_numbers(remat):
     out32 = base.apply({"params": params}, ids, logits_at=jnp.array([9, 9]))
     out16 = bf16.apply({"params": cast}, ids, logits_at=jnp.array([9, 9]))
     assert out16.dtype == jnp.float32 and np.abs(np.asarray(out16) - np.asarray(out32)).max() < 0.05
+
+
+def test_zero_output_mapper_starts_as_the_text_model():
+    """mapper.out_init: zeros. At init the soft tokens are zero vectors, so the score equals the score with
+    the collaborative tokens dropped; the output layer gets a gradient, the hidden layer none yet."""
+    plain = _hybrid()
+    zero = Hybrid(dataclasses.replace(plain.cfg, mapper=dataclasses.replace(plain.cfg.mapper, out_init="zeros")),
+                  DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    batch = _batch()
+    params = zero.init(jax.random.key(0), batch)["params"]
+    assert not np.any(params["mapper"]["fc2"]["kernel"]) and np.any(plain.init(jax.random.key(0), batch)[
+        "params"]["mapper"]["fc2"]["kernel"])
+    np.testing.assert_allclose(zero.apply({"params": params}, batch),
+                               zero.apply({"params": params}, {**batch, "collab_scale": jnp.zeros(2)}), atol=1e-6)
+    grads = jax.grad(lambda m: zero.apply({"params": {**params, "mapper": m}}, batch).sum())(params["mapper"])
+    assert np.abs(grads["fc2"]["kernel"]).max() > 0 and not np.any(grads["fc1"]["kernel"])

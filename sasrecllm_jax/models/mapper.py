@@ -12,7 +12,8 @@ class Mapper(nn.Module):
 
     def setup(self):
         self.fc1 = nn.Dense(self.cfg.hidden)
-        self.fc2 = nn.Dense(self.d_model * self.cfg.num_tokens)
+        out_init = nn.initializers.zeros if self.cfg.out_init == "zeros" else nn.linear.default_kernel_init
+        self.fc2 = nn.Dense(self.d_model * self.cfg.num_tokens, kernel_init=out_init)
         if self.cfg.fusion == "gate":
             self.id_gate = self.param("id_gate", nn.initializers.ones, ())
 
