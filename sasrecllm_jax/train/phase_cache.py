@@ -79,8 +79,8 @@ def phase_key(cfg: Config, phase: PhaseConfig, inputs: dict, dataset_dir: Path) 
     weights = cfg.model.weights
     stat = None
     if phase.prompt != "none" and weights not in ("smollm2", "random") and Path(weights).exists():
-        files = [Path(weights)] if Path(weights).is_file() else sorted(Path(weights).iterdir())
-        stat = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+        from sasrecllm_jax.components import weights_source
+        stat = weights_source(Path(weights))
     phase_fields = {k: v for k, v in to_dict(phase).items() if k != "restore"}  # restored values are inputs
     head = {
         "code": code_version(), "backend": jax.default_backend(),
