@@ -1,12 +1,22 @@
-"""One evaluate(): score every row of a split and report AUC / UAUC / log-loss for all, warm, cold."""
+"""One evaluate(): score every row of a split and report AUC / UAUC / log-loss for all, warm, cold.
+
+A finished run keeps every evaluated row's score in RUN/scores.npz (`save_scores`, `load_scores`):
+per split the score, the label and the warm flag (no user or item ids), and a fingerprint of the rows
+so that two runs are only compared on the same rows (python -m sasrecllm_jax.compare).
+"""
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from sasrecllm_jax import metrics
+from sasrecllm_jax.config import ConfigError
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
 
 
@@ -84,3 +94,43 @@ def evaluate(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multi
              collab: str = "on", progress=None) -> tuple[dict, np.ndarray]:
     scores = score_split(scorer, params, data, batch_size, pad_multiple, with_prompts, collab, progress)
     return metrics.report(data.uid, data.label, scores, data.not_cold), scores
+
+
+SCORES_FILE = "scores.npz"
+
+
+def rows_fingerprint(data: SplitData) -> str:
+    """Which rows, in which order: a hash of (user, item, label) per row."""
+    h = hashlib.sha256()
+    for a in (data.uid, data.iid, data.label):
+        h.update(np.ascontiguousarray(a, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]]) -> None:
+    """{split: (rows, scores)} -> one .npz, written whole or not at all."""
+    arrays = {}
+    for split, (data, scores) in splits.items():
+        arrays.update({f"{split}.score": np.asarray(scores, np.float64), f"{split}.label": data.label.astype(np.int8),
+                       f"{split}.warm": np.asarray(data.not_cold, np.int8),
+                       f"{split}.rows": np.array(rows_fingerprint(data))})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    tmp = Path(str(path) + ".partial")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def load_scores(run: Path) -> dict[str, dict]:
+    """RUN/scores.npz -> {split: {score, label, warm, rows}}."""
+    path = Path(run) / SCORES_FILE
+    if not path.exists():
+        raise ConfigError(f"{run}: no {SCORES_FILE}. Runs keep their per-row scores since this was added; "
+                          f"run the method again (a run whose results.json came from an older commit has none)")
+    out: dict[str, dict] = {}
+    with np.load(path) as z:
+        for key in z.files:
+            split, field = key.rsplit(".", 1)
+            value = z[key]
+            out.setdefault(split, {})[field] = str(value) if field == "rows" else value
+    return out

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from sasrecllm_jax.config import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
            "sasrecllm_hierarchical_freezing", "sasrecllm_plug_and_play"]
@@ -77,6 +79,7 @@ def summarise(out: Path) -> dict:
                   "| run | collab | AUC | UAUC | warm AUC | cold AUC | n test |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {n} | {mode} | {fmt(m['all']['auc'])} | {fmt(m['all']['uauc'])} | {fmt(m['warm']['auc'])} | "
                   f"{fmt(m['cold']['auc'])} | {m['all']['n']} |" for n, mode, m in ablations]
+    lines += paired_section(out, runs)
     reused = {n: r["reused_phases"] for n, r in summary.items() if r.get("reused_phases")}
     if reused:
         lines += ["", "Phases trained once and reused (the phase cache; `train s` counts them at what they cost the "
@@ -93,6 +96,26 @@ def summarise(out: Path) -> dict:
         plot_runs(runs, out / "warm_cold.png")
     print("\n".join(lines))
     return summary
+
+
+def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[str]:
+    """Each run with per-row scores against SASRec, paired on the same test rows (DeLong)."""
+    from sasrecllm_jax.compare import compare, format_rows, header
+    from sasrecllm_jax.evaluate import SCORES_FILE
+    scored = [r for r in runs if (r / SCORES_FILE).exists()]
+    base_run = out / "runs" / base
+    if base_run not in scored or len(scored) < 2:
+        return []
+    rows, other_rows = [], []
+    for run in [r for r in scored if r != base_run]:
+        try:
+            rows += format_rows(run.name, compare(base_run, run, "test"))
+        except ConfigError:  # scored other rows (a CPU-capped run beside full-data ones)
+            other_rows.append(run.name)
+    note = f" Left out, scored on other rows: {', '.join(other_rows)}." if other_rows else ""
+    return ["", f"Paired against {base} on the same test rows (`python -m sasrecllm_jax.compare`, DeLong's test; "
+                f"difference = AUC run - AUC {base}; runs without {SCORES_FILE} are older than it).{note}", "",
+            *header(base), *rows]
 
 
 def main(argv=None) -> int:

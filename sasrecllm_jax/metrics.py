@@ -3,8 +3,13 @@
 AUC is the Mann-Whitney statistic with average ranks, so a tied positive/negative pair counts 1/2.
 UAUC is the mean of per-user AUCs over users that have both labels; users with one label (or one
 row) are skipped and counted.
+`paired_auc_test` compares two scorers on the same rows (DeLong, DeLong & Clarke-Pearson 1988, with
+the midrank form of Sun & Xu 2014): far tighter than comparing two AUCs' separate error bars, because
+both scorers face the same hard and easy rows.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -63,3 +68,37 @@ def report(users, labels, scores, warm) -> dict:
                      "logloss": logloss(labels[sel], scores[sel]), "n": int(sel.sum()),
                      "users_counted": counted, "users_skipped": skipped}
     return out
+
+
+def _placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: for each positive the share of negatives it outscores, for each
+    negative the share of positives that outscore it (ties count one half). Their means are the AUC."""
+    r_all = _average_ranks(scores)
+    pos, neg = scores[labels], scores[~labels]
+    v10 = (r_all[labels] - _average_ranks(pos)) / len(neg)
+    v01 = 1.0 - (r_all[~labels] - _average_ranks(neg)) / len(pos)
+    return v10, v01
+
+
+def paired_auc_test(labels, scores_a, scores_b) -> dict:
+    """AUC(b) - AUC(a) on the same rows, its standard error, 95% interval and two-sided p (DeLong)."""
+    labels = np.asarray(labels).astype(bool)
+    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    if not (labels.shape == a.shape == b.shape) or labels.ndim != 1:
+        raise ValueError(f"paired_auc_test needs one label and two scores per row; got shapes "
+                         f"{labels.shape}, {a.shape}, {b.shape}")
+    m, n = int(labels.sum()), int((~labels).sum())
+    if m < 2 or n < 2:
+        nan = float("nan")
+        return {"auc_a": nan, "auc_b": nan, "diff": nan, "se": nan, "ci95": [nan, nan], "p": nan, "n": len(labels)}
+    (v10a, v01a), (v10b, v01b) = _placements(labels, a), _placements(labels, b)
+    auc_a, auc_b = float(v10a.mean()), float(v10b.mean())
+    s10, s01 = np.cov(np.stack([v10a, v10b])), np.cov(np.stack([v01a, v01b]))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    se, diff = math.sqrt(max(float(var), 0.0)), auc_b - auc_a
+    if se > 0:
+        p = math.erfc(abs(diff) / se / math.sqrt(2))
+    else:  # the two scorers order every positive/negative pair alike (up to ties)
+        p = 1.0 if diff == 0 else 0.0
+    return {"auc_a": auc_a, "auc_b": auc_b, "diff": diff, "se": se,
+            "ci95": [diff - 1.959964 * se, diff + 1.959964 * se], "p": p, "n": len(labels)}

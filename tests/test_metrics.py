@@ -31,3 +31,39 @@ def test_logloss_and_report():
     r = report(np.array([1, 1, 2, 2]), np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.3]), np.array([1, 1, 0, 0]))
     assert r["warm"]["auc"] == 1.0 and r["cold"]["auc"] == 0.0 and r["all"]["n"] == 4
     assert r["all"]["auc"] == 0.75 and r["all"]["uauc"] == 0.5
+
+
+def test_paired_auc_test_by_hand():
+    """DeLong on 2 positives, 2 negatives. a = [.8, .4 | .5, .1]: positives beat 2/2 and 1/2 negatives
+    (V10 = [1, .5]); negatives are beaten by 1/2 and 2/2 positives (V01 = [.5, 1]); AUC .75. b ranks
+    perfectly (V10 = V01 = [1, 1]), AUC 1. var = var(V10a)/2 + var(V01a)/2 = .125/2 + .125/2 = .125."""
+    from sasrecllm_jax.metrics import paired_auc_test
+    r = paired_auc_test([1, 1, 0, 0], [0.8, 0.4, 0.5, 0.1], [0.9, 0.6, 0.5, 0.1])
+    assert (r["auc_a"], r["auc_b"], r["diff"]) == (0.75, 1.0, 0.25)
+    assert math.isclose(r["se"], math.sqrt(0.125))
+    assert math.isclose(r["p"], math.erfc(0.25 / math.sqrt(0.125) / math.sqrt(2)))  # z = 0.7071: p = 0.4795
+    same = paired_auc_test([1, 0, 1, 0], [1, 2, 3, 4], [1, 2, 3, 4])
+    assert (same["diff"], same["se"], same["p"]) == (0.0, 0.0, 1.0)
+    assert math.isnan(paired_auc_test([1, 0], [1, 2], [2, 1])["diff"])  # too few rows of a label
+
+
+def test_paired_auc_test_equals_the_pairwise_definition():
+    """The midrank shortcut against DeLong's components written out over every positive/negative pair,
+    with many ties (scores rounded to one decimal)."""
+    from sasrecllm_jax.metrics import paired_auc_test
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.4
+    a = np.round(rng.normal(size=300) + y, 1)
+    b = np.round(0.5 * a + rng.normal(size=300) + 0.5 * y, 1)
+
+    def components(s):
+        psi = (s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :])
+        return psi.mean(axis=1), psi.mean(axis=0)
+
+    (v10a, v01a), (v10b, v01b) = components(a), components(b)
+    var = (np.var(v10a - v10b, ddof=1) / y.sum() + np.var(v01a - v01b, ddof=1) / (~y).sum())
+    r = paired_auc_test(y, a, b)
+    assert math.isclose(r["auc_a"], auc(y, a)) and math.isclose(r["auc_b"], auc(y, b))
+    assert math.isclose(r["diff"], v10b.mean() - v10a.mean())
+    assert math.isclose(r["se"], math.sqrt(var))
+    assert r["ci95"][0] < r["diff"] < r["ci95"][1]

@@ -80,6 +80,40 @@ def test_plot_and_summary(runs, tmp_path):
     assert "| sasrec |" in table and "| icl |" in table and (out / "warm_cold.png").exists()
 
 
+def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
+    """Each run's scores.npz reproduces its results.json metrics on both splits (the valid scores of a
+    phase's best evaluation included); compare pairs two runs on the same rows and refuses other rows."""
+    import shutil
+    from sasrecllm_jax.compare import main as compare_main
+    from sasrecllm_jax.evaluate import load_scores
+    from sasrecllm_jax.metrics import report as metric_report
+    _, out = runs
+    for run in (out / "runs" / "sasrec", out / "runs" / "icl", out.parent / "hybrid"):
+        results, scores = json.loads((run / "results.json").read_text()), load_scores(run)
+        for split, key in (("valid_small", "valid"), ("test", "test")):
+            s = scores[split]
+            again = metric_report(np.zeros(len(s["score"])), s["label"], s["score"], s["warm"])
+            for part in ("all", "warm", "cold"):
+                assert again[part]["auc"] == results[key][part]["auc"] and again[part]["n"] == results[key][part]["n"]
+    assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), str(out / "runs" / "sasrec")]) == 0
+    printed = capsys.readouterr().out
+    sasrec = json.loads((out / "runs" / "sasrec" / "results.json").read_text())["test"]["all"]["auc"]
+    icl = json.loads((out / "runs" / "icl" / "results.json").read_text())["test"]["all"]["auc"]
+    assert f"| icl | all | 96 | {sasrec:.4f} | {icl:.4f} | {icl - sasrec:+.4f} |" in printed
+    assert "| sasrec | all | 96 | " in printed and "| +0.0000 | [+0.0000, +0.0000] | 1.000 |" in printed
+    other = tmp_path / "other"  # the same run, but its scores claim other rows
+    shutil.copytree(out / "runs" / "icl", other)
+    z = dict(np.load(other / "scores.npz"))
+    np.savez(other / "scores.npz", **{**z, "test.rows": np.array("0123456789abcdef")})
+    assert compare_main([str(out / "runs" / "sasrec"), str(other)]) == 2
+    assert "scored different rows" in capsys.readouterr().err
+    (other / "scores.npz").unlink()
+    assert compare_main([str(out / "runs" / "sasrec"), str(other)]) == 2
+    assert "no scores.npz" in capsys.readouterr().err
+    experiments.summarise(out)
+    assert f"| icl | all | 96 | {sasrec:.4f} | {icl:.4f} |" in (out / "SUMMARY.md").read_text()
+
+
 def test_code_version_outside_a_checkout(tmp_path, monkeypatch):
     """A copy of the tree without .git (or with a stale one: the GPU machine) records the commit its
     sender states in $SASRECLLM_COMMIT."""

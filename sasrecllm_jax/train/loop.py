@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from sasrecllm_jax.components import Components, HostCache, prompt_groups
 from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, load_yaml, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
-from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
+from sasrecllm_jax.evaluate import SCORES_FILE, CompileTimer, Scorer, collab_inputs, evaluate, save_scores
 from sasrecllm_jax.report import Reporter, code_version, read_metrics
 from sasrecllm_jax import sharding
 from sasrecllm_jax.train import partition
@@ -73,6 +73,7 @@ class Run:
         self.phases = resolve_phases(cfg, config_path)
         self.state_path = self.workdir / "run_state.json"
         self.handed_on_valid = None
+        self.handed_on_scores = None  # per-row scores behind handed_on_valid, when this process made them
         self.timing: dict[str, dict] = {}  # per phase, and the final evaluation per split
         self._scorers: dict[str, Scorer] = {}  # one compiled evaluation function per prompt kind
         self.reused: dict[str, dict] = {}  # phases taken from the phase cache: {name: their meta}
@@ -180,17 +181,20 @@ class Run:
         tick, rows_since, losses = time.perf_counter(), 0, []
         clock = {"eval_s": 0.0, "steps": 0}
         compile_timer = CompileTimer()  # a new batch shape compiles: its first step is timed apart
+        best_scores = [None]  # the per-row valid scores of the best evaluation made in this process
 
         def evaluate_now(step: int) -> bool:
             """Evaluate, keep the best and latest checkpoints; True when patience is used up."""
             t_eval = time.perf_counter()
             current = partition.merge(state.trainable, state.frozen)
-            result, _ = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts, t.collab)
+            result, scores = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts,
+                                      t.collab)
             auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
             book["evals"] += 1
             reporter.log("eval", phase.name, step, result)
             if auc > book["best_auc"]:
                 book.update(best_auc=auc, best_step=step, bad_evals=0, best_metrics=result)
+                best_scores[0] = scores
                 best.save(step, group_trees(current), {"auc": auc, "phase": phase.name})
             else:
                 book["bad_evals"] += 1
@@ -256,6 +260,7 @@ class Run:
         final = partition.merge(state.trainable, state.frozen)
         # the validation metrics of the params this phase hands on (None: not evaluated at that point)
         self.handed_on_valid = book.get("best_metrics") if phase.restore_best else None
+        self.handed_on_scores = best_scores[0] if phase.restore_best else None  # None after a resume
         self.best_step = book["best_step"]
         if phase.restore_best and best.latest_step() is not None:
             restored, _ = best.restore(group_trees(final))
@@ -280,7 +285,7 @@ class Run:
         for r in meta["records"]:
             reporter.log(r["kind"], phase.name, r["step"],
                          {k: v for k, v in r.items() if k not in ("time", "kind", "phase", "step")})
-        self.handed_on_valid = meta["handed_on_valid"]
+        self.handed_on_valid, self.handed_on_scores = meta["handed_on_valid"], None
         self.timing[phase.name] = {**meta["timing"], "reused_from": meta["run"]}
         self.reused[phase.name] = meta
         print(f"[{phase.name}] reused: trained on identical inputs by {meta['run']} (phase cache "
@@ -341,18 +346,22 @@ class Run:
         params = {k: v for k, v in params.items() if k in used}
         scorer = self.scorer(comp, prompt)
         with_prompts = prompt != "none"
-        out = {}
-        if self.handed_on_valid is not None:  # the final params are the last phase's best: already evaluated
-            out[d.eval_split] = self.handed_on_valid
+        out, row_scores = {}, {}
+        if self.handed_on_valid is not None and self.handed_on_scores is not None:
+            # the final params are the last phase's best: already evaluated
+            out[d.eval_split], row_scores[d.eval_split] = self.handed_on_valid, self.handed_on_scores
         for split in [s for s in (d.eval_split, "test") if s not in out]:
             data = comp.split(split, prompt, comp.row_limit("eval"))
             t0, compiled = time.perf_counter(), scorer.compile.seconds
             with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
-                out[split], _ = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
-                                         t.collab, progress=bar)
+                out[split], row_scores[split] = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple,
+                                                         with_prompts, t.collab, progress=bar)
             self.timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
                                                 "compile_s": round(scorer.compile.seconds - compiled, 2)}
             reporter.log("final", split, 0, out[split])
+        # every row's score, for paired comparisons between runs (python -m sasrecllm_jax.compare)
+        save_scores(self.workdir / SCORES_FILE,
+                    {split: (comp.split(split, prompt, comp.row_limit("eval")), s) for split, s in row_scores.items()})
         results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                    "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
                    "valid": out[d.eval_split], "test": out["test"],
