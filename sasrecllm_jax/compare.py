@@ -12,6 +12,7 @@ beats another. Runs must have scored the same rows (same dataset, same row cap).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,11 +52,21 @@ def header(base_name: str) -> list[str]:
             "|---|---|---|---|---|---|---|---|"]
 
 
+def run_names(paths: list[Path]) -> list[str]:
+    """Folder names, or paths below the common folder when two runs share a name (a/runs/x, b/runs/x)."""
+    paths = [Path(p).absolute() for p in paths]
+    if len({p.name for p in paths}) == len(paths):
+        return [p.name for p in paths]
+    common = Path(os.path.commonpath(paths))
+    return [str(p.relative_to(common)) if p != common else p.name for p in paths]
+
+
 def table(base: Path, runs: list[Path], split: str = "test") -> list[str]:
     """A markdown table: each run against the base, paired on every part."""
-    lines = header(Path(base).name)
-    for run in runs:
-        lines += format_rows(Path(run).name, compare(base, run, split))
+    base_name, *names = run_names([base, *runs])
+    lines = header(base_name)
+    for run, name in zip(runs, names):
+        lines += format_rows(name, compare(base, run, split))
     return lines
 
 
@@ -72,7 +83,7 @@ def main(argv=None) -> int:
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.split} split, DeLong's paired test (difference = AUC run - AUC {args.base.name}):")
+    print(f"{args.split} split, DeLong's paired test (difference = AUC run - AUC {run_names([args.base, *args.runs])[0]}):")
     print("\n".join(lines))
     return 0
 

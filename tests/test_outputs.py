@@ -16,10 +16,10 @@ def runs(tmp_path_factory):
     dataset = synthetic_dataset(root / "data")
     out = root / "results"
     for method in ("sasrec", "icl"):
-        train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=512"), out / "runs" / method)
+        train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=256"), out / "runs" / method)
     one_phase = "[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 3, lr: {mapper: 0.01}}]"
     train_and_evaluate(smoke_config(dataset, "train.method=sasrecllm", f"train.phases={one_phase}",
-                                    "data.pad_multiple=512"), root / "hybrid")  # a hybrid run, quickly
+                                    "data.pad_multiple=256"), root / "hybrid")  # a hybrid run, quickly
     return dataset, out
 
 
@@ -112,6 +112,13 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     assert "no scores.npz" in capsys.readouterr().err
     experiments.summarise(out)
     assert f"| icl | all | 96 | {sasrec:.4f} | {icl:.4f} |" in (out / "SUMMARY.md").read_text()
+
+
+def test_compare_names_runs_that_share_a_folder_name(tmp_path):
+    from sasrecllm_jax.compare import run_names
+    assert run_names([tmp_path / "runs" / "sasrec", tmp_path / "runs" / "icl"]) == ["sasrec", "icl"]
+    assert run_names([tmp_path / "a" / "runs" / "sasrec", tmp_path / "b" / "runs" / "sasrec"]) == [
+        "a/runs/sasrec", "b/runs/sasrec"]
 
 
 def test_code_version_outside_a_checkout(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from sasrecllm_jax.train.loop import group_trees, train_and_evaluate
 from sasrecllm_jax.train.phase_cache import enabled_reason, phase_key
 from sasrecllm_jax.train.strategies import resolve_phases
 
-FAST = ["data.pad_multiple=512", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=2",
+FAST = ["data.pad_multiple=256", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=2",
         "data.max_rows={train: 64, eval: 64}"]  # 4 steps per LLM phase: equality needs no more
 
 

@@ -13,7 +13,8 @@ from sasrecllm_jax.train import partition
 from sasrecllm_jax.train.checkpoint import CheckpointError, load_raw
 from sasrecllm_jax.train.loop import TrainingError, train_and_evaluate
 
-FAST = ["data.pad_multiple=512", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=4"]
+# the synthetic prompts are 119-208 tokens long: padded to 256, every batch has one shape (one compile)
+FAST = ["data.pad_multiple=256", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=4"]
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,16 @@ def training_loss(cfg):
     from sasrecllm_jax.evaluate import Scorer, score_split
     from sasrecllm_jax.metrics import logloss
     comp = Components.for_run(cfg)[0]  # the run's own LLM base (random weights are rebuilt, not stored)
+    scorers = {}  # one compiled scorer per prompt kind, shared by the phases' before/after losses
 
     def loss(phase, params):
         with_prompts = phase.prompt != "none"
         used = prompt_groups(phase.prompt, cfg.model.encoder)
         data = comp.split("train", phase.prompt, comp.row_limit("train") if with_prompts else 0)
-        scorer = Scorer(comp.model(phase.prompt, deterministic=True))
-        scores = score_split(scorer, {k: v for k, v in params.items() if k in used}, data, 64, 512, with_prompts)
+        if phase.prompt not in scorers:
+            scorers[phase.prompt] = Scorer(comp.model(phase.prompt, deterministic=True))
+        scorer = scorers[phase.prompt]
+        scores = score_split(scorer, {k: v for k, v in params.items() if k in used}, data, 64, 256, with_prompts)
         return logloss(data.label, scores)
     return loss
 
