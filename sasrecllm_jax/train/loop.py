@@ -43,6 +43,12 @@ def group_trees(params: dict) -> dict[str, dict]:
     return {g: partition.split(params, [g])[0] for g in sorted(partition.present_groups(params) - {"frozen"})}
 
 
+def select(params: dict, modules: set) -> dict:
+    """The top-level modules of `params` a prompt kind uses (components.prompt_groups): a phase hands
+    the others on untouched."""
+    return {k: v for k, v in params.items() if k in modules}
+
+
 def replace_groups(params: dict, groups: dict[str, dict]) -> dict:
     _, rest = partition.split(params, list(groups))
     for tree in groups.values():
@@ -130,7 +136,7 @@ class Run:
     def run_phase(self, comp: Components, phase: PhaseConfig, params: dict, reporter: Reporter) -> dict:
         cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
         used = prompt_groups(phase.prompt, cfg.model.encoder)
-        phase_params = {k: v for k, v in params.items() if k in used}
+        phase_params = select(params, used)
         rest = {k: v for k, v in params.items() if k not in used}
         trainable, frozen = partition.split(phase_params, phase.trainable)
         with_prompts = phase.prompt != "none"
@@ -276,7 +282,7 @@ class Run:
             "handed_on_valid": self.handed_on_valid, "timing": self.timing[phase.name], "records": records})
 
     def reuse_phase(self, phase: PhaseConfig, key: str, meta: dict, params: dict, used: set, reporter) -> dict:
-        like = group_trees({k: v for k, v in params.items() if k in used})
+        like = group_trees(select(params, used))
         restored = self.cache.restore(key, like)
         params = replace_groups(params, restored)
         # this run's own best checkpoint of the phase: later phases restore "phase:NAME" from it
@@ -306,26 +312,24 @@ class Run:
         try:
             for phase in self.phases:
                 params = self._restore(params, phase)
+                used = prompt_groups(phase.prompt, cfg.model.encoder)
                 if phase.name in run_state["completed"]:
                     best = Store(self.workdir / "checkpoints" / phase.name / "best")
-                    used = prompt_groups(phase.prompt, cfg.model.encoder)
-                    restored, _ = best.restore(group_trees({k: v for k, v in params.items() if k in used}))
+                    restored, _ = best.restore(group_trees(select(params, used)))
                     params = replace_groups(params, restored)
                     print(f"[{phase.name}] already done: best checkpoint restored")
                     continue
                 before = jax.device_get(params) if self.on_phase else None  # the step donates its inputs
-                used = prompt_groups(phase.prompt, cfg.model.encoder)
                 key = None
                 if self.cache is not None and phase.restore_best:  # (a phase ending on its last step: not cached)
-                    key = phase_key(cfg, phase, group_trees({k: v for k, v in params.items() if k in used}),
-                                    comp.dataset.path)
+                    key = phase_key(cfg, phase, group_trees(select(params, used)), comp.dataset.path)
                 hit = self.cache.lookup(key) if key else None
                 if hit:
                     params = self.reuse_phase(phase, key, hit, params, used, reporter)
                 else:
                     params = self.run_phase(comp, phase, params, reporter)
                     if key and self.best_step >= 0:
-                        self.store_phase(phase, key, {k: v for k, v in params.items() if k in used})
+                        self.store_phase(phase, key, select(params, used))
                 if self.on_phase:
                     self.on_phase(phase, before, jax.device_get(params))
                 run_state["completed"].append(phase.name)
@@ -343,7 +347,7 @@ class Run:
     def final_evaluation(self, comp: Components, params: dict, prompt: str, train_time: float, reporter) -> dict:
         cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
         used = prompt_groups(prompt, cfg.model.encoder)
-        params = {k: v for k, v in params.items() if k in used}
+        params = select(params, used)
         scorer = self.scorer(comp, prompt)
         with_prompts = prompt != "none"
         out, row_scores = {}, {}
