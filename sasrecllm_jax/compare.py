@@ -2,12 +2,17 @@
 
     python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/sasrecllm_dual_stage
     python -m sasrecllm_jax.compare BASE RUN [RUN ...] --split valid_small
+    python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/tallrec --fuse
 
 Reads each run's scores.npz (every evaluated row's score, kept by every run) and applies DeLong's test
 (metrics.paired_auc_test): the difference AUC(run) - AUC(base), its standard error, a 95% interval and
 a two-sided p-value. Both runs face the same easy and hard rows, so the paired difference is known far
 more precisely than either AUC's own error bar suggests: this is the test that can say whether one method
 beats another. Runs must have scored the same rows (same dataset, same row cap).
+
+--fuse is the control a hybrid has to beat: the two runs' standardised scores mixed after training,
+the weight picked on the validation split (late_fusion). If SASRec + TALLRec mixed this way does as well
+as SASRecLLM, the fusion inside the LLM adds nothing a weighted sum does not.
 """
 from __future__ import annotations
 
@@ -20,13 +25,13 @@ import numpy as np
 
 from sasrecllm_jax.config import ConfigError
 from sasrecllm_jax.evaluate import load_scores
-from sasrecllm_jax.metrics import paired_auc_test
+from sasrecllm_jax.metrics import auc, paired_auc_test
 
 PARTS = ("all", "warm", "cold")
 
 
-def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict]:
-    """{part: paired_auc_test(labels, base scores, run scores)} for all, warm and cold rows."""
+def paired_scores(base: Path, run: Path, split: str) -> tuple[dict, dict]:
+    """The two runs' scores of one split, checked to be of the same rows."""
     a, b = load_scores(base), load_scores(run)
     for name, s in ((base, a), (run, b)):
         if split not in s:
@@ -36,9 +41,37 @@ def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict]:
         raise ConfigError(f"{base} and {run} scored different rows of {split!r} ({len(a['score'])} rows, "
                           f"fingerprint {a['rows']}, against {len(b['score'])}, {b['rows']}): compare runs made on "
                           f"the same dataset with the same row cap (data.max_rows, data.cpu_max_rows on a CPU)")
-    warm = a["warm"].astype(bool)
-    sel = {"all": np.ones_like(warm), "warm": warm, "cold": ~warm}
-    return {part: paired_auc_test(a["label"][m], a["score"][m], b["score"][m]) for part, m in sel.items()}
+    return a, b
+
+
+def parts(warm: np.ndarray) -> dict[str, np.ndarray]:
+    warm = warm.astype(bool)
+    return {"all": np.ones_like(warm), "warm": warm, "cold": ~warm}
+
+
+def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict]:
+    """{part: paired_auc_test(labels, base scores, run scores)} for all, warm and cold rows."""
+    a, b = paired_scores(base, run, split)
+    return {part: paired_auc_test(a["label"][m], a["score"][m], b["score"][m]) for part, m in parts(a["warm"]).items()}
+
+
+def late_fusion(run_a: Path, run_b: Path, valid: str = "valid_small", grid: int = 21) -> dict:
+    """The control for a hybrid: two runs' scores mixed after the fact, (1 - w) z_a + w z_b, each score
+    standardised by its valid mean and deviation, w in [0, 1] picked by valid AUC (the first best of
+    `grid` evenly spaced values). Returns w, the valid AUC, and the fused test scores with the test AUCs
+    of the fusion and of each run, and the paired tests fusion - a and fusion - b."""
+    va, vb = paired_scores(run_a, run_b, valid)
+    ta, tb = paired_scores(run_a, run_b, "test")
+    za = lambda s: (s - va["score"].mean()) / (va["score"].std() or 1.0)
+    zb = lambda s: (s - vb["score"].mean()) / (vb["score"].std() or 1.0)
+    weights = np.linspace(0.0, 1.0, grid)
+    valid_auc = [auc(va["label"], (1 - w) * za(va["score"]) + w * zb(vb["score"])) for w in weights]
+    w = float(weights[int(np.argmax(valid_auc))])
+    fused = (1 - w) * za(ta["score"]) + w * zb(tb["score"])
+    sel = parts(ta["warm"])
+    return {"weight_b": w, "valid_auc": float(max(valid_auc)), "test_scores": fused,
+            "test": {p: paired_auc_test(ta["label"][m], ta["score"][m], fused[m]) for p, m in sel.items()},
+            "test_vs_b": {p: paired_auc_test(ta["label"][m], tb["score"][m], fused[m]) for p, m in sel.items()}}
 
 
 def format_rows(name: str, result: dict[str, dict]) -> list[str]:
@@ -70,15 +103,35 @@ def table(base: Path, runs: list[Path], split: str = "test") -> list[str]:
     return lines
 
 
+def fusion_lines(run_a: Path, run_b: Path, valid: str = "valid_small") -> list[str]:
+    name_a, name_b = run_names([run_a, run_b])
+    f = late_fusion(run_a, run_b, valid)
+    lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), w = {f['weight_b']:.2f} "
+             f"picked on {valid} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
+    lines += format_rows("fusion", f["test"])
+    lines += ["", *header(name_b)]
+    lines += format_rows("fusion", f["test_vs_b"])
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("base", type=Path, help="the run to compare against (e.g. results/ml1m/runs/sasrec)")
     p.add_argument("runs", type=Path, nargs="+", help="finished runs scored on the same rows")
     p.add_argument("--split", default="test")
+    p.add_argument("--fuse", action="store_true", help="instead: mix the scores of BASE and one RUN after the "
+                   "fact (weight picked on --valid) and test the mixture against each")
+    p.add_argument("--valid", default="valid_small", help="with --fuse: the split that picks the weight")
     args = p.parse_args(argv)
     from sasrecllm_jax.errors import KNOWN_ERRORS
+    if args.fuse and len(args.runs) != 1:
+        print("error: --fuse mixes two runs: give BASE and one RUN", file=sys.stderr)
+        return 2
     try:
+        if args.fuse:
+            print("\n".join(fusion_lines(args.base, args.runs[0], args.valid)))
+            return 0
         lines = table(args.base, args.runs, args.split)
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

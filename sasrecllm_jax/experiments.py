@@ -100,7 +100,7 @@ def summarise(out: Path) -> dict:
 
 def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[str]:
     """Each run with per-row scores against SASRec, paired on the same test rows (DeLong)."""
-    from sasrecllm_jax.compare import compare, format_rows, header
+    from sasrecllm_jax.compare import compare, format_rows, fusion_lines, header
     from sasrecllm_jax.evaluate import SCORES_FILE
     scored = [r for r in runs if (r / SCORES_FILE).exists()]
     base_run = out / "runs" / base
@@ -113,9 +113,13 @@ def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[st
         except ConfigError:  # scored other rows (a CPU-capped run beside full-data ones)
             other_rows.append(run.name)
     note = f" Left out, scored on other rows: {', '.join(other_rows)}." if other_rows else ""
-    return ["", f"Paired against {base} on the same test rows (`python -m sasrecllm_jax.compare`, DeLong's test; "
-                f"difference = AUC run - AUC {base}; runs without {SCORES_FILE} are older than it).{note}", "",
-            *header(base), *rows]
+    lines = ["", f"Paired against {base} on the same test rows (`python -m sasrecllm_jax.compare`, DeLong's test; "
+                 f"difference = AUC run - AUC {base}; runs without {SCORES_FILE} are older than it).{note}", "",
+             *header(base), *rows]
+    text = out / "runs" / "tallrec"  # the control a hybrid must beat: ID and text scores mixed after training
+    if text in scored and text.name not in other_rows:
+        lines += ["", *fusion_lines(base_run, text)]
+    return lines
 
 
 def main(argv=None) -> int:

@@ -67,3 +67,33 @@ def test_paired_auc_test_equals_the_pairwise_definition():
     assert math.isclose(r["diff"], v10b.mean() - v10a.mean())
     assert math.isclose(r["se"], math.sqrt(var))
     assert r["ci95"][0] < r["diff"] < r["ci95"][1]
+
+
+def _fake_run(path, valid, test, labels_v, labels_t):
+    path.mkdir()
+    np.savez(path / "scores.npz", **{
+        "valid_small.score": valid, "valid_small.label": labels_v, "valid_small.warm": np.ones_like(labels_v),
+        "valid_small.rows": np.array("v"), "test.score": test, "test.label": labels_t,
+        "test.warm": (np.arange(len(test)) % 2).astype(np.int8), "test.rows": np.array("t")})
+    return path
+
+
+def test_late_fusion_picks_its_weight_on_valid(tmp_path):
+    """Two scorers that each see half of the signal: the mixture beats both, with a weight strictly
+    inside (0, 1); a scorer that is perfect on valid takes enough weight to stay perfect."""
+    from sasrecllm_jax.compare import late_fusion
+    rng = np.random.default_rng(0)
+    n = 4000
+    y_v, y_t = (rng.random(n) < 0.5).astype(np.int8), (rng.random(n) < 0.5).astype(np.int8)
+    u_v, u_t = rng.normal(size=(2, n)), rng.normal(size=(2, n))
+    sig = lambda y, u: y[None] + u  # two independent noisy views of the label
+    a = _fake_run(tmp_path / "a", sig(y_v, u_v)[0], sig(y_t, u_t)[0], y_v, y_t)
+    b = _fake_run(tmp_path / "b", 10 * sig(y_v, u_v)[1] + 3, 10 * sig(y_t, u_t)[1] + 3, y_v, y_t)  # other scale
+    f = late_fusion(a, b)
+    assert 0.3 <= f["weight_b"] <= 0.7  # equal information, any scale: about half each
+    assert f["test"]["all"]["diff"] > 0.02 and f["test_vs_b"]["all"]["diff"] > 0.02 and f["test"]["all"]["p"] < 1e-3
+    assert math.isclose(f["test"]["all"]["auc_b"], auc(y_t, f["test_scores"]))
+    perfect = _fake_run(tmp_path / "perfect", y_v + 0.0, sig(y_t, u_t)[1], y_v, y_t)
+    f = late_fusion(a, perfect)  # the first weight that separates valid perfectly (ties keep the smaller)
+    assert f["valid_auc"] == 1.0 and 0.5 < f["weight_b"] < 1.0
+    assert late_fusion(a, a)["weight_b"] == 0.0

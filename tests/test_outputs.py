@@ -112,6 +112,17 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     assert "no scores.npz" in capsys.readouterr().err
     experiments.summarise(out)
     assert f"| icl | all | 96 | {sasrec:.4f} | {icl:.4f} |" in (out / "SUMMARY.md").read_text()
+    assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), "--fuse"]) == 0
+    fused = capsys.readouterr().out
+    assert "Late fusion of sasrec and icl" in fused and fused.count("| fusion | all | 96 |") == 2
+    assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), str(other), "--fuse"]) == 2
+    assert "give BASE and one RUN" in capsys.readouterr().err
+    grid = tmp_path / "grid"  # the summary adds the SASRec + TALLRec fusion when both have scores
+    (grid / "runs").mkdir(parents=True)
+    (grid / "runs" / "sasrec").symlink_to(out / "runs" / "sasrec")
+    (grid / "runs" / "tallrec").symlink_to(out / "runs" / "icl")
+    experiments.summarise(grid)
+    assert "Late fusion of sasrec and tallrec" in (grid / "SUMMARY.md").read_text()
 
 
 def test_compare_names_runs_that_share_a_folder_name(tmp_path):
