@@ -3,6 +3,7 @@
     python -m sasrecllm_jax.score --run runs/quickstart --rows rows.csv --out scores.csv
         rows.csv: uid, history (space-separated item ids, oldest first), iid
     python -m sasrecllm_jax.score --run runs/quickstart --user 12 --history "5 9 31" --candidates "7 8 40"
+    python -m sasrecllm_jax.score --run runs/old --write-run-scores   # RUN/scores.npz for a run made without it
 
 Item ids are the dataset's (see DATASET/items.parquet). Scores are the model's logits (higher = more
 likely to be liked); `p_like` is sigmoid(score).
@@ -57,6 +58,23 @@ class Recommender:
         return score_split(self.scorer, self.params, data, batch_size, self.cfg.data.pad_multiple,
                            self.prompt != "none")
 
+    def write_run_scores(self, run: Path) -> dict:
+        """Evaluate the run's valid and test splits again (the rows its results.json counts) and write
+        RUN/scores.npz; returns {split: (AUC now, AUC in results.json)}."""
+        import json
+        from sasrecllm_jax.evaluate import SCORES_FILE, evaluate, save_scores
+        results = json.loads((Path(run) / "results.json").read_text()) if (Path(run) / "results.json").exists() else {}
+        d, t = self.cfg.data, self.cfg.train
+        out, check = {}, {}
+        for split, key in ((d.eval_split, "valid"), ("test", "test")):
+            data = self.comp.split(split, self.prompt, self.comp.row_limit("eval"))
+            metrics, scores = evaluate(self.scorer, self.params, data, t.eval_batch_size, d.pad_multiple,
+                                       self.prompt != "none", t.collab)
+            out[split] = (data, scores)
+            check[split] = (metrics["all"]["auc"], results.get(key, {}).get("all", {}).get("auc"))
+        save_scores(Path(run) / SCORES_FILE, out)
+        return check
+
     def rank(self, uid: int, history, candidates) -> pd.DataFrame:
         scores = self.score([uid] * len(candidates), [history] * len(candidates), candidates)
         titles = self.comp.dataset.titles()
@@ -77,10 +95,20 @@ def main(argv=None) -> int:
     p.add_argument("--user", type=int)
     p.add_argument("--history", default="")
     p.add_argument("--candidates", default="")
+    p.add_argument("--write-run-scores", action="store_true", help="evaluate the run's valid and test splits "
+                   "again and write RUN/scores.npz (for python -m sasrecllm_jax.compare)")
     args = p.parse_args(argv)
     from sasrecllm_jax.errors import KNOWN_ERRORS
     try:
         rec = Recommender(args.run)
+        if args.write_run_scores:
+            for split, (now, before) in rec.write_run_scores(args.run).items():
+                same = before is not None and abs(now - before) < 1e-6
+                print(f"{split}: AUC {now:.6f}" + (" (as in results.json)" if same else
+                      f" (results.json: {before}; other device or precision than the run's)" if before is not None
+                      else ""))
+            print(f"wrote {args.run / 'scores.npz'}")
+            return 0
         if args.rows:
             rows = pd.read_csv(args.rows)
             missing = {"uid", "history", "iid"} - set(rows.columns)

@@ -112,6 +112,14 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     assert "no scores.npz" in capsys.readouterr().err
     experiments.summarise(out)
     assert f"| icl | all | 96 | {sasrec:.4f} | {icl:.4f} |" in (out / "SUMMARY.md").read_text()
+    shutil.copytree(out / "runs" / "sasrec", tmp_path / "old", ignore=shutil.ignore_patterns("scores.npz"))
+    assert score_main(["--run", str(tmp_path / "old"), "--write-run-scores"]) == 0  # a run made before scores.npz
+    printed = capsys.readouterr().out
+    assert f"test: AUC {sasrec:.6f} (as in results.json)" in printed and "valid_small: AUC" in printed
+    again, kept = load_scores(tmp_path / "old"), load_scores(out / "runs" / "sasrec")
+    for split in ("valid_small", "test"):
+        np.testing.assert_allclose(again[split]["score"], kept[split]["score"], rtol=0, atol=1e-6)
+        assert again[split]["rows"] == kept[split]["rows"]
     assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), "--fuse"]) == 0
     fused = capsys.readouterr().out
     assert "Late fusion of sasrec and icl" in fused and fused.count("| fusion | all | 96 |") == 2
