@@ -27,9 +27,6 @@ from sasrecllm_jax.config import ConfigError
 from sasrecllm_jax.evaluate import load_scores
 from sasrecllm_jax.metrics import auc, paired_auc_test
 
-PARTS = ("all", "warm", "cold")
-
-
 def paired_scores(base: Path, run: Path, split: str) -> tuple[dict, dict]:
     """The two runs' scores of one split, checked to be of the same rows."""
     a, b = load_scores(base), load_scores(run)
@@ -55,11 +52,20 @@ def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict]:
     return {part: paired_auc_test(a["label"][m], a["score"][m], b["score"][m]) for part, m in parts(a["warm"]).items()}
 
 
-def late_fusion(run_a: Path, run_b: Path, valid: str = "valid_small", grid: int = 21) -> dict:
+def valid_split(run: Path) -> str:
+    """The split a run selected its checkpoints on (data.eval_split): the one in scores.npz besides test."""
+    others = sorted(set(load_scores(run)) - {"test"})
+    if len(others) != 1:
+        raise ConfigError(f"{run}: scores.npz holds {others} besides test; name the validation split with --valid")
+    return others[0]
+
+
+def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 21) -> dict:
     """The control for a hybrid: two runs' scores mixed after the fact, (1 - w) z_a + w z_b, each score
     standardised by its valid mean and deviation, w in [0, 1] picked by valid AUC (the first best of
     `grid` evenly spaced values). Returns w, the valid AUC, and the fused test scores with the test AUCs
     of the fusion and of each run, and the paired tests fusion - a and fusion - b."""
+    valid = valid or valid_split(run_a)
     va, vb = paired_scores(run_a, run_b, valid)
     ta, tb = paired_scores(run_a, run_b, "test")
     za = lambda s: (s - va["score"].mean()) / (va["score"].std() or 1.0)
@@ -69,7 +75,7 @@ def late_fusion(run_a: Path, run_b: Path, valid: str = "valid_small", grid: int 
     w = float(weights[int(np.argmax(valid_auc))])
     fused = (1 - w) * za(ta["score"]) + w * zb(tb["score"])
     sel = parts(ta["warm"])
-    return {"weight_b": w, "valid_auc": float(max(valid_auc)), "test_scores": fused,
+    return {"weight_b": w, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
             "test": {p: paired_auc_test(ta["label"][m], ta["score"][m], fused[m]) for p, m in sel.items()},
             "test_vs_b": {p: paired_auc_test(ta["label"][m], tb["score"][m], fused[m]) for p, m in sel.items()}}
 
@@ -103,11 +109,11 @@ def table(base: Path, runs: list[Path], split: str = "test") -> list[str]:
     return lines
 
 
-def fusion_lines(run_a: Path, run_b: Path, valid: str = "valid_small") -> list[str]:
+def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None) -> list[str]:
     name_a, name_b = run_names([run_a, run_b])
     f = late_fusion(run_a, run_b, valid)
     lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), w = {f['weight_b']:.2f} "
-             f"picked on {valid} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
+             f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
     lines += format_rows("fusion", f["test"])
     lines += ["", *header(name_b)]
     lines += format_rows("fusion", f["test_vs_b"])
@@ -122,7 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--fuse", action="store_true", help="instead: mix the scores of BASE and one RUN after the "
                    "fact (weight picked on --valid) and test the mixture against each")
-    p.add_argument("--valid", default="valid_small", help="with --fuse: the split that picks the weight")
+    p.add_argument("--valid", default=None, help="with --fuse: the split that picks the weight (default: the "
+                   "runs' own validation split)")
     args = p.parse_args(argv)
     from sasrecllm_jax.errors import KNOWN_ERRORS
     if args.fuse and len(args.runs) != 1:
