@@ -27,9 +27,10 @@ from sasrecllm_jax.config import ConfigError
 from sasrecllm_jax.evaluate import load_scores
 from sasrecllm_jax.metrics import auc, paired_auc_test
 
-def paired_scores(base: Path, run: Path, split: str) -> tuple[dict, dict]:
-    """The two runs' scores of one split, checked to be of the same rows."""
-    a, b = load_scores(base), load_scores(run)
+def paired_scores(base: Path, run: Path, split: str,
+                  loaded: tuple[dict, dict] | None = None) -> tuple[dict, dict]:
+    """The two runs' scores of one split, checked to be of the same rows (`loaded`: their load_scores)."""
+    a, b = loaded or (load_scores(base), load_scores(run))
     for name, s in ((base, a), (run, b)):
         if split not in s:
             raise ConfigError(f"{name}: no scores for split {split!r} (it has {sorted(s)})")
@@ -52,9 +53,9 @@ def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict]:
     return {part: paired_auc_test(a["label"][m], a["score"][m], b["score"][m]) for part, m in parts(a["warm"]).items()}
 
 
-def valid_split(run: Path) -> str:
-    """The split a run selected its checkpoints on (data.eval_split): the one in scores.npz besides test."""
-    others = sorted(set(load_scores(run)) - {"test"})
+def valid_split(run: Path, scores: dict) -> str:
+    """The split a run selected its checkpoints on (data.eval_split): the one in its scores besides test."""
+    others = sorted(set(scores) - {"test"})
     if len(others) != 1:
         raise ConfigError(f"{run}: scores.npz holds {others} besides test; name the validation split with --valid")
     return others[0]
@@ -65,15 +66,16 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     standardised by its valid mean and deviation, w in [0, 1] picked by valid AUC (the first best of
     `grid` evenly spaced values). Returns w, the valid AUC, and the fused test scores with the test AUCs
     of the fusion and of each run, and the paired tests fusion - a and fusion - b."""
-    valid = valid or valid_split(run_a)
-    va, vb = paired_scores(run_a, run_b, valid)
-    ta, tb = paired_scores(run_a, run_b, "test")
-    za = lambda s: (s - va["score"].mean()) / (va["score"].std() or 1.0)
-    zb = lambda s: (s - vb["score"].mean()) / (vb["score"].std() or 1.0)
+    loaded = load_scores(run_a), load_scores(run_b)
+    valid = valid or valid_split(run_a, loaded[0])
+    va, vb = paired_scores(run_a, run_b, valid, loaded)
+    ta, tb = paired_scores(run_a, run_b, "test", loaded)
+    z = lambda s, ref: (s - ref.mean()) / (ref.std() or 1.0)  # in units of the run's valid scores
+    mix = lambda w, a, b: (1 - w) * z(a["score"], va["score"]) + w * z(b["score"], vb["score"])
     weights = np.linspace(0.0, 1.0, grid)
-    valid_auc = [auc(va["label"], (1 - w) * za(va["score"]) + w * zb(vb["score"])) for w in weights]
+    valid_auc = [auc(va["label"], mix(w, va, vb)) for w in weights]
     w = float(weights[int(np.argmax(valid_auc))])
-    fused = (1 - w) * za(ta["score"]) + w * zb(tb["score"])
+    fused = mix(w, ta, tb)
     sel = parts(ta["warm"])
     return {"weight_b": w, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
             "test": {p: paired_auc_test(ta["label"][m], ta["score"][m], fused[m]) for p, m in sel.items()},
@@ -143,7 +145,8 @@ def main(argv=None) -> int:
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.split} split, DeLong's paired test (difference = AUC run - AUC {run_names([args.base, *args.runs])[0]}):")
+    base_name = run_names([args.base, *args.runs])[0]
+    print(f"{args.split} split, DeLong's paired test (difference = AUC run - AUC {base_name}):")
     print("\n".join(lines))
     return 0
 

@@ -103,10 +103,13 @@ def main(argv=None) -> int:
         rec = Recommender(args.run)
         if args.write_run_scores:
             for split, (now, before) in rec.write_run_scores(args.run).items():
-                same = before is not None and abs(now - before) < 1e-6
-                print(f"{split}: AUC {now:.6f}" + (" (as in results.json)" if same else
-                      f" (results.json: {before}; other device or precision than the run's)" if before is not None
-                      else ""))
+                if before is None:
+                    said = ""
+                elif abs(now - before) < 1e-6:
+                    said = " (as in results.json)"
+                else:
+                    said = f" (results.json: {before}; other device or precision than the run's)"
+                print(f"{split}: AUC {now:.6f}{said}")
             print(f"wrote {args.run / 'scores.npz'}")
             return 0
         if args.rows:

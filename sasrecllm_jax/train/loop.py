@@ -187,10 +187,11 @@ class Run:
         tick, rows_since, losses = time.perf_counter(), 0, []
         clock = {"eval_s": 0.0, "steps": 0}
         compile_timer = CompileTimer()  # a new batch shape compiles: its first step is timed apart
-        best_scores = [None]  # the per-row valid scores of the best evaluation made in this process
+        best_scores = None  # the per-row valid scores of the best evaluation made in this process
 
         def evaluate_now(step: int) -> bool:
             """Evaluate, keep the best and latest checkpoints; True when patience is used up."""
+            nonlocal best_scores
             t_eval = time.perf_counter()
             current = partition.merge(state.trainable, state.frozen)
             result, scores = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts,
@@ -200,7 +201,7 @@ class Run:
             reporter.log("eval", phase.name, step, result)
             if auc > book["best_auc"]:
                 book.update(best_auc=auc, best_step=step, bad_evals=0, best_metrics=result)
-                best_scores[0] = scores
+                best_scores = scores
                 best.save(step, group_trees(current), {"auc": auc, "phase": phase.name})
             else:
                 book["bad_evals"] += 1
@@ -266,7 +267,7 @@ class Run:
         final = partition.merge(state.trainable, state.frozen)
         # the validation metrics of the params this phase hands on (None: not evaluated at that point)
         self.handed_on_valid = book.get("best_metrics") if phase.restore_best else None
-        self.handed_on_scores = best_scores[0] if phase.restore_best else None  # None after a resume
+        self.handed_on_scores = best_scores if phase.restore_best else None  # None after a resume
         self.best_step = book["best_step"]
         if phase.restore_best and best.latest_step() is not None:
             restored, _ = best.restore(group_trees(final))
@@ -350,22 +351,23 @@ class Run:
         params = select(params, used)
         scorer = self.scorer(comp, prompt)
         with_prompts = prompt != "none"
-        out, row_scores = {}, {}
+        out, row_scores = {}, {}  # {split: metrics}, {split: (rows, their scores)}
         if self.handed_on_valid is not None and self.handed_on_scores is not None:
             # the final params are the last phase's best: already evaluated
-            out[d.eval_split], row_scores[d.eval_split] = self.handed_on_valid, self.handed_on_scores
+            out[d.eval_split] = self.handed_on_valid
+            row_scores[d.eval_split] = (comp.split(d.eval_split, prompt, comp.row_limit("eval")), self.handed_on_scores)
         for split in [s for s in (d.eval_split, "test") if s not in out]:
             data = comp.split(split, prompt, comp.row_limit("eval"))
             t0, compiled = time.perf_counter(), scorer.compile.seconds
             with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
-                out[split], row_scores[split] = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple,
-                                                         with_prompts, t.collab, progress=bar)
+                out[split], scores = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
+                                              t.collab, progress=bar)
+            row_scores[split] = (data, scores)
             self.timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
                                                 "compile_s": round(scorer.compile.seconds - compiled, 2)}
             reporter.log("final", split, 0, out[split])
         # every row's score, for paired comparisons between runs (python -m sasrecllm_jax.compare)
-        save_scores(self.workdir / SCORES_FILE,
-                    {split: (comp.split(split, prompt, comp.row_limit("eval")), s) for split, s in row_scores.items()})
+        save_scores(self.workdir / SCORES_FILE, row_scores)
         results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                    "config": json.loads(json.dumps(to_dict(cfg))), "phases": [p.name for p in self.phases],
                    "valid": out[d.eval_split], "test": out["test"],
