@@ -1,4 +1,5 @@
-"""Is run B better than run A? A paired test of their AUCs on the same rows, for all, warm and cold rows.
+"""Is run B better than run A? A paired test of their AUCs and UAUCs on the same rows, for all, warm and
+cold rows.
 
     python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/sasrecllm_dual_stage
     python -m sasrecllm_jax.compare BASE RUN [RUN ...] --split valid_small
@@ -8,7 +9,10 @@ Reads each run's scores.npz (every evaluated row's score, kept by every run) and
 (metrics.paired_auc_test): the difference AUC(run) - AUC(base), its standard error, a 95% interval and
 a two-sided p-value. Both runs face the same easy and hard rows, so the paired difference is known far
 more precisely than either AUC's own error bar suggests: this is the test that can say whether one method
-beats another. Runs must have scored the same rows (same dataset, same row cap).
+beats another. Runs must have scored the same rows (same dataset, same row cap). UAUC is paired over
+users (metrics.paired_uauc_test: the mean of the per-user AUC differences, users as the independent
+units); a scores.npz older than its user column gives AUC only (`python -m sasrecllm_jax.score --run RUN
+--write-run-scores` writes it again).
 
 --fuse is the control a hybrid has to beat: the two runs' standardised scores mixed after training,
 the weight picked on the validation split (late_fusion). If SASRec + TALLRec mixed this way does as well
@@ -25,7 +29,8 @@ import numpy as np
 
 from sasrecllm_jax.config import ConfigError
 from sasrecllm_jax.evaluate import load_scores
-from sasrecllm_jax.metrics import auc, paired_auc_test
+from sasrecllm_jax.metrics import auc, paired_auc_test, paired_uauc_test
+
 
 def paired_scores(base: Path, run: Path, split: str,
                   loaded: tuple[dict, dict] | None = None) -> tuple[dict, dict]:
@@ -39,6 +44,9 @@ def paired_scores(base: Path, run: Path, split: str,
         raise ConfigError(f"{base} and {run} scored different rows of {split!r} ({len(a['score'])} rows, "
                           f"fingerprint {a['rows']}, against {len(b['score'])}, {b['rows']}): compare runs made on "
                           f"the same dataset with the same row cap (data.max_rows, data.cpu_max_rows on a CPU)")
+    user = a.get("user", b.get("user"))  # a function of the rows: one run's file may predate the column
+    if user is not None:
+        a, b = {**a, "user": user}, {**b, "user": user}
     return a, b
 
 
@@ -47,10 +55,22 @@ def parts(warm: np.ndarray) -> dict[str, np.ndarray]:
     return {"all": np.ones_like(warm), "warm": warm, "cold": ~warm}
 
 
-def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict]:
-    """{part: paired_auc_test(labels, base scores, run scores)} for all, warm and cold rows."""
+def paired_parts(rows: dict, scores_a: np.ndarray, scores_b: np.ndarray) -> dict[str, dict[str, dict]]:
+    """{part: {"AUC": paired_auc_test, "UAUC": paired_uauc_test}} of two scorers on `rows` (one split of
+    load_scores: label, warm, user), for all, warm and cold rows; UAUC only where the users are stored."""
+    out = {}
+    for part, m in parts(rows["warm"]).items():
+        y, a, b = rows["label"][m], scores_a[m], scores_b[m]
+        out[part] = {"AUC": paired_auc_test(y, a, b)}
+        if "user" in rows:
+            out[part]["UAUC"] = paired_uauc_test(rows["user"][m], y, a, b)
+    return out
+
+
+def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict[str, dict]]:
+    """paired_parts of the base's and the run's scores on one split."""
     a, b = paired_scores(base, run, split)
-    return {part: paired_auc_test(a["label"][m], a["score"][m], b["score"][m]) for part, m in parts(a["warm"]).items()}
+    return paired_parts(a, a["score"], b["score"])
 
 
 def valid_split(run: Path, scores: dict) -> str:
@@ -76,21 +96,20 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     valid_auc = [auc(va["label"], mix(w, va, vb)) for w in weights]
     w = float(weights[int(np.argmax(valid_auc))])
     fused = mix(w, ta, tb)
-    sel = parts(ta["warm"])
     return {"weight_b": w, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
-            "test": {p: paired_auc_test(ta["label"][m], ta["score"][m], fused[m]) for p, m in sel.items()},
-            "test_vs_b": {p: paired_auc_test(ta["label"][m], tb["score"][m], fused[m]) for p, m in sel.items()}}
+            "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
 
 
-def format_rows(name: str, result: dict[str, dict]) -> list[str]:
+def format_rows(name: str, result: dict[str, dict[str, dict]]) -> list[str]:
     f = lambda v: f"{v:+.4f}"
-    return [f"| {name} | {part} | {r['n']} | {r['auc_a']:.4f} | {r['auc_b']:.4f} | {f(r['diff'])} | "
-            f"[{f(r['ci95'][0])}, {f(r['ci95'][1])}] | {r['p']:.3f} |" for part, r in result.items()]
+    return [f"| {name} | {part} | {metric} | {r['n']} | {r['auc_a']:.4f} | {r['auc_b']:.4f} | {f(r['diff'])} | "
+            f"[{f(r['ci95'][0])}, {f(r['ci95'][1])}] | {r['p']:.3f} |"
+            for part, tests in result.items() for metric, r in tests.items()]
 
 
 def header(base_name: str) -> list[str]:
-    return [f"| run | rows | n | AUC {base_name} | AUC run | difference | 95% interval | p |",
-            "|---|---|---|---|---|---|---|---|"]
+    return [f"| run | rows | metric | n (rows; users for UAUC) | {base_name} | run | difference | 95% interval | p |",
+            "|---|---|---|---|---|---|---|---|---|"]
 
 
 def run_names(paths: list[Path]) -> list[str]:
@@ -146,7 +165,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     base_name = run_names([args.base, *args.runs])[0]
-    print(f"{args.split} split, DeLong's paired test (difference = AUC run - AUC {base_name}):")
+    print(f"{args.split} split, paired tests (difference = run - {base_name}; AUC: DeLong's test over rows, "
+          f"UAUC: over users):")
     print("\n".join(lines))
     return 0
 

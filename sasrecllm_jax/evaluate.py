@@ -1,8 +1,9 @@
 """One evaluate(): score every row of a split and report AUC / UAUC / log-loss for all, warm, cold.
 
 A finished run keeps every evaluated row's score in RUN/scores.npz (`save_scores`, `load_scores`):
-per split the score, the label and the warm flag (no user or item ids), and a fingerprint of the rows
-so that two runs are only compared on the same rows (python -m sasrecllm_jax.compare).
+per split the score, the label, the warm flag and the user as a number 0..k-1 of the split (for UAUC;
+not the dataset's user or item ids), and a fingerprint of the rows so that two runs are only compared on
+the same rows (python -m sasrecllm_jax.compare).
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]]) -> 
     for split, (data, scores) in splits.items():
         arrays.update({f"{split}.score": np.asarray(scores, np.float64), f"{split}.label": data.label.astype(np.int8),
                        f"{split}.warm": np.asarray(data.not_cold, np.int8),
+                       f"{split}.user": np.unique(data.uid, return_inverse=True)[1].astype(np.int32),
                        f"{split}.rows": np.array(rows_fingerprint(data))})
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -122,7 +124,7 @@ def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]]) -> 
 
 
 def load_scores(run: Path) -> dict[str, dict]:
-    """RUN/scores.npz -> {split: {score, label, warm, rows}}."""
+    """RUN/scores.npz -> {split: {score, label, warm, user, rows}} (no user in files made before it)."""
     path = Path(run) / SCORES_FILE
     if not path.exists():
         raise ConfigError(f"{run}: no {SCORES_FILE}. Runs keep their per-row scores since this was added; "

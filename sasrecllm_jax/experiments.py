@@ -99,7 +99,7 @@ def summarise(out: Path) -> dict:
 
 
 def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[str]:
-    """Each run with per-row scores against SASRec, paired on the same test rows (DeLong)."""
+    """Each run with per-row scores against SASRec, paired on the same test rows (AUC: DeLong; UAUC: users)."""
     from sasrecllm_jax.compare import compare, format_rows, fusion_lines, header
     from sasrecllm_jax.evaluate import SCORES_FILE
     scored = [r for r in runs if (r / SCORES_FILE).exists()]
@@ -113,8 +113,9 @@ def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[st
         except ConfigError:  # scored other rows (a CPU-capped run beside full-data ones)
             other_rows.append(run.name)
     note = f" Left out, scored on other rows: {', '.join(other_rows)}." if other_rows else ""
-    lines = ["", f"Paired against {base} on the same test rows (`python -m sasrecllm_jax.compare`, DeLong's test; "
-                 f"difference = AUC run - AUC {base}; runs without {SCORES_FILE} are older than it).{note}", "",
+    lines = ["", f"Paired against {base} on the same test rows (`python -m sasrecllm_jax.compare`; difference = run - "
+                 f"{base}; AUC: DeLong's test over rows, UAUC: the mean per-user difference, users as the units; runs "
+                 f"without {SCORES_FILE} are older than it).{note}", "",
              *header(base), *rows]
     text = out / "runs" / "tallrec"  # the control a hybrid must beat: ID and text scores mixed after training
     if text in scored and text.name not in other_rows:

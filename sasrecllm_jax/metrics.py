@@ -5,7 +5,8 @@ UAUC is the mean of per-user AUCs over users that have both labels; users with o
 row) are skipped and counted.
 `paired_auc_test` compares two scorers on the same rows (DeLong, DeLong & Clarke-Pearson 1988, with
 the midrank form of Sun & Xu 2014): far tighter than comparing two AUCs' separate error bars, because
-both scorers face the same hard and easy rows.
+both scorers face the same hard and easy rows. `paired_uauc_test` does the same for UAUC, with users
+as the independent units.
 """
 from __future__ import annotations
 
@@ -35,16 +36,22 @@ def auc(labels, scores) -> float:
     return float((r[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _per_user(users, labels, *scores) -> tuple[np.ndarray, ...]:
+    """Each user's AUC under each scorer, one row per user (NaN for a user with one label)."""
+    users, labels = np.asarray(users), np.asarray(labels)
+    order = np.argsort(users, kind="stable")
+    users, labels = users[order], labels[order]
+    scores = [np.asarray(s)[order] for s in scores]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(users)]
+    return tuple(np.array([auc(labels[s:e], x[s:e]) for s, e in zip(starts, ends)], np.float64) for x in scores)
+
+
 def uauc(users, labels, scores) -> tuple[float, int, int]:
     """(mean per-user AUC, users counted, users skipped for having one label)."""
-    users, labels, scores = np.asarray(users), np.asarray(labels), np.asarray(scores)
-    order = np.argsort(users, kind="stable")
-    users, labels, scores = users[order], labels[order], scores[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    values = [auc(labels[s:e], scores[s:e]) for s, e in zip(starts, ends)]
-    good = [v for v in values if not np.isnan(v)]
-    return (float(np.mean(good)) if good else float("nan")), len(good), len(values) - len(good)
+    (values,) = _per_user(users, labels, scores)
+    good = values[~np.isnan(values)]
+    return (float(good.mean()) if len(good) else float("nan")), len(good), len(values) - len(good)
 
 
 def logloss(labels, scores) -> float:
@@ -102,3 +109,28 @@ def paired_auc_test(labels, scores_a, scores_b) -> dict:
         p = 1.0 if diff == 0 else 0.0
     return {"auc_a": auc_a, "auc_b": auc_b, "diff": diff, "se": se,
             "ci95": [diff - 1.959964 * se, diff + 1.959964 * se], "p": p, "n": len(labels)}
+
+
+def paired_uauc_test(users, labels, scores_a, scores_b) -> dict:
+    """UAUC(b) - UAUC(a) on the same rows: the mean over users (those with both labels) of their AUC
+    differences. Users are the independent units here, so the standard error is the spread of the
+    per-user differences over the square root of their number (normal interval). Keys as
+    paired_auc_test's, with auc_a/auc_b the two UAUCs and n the users counted."""
+    labels = np.asarray(labels).astype(bool)
+    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    users = np.asarray(users)
+    if not (users.shape == labels.shape == a.shape == b.shape) or labels.ndim != 1:
+        raise ValueError(f"paired_uauc_test needs one user, label and two scores per row; got shapes "
+                         f"{users.shape}, {labels.shape}, {a.shape}, {b.shape}")
+    ua, ub = _per_user(users, labels, a, b)
+    keep = ~np.isnan(ua)  # one label: NaN under both scorers alike
+    ua, ub = ua[keep], ub[keep]
+    k = len(ua)
+    if k < 2:
+        nan = float("nan")
+        return {"auc_a": nan, "auc_b": nan, "diff": nan, "se": nan, "ci95": [nan, nan], "p": nan, "n": k}
+    d = ub - ua
+    diff, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(k))
+    p = math.erfc(abs(diff) / se / math.sqrt(2)) if se > 0 else (1.0 if diff == 0 else 0.0)
+    return {"auc_a": float(ua.mean()), "auc_b": float(ub.mean()), "diff": diff, "se": se,
+            "ci95": [diff - 1.959964 * se, diff + 1.959964 * se], "p": p, "n": k}

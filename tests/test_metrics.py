@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from sasrecllm_jax.metrics import auc, logloss, report, uauc
 
@@ -69,6 +70,33 @@ def test_paired_auc_test_equals_the_pairwise_definition():
     assert r["ci95"][0] < r["diff"] < r["ci95"][1]
 
 
+def test_paired_uauc_test_by_hand():
+    """User 1: a ranks its pair right (AUC 1), b wrong (0). User 2: a puts its positive between its two
+    negatives (1/2), b ranks it first (1). User 3 has only positives: skipped. Per-user differences
+    d = [-1, +1/2]: UAUC a 3/4, b 1/2, difference -1/4, standard error sd(d) / sqrt(2) = 1.0607 / 1.4142."""
+    from sasrecllm_jax.metrics import paired_uauc_test
+    users = [1, 1, 2, 2, 2, 3]
+    y = [1, 0, 1, 0, 0, 1]
+    r = paired_uauc_test(users, y, [0.9, 0.1, 0.5, 0.6, 0.1, 0.3], [0.1, 0.9, 0.7, 0.6, 0.1, 0.3])
+    assert (r["auc_a"], r["auc_b"], r["diff"], r["n"]) == (0.75, 0.5, -0.25, 2)
+    assert math.isclose(r["se"], 0.75) and math.isclose(r["p"], math.erfc(0.25 / 0.75 / math.sqrt(2)))
+    assert math.isnan(paired_uauc_test([1, 1], [1, 0], [1, 2], [2, 1])["diff"])  # one user: no spread
+    with pytest.raises(ValueError, match="one user, label and two scores per row"):
+        paired_uauc_test([1, 2], [1, 0, 1], [1, 2, 3], [1, 2, 3])
+
+
+def test_paired_uauc_test_agrees_with_uauc():
+    """Its two UAUCs are metrics.uauc's (which results.json reports), users in any order and with ties."""
+    from sasrecllm_jax.metrics import paired_uauc_test
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 40, 600)
+    y = rng.random(600) < 0.5
+    a, b = np.round(rng.normal(size=600) + y, 1), rng.normal(size=600) + 0.3 * y
+    r = paired_uauc_test(users, y, a, b)
+    assert math.isclose(r["auc_a"], uauc(users, y, a)[0]) and math.isclose(r["auc_b"], uauc(users, y, b)[0])
+    assert r["n"] == uauc(users, y, a)[1] and r["ci95"][0] < r["diff"] < r["ci95"][1]
+
+
 def _fake_run(path, valid, test, labels_v, labels_t):
     path.mkdir()
     np.savez(path / "scores.npz", **{
@@ -91,8 +119,10 @@ def test_late_fusion_picks_its_weight_on_valid(tmp_path):
     b = _fake_run(tmp_path / "b", 10 * sig(y_v, u_v)[1] + 3, 10 * sig(y_t, u_t)[1] + 3, y_v, y_t)  # other scale
     f = late_fusion(a, b)
     assert 0.3 <= f["weight_b"] <= 0.7  # equal information, any scale: about half each
-    assert f["test"]["all"]["diff"] > 0.02 and f["test_vs_b"]["all"]["diff"] > 0.02 and f["test"]["all"]["p"] < 1e-3
-    assert math.isclose(f["test"]["all"]["auc_b"], auc(y_t, f["test_scores"]))
+    fused_vs_a, fused_vs_b = f["test"]["all"]["AUC"], f["test_vs_b"]["all"]["AUC"]
+    assert fused_vs_a["diff"] > 0.02 and fused_vs_b["diff"] > 0.02 and fused_vs_a["p"] < 1e-3
+    assert math.isclose(fused_vs_a["auc_b"], auc(y_t, f["test_scores"]))
+    assert "UAUC" not in f["test"]["all"]  # these scores.npz hold no users
     perfect = _fake_run(tmp_path / "perfect", y_v + 0.0, sig(y_t, u_t)[1], y_v, y_t)
     f = late_fusion(a, perfect)  # the first weight that separates valid perfectly (ties keep the smaller)
     assert f["valid_auc"] == 1.0 and 0.5 < f["weight_b"] < 1.0

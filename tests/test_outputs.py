@@ -92,26 +92,33 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
         results, scores = json.loads((run / "results.json").read_text()), load_scores(run)
         for split, key in (("valid_small", "valid"), ("test", "test")):
             s = scores[split]
-            again = metric_report(np.zeros(len(s["score"])), s["label"], s["score"], s["warm"])
+            again = metric_report(s["user"], s["label"], s["score"], s["warm"])
             for part in ("all", "warm", "cold"):
-                assert again[part]["auc"] == results[key][part]["auc"] and again[part]["n"] == results[key][part]["n"]
+                for field in ("auc", "uauc", "n", "users_counted"):
+                    assert again[part].get(field) == results[key][part].get(field), (run, split, part, field)
     assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), str(out / "runs" / "sasrec")]) == 0
     printed = capsys.readouterr().out
-    sasrec = json.loads((out / "runs" / "sasrec" / "results.json").read_text())["test"]["all"]["auc"]
-    icl = json.loads((out / "runs" / "icl" / "results.json").read_text())["test"]["all"]["auc"]
-    assert f"| icl | all | 96 | {sasrec:.4f} | {icl:.4f} | {icl - sasrec:+.4f} |" in printed
-    assert "| sasrec | all | 96 | " in printed and "| +0.0000 | [+0.0000, +0.0000] | 1.000 |" in printed
+    sasrec_all, icl_all = (json.loads((out / "runs" / r / "results.json").read_text())["test"]["all"]
+                           for r in ("sasrec", "icl"))
+    sasrec, icl = sasrec_all["auc"], icl_all["auc"]
+    assert f"| icl | all | AUC | 96 | {sasrec:.4f} | {icl:.4f} | {icl - sasrec:+.4f} |" in printed
+    assert (f"| icl | all | UAUC | {icl_all['users_counted']} | {sasrec_all['uauc']:.4f} | {icl_all['uauc']:.4f} | "
+            f"{icl_all['uauc'] - sasrec_all['uauc']:+.4f} |") in printed
+    assert "| sasrec | all | AUC | 96 | " in printed and "| +0.0000 | [+0.0000, +0.0000] | 1.000 |" in printed
     other = tmp_path / "other"  # the same run, but its scores claim other rows
     shutil.copytree(out / "runs" / "icl", other)
     z = dict(np.load(other / "scores.npz"))
     np.savez(other / "scores.npz", **{**z, "test.rows": np.array("0123456789abcdef")})
     assert compare_main([str(out / "runs" / "sasrec"), str(other)]) == 2
     assert "scored different rows" in capsys.readouterr().err
+    np.savez(other / "scores.npz", **{k: v for k, v in z.items() if k != "test.user"})  # older than the user column
+    assert compare_main([str(out / "runs" / "sasrec"), str(other)]) == 0
+    assert "| other | all | UAUC |" in capsys.readouterr().out  # users are a function of the rows: the base's serve
     (other / "scores.npz").unlink()
     assert compare_main([str(out / "runs" / "sasrec"), str(other)]) == 2
     assert "no scores.npz" in capsys.readouterr().err
     experiments.summarise(out)
-    assert f"| icl | all | 96 | {sasrec:.4f} | {icl:.4f} |" in (out / "SUMMARY.md").read_text()
+    assert f"| icl | all | AUC | 96 | {sasrec:.4f} | {icl:.4f} |" in (out / "SUMMARY.md").read_text()
     shutil.copytree(out / "runs" / "sasrec", tmp_path / "old", ignore=shutil.ignore_patterns("scores.npz"))
     assert score_main(["--run", str(tmp_path / "old"), "--write-run-scores"]) == 0  # a run made before scores.npz
     printed = capsys.readouterr().out
@@ -122,7 +129,8 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
         assert again[split]["rows"] == kept[split]["rows"]
     assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), "--fuse"]) == 0
     fused = capsys.readouterr().out
-    assert "Late fusion of sasrec and icl" in fused and fused.count("| fusion | all | 96 |") == 2
+    assert "Late fusion of sasrec and icl" in fused and fused.count("| fusion | all | AUC | 96 |") == 2
+    assert fused.count("| fusion | all | UAUC |") == 2
     assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), str(other), "--fuse"]) == 2
     assert "give BASE and one RUN" in capsys.readouterr().err
     grid = tmp_path / "grid"  # the summary adds the SASRec + TALLRec fusion when both have scores
