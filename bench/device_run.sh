@@ -12,6 +12,8 @@
 # tree (runs/device-ml1m, .cache/), which stay on the machine between back-to-back calls: a grid split
 # over calls shares phases (docs/RESULTS.md, "Finishing the table"). The GGUF is assembled once both
 # parts have arrived; before that only mf and sasrec can run. SEEDS="0 1" adds seeds; ABLATE=1 ablations.
+# GRID_ARGS: more experiments arguments, word-split (a dry run on a CPU: ATTN=xla GRID_ARGS="--set
+# train.enc_epochs=1 --set data.cpu_max_rows.train=16 --set data.cpu_max_rows.eval=32").
 # SASRECLLM_COMMIT: the tree travels without .git; the sender states which clean commit it is.
 set -uo pipefail
 PY=${PY:-python3}
@@ -53,7 +55,7 @@ else
   prepare || exit 1
   runs=${GRID_OUT:-$PWD/runs/device-ml1m}
   timeout -k 15 -s INT "$secs" $PY -m sasrecllm_jax.experiments ml1m ${ABLATE:+--ablate} --methods "$@" --out "$runs" \
-    --seeds ${SEEDS:-0} \
+    --seeds ${SEEDS:-0} ${GRID_ARGS:-} \
     --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1 \
     | tee "$out/grid.txt"
   $PY -m sasrecllm_jax.experiments ml1m --summary-only --out "$runs" >/dev/null 2>&1
