@@ -21,6 +21,7 @@ as SASRecLLM, the fusion inside the LLM adds nothing a weighted sum does not.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -101,10 +102,14 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
 
 
 def format_rows(name: str, result: dict[str, dict[str, dict]]) -> list[str]:
-    f = lambda v: f"{v:+.4f}"
-    return [f"| {name} | {part} | {metric} | {r['n']} | {r['auc_a']:.4f} | {r['auc_b']:.4f} | {f(r['diff'])} | "
-            f"[{f(r['ci95'][0])}, {f(r['ci95'][1])}] | {r['p']:.3f} |"
-            for part, tests in result.items() for metric, r in tests.items()]
+    """Table rows; a test without two rows (or users) of each label prints dashes."""
+    def row(part: str, metric: str, r: dict) -> str:
+        if math.isnan(r["diff"]):
+            return f"| {name} | {part} | {metric} | {r['n']} | - | - | - | - | - |"
+        lo, hi = r["ci95"]
+        return (f"| {name} | {part} | {metric} | {r['n']} | {r['auc_a']:.4f} | {r['auc_b']:.4f} | {r['diff']:+.4f} | "
+                f"[{lo:+.4f}, {hi:+.4f}] | {r['p']:.3f} |")
+    return [row(part, metric, r) for part, tests in result.items() for metric, r in tests.items()]
 
 
 def header(base_name: str) -> list[str]:

@@ -127,3 +127,12 @@ def test_late_fusion_picks_its_weight_on_valid(tmp_path):
     f = late_fusion(a, perfect)  # the first weight that separates valid perfectly (ties keep the smaller)
     assert f["valid_auc"] == 1.0 and 0.5 < f["weight_b"] < 1.0
     assert late_fusion(a, a)["weight_b"] == 0.0
+
+
+def test_compare_rows_print_dashes_for_a_test_without_enough_labels():
+    from sasrecllm_jax.compare import format_rows
+    from sasrecllm_jax.metrics import paired_auc_test, paired_uauc_test
+    rows = format_rows("run", {"warm": {"AUC": paired_auc_test([1, 0, 1, 0], [1, 2, 3, 4], [2, 1, 3, 5]),
+                                        "UAUC": paired_uauc_test([7, 7], [1, 0], [1, 2], [2, 1])}})
+    assert rows == ["| run | warm | AUC | 4 | 0.2500 | 0.5000 | +0.2500 | [-0.4430, +0.9430] | 0.480 |",
+                    "| run | warm | UAUC | 1 | - | - | - | - | - |"]
