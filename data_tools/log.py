@@ -11,15 +11,22 @@ from sasrecllm_jax.data.dataset import DataError
 
 
 def _timestamps(df: pd.DataFrame, path: Path) -> np.ndarray:
-    values = pd.to_numeric(df["timestamp"], errors="coerce")
+    """Unix seconds, from a column of numbers (taken as unix seconds) or of dates (any format pandas reads,
+    UTC unless they say otherwise); a row that is neither like the others is named."""
+    raw = df["timestamp"]
+    values = pd.to_numeric(raw, errors="coerce")
     if values.notna().all():
         return values.to_numpy().astype(np.int64)
-    parsed = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
-    if parsed.isna().any():
-        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise DataError(f"{path}: column 'timestamp' row {i} is {df['timestamp'].iloc[i]!r}: neither unix "
-                        f"seconds nor a date; fix or drop that row")
-    return (parsed.astype("int64") // 10**9).to_numpy()
+    if values.notna().any():  # numbers, with some rows that are not
+        bad, kind = values.isna().to_numpy(), "a number (unix seconds) like the other rows"
+    else:
+        parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+        bad, kind = parsed.isna().to_numpy(), "a date like the other rows"
+        if not bad.any():  # whole seconds since 1970, whatever resolution pandas picked (ns before 3.0, us after)
+            return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
+    i = int(np.flatnonzero(bad)[0])
+    raise DataError(f"{path}: column 'timestamp' row {i} is {raw.iloc[i]!r}, not {kind} ({int(bad.sum())} such "
+                    f"row(s)); fix or drop them")
 
 
 def sample_negatives(pos: pd.DataFrame, all_items: np.ndarray, ratio: int, seed: int) -> pd.DataFrame:

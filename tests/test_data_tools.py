@@ -154,6 +154,26 @@ def test_log_with_ratings(tmp_path):
     assert ds.splits["train"]["timestamp"].max() <= ds.splits["valid"]["timestamp"].min()
 
 
+def _as_dates(seconds: pd.Series) -> pd.Series:
+    """Unix seconds as date strings, in two formats (ISO with an offset, and naive text read as UTC)."""
+    t = pd.to_datetime(seconds, unit="s", utc=True)
+    return pd.Series([x.isoformat() if k % 2 else x.strftime("%Y-%m-%d %H:%M:%S") for k, x in enumerate(t)])
+
+
+def test_log_with_dates_equals_log_with_unix_seconds(tmp_path):
+    """Dates become the same unix seconds (pandas 3 parses to microseconds, pandas 2 to nanoseconds)."""
+    inter, items = _log(tmp_path)
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "secs")
+    df = pd.read_csv(inter)
+    df["timestamp"] = _as_dates(df["timestamp"])
+    assert df["timestamp"].iloc[1].endswith("+00:00") and df["timestamp"].iloc[0] == "1970-01-01 00:16:40"
+    df.to_csv(inter, index=False)
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "dates")
+    secs, dates = load_dataset(tmp_path / "secs"), load_dataset(tmp_path / "dates")
+    for split in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(dates.splits[split], secs.splits[split])
+
+
 def test_log_positive_only_negatives(tmp_path):
     inter, items = _log(tmp_path, rating=False)
     out = tmp_path / "ds"
@@ -176,6 +196,8 @@ def test_log_positive_only_negatives(tmp_path):
     ("unknown_item", "item 'i99'"),
     ("positive_only", "--negatives N"),
     ("empty_split", "split is empty"),
+    ("bad_number", "column 'timestamp' row 3 is 'soon', not a number (unix seconds) like the other rows (1 such"),
+    ("bad_date", "column 'timestamp' row 4 is 'yesterday', not a date like the other rows"),
 ])
 def test_log_bad_inputs(tmp_path, capsys, case, match):
     inter, items = _log(tmp_path)
@@ -191,6 +213,12 @@ def test_log_bad_inputs(tmp_path, capsys, case, match):
         df = df.drop(columns="rating")
     elif case == "empty_split":
         df["timestamp"] = 5
+    elif case == "bad_number":
+        df["timestamp"] = df["timestamp"].astype(object)
+        df.loc[3, "timestamp"] = "soon"
+    elif case == "bad_date":
+        df["timestamp"] = _as_dates(df["timestamp"])
+        df.loc[4, "timestamp"] = "yesterday"
     df.to_csv(inter, index=False)
     out = tmp_path / "out"
     run_fails(capsys, out, "prepare", "log", "--interactions", inter, "--items", items, "--out", out, match=match)
