@@ -139,6 +139,23 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     (grid / "runs" / "tallrec").symlink_to(out / "runs" / "icl")
     experiments.summarise(grid)
     assert "Late fusion of sasrec and tallrec" in (grid / "SUMMARY.md").read_text()
+    assert "The paper's claims" not in (grid / "SUMMARY.md").read_text()  # no SASRecLLM run yet
+    (grid / "runs" / "sasrecllm_x").symlink_to(out.parent / "hybrid")  # the claims, read on the hybrid
+    experiments.summarise(grid)
+    text = (grid / "SUMMARY.md").read_text()
+    assert "on the SASRecLLM run best on valid AUC: sasrecllm_x" in text
+    from sasrecllm_jax.compare import compare
+    for claim, base, part, rel in experiments.CLAIMS:
+        a, b = (json.loads((grid / "runs" / r / "results.json").read_text())["test"][part]["auc"]
+                for r in (base, "sasrecllm_x"))
+        if a is None or b is None:  # no rows of that part in the synthetic test split
+            assert f"| {claim} | - | - | - | - | - | - |" in text
+            continue
+        lo, hi = compare(grid / "runs" / base, grid / "runs" / "sasrecllm_x")[part]["AUC"]["ci95"]
+        side = "above" if lo > 0 else "below" if hi < 0 else "covers"
+        holds = "yes" if (b > a if rel == ">" else b >= a) else "no"
+        assert (f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {side} | {holds} |"
+                in text), claim
 
 
 def test_compare_names_runs_that_share_a_folder_name(tmp_path):
