@@ -87,6 +87,17 @@ def _placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
     return v10, v01
 
 
+def _paired_result(value_a: float, value_b: float, diff: float, se: float, n: int) -> dict:
+    """A paired test's record: the two values, their difference, its standard error, the normal 95%
+    interval and the two-sided p (NaN in, NaN out)."""
+    if se > 0 or math.isnan(se):
+        p = math.erfc(abs(diff) / se / math.sqrt(2))
+    else:  # no spread: the two scorers agree on every pair (AUC) or on every user's difference (UAUC)
+        p = 1.0 if diff == 0 else 0.0
+    return {"auc_a": value_a, "auc_b": value_b, "diff": diff, "se": se,
+            "ci95": [diff - 1.959964 * se, diff + 1.959964 * se], "p": p, "n": n}
+
+
 def paired_auc_test(labels, scores_a, scores_b) -> dict:
     """AUC(b) - AUC(a) on the same rows, its standard error, 95% interval and two-sided p (DeLong)."""
     labels = np.asarray(labels).astype(bool)
@@ -96,19 +107,12 @@ def paired_auc_test(labels, scores_a, scores_b) -> dict:
                          f"{labels.shape}, {a.shape}, {b.shape}")
     m, n = int(labels.sum()), int((~labels).sum())
     if m < 2 or n < 2:
-        nan = float("nan")
-        return {"auc_a": nan, "auc_b": nan, "diff": nan, "se": nan, "ci95": [nan, nan], "p": nan, "n": len(labels)}
+        return _paired_result(*[float("nan")] * 4, n=len(labels))
     (v10a, v01a), (v10b, v01b) = _placements(labels, a), _placements(labels, b)
     auc_a, auc_b = float(v10a.mean()), float(v10b.mean())
     s10, s01 = np.cov(np.stack([v10a, v10b])), np.cov(np.stack([v01a, v01b]))
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
-    se, diff = math.sqrt(max(float(var), 0.0)), auc_b - auc_a
-    if se > 0:
-        p = math.erfc(abs(diff) / se / math.sqrt(2))
-    else:  # the two scorers order every positive/negative pair alike (up to ties)
-        p = 1.0 if diff == 0 else 0.0
-    return {"auc_a": auc_a, "auc_b": auc_b, "diff": diff, "se": se,
-            "ci95": [diff - 1.959964 * se, diff + 1.959964 * se], "p": p, "n": len(labels)}
+    return _paired_result(auc_a, auc_b, auc_b - auc_a, math.sqrt(max(float(var), 0.0)), n=len(labels))
 
 
 def paired_uauc_test(users, labels, scores_a, scores_b) -> dict:
@@ -128,10 +132,6 @@ def paired_uauc_test(users, labels, scores_a, scores_b) -> dict:
     ua, ub = ua[keep], ub[keep]
     k = len(ua)
     if k < 2:
-        nan = float("nan")
-        return {"auc_a": nan, "auc_b": nan, "diff": nan, "se": nan, "ci95": [nan, nan], "p": nan, "n": k}
+        return _paired_result(*[float("nan")] * 4, n=k)
     d = ub - ua
-    diff, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(k))
-    p = math.erfc(abs(diff) / se / math.sqrt(2)) if se > 0 else (1.0 if diff == 0 else 0.0)
-    return {"auc_a": float(ua.mean()), "auc_b": float(ub.mean()), "diff": diff, "se": se,
-            "ci95": [diff - 1.959964 * se, diff + 1.959964 * se], "p": p, "n": k}
+    return _paired_result(float(ua.mean()), float(ub.mean()), float(d.mean()), float(d.std(ddof=1) / math.sqrt(k)), n=k)
