@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -156,7 +157,7 @@ def claims_section(out: Path, summary: dict) -> list[str]:
             lines.append(f"| {claim} | - | - | - | - | - | - |")
             continue
         test = paired[base][part]["AUC"] if paired[base] else None
-        if test is None or test["diff"] != test["diff"]:  # no paired scores, or NaN
+        if test is None or math.isnan(test["diff"]):  # no paired scores, or too few rows of a label
             interval, side = "-", "-"
         else:
             lo, hi = test["ci95"]
