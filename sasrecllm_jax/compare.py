@@ -11,7 +11,7 @@ a two-sided p-value. Both runs face the same easy and hard rows, so the paired d
 more precisely than either AUC's own error bar suggests: this is the test that can say whether one method
 beats another. Runs must have scored the same rows (same dataset, same row cap). UAUC is paired over
 users (metrics.paired_uauc_test: the mean of the per-user AUC differences, users as the independent
-units); a scores.npz older than its user column gives AUC only (`python -m sasrecllm_jax.score --run RUN
+units, a Student t interval); a scores.npz older than its user column gives AUC only (`python -m sasrecllm_jax.score --run RUN
 --write-run-scores` writes it again).
 
 --fuse is the control a hybrid has to beat: the two runs' standardised scores mixed after training,

@@ -73,13 +73,17 @@ def test_paired_auc_test_equals_the_pairwise_definition():
 def test_paired_uauc_test_by_hand():
     """User 1: a ranks its pair right (AUC 1), b wrong (0). User 2: a puts its positive between its two
     negatives (1/2), b ranks it first (1). User 3 has only positives: skipped. Per-user differences
-    d = [-1, +1/2]: UAUC a 3/4, b 1/2, difference -1/4, standard error sd(d) / sqrt(2) = 1.0607 / 1.4142."""
+    d = [-1, +1/2]: UAUC a 3/4, b 1/2, difference -1/4, standard error sd(d) / sqrt(2) = 1.0607 / 1.4142.
+    Two users leave one degree of freedom: Student's t with 1 df is Cauchy, whose tails are closed-form,
+    P(|T| > x) = 1 - 2 atan(x) / pi and its 97.5% point tan(0.475 pi) = 12.706 (a normal's is 1.96)."""
     from sasrecllm_jax.metrics import paired_uauc_test
     users = [1, 1, 2, 2, 2, 3]
     y = [1, 0, 1, 0, 0, 1]
     r = paired_uauc_test(users, y, [0.9, 0.1, 0.5, 0.6, 0.1, 0.3], [0.1, 0.9, 0.7, 0.6, 0.1, 0.3])
     assert (r["auc_a"], r["auc_b"], r["diff"], r["n"]) == (0.75, 0.5, -0.25, 2)
-    assert math.isclose(r["se"], 0.75) and math.isclose(r["p"], math.erfc(0.25 / 0.75 / math.sqrt(2)))
+    assert math.isclose(r["se"], 0.75) and math.isclose(r["p"], 1 - 2 * math.atan(0.25 / 0.75) / math.pi)  # 0.795
+    half = 0.75 * math.tan(0.475 * math.pi)
+    assert np.allclose(r["ci95"], [-0.25 - half, -0.25 + half])
     assert math.isnan(paired_uauc_test([1, 1], [1, 0], [1, 2], [2, 1])["diff"])  # one user: no spread
     with pytest.raises(ValueError, match="one user, label and two scores per row"):
         paired_uauc_test([1, 2], [1, 0, 1], [1, 2, 3], [1, 2, 3])
