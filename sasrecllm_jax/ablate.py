@@ -3,7 +3,7 @@
     python -m sasrecllm_jax.ablate results/ml1m/runs/sasrecllm_dual_stage            # drop and shuffle, test split
     python -m sasrecllm_jax.ablate RUN --modes on drop --split valid_small
 
-`drop` zeroes the user and item soft tokens (and the gated ID score, with model.mapper.fusion: gate);
+`drop` zeroes the user and item soft tokens (and the ID score that model.mapper.fusion gate or residual adds);
 `shuffle` gives every row another row's collaborative inputs; `on` re-evaluates unchanged (it equals the
 run's results.json). The model is not retrained: this measures what the trained model relies on. For an
 ablation in training as well, train with --set train.collab=drop. Writes RUN/ablation.json

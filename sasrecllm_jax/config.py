@@ -94,7 +94,9 @@ class MapperConfig:
     num_tokens: int = 1                # soft tokens per ID placeholder
     # "gate": the hybrid's score adds g x the encoder's own score <user, item>, with g a learned scalar
     # of the mapper group that starts at 1, so the LLM learns a correction to the ID model's logit.
-    fusion: Literal["none", "gate"] = "none"
+    # "residual": score = <user, item> + a x the LLM's score, a a learned scalar of the mapper group that
+    # starts at 0: the hybrid starts as the ID model exactly, and the LLM's share grows as it helps.
+    fusion: Literal["none", "gate", "residual"] = "none"
     # "zeros": the output layer starts at zero (as LoRA's B does), so the soft tokens start as zero vectors:
     # the hybrid starts as the text model (plus g x the ID score with the gate) and learns what the tokens add
     out_init: Literal["default", "zeros"] = "default"

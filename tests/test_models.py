@@ -181,6 +181,28 @@ def test_gate_adds_the_encoder_score():
                                2.5 * id_score[::-1], rtol=1e-4, atol=1e-5)
 
 
+def test_residual_fusion_starts_as_the_encoder():
+    """fusion: residual = SASRec's own <user, item> + a x the plain hybrid's score, a a mapper leaf at 0:
+    at init the hybrid scores exactly as SASRec alone, and the first gradient moves only a."""
+    from sasrecllm_jax.models.hybrid import EncoderScorer
+    plain = _hybrid()
+    res = Hybrid(dataclasses.replace(plain.cfg, mapper=dataclasses.replace(plain.cfg.mapper, fusion="residual")),
+                 DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    batch = _batch()
+    params = res.init(jax.random.key(0), batch)["params"]
+    params = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.1 if "'b'" in str(p) else x, params)  # LoRA b != 0
+    assert params["mapper"]["llm_gate"] == 0.0 and partition.labels(params)["mapper"]["llm_gate"] == "mapper"
+    id_score = EncoderScorer(plain.cfg, 9, 20).apply({"params": {"sasrec": params["sasrec"]}}, batch)
+    np.testing.assert_array_equal(res.apply({"params": params}, batch), id_score)
+    grads = jax.grad(lambda p: res.apply({"params": p}, batch).sum())(params)
+    assert grads["mapper"]["llm_gate"] != 0 and not np.any(grads["mapper"]["fc2"]["kernel"])
+    assert not any(np.any(g) for g in jax.tree_util.tree_leaves(grads["llm"]))
+    params["mapper"]["llm_gate"] = jnp.float32(0.5)
+    without = {**params, "mapper": {k: v for k, v in params["mapper"].items() if k != "llm_gate"}}
+    np.testing.assert_allclose(res.apply({"params": params}, batch),
+                               id_score + 0.5 * plain.apply({"params": without}, batch), rtol=1e-5, atol=1e-6)
+
+
 def test_padding_does_not_change_a_score():
     model = _hybrid()
     batch = _batch()

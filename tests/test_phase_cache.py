@@ -84,7 +84,8 @@ def test_key_follows_what_the_phase_reads(dataset, tmp_path, clean_commit):
     for o in ("model.mapper.fusion=gate", "model.mapper.hidden=16", "model.mapper.num_tokens=2", "model.sasrec.dropout=0.5",
               "train.method=tallrec", "train.enc_lr=0.5", "train.phase_overrides={hybrid: {patience: 2}}"):
         assert key(text, o) == base_text, o
-    for o in ("model.mapper.fusion=gate", "model.mapper.num_tokens=2", "model.sasrec.dropout=0.5"):
+    for o in ("model.mapper.fusion=gate", "model.mapper.fusion=residual", "model.mapper.num_tokens=2",
+              "model.sasrec.dropout=0.5"):
         assert key(hybrid, o) != base_hybrid, o
     # an override reaches the key through the resolved phase it changes
     c = cfg_of(dataset, "train.phase_overrides={hybrid: {lr: {mapper: 3.0e-4, lora: 3.0e-4}}}")
@@ -159,12 +160,13 @@ def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
     same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
     assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_dual_stage_gate",
                 "sasrecllm_dual_stage_gate_hlr", "sasrecllm_dual_stage_gate_zero", "sasrecllm_dual_stage_mapper64",
-                "sasrecllm_dual_stage_k2", "sasrecllm_dual_stage_gate_sasrec")
+                "sasrecllm_dual_stage_k2", "sasrecllm_dual_stage_gate_sasrec", "sasrecllm_dual_stage_residual")
     assert same("sasrec", "sasrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_hierarchical_freezing",
-                "sasrecllm_dual_stage_gate", "sasrecllm_dual_stage_yes_logit", "sasrecllm_dual_stage_gate_sasrec")
+                "sasrecllm_dual_stage_gate", "sasrecllm_dual_stage_yes_logit", "sasrecllm_dual_stage_gate_sasrec",
+                "sasrecllm_dual_stage_residual")
     assert same("mf", "mf", "collm_mf")
     assert not same("text_lora", "tallrec", "sasrecllm_dual_stage_yes_logit")  # the head changes what LoRA learns
     hybrids = ("sasrecllm_dual_stage", "sasrecllm_dual_stage_gate", "sasrecllm_dual_stage_gate_hlr",
-               "sasrecllm_dual_stage_gate_zero", "sasrecllm_dual_stage_gate_sasrec",
+               "sasrecllm_dual_stage_gate_zero", "sasrecllm_dual_stage_gate_sasrec", "sasrecllm_dual_stage_residual",
                "sasrecllm_dual_stage_mapper64", "sasrecllm_dual_stage_k2", "sasrecllm_dual_stage_yes_logit")
     assert len({keys[m]["hybrid"] for m in hybrids}) == len(hybrids)  # each variant trains its own hybrid phase

@@ -7,7 +7,8 @@ A batch (see sasrecllm_jax.data.pipeline) carries `tokens`, `mask` [B, T]; for h
 and the ablation inputs `collab_scale` [B] (1 keeps, 0 drops the collaborative tokens) and
 `collab_perm` [B] (a permutation of rows: shuffles them). The score is the raw "Yes" logit at the
 last prompt position, or the Yes-minus-No log-odds; with `model.mapper.fusion: gate` the mapper adds a
-learned multiple of the encoder's own score <user, item> to it.
+learned multiple of the encoder's own score <user, item> to it, and with `fusion: residual` the score is
+the encoder's plus a learned multiple (starting at 0) of the LLM's.
 """
 from __future__ import annotations
 

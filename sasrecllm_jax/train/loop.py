@@ -374,9 +374,9 @@ class Run:
                    "train_time_s": round(train_time, 1),  # reused phases count at what they cost their run
                    "reused_phases": {n: m["run"] for n, m in self.reused.items()},
                    "timing": self.timing,
-                   # the gate's learned weight on the ID model's score (model.mapper.fusion: gate): how much
-                   # of the final score is the encoder's own
-                   **({"id_gate": float(params["mapper"]["id_gate"])} if "id_gate" in params.get("mapper", {}) else {}),
+                   # the fusion's learned weight (model.mapper.fusion): on the ID model's score (gate:
+                   # id_gate) or on the LLM's (residual: llm_gate), how much of the final score is whose
+                   **{g: float(params["mapper"][g]) for g in ("id_gate", "llm_gate") if g in params.get("mapper", {})},
                    "device": jax.devices()[0].device_kind, "dataset": comp.dataset.card.get("source"),
                    "commit": code_version(), "date": time.strftime("%Y-%m-%d")}
         tmp = self.workdir / "results.json.partial"
