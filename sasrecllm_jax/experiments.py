@@ -164,7 +164,18 @@ def claims_section(out: Path, summary: dict) -> list[str]:
             interval, side = f"[{lo:+.4f}, {hi:+.4f}]", "above" if lo > 0 else ("below" if hi < 0 else "covers")
         holds = (b > a) if rel == ">" else (b >= a)
         lines.append(f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | {interval} | {side} | {'yes' if holds else 'no'} |")
-    return lines
+    return lines + kept_start_note(best, hybrids[best])
+
+
+def kept_start_note(name: str, results: dict) -> list[str]:
+    """A line when the run's last phase handed on its step-0 params (eval_at_start, and no later evaluation
+    beat the start on valid): the run is then what that phase started from, e.g. SASRec itself under
+    model.mapper.fusion: residual, and the table says nothing about what the phase's training adds."""
+    last = (results.get("phases") or [None])[-1]
+    if results.get("timing", {}).get(last, {}).get("best_step") != 0:
+        return []
+    return ["", f"Note: {name}'s last phase ({last}) handed on its step-0 parameters: no evaluation after its start "
+                f"beat the start on valid, so the run is what that phase started from."]
 
 
 def main(argv=None) -> int:

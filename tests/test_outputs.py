@@ -156,6 +156,13 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
         holds = "yes" if (b > a if rel == ">" else b >= a) else "no"
         assert (f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {side} | {holds} |"
                 in text), claim
+    # each phase records the step it handed on: the step of its best valid evaluation
+    hybrid = json.loads((grid / "runs" / "sasrecllm_x" / "results.json").read_text())
+    evals = [r for r in report.read_metrics(out.parent / "hybrid") if r["kind"] == "eval" and r["phase"] == "h"]
+    assert hybrid["timing"]["h"]["best_step"] == max(evals, key=lambda r: r["all/auc"])["step"] > 0
+    assert "step-0" not in text
+    kept = {**hybrid, "timing": {"h": {**hybrid["timing"]["h"], "best_step": 0}}}
+    assert "Note: x's last phase (h) handed on its step-0 parameters" in experiments.kept_start_note("x", kept)[1]
 
 
 def test_compare_names_runs_that_share_a_folder_name(tmp_path):
