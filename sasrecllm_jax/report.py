@@ -15,18 +15,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_checkout_versions: dict[Path, str] = {}
+
+
 def code_version() -> str:
     """The source checkout's short commit, with '+dirty' when tracked files differ from it: recorded in
-    every results.json. $SASRECLLM_COMMIT, when set, wins: a copy of the tree on another machine (the
-    GPU machine) may carry no .git or a stale one, and its sender states which clean commit it is."""
+    every results.json and in every phase-cache key. $SASRECLLM_COMMIT, when set, wins: a copy of the tree
+    on another machine (the GPU machine) may carry no .git or a stale one, and its sender states which
+    clean commit it is. The checkout is read once per process (a run reads it when it starts): a process
+    runs the modules it loaded, so a commit or an edit made while a long run is under way must not relabel
+    that run's results or cache its phases under code that did not make them."""
     if os.environ.get("SASRECLLM_COMMIT"):
         return os.environ["SASRECLLM_COMMIT"]
-    try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "sasrecllm_jax", "configs", "train.py").strip()
-        return git("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    if ROOT not in _checkout_versions:
+        try:
+            git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+            dirty = git("status", "--porcelain", "--untracked-files=no", "--", "sasrecllm_jax", "configs", "train.py").strip()
+            _checkout_versions[ROOT] = git("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
+        except (OSError, subprocess.CalledProcessError):
+            _checkout_versions[ROOT] = "unknown"
+    return _checkout_versions[ROOT]
 
 
 class Reporter:

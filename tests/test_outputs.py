@@ -183,7 +183,19 @@ def test_code_version_outside_a_checkout(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "ROOT", tmp_path)
     assert report.code_version() == "abc1234"
     monkeypatch.delenv("SASRECLLM_COMMIT")
-    assert report.code_version() == "unknown"
+    assert report.code_version() == "unknown"  # no checkout there, nothing stated
+
+
+def test_code_version_is_read_once_per_process(monkeypatch):
+    """A commit or edit made while a run is under way must not relabel it: the checkout is read on the
+    first call (a run makes it when it starts) and not again."""
+    import subprocess
+    monkeypatch.delenv("SASRECLLM_COMMIT", raising=False)
+    first = report.code_version()
+    assert first not in ("", "unknown")
+    moved = lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="fedcba9\n" if "rev-parse" in a[0] else " M x\n")
+    monkeypatch.setattr(report.subprocess, "run", moved)  # the checkout "moves on" after the run started
+    assert report.code_version() == first
 
 
 def test_loss_smoothing_is_tensorboards():

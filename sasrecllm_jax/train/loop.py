@@ -71,6 +71,7 @@ class Run:
     def __init__(self, cfg: Config, workdir: Path, resume: bool, on_step: Callable | None = None,
                  config_path: str = "config", on_phase: Callable | None = None, host_cache: HostCache | None = None):
         self.cfg = cfg
+        code_version()  # read the checkout now, while it is the code this process loaded
         self.host_cache = host_cache  # weights and encoded splits shared with other runs of this process
         self.workdir = Path(workdir).absolute()
         self.resume = resume
