@@ -260,8 +260,9 @@ class Run:
             "steps": clock["steps"], "wall_s": round(wall, 2), "batch_shapes": len(compile_timer.shapes),
             "compile_s": round(compile_timer.seconds, 2),  # first step at each batch shape, compilation included
             "eval_and_checkpoint_s": round(clock["eval_s"], 2),
-            # the step whose params the phase hands on (0 with eval_at_start: no step beat its start on valid)
-            "best_step": book["best_step"],
+            # the step whose params the phase hands on (0 with eval_at_start: no step beat its start on valid;
+            # a phase with restore_best off hands on its last step)
+            "best_step": book["best_step"] if phase.restore_best else step,
             # the other steps: what an epoch costs once every shape is compiled
             "steady_s_per_step": round((wall - compile_timer.seconds - clock["eval_s"]) / steady_steps, 5)
             if steady_steps > 0 else None}
