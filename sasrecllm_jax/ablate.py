@@ -41,8 +41,7 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test") -> d
     out = json.loads(out_path.read_text()) if out_path.exists() else {}
     for mode in modes:
         with tqdm(total=len(data), desc=f"{split}, collab {mode}", unit="row", dynamic_ncols=True) as bar:
-            metrics, _ = evaluate(rec.scorer, rec.params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple,
-                                  True, mode, progress=bar)
+            metrics, _ = evaluate(rec.scorer, rec.params, data, cfg, "hybrid", mode, progress=bar)
         out.setdefault(split, {})[mode] = metrics
         out_path.write_text(json.dumps(out, indent=2))
     return out

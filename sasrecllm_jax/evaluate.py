@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from sasrecllm_jax import metrics
-from sasrecllm_jax.config import ConfigError
+from sasrecllm_jax.config import Config, ConfigError
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
 
 
@@ -91,9 +91,13 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
     return scores
 
 
-def evaluate(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int, with_prompts: bool,
-             collab: str = "on", progress=None) -> tuple[dict, np.ndarray]:
-    scores = score_split(scorer, params, data, batch_size, pad_multiple, with_prompts, collab, progress)
+def evaluate(scorer: Scorer, params, data: SplitData, cfg: Config, prompt: str, collab: str | None = None,
+             progress=None) -> tuple[dict, np.ndarray]:
+    """(metrics for all / warm / cold, every row's score) of `data` rendered with `prompt` ("none", "text",
+    "hybrid"), in batches of train.eval_batch_size padded to data.pad_multiple; collaborative inputs as
+    train.collab unless `collab` says otherwise (test-time ablations)."""
+    scores = score_split(scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
+                         collab or cfg.train.collab, progress)
     return metrics.report(data.uid, data.label, scores, data.not_cold), scores
 
 

@@ -24,7 +24,6 @@ class Recommender:
     """A run folder's final model, ready to score."""
 
     def __init__(self, run: str | Path):
-        import jax
         from sasrecllm_jax.components import Components, prompt_groups
         from sasrecllm_jax.evaluate import Scorer
         from sasrecllm_jax.train.checkpoint import Store
@@ -36,7 +35,6 @@ class Recommender:
         self.cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
         phases = resolve_phases(self.cfg, str(run / "config.yaml"))
         self.prompt = phases[-1].prompt if phases else "text"
-        t = self.cfg.train
         self.comp, params = Components.for_run(self.cfg)
         used = prompt_groups(self.prompt, self.cfg.model.encoder)
         params = {k: v for k, v in params.items() if k in used}
@@ -64,12 +62,11 @@ class Recommender:
         import json
         from sasrecllm_jax.evaluate import SCORES_FILE, evaluate, save_scores
         results = json.loads((Path(run) / "results.json").read_text()) if (Path(run) / "results.json").exists() else {}
-        d, t = self.cfg.data, self.cfg.train
+        d = self.cfg.data
         out, check = {}, {}
         for split, key in ((d.eval_split, "valid"), ("test", "test")):
             data = self.comp.split(split, self.prompt, self.comp.row_limit("eval"))
-            metrics, scores = evaluate(self.scorer, self.params, data, t.eval_batch_size, d.pad_multiple,
-                                       self.prompt != "none", t.collab)
+            metrics, scores = evaluate(self.scorer, self.params, data, self.cfg, self.prompt)
             out[split] = (data, scores)
             check[split] = (metrics["all"]["auc"], results.get(key, {}).get("all", {}).get("auc"))
         save_scores(Path(run) / SCORES_FILE, out)

@@ -1,5 +1,4 @@
 """Flax Llama vs transformers' PyTorch LlamaForCausalLM on the same random weights (fp32, CPU)."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sasrecllm_jax.config import DEBUG_TINY, SMOLLM2_135M, TINYLLAMA_1_1B, LoraConfig, RopeScaling
+from sasrecllm_jax.config import SMOLLM2_135M, TINYLLAMA_1_1B, LoraConfig, RopeScaling
 from sasrecllm_jax.models.llama import LlamaForCausalLM, count_params, last_positions
 from sasrecllm_jax.weights.convert import WeightsError
 from sasrecllm_jax.weights.hf_folder import load_hf_folder

@@ -1,7 +1,6 @@
 """End to end on configs/smoke.yaml (DEBUG_TINY, synthetic data): every method and strategy, resume,
 NaN handling, ablations, and the errors a user sees for bad configs and checkpoints."""
 import json
-import shutil
 
 import jax
 import numpy as np

@@ -12,9 +12,7 @@ the encoder's plus a learned multiple (starting at 0) of the LLM's.
 """
 from __future__ import annotations
 
-import dataclasses
 
-import jax
 import jax.numpy as jnp
 import flax.linen as nn
 

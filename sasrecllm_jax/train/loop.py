@@ -195,8 +195,7 @@ class Run:
             nonlocal best_scores
             t_eval = time.perf_counter()
             current = partition.merge(state.trainable, state.frozen)
-            result, scores = evaluate(scorer, current, eval_data, t.eval_batch_size, d.pad_multiple, with_prompts,
-                                      t.collab)
+            result, scores = evaluate(scorer, current, eval_data, cfg, phase.prompt)
             auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
             book["evals"] += 1
             reporter.log("eval", phase.name, step, result)
@@ -354,7 +353,6 @@ class Run:
         used = prompt_groups(prompt, cfg.model.encoder)
         params = select(params, used)
         scorer = self.scorer(comp, prompt)
-        with_prompts = prompt != "none"
         out, row_scores = {}, {}  # {split: metrics}, {split: (rows, their scores)}
         if self.handed_on_valid is not None and self.handed_on_scores is not None:
             # the final params are the last phase's best: already evaluated
@@ -364,8 +362,7 @@ class Run:
             data = comp.split(split, prompt, comp.row_limit("eval"))
             t0, compiled = time.perf_counter(), scorer.compile.seconds
             with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
-                out[split], scores = evaluate(scorer, params, data, t.eval_batch_size, d.pad_multiple, with_prompts,
-                                              t.collab, progress=bar)
+                out[split], scores = evaluate(scorer, params, data, cfg, prompt, progress=bar)
             row_scores[split] = (data, scores)
             self.timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
                                                 "compile_s": round(scorer.compile.seconds - compiled, 2)}
