@@ -33,9 +33,7 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
              ablate: bool = False, phase_cache: bool = True) -> None:
     from sasrecllm_jax.components import HostCache
     from sasrecllm_jax.config import load_config
-    from sasrecllm_jax.report import code_version
     from sasrecllm_jax.train.loop import train_and_evaluate
-    code_version()  # read the checkout once, now: every run of the grid records the code it loaded
     host_cache = HostCache()  # the backbone is read and each split encoded once for the whole grid
     for method in methods:
         cfg_path = ROOT / "configs" / "experiments" / dataset / f"{method}.yaml"
