@@ -59,7 +59,7 @@ else
     --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1 \
     | tee "$out/grid.txt"
   $PY -m sasrecllm_jax.experiments ml1m --summary-only --out "$runs" >/dev/null 2>&1
-  mkdir -p "$out/ml1m" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$out/ml1m/" 2>/dev/null
+  mkdir -p "$out/ml1m" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$runs"/curves.png "$out/ml1m/" 2>/dev/null
   tar czf "$out/ml1m-runs.tgz" -C "$runs" --exclude checkpoints --exclude final --exclude tensorboard \
     --exclude run_state.json --exclude phase_cache runs
   cat "$out/ml1m/SUMMARY.md" 2>/dev/null

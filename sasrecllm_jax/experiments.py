@@ -10,7 +10,8 @@ Each method's config is configs/experiments/DATASET/METHOD.yaml. Runs go to resu
 (NAME = METHOD, METHOD-seedN for seeds other than 0, then -TAG with --tag); a run whose results.json
 exists is skipped. Phases shared by several methods (SASRec's, TALLRec's LoRA phase, MF's) are trained
 once: runs share results/DATASET/phase_cache (train.phase_cache; --no-phase-cache trains every phase).
-Writes results/DATASET/summary.json ({name: results.json}), SUMMARY.md and warm_cold.png.
+Writes results/DATASET/summary.json ({name: results.json}), SUMMARY.md (with mean +- sd over seeds where a
+method ran with several), warm_cold.png (test AUC on warm vs cold rows per method) and curves.png (training).
 On a CPU the configs' data.cpu_max_rows apply (a documented subset), and the table says so.
 """
 from __future__ import annotations
@@ -57,6 +58,9 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
 
 def summarise(out: Path) -> dict:
     runs = sorted(p.parent for p in (out / "runs").glob("*/results.json"))
+    if not runs:
+        raise ConfigError(f"no finished runs under {out / 'runs'} (none has a results.json): run the grid "
+                          "first, or point --out at the folder that holds its runs/")
     summary = {r.name: json.loads((r / "results.json").read_text()) for r in runs}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"
@@ -80,6 +84,7 @@ def summarise(out: Path) -> dict:
                   "| run | collab | AUC | UAUC | warm AUC | cold AUC | n test |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {n} | {mode} | {fmt(m['all']['auc'])} | {fmt(m['all']['uauc'])} | {fmt(m['warm']['auc'])} | "
                   f"{fmt(m['cold']['auc'])} | {m['all']['n']} |" for n, mode, m in ablations]
+    lines += seeds_section(summary)
     lines += paired_section(out, runs)
     lines += claims_section(out, summary)
     reused = {n: r["reused_phases"] for n, r in summary.items() if r.get("reused_phases")}
@@ -93,11 +98,77 @@ def summarise(out: Path) -> dict:
         lines += ["", f"CPU runs ({', '.join(sorted(capped))}) used the configs' data.cpu_max_rows subset: "
                       "not comparable with full-data GPU runs."]
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
-    if runs:
-        from sasrecllm_jax.report import plot_runs
-        plot_runs(runs, out / "warm_cold.png")
+    from sasrecllm_jax.report import plot_runs, plot_warm_cold
+    plot_warm_cold(method_points(summary), out / "warm_cold.png", reference="sasrec")
+    plot_runs(runs, out / "curves.png")
     print("\n".join(lines))
     return summary
+
+
+SEED_COLUMNS = [("AUC", "all", "auc"), ("UAUC", "all", "uauc"), ("warm AUC", "warm", "auc"),
+                ("cold AUC", "cold", "auc")]
+
+
+def seed_groups(summary: dict) -> dict[str, list[str]]:
+    """Runs of one method (and tag) that differ only in the seed, scored on the same number of test rows:
+    {name without -seedN: [run names]}, groups of two or more only. A run's seed is its config's."""
+    groups: dict[tuple, list[str]] = {}
+    for name, r in summary.items():
+        seed = r["config"]["train"]["seed"]
+        base = name.replace(f"-seed{seed}", "", 1) if seed else name
+        groups.setdefault((base, r["test"]["all"]["n"]), []).append(name)
+    return {base: names for (base, _), names in groups.items() if len(names) > 1}
+
+
+def seeds_section(summary: dict) -> list[str]:
+    """Mean and sample standard deviation over seeds of each method run with several: how much a reseed
+    moves a method, which the paired test over test rows cannot say (docs/RESULTS.md section 7)."""
+    groups = seed_groups(summary)
+    if not groups:
+        return []
+    lines = ["", "Across seeds (mean +- sample standard deviation over the seeds; a method's runs that differ only "
+                 "in train.seed):", "", f"| method | seeds | {' | '.join(c for c, _, _ in SEED_COLUMNS)} | valid AUC |",
+             "|---|---|" + "---|" * (len(SEED_COLUMNS) + 1)]
+    for base, names in groups.items():
+        cells = [mean_sd([summary[n]["test"][part][field] for n in names]) for _, part, field in SEED_COLUMNS]
+        cells.append(mean_sd([summary[n]["valid"]["all"]["auc"] for n in names]))
+        seeds = ", ".join(str(summary[n]["config"]["train"]["seed"]) for n in names)
+        commits = sorted({summary[n].get("commit", "unknown") for n in names})
+        note = f" (commits {', '.join(commits)})" if len(commits) > 1 else ""
+        lines.append(f"| {base}{note} | {seeds} | {' | '.join(cells)} |")
+    return lines
+
+
+def method_points(summary: dict) -> list[dict]:
+    """One point per method for the warm/cold chart: a seed group at its mean (with sample sd), other runs
+    as they are. Named like the table's rows (a group by its seed-0 name)."""
+    grouped = {n: base for base, names in seed_groups(summary).items() for n in names}
+    points, done = [], set()
+    for name, r in summary.items():
+        base = grouped.get(name, name)
+        if base in done:
+            continue
+        done.add(base)
+        names = [n for n in summary if grouped.get(n, n) == base]
+        point = {"name": base, "method": r["method"], "seeds": len(names)}
+        for part in ("all", "warm", "cold"):
+            values = [summary[n]["test"][part]["auc"] for n in names]
+            if any(v is None for v in values):
+                point[part] = point[f"{part}_sd"] = None
+                continue
+            point[part] = sum(values) / len(values)
+            point[f"{part}_sd"] = (math.sqrt(sum((v - point[part]) ** 2 for v in values) / (len(values) - 1))
+                                   if len(values) > 1 else None)
+        points.append(point)
+    return points
+
+
+def mean_sd(values: list) -> str:
+    if any(v is None for v in values):
+        return "-"
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4f} +- {sd:.4f}"
 
 
 def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[str]:

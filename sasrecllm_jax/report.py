@@ -92,6 +92,8 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax_loss, ax_val, ax_bar) = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax in (ax_loss, ax_val):  # a grid draws more phases than the default 10 colours
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     names, warm, cold, overall = [], [], [], []
     for run in runs:
         rows = read_metrics(run)
@@ -129,6 +131,71 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
         ax_bar.legend(fontsize=8)
     ax_bar.set(title="test AUC: all / warm / cold")
     fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+FAMILIES = {"mf": "ID model", "sasrec": "ID model", "icl": "text LLM", "tallrec": "text LLM",
+            "collm_mf": "hybrid", "sasrecllm": "hybrid"}
+MARKERS = {"ID model": "o", "text LLM": "s", "hybrid": "^"}
+
+
+def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None, zoom: float = 0.03) -> Path:
+    """The experiment grid's chart: each method's test AUC on warm rows (x) against cold rows (y), one marker
+    per method (a seed group at its mean, with +-1 sd bars), the marker's shape its family; beside it the
+    same plane zoomed to within `zoom` of the reference run (where the hybrids and SASRec sit), and overall
+    AUC as sorted bars. The reference's warm and cold AUCs are dashed lines: a point up and to the right of
+    both beats it on warm and on cold rows. points: {name, method, all, warm, cold[, all_sd, warm_sd,
+    cold_sd, seeds]}; a part without rows is None."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    drawn = [p for p in points if p["warm"] is not None and p["cold"] is not None]
+    ref = next((p for p in drawn if p["name"] == reference), None)  # a reference with warm and cold rows
+    panels = 3 if ref else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 5.4))
+    colors = plt.get_cmap("tab20").colors
+    color = {p["name"]: colors[i % len(colors)] for i, p in enumerate(points)}
+    planes = [axes[0]] + ([axes[1]] if panels == 3 else [])
+    for ax in planes:
+        for p in drawn:
+            family = FAMILIES.get(p["method"], "hybrid")
+            label = p["name"] + (f" ({p['seeds']} seeds)" if p.get("seeds", 1) > 1 else "")
+            ax.errorbar(p["warm"], p["cold"], xerr=p.get("warm_sd"), yerr=p.get("cold_sd"), fmt=MARKERS[family],
+                        ms=8, color=color[p["name"]], capsize=3, label=label, mec="black", mew=0.5)
+        if ref:
+            ax.axvline(ref["warm"], color="grey", ls="--", lw=0.8)
+            ax.axhline(ref["cold"], color="grey", ls="--", lw=0.8)
+        ax.set(xlabel="warm AUC (test)", ylabel="cold AUC (test)")
+    axes[0].set_title("test AUC, warm vs cold rows" + (f" (dashed: {reference})" if ref else ""))
+    if panels == 3:
+        zoomed = axes[1]
+        zoomed.set_xlim(ref["warm"] - zoom, ref["warm"] + zoom)
+        zoomed.set_ylim(ref["cold"] - zoom, ref["cold"] + zoom)
+        zoomed.axvspan(ref["warm"], ref["warm"] + zoom, ymin=0.5, ymax=1, color="green", alpha=0.07)
+        zoomed.set_title(f"within {zoom} of {reference} (shaded: beats it on warm and cold)")
+    bars = sorted((p for p in points if p["all"] is not None), key=lambda p: p["all"])
+    ax = axes[-1]
+    ax.barh(range(len(bars)), [p["all"] for p in bars], color=[color[p["name"]] for p in bars])
+    for i, p in enumerate(bars):
+        if p.get("all_sd"):
+            ax.errorbar(p["all"], i, xerr=p["all_sd"], color="black", capsize=3)
+        ax.text(p["all"] + (p.get("all_sd") or 0) + 0.003, i, f"{p['all']:.4f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(bars)), [p["name"] for p in bars], fontsize=8)
+    low = min([p["all"] for p in bars] + [0.5])
+    ax.set_xlim(max(0.0, low - 0.05), max([p["all"] for p in bars] + [0.5]) + 0.04)
+    if ref and ref["all"] is not None:  # with warm and cold rows it has all rows; a run without either has no ref
+        ax.axvline(ref["all"], color="grey", ls="--", lw=0.8)
+    ax.set(title="test AUC, all rows", xlabel="AUC")
+    if drawn:  # beside the planes, so that no marker hides under it
+        ncol = min(len(drawn), 2 * panels)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8)
+        fig.tight_layout(rect=(0, 0.045 * -(-len(drawn) // ncol) + 0.01, 1, 1))
+    else:
+        fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -77,7 +77,9 @@ def test_plot_and_summary(runs, tmp_path):
     assert set(summary) == {"sasrec", "icl"}
     assert json.loads((out / "summary.json").read_text())["sasrec"]["test"]["all"]["n"] == 96
     table = (out / "SUMMARY.md").read_text()
-    assert "| sasrec |" in table and "| icl |" in table and (out / "warm_cold.png").exists()
+    assert "| sasrec |" in table and "| icl |" in table
+    for png in ("warm_cold.png", "curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
@@ -203,3 +205,37 @@ def test_loss_smoothing_is_tensorboards():
     from sasrecllm_jax.report import smooth
     np.testing.assert_allclose(smooth([1.0, 0.0, 1.0], 0.5), [1.0, 1 / 3, 5 / 7])
     assert smooth([], 0.9) == [] and smooth([2.0], 0.9) == [2.0]
+
+
+def _result(method, seed, auc, warm, cold, valid, n=100):
+    part = lambda a: {"auc": a, "uauc": a, "n": n}
+    return {"method": method, "config": {"train": {"seed": seed}}, "commit": "abc",
+            "test": {"all": part(auc), "warm": part(warm), "cold": part(cold)}, "valid": {"all": part(valid)}}
+
+
+def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
+    """Runs that differ only in train.seed (NAME, NAME-seedN, NAME-seedN-TAG) form one row of mean +- sample
+    sd and one point of the chart; runs on another number of test rows, or another tag, stay apart."""
+    summary = {"sasrec": _result("sasrec", 0, 0.70, 0.72, 0.66, 0.68),
+               "sasrec-seed1": _result("sasrec", 1, 0.72, 0.71, None, 0.69),
+               "sasrec-seed2": _result("sasrec", 2, 0.68, 0.70, 0.64, 0.67, n=50),  # a CPU subset: other rows
+               "tallrec": _result("tallrec", 0, 0.60, 0.61, 0.59, 0.58),
+               "tallrec-k2": _result("tallrec", 0, 0.62, 0.63, 0.61, 0.60),
+               "tallrec-seed3-k2": _result("tallrec", 3, 0.66, 0.61, 0.57, 0.60)}
+    assert experiments.seed_groups(summary) == {"sasrec": ["sasrec", "sasrec-seed1"],
+                                                "tallrec-k2": ["tallrec-k2", "tallrec-seed3-k2"]}
+    table = "\n".join(experiments.seeds_section(summary))
+    # mean of 0.70 and 0.72 is 0.71; sample sd sqrt(2 * 0.01^2 / 1) = 0.0141; a part without rows in one seed: -
+    assert "| sasrec | 0, 1 | 0.7100 +- 0.0141 | 0.7100 +- 0.0141 | 0.7150 +- 0.0071 | - | 0.6850 +- 0.0071 |" in table
+    assert "| tallrec-k2 | 0, 3 | 0.6400 +- 0.0283 |" in table
+    points = {p["name"]: p for p in experiments.method_points(summary)}
+    assert set(points) == {"sasrec", "sasrec-seed2", "tallrec", "tallrec-k2"}
+    assert points["sasrec"]["seeds"] == 2 and points["sasrec"]["cold"] is None
+    assert points["tallrec-k2"]["all"] == pytest.approx(0.64) and points["tallrec-k2"]["all_sd"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert points["tallrec"]["all_sd"] is None and points["tallrec"]["warm"] == 0.61
+    for reference in ("tallrec", "sasrec", None):  # sasrec: no cold rows in one seed, so no zoomed plane
+        png = report.plot_warm_cold(list(points.values()), tmp_path / "wc.png", reference=reference)
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    assert experiments.seeds_section({"sasrec": summary["sasrec"]}) == []
+    assert experiments.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert "no finished runs under" in capsys.readouterr().err
