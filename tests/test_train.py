@@ -129,6 +129,29 @@ def test_nan_step_is_exact_without_a_sync_per_step(dataset, tmp_path):
     assert steps[0] == steps[1] and steps[0] % 7 != 0, steps  # a step between two log steps
 
 
+def test_a_phase_hands_on_its_best_evaluation_or_its_last_step(dataset, tmp_path):
+    """restore_best (the default) ends a phase on its best valid evaluation's params; restore_best: false on
+    its last step's. Either way results.json's timing names the step handed on, and final/ holds it."""
+    from sasrecllm_jax.report import read_metrics
+    handed, evals = {}, {}
+    for restore_best in (True, False):
+        phases = json.dumps([{"name": "sasrec", "trainable": ["sasrec"], "prompt": "none", "max_steps": 5,
+                              "lr": {"sasrec": 0.3}, "eval_every": 1, "restore_best": restore_best, "patience": 100}])
+        workdir = tmp_path / str(restore_best)
+        run(dataset, workdir, "train.method=sasrec", f"train.phases={phases}", "train.warmup_steps=0")
+        evals[restore_best] = [(r["step"], r["all/auc"]) for r in read_metrics(workdir) if r["kind"] == "eval"]
+        handed[restore_best] = json.loads((workdir / "results.json").read_text())["timing"]["sasrec"]["best_step"]
+        final = load_raw(workdir / "final")["sasrec"]
+        kept = (load_raw(workdir / "checkpoints" / "sasrec" / "best")["sasrec"] if restore_best else
+                load_raw(workdir / "checkpoints" / "sasrec" / "latest")["state"]["trainable"])  # the last step's
+        jax.tree_util.tree_map(np.testing.assert_array_equal, final, kept)
+    assert evals[True] == evals[False]  # the same training: only what the phase hands on differs
+    best = max(evals[True], key=lambda e: e[1])[0]
+    assert handed == {True: best, False: 5} and best < 5, (handed, evals[True])  # this seed peaks at step 3
+    a, b = (load_raw(tmp_path / str(r) / "final")["sasrec"]["sasrec"]["item_emb"]["embedding"] for r in (True, False))
+    assert not np.array_equal(a, b)
+
+
 def test_plug_and_play_restores_other_runs(dataset, tmp_path):
     run(dataset, tmp_path / "enc", "train.method=sasrec")
     run(dataset, tmp_path / "llm", "train.method=tallrec")
