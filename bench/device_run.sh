@@ -11,7 +11,8 @@
 # Runs, the phase cache, the assembled GGUF and the compilation cache live in ignored folders of the
 # tree (runs/device-ml1m, .cache/), which stay on the machine between back-to-back calls: a grid split
 # over calls shares phases (docs/RESULTS.md, "Finishing the table"). The GGUF is assembled once both
-# parts have arrived; before that only mf and sasrec can run. SEEDS="0 1" adds seeds; ABLATE=1 ablations.
+# parts have arrived; before that only mf and sasrec can run. SEEDS="0 1" adds seeds; ABLATE=1 ablations;
+# JOBS=N runs N grid processes side by side on the one GPU (methods dealt round-robin; not yet measured).
 # GRID_ARGS: more experiments arguments, word-split (a dry run on a CPU: ATTN=xla GRID_ARGS="--set
 # train.enc_epochs=1 --set data.cpu_max_rows.train=16 --set data.cpu_max_rows.eval=32").
 # SASRECLLM_COMMIT: the tree travels without .git; the sender states which clean commit it is.
@@ -54,10 +55,29 @@ else
   fi
   prepare || exit 1
   runs=${GRID_OUT:-$PWD/runs/device-ml1m}
-  timeout -k 15 -s INT "$secs" $PY -m sasrecllm_jax.experiments ml1m ${ABLATE:+--ablate} --methods "$@" --out "$runs" \
-    --seeds ${SEEDS:-0} ${GRID_ARGS:-} \
-    --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1 \
-    | tee "$out/grid.txt"
+  grid() {  # one grid process over the methods given, stopped at the deadline
+    timeout -k 15 -s INT "$secs" $PY -m sasrecllm_jax.experiments ml1m ${ABLATE:+--ablate} --methods "$@" \
+      --out "$runs" --seeds ${SEEDS:-0} --no-summary ${GRID_ARGS:-} \
+      --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1
+  }
+  jobs=${JOBS:-1}
+  if [ "$jobs" -le 1 ]; then
+    grid "$@" | tee "$out/grid.txt"
+  else
+    # JOBS=N: N grid processes share the GPU, the methods dealt round-robin in the order given (the first N
+    # start at once). A 135M model's step leaves the GPU mostly idle (launches, host work), so processes
+    # fill each other's gaps; each takes a 1/N share of the memory instead of JAX's default 75%. Runs
+    # write distinct folders; the phase cache and compilation cache take concurrent writers.
+    methods=("$@")
+    for ((k = 0; k < jobs; k++)); do
+      mine=()
+      for ((i = k; i < ${#methods[@]}; i += jobs)); do mine+=("${methods[i]}"); done
+      [ ${#mine[@]} -gt 0 ] || continue
+      XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk "BEGIN {print 0.9 / $jobs}") grid "${mine[@]}" >"$out/grid-$k.txt" &
+    done
+    wait
+    for f in "$out"/grid-*.txt; do echo "=== $f"; tail -n 40 "$f"; done
+  fi
   $PY -m sasrecllm_jax.experiments ml1m --summary-only --out "$runs" >/dev/null 2>&1
   mkdir -p "$out/ml1m" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$runs"/curves.png "$out/ml1m/" 2>/dev/null
   tar czf "$out/ml1m-runs.tgz" -C "$runs" --exclude checkpoints --exclude final --exclude tensorboard \

@@ -49,11 +49,13 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
                 print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
                 train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path),
                                    host_cache=host_cache)
-            if ablate and not (workdir / "ablation.json").exists():
+            done = json.loads((workdir / "ablation.json").read_text()).get("test", {}) \
+                if (workdir / "ablation.json").exists() else {}
+            missing = [mode for mode in ("drop", "shuffle") if mode not in done]  # a stopped grid resumes them
+            if ablate and missing and (workdir / "results.json").exists() and json.loads(
+                    (workdir / "results.json").read_text())["config"]["train"]["method"] in ("sasrecllm", "collm_mf"):
                 from sasrecllm_jax.ablate import ablate as run_ablation
-                if (workdir / "results.json").exists() and json.loads((workdir / "results.json").read_text())[
-                        "config"]["train"]["method"] in ("sasrecllm", "collm_mf"):
-                    run_ablation(workdir, ("drop", "shuffle"), "test")
+                run_ablation(workdir, tuple(missing), "test")
 
 
 def summarise(out: Path) -> dict:
@@ -264,6 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-phase-cache", action="store_true", help="train every phase of every run, even one "
                    "another run already trained on identical inputs")
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--no-summary", action="store_true", help="run, but leave the tables and charts to a later "
+                   "--summary-only (several grid processes writing into one --out)")
     args = p.parse_args(argv)
     out = (args.out or ROOT / "results" / args.dataset).absolute()
     unknown = [m for m in args.methods if not (ROOT / "configs" / "experiments" / args.dataset / f"{m}.yaml").exists()]
@@ -275,7 +279,8 @@ def main(argv=None) -> int:
         if not args.summary_only:
             run_grid(args.dataset, args.methods, args.seeds, out, args.overrides, args.tag, args.ablate,
                      not args.no_phase_cache)
-        summarise(out)
+        if not args.no_summary:
+            summarise(out)
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

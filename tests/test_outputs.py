@@ -63,6 +63,12 @@ def test_test_time_ablation(runs, capsys):
     experiments.summarise(table_dir)
     table = (table_dir / "SUMMARY.md").read_text()
     assert f"| hybrid | drop | {ab['drop']['all']['auc']:.4f} |" in table and "| hybrid | shuffle |" in table
+    # a grid stopped between the two ablations resumes the missing one only (a finished run is not retrained)
+    (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}}))
+    experiments.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)
+    again = json.loads((run / "ablation.json").read_text())["test"]
+    assert again["drop"] == ab["drop"] and again["shuffle"]["all"]["auc"] == pytest.approx(ab["shuffle"]["all"]["auc"])
+    assert "hybrid: done, skipped" in capsys.readouterr().out
     assert ablate_main([str(out / "runs" / "icl")]) == 2
     assert "has no collaborative tokens" in capsys.readouterr().err
     assert ablate_main([str(run), "--modes", "zero"]) == 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -116,7 +117,7 @@ class PhaseCache:
         final = self.directory / key
         if final.exists():
             return
-        tmp = self.directory / f".{key}.partial"
+        tmp = self.directory / f".{key}.{os.getpid()}.partial"  # per process: grid workers may race on a key
         shutil.rmtree(tmp, ignore_errors=True)
         Store(tmp / "best").save(step, groups, {"phase": meta["phase"]})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
