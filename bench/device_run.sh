@@ -60,6 +60,13 @@ else
       --out "$runs" --seeds ${SEEDS:-0} --no-summary ${GRID_ARGS:-} \
       --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1
   }
+  # how busy the GPU is while the grid runs (the share of each second in which a kernel ran): mostly idle
+  # says that JOBS=2 or 3 can fill the gaps in the next call
+  sampler=
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 >"$out/gpu-util.csv" &
+    sampler=$!
+  fi
   jobs=${JOBS:-1}
   if [ "$jobs" -le 1 ]; then
     grid "$@" | tee "$out/grid.txt"
@@ -77,6 +84,10 @@ else
     done
     wait
     for f in "$out"/grid-*.txt; do echo "=== $f"; tail -n 40 "$f"; done
+  fi
+  if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null
+    awk -F', *' '$1 ~ /^[0-9]+$/ {n++; u += $1; if ($2 > m) m = $2} END {if (n) printf "GPU busy %.0f%% of %d s sampled (JOBS=%s); peak memory %d MiB\n", u / n, n, "'"$jobs"'", m}' "$out/gpu-util.csv"
   fi
   $PY -m sasrecllm_jax.experiments ml1m --summary-only --out "$runs" >/dev/null 2>&1
   mkdir -p "$out/ml1m" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$runs"/curves.png "$out/ml1m/" 2>/dev/null

@@ -229,6 +229,10 @@ def claims_section(out: Path, summary: dict) -> list[str]:
         if a is None or b is None:
             lines.append(f"| {claim} | - | - | - | - | - | - |")
             continue
+        if summary[base]["test"][part]["n"] != summary[best]["test"][part]["n"]:  # e.g. CPU runs of other caps
+            lines.append(f"| {claim} | {b:.4f} | {a:.4f} | - | - | - | not comparable: {summary[best]['test'][part]['n']}"
+                         f" vs {summary[base]['test'][part]['n']} test rows |")
+            continue
         test = paired[base][part]["AUC"] if paired[base] else None
         if test is None or math.isnan(test["diff"]):  # no paired scores, or too few rows of a label
             interval, side = "-", "-"

@@ -164,6 +164,14 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
         holds = "yes" if (b > a if rel == ">" else b >= a) else "no"
         assert (f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {side} | {holds} |"
                 in text), claim
+    # a baseline scored on another number of rows (a CPU run of other caps) gets no verdict
+    import copy
+    summary = json.loads((grid / "summary.json").read_text())
+    other = copy.deepcopy(summary)
+    other["sasrec"]["test"]["all"]["n"] = 50
+    claims = "\n".join(experiments.claims_section(grid, other))
+    assert "| AUC > SASRec |" in claims and "| - | - | - | not comparable: 96 vs 50 test rows |" in claims
+    assert "| AUC > TALLRec |" in claims and claims.count("not comparable") == 1
     # each phase records the step it handed on: the step of its best valid evaluation
     hybrid = json.loads((grid / "runs" / "sasrecllm_x" / "results.json").read_text())
     evals = [r for r in report.read_metrics(out.parent / "hybrid") if r["kind"] == "eval" and r["phase"] == "h"]
