@@ -143,10 +143,18 @@ FAMILIES = {"mf": "ID model", "sasrec": "ID model", "icl": "text LLM", "tallrec"
 MARKERS = {"ID model": "o", "text LLM": "s", "hybrid": "^"}
 
 
-def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None, zoom: float = 0.03) -> Path:
+def zoom_around(ref: dict, points: list[dict], within: float = 0.05) -> float:
+    """Half-width of the zoomed plane: wide enough to show every run whose overall AUC is within `within` of
+    the reference's (its contenders), with a margin; between 0.01 and `within`."""
+    near = [max(abs(p["warm"] - ref["warm"]), abs(p["cold"] - ref["cold"])) for p in points
+            if p is not ref and p["all"] is not None and ref["all"] is not None and p["all"] >= ref["all"] - within]
+    return min(within, max([0.01] + [1.15 * d for d in near]))
+
+
+def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None) -> Path:
     """The experiment grid's chart: each method's test AUC on warm rows (x) against cold rows (y), one marker
     per method (a seed group at its mean, with +-1 sd bars), the marker's shape its family; beside it the
-    same plane zoomed to within `zoom` of the reference run (where the hybrids and SASRec sit), and overall
+    same plane zoomed on the reference run and its contenders (`zoom_around`), and overall
     AUC as sorted bars. The reference's warm and cold AUCs are dashed lines: a point up and to the right of
     both beats it on warm and on cold rows. points: {name, method, all, warm, cold[, all_sd, warm_sd,
     cold_sd, seeds]}; a part without rows is None."""
@@ -172,11 +180,11 @@ def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None, 
         ax.set(xlabel="warm AUC (test)", ylabel="cold AUC (test)")
     axes[0].set_title("test AUC, warm vs cold rows" + (f" (dashed: {reference})" if ref else ""))
     if panels == 3:
-        zoomed = axes[1]
+        zoomed, zoom = axes[1], zoom_around(ref, drawn)
         zoomed.set_xlim(ref["warm"] - zoom, ref["warm"] + zoom)
         zoomed.set_ylim(ref["cold"] - zoom, ref["cold"] + zoom)
         zoomed.axvspan(ref["warm"], ref["warm"] + zoom, ymin=0.5, ymax=1, color="green", alpha=0.07)
-        zoomed.set_title(f"within {zoom} of {reference} (shaded: beats it on warm and cold)")
+        zoomed.set_title(f"within {zoom:.3f} of {reference} (shaded: beats it on warm and cold)")
     bars = sorted((p for p in points if p["all"] is not None), key=lambda p: p["all"])
     ax = axes[-1]
     ax.barh(range(len(bars)), [p["all"] for p in bars], color=[color[p["name"]] for p in bars])

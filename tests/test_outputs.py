@@ -250,6 +250,12 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     for reference in ("tallrec", "sasrec", None):  # sasrec: no cold rows in one seed, so no zoomed plane
         png = report.plot_warm_cold(list(points.values()), tmp_path / "wc.png", reference=reference)
         assert png.read_bytes()[:4] == b"\x89PNG"
+    # the zoomed plane shows the reference's contenders (overall AUC within 0.05), with a 15% margin
+    ref = {"all": 0.70, "warm": 0.72, "cold": 0.68}
+    near, far_off, weak = ({"all": 0.69, "warm": 0.70, "cold": 0.69}, {"all": 0.71, "warm": 0.60, "cold": 0.80},
+                           {"all": 0.60, "warm": 0.50, "cold": 0.50})
+    assert report.zoom_around(ref, [ref, near, weak]) == pytest.approx(0.023)
+    assert report.zoom_around(ref, [ref, weak]) == 0.01 and report.zoom_around(ref, [ref, near, far_off]) == 0.05
     assert experiments.seeds_section({"sasrec": summary["sasrec"]}) == []
     assert experiments.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no finished runs under" in capsys.readouterr().err
