@@ -241,7 +241,31 @@ def claims_section(out: Path, summary: dict) -> list[str]:
             interval, side = f"[{lo:+.4f}, {hi:+.4f}]", "above" if lo > 0 else ("below" if hi < 0 else "covers")
         holds = (b > a) if rel == ">" else (b >= a)
         lines.append(f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | {interval} | {side} | {'yes' if holds else 'no'} |")
-    return lines + kept_start_note(best, hybrids[best])
+    return lines + seed_claims(summary, best) + kept_start_note(best, hybrids[best])
+
+
+def seed_claims(summary: dict, best: str) -> list[str]:
+    """The claims again on means over seeds, where the chosen hybrid's method and the baseline each ran
+    with two or more: one seed's lead can be the seed's (docs/RESULTS.md section 7)."""
+    groups = seed_groups(summary)
+    group_of = {n: names for names in groups.values() for n in names}
+    if best not in group_of:
+        return []
+    rows = []
+    for claim, base, part, rel in CLAIMS:
+        if base not in group_of or summary[base]["test"][part]["n"] != summary[best]["test"][part]["n"]:
+            continue
+        mine, theirs = ([summary[n]["test"][part]["auc"] for n in group_of[name]] for name in (best, base))
+        if any(v is None for v in mine + theirs):
+            continue
+        a, b = sum(theirs) / len(theirs), sum(mine) / len(mine)
+        holds = (b > a) if rel == ">" else (b >= a)
+        rows.append(f"| {claim} | {mean_sd(mine)} ({len(mine)}) | {mean_sd(theirs)} ({len(theirs)}) | {b - a:+.4f} | "
+                    f"{'yes' if holds else 'no'} |")
+    if not rows:
+        return []
+    return ["", f"The same claims on means over seeds (mean +- sd (seeds)), {best}'s method against each baseline's:",
+            "", "| claim | hybrid | baseline | difference of means | holds |", "|---|---|---|---|---|", *rows]
 
 
 def kept_start_note(name: str, results: dict) -> list[str]:

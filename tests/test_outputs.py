@@ -257,5 +257,13 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     assert report.zoom_around(ref, [ref, near, weak]) == pytest.approx(0.023)
     assert report.zoom_around(ref, [ref, weak]) == 0.01 and report.zoom_around(ref, [ref, near, far_off]) == 0.05
     assert experiments.seeds_section({"sasrec": summary["sasrec"]}) == []
+    # the claims again on means over seeds: rows only where both sides ran several seeds on the same rows
+    summary.update({"sasrecllm_x": _result("sasrecllm", 0, 0.74, 0.70, 0.68, 0.70),
+                    "sasrecllm_x-seed1": _result("sasrecllm", 1, 0.70, 0.70, 0.66, 0.69)})
+    claims = "\n".join(experiments.seed_claims(summary, "sasrecllm_x"))
+    assert "| AUC > SASRec | 0.7200 +- 0.0283 (2) | 0.7100 +- 0.0141 (2) | +0.0100 | yes |" in claims
+    assert "| warm AUC >= SASRec | 0.7000 +- 0.0000 (2) | 0.7150 +- 0.0071 (2) | -0.0150 | no |" in claims
+    assert "cold AUC > SASRec" not in claims and "TALLRec" not in claims  # a seed without cold rows; one TALLRec seed
+    assert experiments.seed_claims(summary, "tallrec") == []
     assert experiments.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no finished runs under" in capsys.readouterr().err
