@@ -154,23 +154,23 @@ def method_points(summary: dict) -> list[dict]:
         names = [n for n in summary if grouped.get(n, n) == base]
         point = {"name": base, "method": r["method"], "seeds": len(names)}
         for part in ("all", "warm", "cold"):
-            values = [summary[n]["test"][part]["auc"] for n in names]
-            if any(v is None for v in values):
-                point[part] = point[f"{part}_sd"] = None
-                continue
-            point[part] = sum(values) / len(values)
-            point[f"{part}_sd"] = (math.sqrt(sum((v - point[part]) ** 2 for v in values) / (len(values) - 1))
-                                   if len(values) > 1 else None)
+            point[part], point[f"{part}_sd"] = mean_and_sd([summary[n]["test"][part]["auc"] for n in names])
         points.append(point)
     return points
 
 
-def mean_sd(values: list) -> str:
+def mean_and_sd(values: list) -> tuple:
+    """Mean and sample standard deviation (None for one value); (None, None) if any value is None."""
     if any(v is None for v in values):
-        return "-"
+        return None, None
     mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.4f} +- {sd:.4f}"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return mean, sd
+
+
+def mean_sd(values: list) -> str:
+    mean, sd = mean_and_sd(values)
+    return "-" if mean is None else f"{mean:.4f}" + (f" +- {sd:.4f}" if sd is not None else "")
 
 
 def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[str]:
@@ -256,9 +256,9 @@ def seed_claims(summary: dict, best: str) -> list[str]:
         if base not in group_of or summary[base]["test"][part]["n"] != summary[best]["test"][part]["n"]:
             continue
         mine, theirs = ([summary[n]["test"][part]["auc"] for n in group_of[name]] for name in (best, base))
-        if any(v is None for v in mine + theirs):
+        (b, _), (a, _) = mean_and_sd(mine), mean_and_sd(theirs)
+        if a is None or b is None:
             continue
-        a, b = sum(theirs) / len(theirs), sum(mine) / len(mine)
         holds = (b > a) if rel == ">" else (b >= a)
         rows.append(f"| {claim} | {mean_sd(mine)} ({len(mine)}) | {mean_sd(theirs)} ({len(theirs)}) | {b - a:+.4f} | "
                     f"{'yes' if holds else 'no'} |")
