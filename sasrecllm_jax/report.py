@@ -131,6 +131,11 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
         ax_bar.legend(fontsize=8)
     ax_bar.set(title="test AUC: all / warm / cold")
     fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -204,11 +209,7 @@ def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None) 
         fig.tight_layout(rect=(0, 0.045 * -(-len(drawn) // ncol) + 0.01, 1, 1))
     else:
         fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def main(argv=None) -> int:
