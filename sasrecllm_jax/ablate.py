@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from sasrecllm_jax.config import ConfigError
+from sasrecllm_jax.report import write_whole
 
 MODES = ("on", "drop", "shuffle")
 
@@ -43,9 +44,7 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test") -> d
         with tqdm(total=len(data), desc=f"{split}, collab {mode}", unit="row", dynamic_ncols=True) as bar:
             metrics, _ = evaluate(rec.scorer, rec.params, data, cfg, "hybrid", mode, progress=bar)
         out.setdefault(split, {})[mode] = metrics
-        tmp = out_path.with_suffix(".json.partial")  # whole or not at all: a grid's summary may be reading it
-        tmp.write_text(json.dumps(out, indent=2))
-        tmp.replace(out_path)
+        write_whole(out_path, json.dumps(out, indent=2))  # a grid's summary may be reading it
     return out
 
 

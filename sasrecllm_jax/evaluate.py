@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from sasrecllm_jax import metrics
 from sasrecllm_jax.config import Config, ConfigError
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
+from sasrecllm_jax.report import write_whole
 
 
 def collab_inputs(batch: dict, mode: str, seed: int) -> dict:
@@ -122,9 +122,7 @@ def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]]) -> 
                        f"{split}.rows": np.array(rows_fingerprint(data))})
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    tmp = Path(str(path) + ".partial")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_whole(path, buf.getvalue())
 
 
 def load_scores(run: Path) -> dict[str, dict]:

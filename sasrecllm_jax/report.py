@@ -37,6 +37,15 @@ def code_version() -> str:
     return _checkout_versions[ROOT]
 
 
+def write_whole(path: Path, data: str | bytes) -> None:
+    """Write a run file whole or not at all (a temporary name, then a rename): a reader, such as a grid's
+    summary in another process, sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
 class Reporter:
     def __init__(self, workdir: Path):
         self.path = Path(workdir) / "metrics.jsonl"

@@ -24,7 +24,7 @@ from sasrecllm_jax.components import Components, HostCache, prompt_groups
 from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, load_yaml, to_dict
 from sasrecllm_jax.data.pipeline import BatchIterator, make_batch
 from sasrecllm_jax.evaluate import SCORES_FILE, CompileTimer, Scorer, collab_inputs, evaluate, save_scores
-from sasrecllm_jax.report import Reporter, code_version, read_metrics
+from sasrecllm_jax.report import Reporter, code_version, read_metrics, write_whole
 from sasrecllm_jax import sharding
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.train.checkpoint import Store
@@ -380,9 +380,7 @@ class Run:
                    **{g: float(params["mapper"][g]) for g in ("id_gate", "llm_gate") if g in params.get("mapper", {})},
                    "device": jax.devices()[0].device_kind, "dataset": comp.dataset.card.get("source"),
                    "commit": code_version(), "date": time.strftime("%Y-%m-%d")}
-        tmp = self.workdir / "results.json.partial"
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(self.workdir / "results.json")
+        write_whole(self.workdir / "results.json", json.dumps(results, indent=2))
         print(format_table(results))
         return results
 
