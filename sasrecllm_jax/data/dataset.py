@@ -120,6 +120,16 @@ def _stats(df: pd.DataFrame) -> dict:
     }
 
 
+def _cold_causes(df: pd.DataFrame, train: pd.DataFrame | None) -> dict:
+    """Why a split's rows are cold, counted against the train split: a user or an item absent from it (or
+    both). On CoLLM's ML-1M almost every cold test row is a new user with a seen item."""
+    if train is None or df is train:
+        return {}
+    new_user, new_item = ~df["uid"].isin(train["uid"]), ~df["iid"].isin(train["iid"])
+    return {"cold_causes": {"new_user": int((new_user & ~new_item).sum()), "new_item": int((~new_user & new_item).sum()),
+                            "both": int((new_user & new_item).sum())}}
+
+
 def make_card(splits: dict[str, pd.DataFrame], items: pd.DataFrame, *, source: str, recipe: str,
               extra: dict | None = None) -> dict:
     uids = np.concatenate([s["uid"].to_numpy() for s in splits.values()])
@@ -127,7 +137,7 @@ def make_card(splits: dict[str, pd.DataFrame], items: pd.DataFrame, *, source: s
         "format_version": FORMAT_VERSION,
         "source": source,
         "recipe": recipe,
-        "splits": {name: _stats(df) for name, df in splits.items()},
+        "splits": {name: {**_stats(df), **_cold_causes(df, splits.get("train"))} for name, df in splits.items()},
         "users": {"count": int(len(np.unique(uids))), "min_id": int(uids.min()), "max_id": int(uids.max())},
         "items": {"count": int(len(items)), "min_id": int(items["iid"].min()), "max_id": int(items["iid"].max())},
         **(extra or {}),
