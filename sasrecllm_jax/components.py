@@ -16,6 +16,7 @@ from sasrecllm_jax.data import prompts as prompts_lib
 from sasrecllm_jax.data.dataset import DataError, Dataset, load_dataset, write_dataset
 from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.models.hybrid import EncoderScorer, Hybrid, make_encoder
+from sasrecllm_jax.models.pop import count_logits
 from sasrecllm_jax.models.lora import init_adapters
 from sasrecllm_jax.models.llama import LlamaForCausalLM
 from sasrecllm_jax.models.mapper import Mapper
@@ -207,6 +208,11 @@ class Components:
         # jitted: one compilation, instead of one per operation of an eager init (seconds per run)
         encoder = make_encoder(m, self.num_users, self.num_items, True)
         params = {m.encoder: jax.jit(encoder.init)(k_enc, *dummy)["params"]}
+        if m.encoder == "pop" or (m.encoder == "sasrec" and m.sasrec.bias == "counts"):
+            user, item = count_logits(self.dataset.splits["train"], self.num_users, self.num_items, m.pop.prior)
+            counted = ({"user_logit": user, "item_logit": item} if m.encoder == "pop" else
+                       {"user_count": {"embedding": user[:, None]}, "item_count": {"embedding": item[:, None]}})
+            params[m.encoder] = {**params[m.encoder], **jax.tree_util.tree_map(jnp.asarray, counted)}
         if self.llm_cfg is None:
             return params
         d_enc = m.sasrec.hidden if m.encoder == "sasrec" else m.mf.dim

@@ -152,9 +152,9 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-FAMILIES = {"mf": "ID model", "sasrec": "ID model", "icl": "text LLM", "tallrec": "text LLM",
+FAMILIES = {"pop": "counts", "mf": "ID model", "sasrec": "ID model", "icl": "text LLM", "tallrec": "text LLM",
             "collm_mf": "hybrid", "sasrecllm": "hybrid"}
-MARKERS = {"ID model": "o", "text LLM": "s", "hybrid": "^"}
+MARKERS = {"counts": "D", "ID model": "o", "text LLM": "s", "hybrid": "^"}
 
 
 def zoom_around(ref: dict, points: list[dict], within: float = 0.05) -> float:

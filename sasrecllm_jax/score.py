@@ -28,13 +28,13 @@ class Recommender:
         from sasrecllm_jax.evaluate import Scorer
         from sasrecllm_jax.train.checkpoint import Store
         from sasrecllm_jax.train.loop import group_trees, replace_groups
-        from sasrecllm_jax.train.strategies import resolve_phases
+        from sasrecllm_jax.train.strategies import resolve_phases, scoring_prompt
         run = Path(run)
         if not (run / "final").exists() or not (run / "config.yaml").exists():
             raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
         self.cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
         phases = resolve_phases(self.cfg, str(run / "config.yaml"))
-        self.prompt = phases[-1].prompt if phases else "text"
+        self.prompt = scoring_prompt(self.cfg.train.method, phases)
         self.comp, params = Components.for_run(self.cfg)
         used = prompt_groups(self.prompt, self.cfg.model.encoder)
         params = {k: v for k, v in params.items() if k in used}

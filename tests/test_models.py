@@ -181,6 +181,49 @@ def test_gate_adds_the_encoder_score():
                                2.5 * id_score[::-1], rtol=1e-4, atol=1e-5)
 
 
+def test_count_logits_by_hand():
+    """Smoothed log-odds of each user's and item's positive rate on train; absent ones get the global rate."""
+    import pandas as pd
+
+    from sasrecllm_jax.models.pop import count_logits
+    # g = 3/6 = 0.5; prior 2. user 1: 2 of 2 liked -> (2 + 1) / (2 + 2) = 0.75; user 2: 1 of 4 -> 2 / 6
+    train = pd.DataFrame({"uid": [1, 1, 2, 2, 2, 2], "iid": [1, 2, 1, 2, 2, 3], "label": [1, 1, 1, 0, 0, 0]})
+    user, item = count_logits(train, num_users=3, num_items=4, prior=2.0)
+    logit = lambda p: np.log(p / (1 - p))
+    np.testing.assert_allclose(user, [0.0, logit(0.75), logit(2 / 6), 0.0], rtol=1e-6)  # logit(g) = 0
+    # item 1: 2 of 2 -> 0.75; item 2: 1 of 3 -> 2 / 5; item 3: 0 of 1 -> 1 / 3; items 0 and 4 unseen -> g
+    np.testing.assert_allclose(item, [0.0, logit(0.75), logit(0.4), logit(1 / 3), 0.0], rtol=1e-6, atol=1e-7)
+    shifted = train.assign(label=[1, 1, 1, 1, 0, 0])  # g = 2/3: the user term is relative to logit(g)
+    user, item = count_logits(shifted, 3, 4, 2.0)
+    assert user[0] == user[3] == 0.0 and np.isclose(item[4], logit(2 / 3))
+    with pytest.raises(ValueError, match="positive rate is 1.0"):
+        count_logits(train.assign(label=1), 3, 4, 2.0)
+
+
+def test_sasrec_biases_add_to_the_score_and_reach_the_gate():
+    """bias: learned adds user_bias[uid] + item_bias[iid] to <user, item> (zero at init), and the gated hybrid's
+    ID term is that whole score; bias: none has no bias leaves (the reference SASRec)."""
+    from sasrecllm_jax.models.hybrid import EncoderScorer
+    batch = _batch()
+    plain = _hybrid()
+    biased_cfg = dataclasses.replace(plain.cfg, sasrec=dataclasses.replace(plain.cfg.sasrec, bias="learned"),
+                                     mapper=dataclasses.replace(plain.cfg.mapper, fusion="gate"))
+    assert "user_bias" not in plain.init(jax.random.key(0), batch)["params"]["sasrec"]
+    enc_plain, enc = EncoderScorer(plain.cfg, 9, 20), EncoderScorer(biased_cfg, 9, 20)
+    p = enc.init(jax.random.key(0), batch)["params"]
+    assert p["sasrec"]["user_bias"]["embedding"].shape == (10, 1) and p["sasrec"]["item_bias"]["embedding"].shape == (21, 1)
+    without = {"sasrec": {k: v for k, v in p["sasrec"].items() if not k.endswith("_bias")}}
+    np.testing.assert_array_equal(enc.apply({"params": p}, batch), enc_plain.apply({"params": without}, batch))
+    p["sasrec"]["user_bias"]["embedding"] = p["sasrec"]["user_bias"]["embedding"].at[2, 0].set(0.5)  # batch uids 1, 2
+    p["sasrec"]["item_bias"]["embedding"] = p["sasrec"]["item_bias"]["embedding"].at[11, 0].set(-2.0)  # iids 11, 12
+    np.testing.assert_allclose(enc.apply({"params": p}, batch), enc_plain.apply({"params": without}, batch)
+                               + np.array([-2.0, 0.5]), rtol=1e-6)
+    gated = Hybrid(biased_cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    params = {**gated.init(jax.random.key(0), batch)["params"], "sasrec": p["sasrec"]}
+    _, _, id_score = gated.apply({"params": params}, batch, method=lambda m, b: m.collaborative_inputs(b))
+    np.testing.assert_allclose(id_score, enc.apply({"params": p}, batch), rtol=1e-6)
+
+
 def test_residual_fusion_starts_as_the_encoder():
     """fusion: residual = SASRec's own <user, item> + a x the plain hybrid's score, a a mapper leaf at 0:
     at init the hybrid scores exactly as SASRec alone, and the first gradient moves only a."""

@@ -179,6 +179,19 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     assert "step-0" not in text
     kept = {**hybrid, "timing": {"h": {**hybrid["timing"]["h"], "best_step": 0}}}
     assert "Note: x's last phase (h) handed on its step-0 parameters" in experiments.kept_start_note("x", kept)[1]
+    # a hybrid whose SASRec is not the reference one is also shown beside its own encoder alone and pop
+    assert experiments.own_encoder_note(summary, "sasrecllm_x") == []
+    counted = copy.deepcopy(summary)
+    mine = {**summary["sasrec"]["config"]["model"]["sasrec"], "bias": "counts"}
+    counted["sasrecllm_x"]["config"]["model"]["sasrec"] = mine
+    counted["sasrec_counts"] = copy.deepcopy(summary["sasrec"])
+    counted["sasrec_counts"]["config"]["model"]["sasrec"] = mine
+    counted["pop"] = {**copy.deepcopy(summary["sasrec"]), "method": "pop"}
+    note = experiments.own_encoder_note(counted, "sasrecllm_x")[1]
+    t = lambda n: " / ".join("-" if counted[n]["test"][p]["auc"] is None else f"{counted[n]['test'][p]['auc']:.4f}"
+                             for p in ("all", "warm", "cold"))  # the synthetic split has no cold rows
+    assert f"its own encoder alone and the counts, test AUC all / warm / cold: sasrec_counts {t('sasrec')}; " \
+           f"pop {t('sasrec')}; sasrecllm_x: {t('sasrecllm_x')}." in note and "'bias': 'counts'" in note
 
 
 def test_compare_names_runs_that_share_a_folder_name(tmp_path):

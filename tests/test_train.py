@@ -5,8 +5,8 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from helpers import ROOT, smoke_config, synthetic_dataset
+
 from sasrecllm_jax.cli import train_main
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.train.checkpoint import CheckpointError, load_raw
@@ -80,6 +80,39 @@ def test_method_end_to_end(dataset, tmp_path, name, extra):
     if method == "sasrec":  # a user's liked history names their genre: SASRec learns it quickly
         assert saved["test"]["all"]["auc"] > 0.6
     assert (tmp_path / "tensorboard").exists()
+
+
+def test_pop_scores_with_the_counts_and_trains_nothing(dataset, tmp_path):
+    """method pop: no phase, the test AUC of the counted user + item log-odds (computed here apart)."""
+    import pandas as pd
+
+    from sasrecllm_jax.metrics import auc
+    from sasrecllm_jax.models.pop import count_logits
+    res = run(dataset, tmp_path / "pop", "train.method=pop", "model.encoder=pop", "model.pop.prior=3.0")
+    assert res["phases"] == [] and res["method"] == "pop"
+    train, test = (pd.read_parquet(dataset / f"{s}.parquet") for s in ("train", "test"))
+    card = json.loads((dataset / "dataset.json").read_text())
+    users, items = count_logits(train, card["users"]["max_id"], card["items"]["max_id"], 3.0)
+    scores = users[test.uid] + items[test.iid]
+    warm = test.not_cold.to_numpy().astype(bool)
+    assert res["test"]["all"]["n"] == len(test) and warm.all()  # the synthetic split has no cold rows
+    assert np.isclose(res["test"]["all"]["auc"], auc(test.label, scores), atol=1e-6)
+
+
+def test_counted_sasrec_terms_stay_fixed_while_sasrec_trains(dataset, tmp_path):
+    """model.sasrec.bias: counts adds the counted log-odds as group pop, which no phase trains: the final
+    model holds them exactly as counted, beside a trained SASRec."""
+    import pandas as pd
+
+    from sasrecllm_jax.models.pop import count_logits
+    run(dataset, tmp_path, "train.method=sasrec", "model.sasrec.bias=counts")
+    final = load_raw(tmp_path / "final")
+    assert final.keys() == {"sasrec", "pop"} and final["pop"]["sasrec"].keys() == {"user_count", "item_count"}
+    card = json.loads((dataset / "dataset.json").read_text())
+    users, items = count_logits(pd.read_parquet(dataset / "train.parquet"), card["users"]["max_id"],
+                                card["items"]["max_id"], 5.0)
+    np.testing.assert_array_equal(final["pop"]["sasrec"]["user_count"]["embedding"][:, 0], users)
+    np.testing.assert_array_equal(final["pop"]["sasrec"]["item_count"]["embedding"][:, 0], items)
 
 
 def test_resume_is_bit_exact(dataset, tmp_path):
@@ -206,6 +239,7 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--config", "configs/nope.yaml"], "config file configs/nope.yaml does not exist"),
     (["--set", "model.llm_overrides={scan_unroll: 0}"], "scan_unroll = 0; use 1"),
     (["--set", "train.phase_overrides={hybird: {epochs: 2}}"], "this run has no phase 'hybird'"),
+    (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
 ])
 def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)

@@ -7,7 +7,7 @@ A batch (see sasrecllm_jax.data.pipeline) carries `tokens`, `mask` [B, T]; for h
 and the ablation inputs `collab_scale` [B] (1 keeps, 0 drops the collaborative tokens) and
 `collab_perm` [B] (a permutation of rows: shuffles them). The score is the raw "Yes" logit at the
 last prompt position, or the Yes-minus-No log-odds; with `model.mapper.fusion: gate` the mapper adds a
-learned multiple of the encoder's own score <user, item> to it, and with `fusion: residual` the score is
+learned multiple of the encoder's own score (<user, item>, plus its biases if any) to it, and with `fusion: residual` the score is
 the encoder's plus a learned multiple (starting at 0) of the LLM's.
 """
 from __future__ import annotations
@@ -20,12 +20,15 @@ from sasrecllm_jax.config import LlamaConfig, LoraConfig, ModelConfig
 from sasrecllm_jax.models.llama import LlamaForCausalLM, last_positions
 from sasrecllm_jax.models.mapper import Mapper
 from sasrecllm_jax.models.mf import MF
+from sasrecllm_jax.models.pop import Pop
 from sasrecllm_jax.models.sasrec import SASRec
 
 
 def make_encoder(cfg: ModelConfig, num_users: int, num_items: int, deterministic: bool):
     if cfg.encoder == "sasrec":
-        return SASRec(cfg.sasrec, num_items, deterministic)
+        return SASRec(cfg.sasrec, num_items, deterministic, num_users)
+    if cfg.encoder == "pop":
+        return Pop(cfg.pop, num_users, num_items, deterministic)
     return MF(cfg.mf, num_users, num_items, deterministic)
 
 
@@ -61,7 +64,8 @@ class Hybrid(_HasEncoder, nn.Module):
         with the ablation masks applied to all three."""
         u = self.encoder.user_vector(batch["his"], batch["uid"])
         i = self.encoder.item_vector(batch["iid"])
-        user, item, id_score = self.mapper(u), self.mapper(i), jnp.sum(u * i, axis=-1)
+        id_score = self.encoder.score(u, i, batch["uid"], batch["iid"])
+        user, item = self.mapper(u), self.mapper(i)
         perm = batch.get("collab_perm")
         if perm is not None:
             user, item, id_score = user[perm], item[perm], id_score[perm]
@@ -96,7 +100,7 @@ def splice(embeds, vectors, start):
 
 
 class EncoderScorer(_HasEncoder, nn.Module):
-    """The ID encoder alone (methods `sasrec`, `mf`): score = <user, item>. Same param names as Hybrid."""
+    """The ID encoder alone (methods `sasrec`, `mf`, `pop`): score = <user, item>. Same param names as Hybrid."""
     cfg: ModelConfig
     num_users: int
     num_items: int

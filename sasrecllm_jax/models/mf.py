@@ -24,5 +24,8 @@ class MF(nn.Module):
     def item_vector(self, items):
         return self.item_emb(items)
 
+    def score(self, user, item, uid, iid):
+        return jnp.sum(user * item, axis=-1)
+
     def __call__(self, his, uid, iid):
-        return jnp.sum(self.user_vector(his, uid) * self.item_vector(iid), axis=-1)
+        return self.score(self.user_vector(his, uid), self.item_vector(iid), uid, iid)

@@ -4,6 +4,9 @@
     per block: Q = LN(x); x = Q + MHA(Q, x, x, causal); x = LN(x); x = x + FFN(x); pads zeroed
     user vector = LN(x)[:, -1]      (left-padded: the last position is the most recent item)
     item vector = item_emb(item)    (raw, unscaled)
+    score = <user vector, item vector>  (not in the reference: + user_bias[uid] + item_bias[iid] with
+                                         `bias: learned`, + user_count[uid] + item_count[iid] with
+                                         `bias: counts`, fixed counted log-odds of group pop)
 
 Item 0 is padding: its embedding reads as zero. `deterministic=True` turns every dropout off
 (a frozen SASRec always runs so).
@@ -45,6 +48,7 @@ class SASRec(nn.Module):
     cfg: SASRecConfig
     num_items: int
     deterministic: bool = True
+    num_users: int = 0                 # read only with a bias
 
     def setup(self):
         c = self.cfg
@@ -62,6 +66,13 @@ class SASRec(nn.Module):
         self.forward_fc2 = [nn.Dense(c.hidden, kernel_init=init) for _ in range(c.num_blocks)]
         self.forward_dropout = [(drop(), drop()) for _ in range(c.num_blocks)]
         self.last_layernorm = nn.LayerNorm(LN_EPS)
+        if c.bias != "none":  # counts: set by Components.init_params, labelled pop (never trained)
+            zeros = nn.initializers.zeros
+            for name, size in zip(self._terms(), (self.num_users, self.num_items)):
+                setattr(self, name, nn.Embed(size + 1, 1, embedding_init=zeros))
+
+    def _terms(self) -> tuple[str, str]:
+        return ("user_bias", "item_bias") if self.cfg.bias == "learned" else ("user_count", "item_count")
 
     def item_vector(self, items):
         """[...] item ids -> [..., d]; id 0 (padding) reads as zero."""
@@ -84,6 +95,14 @@ class SASRec(nn.Module):
             x = x * keep
         return self.last_layernorm(x)[:, -1]
 
+    def score(self, user, item, uid, iid):
+        """The encoder's score of user and item vectors [B, d] -> [B]."""
+        s = jnp.sum(user * item, axis=-1)
+        if self.cfg.bias != "none":
+            user_term, item_term = (getattr(self, name) for name in self._terms())
+            s = s + user_term(uid)[:, 0] + item_term(iid)[:, 0]
+        return s
+
     def __call__(self, his, uid, iid):
-        """Pointwise score <user, item> (pretraining with BCE)."""
-        return jnp.sum(self.user_vector(his, uid) * self.item_vector(iid), axis=-1)
+        """Pointwise score (pretraining with BCE)."""
+        return self.score(self.user_vector(his, uid), self.item_vector(iid), uid, iid)

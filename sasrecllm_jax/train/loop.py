@@ -31,7 +31,7 @@ from sasrecllm_jax.train.checkpoint import Store
 from sasrecllm_jax.train.optim import make_optimizer
 from sasrecllm_jax.train.phase_cache import PhaseCache, enabled_reason, phase_key
 from sasrecllm_jax.train.step import TrainState, make_train_step
-from sasrecllm_jax.train.strategies import resolve_phases
+from sasrecllm_jax.train.strategies import resolve_phases, scoring_prompt
 
 
 class TrainingError(RuntimeError):
@@ -339,7 +339,7 @@ class Run:
                 run_state["completed"].append(phase.name)
                 self.state_path.write_text(json.dumps(run_state))
             Store(self.workdir / "final").save(0, group_trees(params), {"method": t.method})
-            prompt = self.phases[-1].prompt if self.phases else "text"
+            prompt = scoring_prompt(t.method, self.phases)
             reused_s = sum(m["timing"].get("wall_s", 0.0) for m in self.reused.values())
             results = self.final_evaluation(comp, params, prompt, time.time() - start + reused_s, reporter)
         finally:

@@ -2,6 +2,7 @@
 
     lora     any leaf under a `lora` subtree (inside llm)
     sasrec   the SASRec encoder          mf       the MF encoder
+    pop      counted tendencies (method pop's params; SASRec's user_count / item_count): never trained
     mapper   the mapper MLP               frozen   the LLM's base weights
 
 A phase trains some groups: gradients are taken with respect to their leaves only, and the
@@ -13,12 +14,18 @@ from typing import Callable
 
 import jax
 
-GROUPS = ("sasrec", "mf", "mapper", "lora", "frozen")
+
+def _counted(p: tuple[str, ...]) -> bool:
+    return p[0] == "sasrec" and len(p) > 1 and p[1] in ("user_count", "item_count")
+
+
+GROUPS = ("sasrec", "mf", "pop", "mapper", "lora", "frozen")
 RULES: tuple[tuple[str, Callable[[tuple[str, ...]], bool]], ...] = (
     ("lora", lambda p: p[0] == "llm" and "lora" in p),
     ("frozen", lambda p: p[0] == "llm" and "lora" not in p),
-    ("sasrec", lambda p: p[0] == "sasrec"),
+    ("sasrec", lambda p: p[0] == "sasrec" and not _counted(p)),
     ("mf", lambda p: p[0] == "mf"),
+    ("pop", lambda p: p[0] == "pop" or _counted(p)),
     ("mapper", lambda p: p[0] == "mapper"),
 )
 

@@ -23,7 +23,7 @@ def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 
         lr={g: (enc_lr / 10 if g in ("sasrec", "mf") else llm_lr) for g in groups}, **kw)
     if method in ("mf", "sasrec"):
         return (_encoder(method, enc_epochs),)
-    if method == "icl":
+    if method in ("icl", "pop"):  # nothing trains: the untuned LLM, or the counted tendencies
         return ()
     if method == "tallrec":
         return (llm("text_lora", ("lora",), "text"),)
@@ -48,6 +48,12 @@ def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 
     return presets[strategy]
 
 
+def scoring_prompt(method: str, phases) -> str:
+    """The prompt kind a finished run scores with: its last phase's; without phases, the untuned LLM's text
+    prompt (icl) or none (pop, the counts)."""
+    return phases[-1].prompt if phases else ("text" if method == "icl" else "none")
+
+
 def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfig, ...]:
     """The phases a run executes, checked before anything is compiled."""
     t = cfg.train
@@ -55,6 +61,10 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
                                        t.enc_lr, t.llm_lr)
     if t.method == "collm_mf" and cfg.model.encoder != "mf":
         raise ConfigError(f"{config_path}: method collm_mf needs model.encoder: mf")
+    if (t.method == "pop") != (cfg.model.encoder == "pop"):
+        raise ConfigError(f"{config_path}: method pop and model.encoder: pop go together (pop counts rating "
+                          f"tendencies and has no vectors for a prompt); got method {t.method!r} with encoder "
+                          f"{cfg.model.encoder!r}")
     names = [ph.name for ph in phases]
     for name, fields in t.phase_overrides.items():
         where = f"{config_path}: train.phase_overrides.{name}"
