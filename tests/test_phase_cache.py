@@ -142,6 +142,22 @@ def test_phase_overrides_change_only_the_named_phase(dataset):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {patience: -1}}"))
 
 
+def test_abandoned_temporary_folders_are_removed(tmp_path):
+    """A writer killed mid-entry leaves .KEY.PID.partial behind; the next writer removes it, but not the
+    folder of a process that still runs (a side-by-side grid worker writing its entry)."""
+    import os
+    import subprocess
+
+    from sasrecllm_jax.train.phase_cache import PhaseCache
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that ran and was reaped
+    abandoned, live = tmp_path / f".k1.{dead.pid}.partial", tmp_path / f".k2.{os.getppid()}.partial"
+    for d in (abandoned, live):
+        (d / "best").mkdir(parents=True)
+    PhaseCache(tmp_path).put("k3", {"sasrec": {"w": np.zeros(2, np.float32)}}, 0, {"phase": "sasrec"})
+    assert not abandoned.exists() and live.exists() and (tmp_path / "k3" / "meta.json").exists()
+
+
 def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
     """Every shipped experiment config loads, and the phases the GPU plan counts on reusing (docs/RESULTS.md
     section 6) have equal keys across methods: an edit that breaks the sharing costs device time."""

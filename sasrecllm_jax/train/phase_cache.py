@@ -112,11 +112,23 @@ class PhaseCache:
         restored, _ = Store(self.directory / key / "best").restore(like)
         return restored
 
+    def remove_abandoned(self) -> list[Path]:
+        """Delete the temporary folders of writers that no longer run (a grid killed mid-write leaves one;
+        it is never read, but holds a whole checkpoint). Folders of live processes are left alone."""
+        gone = []
+        for tmp in self.directory.glob(".*.*.partial"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True)
+                gone.append(tmp)
+        return gone
+
     def put(self, key: str, groups: dict, step: int, meta: dict) -> None:
         """Write an entry whole or not at all: a temporary folder renamed into place."""
         final = self.directory / key
         if final.exists():
             return
+        self.remove_abandoned()
         tmp = self.directory / f".{key}.{os.getpid()}.partial"  # per process: grid workers may race on a key
         shutil.rmtree(tmp, ignore_errors=True)
         Store(tmp / "best").save(step, groups, {"phase": meta["phase"]})
@@ -125,3 +137,13 @@ class PhaseCache:
             tmp.rename(final)
         except OSError:  # another process stored the same key first: theirs is the same phase
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
