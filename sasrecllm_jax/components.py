@@ -16,10 +16,10 @@ from sasrecllm_jax.data import prompts as prompts_lib
 from sasrecllm_jax.data.dataset import DataError, Dataset, load_dataset, write_dataset
 from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.models.hybrid import EncoderScorer, Hybrid, make_encoder
-from sasrecllm_jax.models.pop import count_logits
 from sasrecllm_jax.models.lora import init_adapters
 from sasrecllm_jax.models.llama import LlamaForCausalLM
 from sasrecllm_jax.models.mapper import Mapper
+from sasrecllm_jax.models.pop import count_logits
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.weights.tokenizer import answer_token
 

@@ -211,7 +211,8 @@ def test_sasrec_biases_add_to_the_score_and_reach_the_gate():
     assert "user_bias" not in plain.init(jax.random.key(0), batch)["params"]["sasrec"]
     enc_plain, enc = EncoderScorer(plain.cfg, 9, 20), EncoderScorer(biased_cfg, 9, 20)
     p = enc.init(jax.random.key(0), batch)["params"]
-    assert p["sasrec"]["user_bias"]["embedding"].shape == (10, 1) and p["sasrec"]["item_bias"]["embedding"].shape == (21, 1)
+    assert p["sasrec"]["user_bias"]["embedding"].shape == (10, 1)
+    assert p["sasrec"]["item_bias"]["embedding"].shape == (21, 1)
     without = {"sasrec": {k: v for k, v in p["sasrec"].items() if not k.endswith("_bias")}}
     np.testing.assert_array_equal(enc.apply({"params": p}, batch), enc_plain.apply({"params": without}, batch))
     p["sasrec"]["user_bias"]["embedding"] = p["sasrec"]["user_bias"]["embedding"].at[2, 0].set(0.5)  # batch uids 1, 2

@@ -126,8 +126,9 @@ def _cold_causes(df: pd.DataFrame, train: pd.DataFrame | None) -> dict:
     if train is None or df is train:
         return {}
     new_user, new_item = ~df["uid"].isin(train["uid"]), ~df["iid"].isin(train["iid"])
-    return {"cold_causes": {"new_user": int((new_user & ~new_item).sum()), "new_item": int((~new_user & new_item).sum()),
-                            "both": int((new_user & new_item).sum())}}
+    count = lambda rows: int(rows.sum())
+    return {"cold_causes": {"new_user": count(new_user & ~new_item), "new_item": count(~new_user & new_item),
+                            "both": count(new_user & new_item)}}
 
 
 def make_card(splits: dict[str, pd.DataFrame], items: pd.DataFrame, *, source: str, recipe: str,

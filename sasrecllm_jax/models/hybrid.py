@@ -7,8 +7,9 @@ A batch (see sasrecllm_jax.data.pipeline) carries `tokens`, `mask` [B, T]; for h
 and the ablation inputs `collab_scale` [B] (1 keeps, 0 drops the collaborative tokens) and
 `collab_perm` [B] (a permutation of rows: shuffles them). The score is the raw "Yes" logit at the
 last prompt position, or the Yes-minus-No log-odds; with `model.mapper.fusion: gate` the mapper adds a
-learned multiple of the encoder's own score (<user, item>, plus its biases if any) to it, and with `fusion: residual` the score is
-the encoder's plus a learned multiple (starting at 0) of the LLM's.
+learned multiple of the encoder's own score (<user, item>, plus SASRec's user and item terms if it has
+them) to it, and with `fusion: residual` the score is the encoder's plus a learned multiple (starting at
+0) of the LLM's.
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def splice(embeds, vectors, start):
 
 
 class EncoderScorer(_HasEncoder, nn.Module):
-    """The ID encoder alone (methods `sasrec`, `mf`, `pop`): score = <user, item>. Same param names as Hybrid."""
+    """The ID encoder alone (methods `sasrec`, `mf`, `pop`): the encoder's own score. Same param names as Hybrid."""
     cfg: ModelConfig
     num_users: int
     num_items: int

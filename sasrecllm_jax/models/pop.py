@@ -6,8 +6,8 @@
 
 counted on the train split only (a user or item absent from it gets the global rate: user term 0,
 item term logit(g)). `Pop` scores with them alone (method `pop`, nothing trained): the baseline that
-says how much of a pooled AUC is tendencies rather than taste. `model.sasrec.bias: counts` starts
-SASRec's user and item biases from them.
+says how much of a pooled AUC is tendencies rather than taste. `model.sasrec.bias: counts` adds them,
+fixed, to SASRec's score.
 """
 from __future__ import annotations
 
