@@ -209,7 +209,12 @@ class Components:
         encoder = make_encoder(m, self.num_users, self.num_items, True)
         params = {m.encoder: jax.jit(encoder.init)(k_enc, *dummy)["params"]}
         if m.encoder == "pop" or (m.encoder == "sasrec" and m.sasrec.bias == "counts"):
-            user, item = count_logits(self.dataset.splits["train"], self.num_users, self.num_items, m.pop.prior)
+            train = self.dataset.splits["train"]
+            if train["label"].nunique() < 2:
+                raise DataError(f"{self.dataset.path}/train.parquet: every label is {int(train['label'].iloc[0])}, so "
+                                f"counted tendencies (method pop, model.sasrec.bias: counts) cannot rank anything; "
+                                f"they need liked and not-liked rows (a positive-only log: prepare it with --negatives N)")
+            user, item = count_logits(train, self.num_users, self.num_items, m.pop.prior)
             counted = ({"user_logit": user, "item_logit": item} if m.encoder == "pop" else
                        {"user_count": {"embedding": user[:, None]}, "item_count": {"embedding": item[:, None]}})
             params[m.encoder] = {**params[m.encoder], **jax.tree_util.tree_map(jnp.asarray, counted)}

@@ -99,6 +99,19 @@ def test_pop_scores_with_the_counts_and_trains_nothing(dataset, tmp_path):
     assert np.isclose(res["test"]["all"]["auc"], auc(test.label, scores), atol=1e-6)
 
 
+def test_counts_need_both_labels(dataset, tmp_path, capsys, monkeypatch):
+    """A train split with one label cannot be counted into tendencies: one line naming the file, exit 2."""
+    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
+    ds = load_dataset(dataset)
+    splits = {k: (v.assign(label=1) if k == "train" else v) for k, v in ds.splits.items()}
+    write_dataset(tmp_path / "liked", splits, ds.items, source="test", recipe="every train label set to 1")
+    monkeypatch.chdir(ROOT)
+    assert train_main(["--config", "configs/smoke.yaml", "--set", f"data.dataset={tmp_path / 'liked'}",
+                       "--set", "train.method=pop", "--set", "model.encoder=pop", "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "liked/train.parquet: every label is 1" in err and "--negatives N" in err and "Traceback" not in err
+
+
 def test_counted_sasrec_terms_stay_fixed_while_sasrec_trains(dataset, tmp_path):
     """model.sasrec.bias: counts adds the counted log-odds as group pop, which no phase trains: the final
     model holds them exactly as counted, beside a trained SASRec."""
