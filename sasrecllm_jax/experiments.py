@@ -17,13 +17,14 @@ On a CPU the configs' data.cpu_max_rows apply (a documented subset), and the tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from sasrecllm_jax.config import ConfigError
+from sasrecllm_jax.config import ConfigError, SASRecConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["pop", "mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
@@ -282,10 +283,12 @@ def kept_start_note(name: str, results: dict) -> list[str]:
 def own_encoder_note(summary: dict, best: str) -> list[str]:
     """Lines when the chosen hybrid's SASRec is not the reference one (e.g. model.sasrec.bias: counts): the
     claims above are against the reference SASRec, and its own encoder run alone (and pop) is the fair bar."""
-    mine = summary[best]["config"]["model"]["sasrec"]
-    if mine == summary["sasrec"]["config"]["model"]["sasrec"]:
+    # with today's defaults filled in: a run from before a field existed had that field's default
+    sasrec_of = lambda n: {**dataclasses.asdict(SASRecConfig()), **summary[n]["config"]["model"]["sasrec"]}
+    mine = sasrec_of(best)
+    if mine == sasrec_of("sasrec"):
         return []
-    own = [n for n, r in summary.items() if r.get("method") == "sasrec" and r["config"]["model"]["sasrec"] == mine]
+    own = [n for n, r in summary.items() if r.get("method") == "sasrec" and sasrec_of(n) == mine]
     fmt = lambda n: f"{n} " + " / ".join(f"{summary[n]['test'][p]['auc']:.4f}" if summary[n]["test"][p]["auc"]
                                           is not None else "-" for p in ("all", "warm", "cold"))
     bars = [fmt(n) for n in own + [n for n, r in summary.items() if r.get("method") == "pop"]]

@@ -181,6 +181,9 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     assert "Note: x's last phase (h) handed on its step-0 parameters" in experiments.kept_start_note("x", kept)[1]
     # a hybrid whose SASRec is not the reference one is also shown beside its own encoder alone and pop
     assert experiments.own_encoder_note(summary, "sasrecllm_x") == []
+    older = copy.deepcopy(summary)  # a SASRec run from before model.sasrec.bias existed is the reference one
+    del older["sasrec"]["config"]["model"]["sasrec"]["bias"]
+    assert experiments.own_encoder_note(older, "sasrecllm_x") == []
     counted = copy.deepcopy(summary)
     mine = {**summary["sasrec"]["config"]["model"]["sasrec"], "bias": "counts"}
     counted["sasrecllm_x"]["config"]["model"]["sasrec"] = mine
