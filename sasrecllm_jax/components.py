@@ -19,7 +19,7 @@ from sasrecllm_jax.models.hybrid import EncoderScorer, Hybrid, make_encoder
 from sasrecllm_jax.models.lora import init_adapters
 from sasrecllm_jax.models.llama import LlamaForCausalLM
 from sasrecllm_jax.models.mapper import Mapper
-from sasrecllm_jax.models.pop import count_logits
+from sasrecllm_jax.models.pop import counted_params
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.weights.tokenizer import answer_token
 
@@ -208,16 +208,9 @@ class Components:
         # jitted: one compilation, instead of one per operation of an eager init (seconds per run)
         encoder = make_encoder(m, self.num_users, self.num_items, True)
         params = {m.encoder: jax.jit(encoder.init)(k_enc, *dummy)["params"]}
-        if m.encoder == "pop" or (m.encoder == "sasrec" and m.sasrec.bias == "counts"):
-            train = self.dataset.splits["train"]
-            if train["label"].nunique() < 2:
-                raise DataError(f"{self.dataset.path}/train.parquet: every label is {int(train['label'].iloc[0])}, so "
-                                f"counted tendencies (method pop, model.sasrec.bias: counts) cannot rank anything; "
-                                f"they need liked and not-liked rows (a positive-only log: prepare it with --negatives N)")
-            user, item = count_logits(train, self.num_users, self.num_items, m.pop.prior)
-            counted = ({"user_logit": user, "item_logit": item} if m.encoder == "pop" else
-                       {"user_count": {"embedding": user[:, None]}, "item_count": {"embedding": item[:, None]}})
-            params[m.encoder] = {**params[m.encoder], **jax.tree_util.tree_map(jnp.asarray, counted)}
+        counted = counted_params(m, self.dataset.splits["train"], self.num_users, self.num_items,
+                                 f"{self.dataset.path}/train.parquet")
+        params[m.encoder] = {**params[m.encoder], **jax.tree_util.tree_map(jnp.asarray, counted)}
         if self.llm_cfg is None:
             return params
         d_enc = m.sasrec.hidden if m.encoder == "sasrec" else m.mf.dim

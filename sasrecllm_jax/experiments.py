@@ -289,14 +289,14 @@ def own_encoder_note(summary: dict, best: str) -> list[str]:
     if mine == sasrec_of("sasrec"):
         return []
     own = [n for n, r in summary.items() if r.get("method") == "sasrec" and sasrec_of(n) == mine]
-    fmt = lambda n: f"{n} " + " / ".join(f"{summary[n]['test'][p]['auc']:.4f}" if summary[n]["test"][p]["auc"]
-                                          is not None else "-" for p in ("all", "warm", "cold"))
-    bars = [fmt(n) for n in own + [n for n, r in summary.items() if r.get("method") == "pop"]]
+    auc = lambda n, part: summary[n]["test"][part]["auc"]
+    aucs = lambda n: " / ".join("-" if auc(n, p) is None else f"{auc(n, p):.4f}" for p in ("all", "warm", "cold"))
+    bars = [f"{n} {aucs(n)}" for n in own + [n for n, r in summary.items() if r.get("method") == "pop"]]
     return ["", f"Note: {best}'s SASRec is not the reference one (model.sasrec = {mine}): the claims above measure "
                 f"it against the reference SASRec. Its fair bar is its own encoder alone"
                 f"{' and the counts' if len(bars) > len(own) else ''}, test AUC all / warm / cold: "
                 f"{'; '.join(bars) if bars else 'not run (run sasrec with the same model.sasrec)'}; "
-                f"{best}: {fmt(best).split(' ', 1)[1]}."]
+                f"{best}: {aucs(best)}."]
 
 
 def main(argv=None) -> int:

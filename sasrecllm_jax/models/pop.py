@@ -14,19 +14,26 @@ from __future__ import annotations
 import flax.linen as nn
 import numpy as np
 
-from sasrecllm_jax.config import PopConfig
+from sasrecllm_jax.config import ModelConfig, PopConfig
+from sasrecllm_jax.data.dataset import DataError
+
+# SASRec's counted terms (`bias: counts`): leaves of group pop (train/partition.py), never trained
+COUNT_TERMS = ("user_count", "item_count")
 
 
 def _logit(p):
     return np.log(p) - np.log1p(-p)
 
 
-def count_logits(train, num_users: int, num_items: int, prior: float) -> tuple[np.ndarray, np.ndarray]:
+def count_logits(train, num_users: int, num_items: int, prior: float,
+                 where: str = "the train split") -> tuple[np.ndarray, np.ndarray]:
     """(user term [num_users + 1], item term [num_items + 1]) from a train table (uid, iid, label)."""
     labels = train["label"].to_numpy(np.float64)
     g = labels.mean()
     if not 0.0 < g < 1.0:
-        raise ValueError(f"the train split's positive rate is {g}: counts cannot rank anything")
+        raise DataError(f"{where}: every label is {int(g)} (the positive rate is {g}), so counted tendencies "
+                        f"(method pop, model.sasrec.bias: counts) cannot rank anything; they need liked and "
+                        f"not-liked rows (a positive-only log: prepare it with --negatives N)")
 
     def smoothed(ids, size):
         pos = np.bincount(ids, weights=labels, minlength=size + 1)
@@ -36,6 +43,17 @@ def count_logits(train, num_users: int, num_items: int, prior: float) -> tuple[n
     user = smoothed(train["uid"].to_numpy(), num_users) - _logit(g)
     item = smoothed(train["iid"].to_numpy(), num_items)
     return user.astype(np.float32), item.astype(np.float32)
+
+
+def counted_params(cfg: ModelConfig, train, num_users: int, num_items: int, where: str) -> dict:
+    """The encoder's counted leaves, to merge into its freshly initialised params: method pop's logits,
+    SASRec's COUNT_TERMS with `bias: counts`, else none."""
+    if cfg.encoder != "pop" and not (cfg.encoder == "sasrec" and cfg.sasrec.bias == "counts"):
+        return {}
+    user, item = count_logits(train, num_users, num_items, cfg.pop.prior, where)
+    if cfg.encoder == "pop":
+        return {"user_logit": user, "item_logit": item}
+    return {name: {"embedding": terms[:, None]} for name, terms in zip(COUNT_TERMS, (user, item))}
 
 
 class Pop(nn.Module):

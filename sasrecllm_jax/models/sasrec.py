@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from sasrecllm_jax.config import SASRecConfig
+from sasrecllm_jax.models.pop import COUNT_TERMS
 
 LN_EPS = 1e-8
 init = nn.initializers.xavier_normal()
@@ -72,7 +73,7 @@ class SASRec(nn.Module):
                 setattr(self, name, nn.Embed(size + 1, 1, embedding_init=zeros))
 
     def _terms(self) -> tuple[str, str]:
-        return ("user_bias", "item_bias") if self.cfg.bias == "learned" else ("user_count", "item_count")
+        return ("user_bias", "item_bias") if self.cfg.bias == "learned" else COUNT_TERMS
 
     def item_vector(self, items):
         """[...] item ids -> [..., d]; id 0 (padding) reads as zero."""

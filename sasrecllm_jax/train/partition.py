@@ -14,9 +14,11 @@ from typing import Callable
 
 import jax
 
+from sasrecllm_jax.models.pop import COUNT_TERMS
+
 
 def _counted(p: tuple[str, ...]) -> bool:
-    return p[0] == "sasrec" and len(p) > 1 and p[1] in ("user_count", "item_count")
+    return p[0] == "sasrec" and len(p) > 1 and p[1] in COUNT_TERMS
 
 
 GROUPS = ("sasrec", "mf", "pop", "mapper", "lora", "frozen")
