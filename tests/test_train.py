@@ -5,8 +5,8 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, smoke_config, synthetic_dataset
 
+from helpers import ROOT, smoke_config, synthetic_dataset
 from sasrecllm_jax.cli import train_main
 from sasrecllm_jax.train import partition
 from sasrecllm_jax.train.checkpoint import CheckpointError, load_raw
