@@ -76,13 +76,17 @@ else
     # fill each other's gaps; each takes a 1/N share of the memory instead of JAX's default 75%. Runs
     # write distinct folders; the phase cache and compilation cache take concurrent writers.
     methods=("$@")
+    pids=()
     for ((k = 0; k < jobs; k++)); do
       mine=()
       for ((i = k; i < ${#methods[@]}; i += jobs)); do mine+=("${methods[i]}"); done
       [ ${#mine[@]} -gt 0 ] || continue
       XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk "BEGIN {print 0.9 / $jobs}") grid "${mine[@]}" >"$out/grid-$k.txt" &
+      pids+=($!)
     done
-    wait
+    # wait for the grid processes only: a bare `wait` also waits for the nvidia-smi sampler, which never
+    # ends (on 2026-11-28 that held call 2 until its limit, with no summary written)
+    wait "${pids[@]}"
     for f in "$out"/grid-*.txt; do echo "=== $f"; tail -n 40 "$f"; done
   fi
   if [ -n "$sampler" ]; then
