@@ -18,12 +18,16 @@ def train_main(argv=None) -> int:
     args = p.parse_args(argv)
     from sasrecllm_jax.errors import KNOWN_ERRORS
     from sasrecllm_jax.config import load_config
+    workdir = args.workdir or Path("runs") / args.config.stem
     try:
         cfg = load_config(args.config, args.overrides)
         from sasrecllm_jax.train.loop import train_and_evaluate
-        workdir = args.workdir or Path("runs") / args.config.stem
         train_and_evaluate(cfg, workdir, resume=args.resume, config_path=str(args.config))
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or a deadline's SIGINT (`timeout -s INT`)
+        print(f"stopped: interrupted. Checkpoints up to the last evaluation are in {workdir}; add --resume "
+              "to the same command to continue from there", file=sys.stderr)
+        return 130
     return 0

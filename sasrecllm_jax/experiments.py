@@ -332,6 +332,10 @@ def main(argv=None) -> int:
     except KNOWN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or a deadline's SIGINT (bench/device_run.sh: `timeout -s INT`)
+        print(f"stopped: interrupted. Finished runs are kept under {out / 'runs'}; the same command skips them, "
+              "resumes a cut run from its last evaluation and redoes missing ablations", file=sys.stderr)
+        return 130
     return 0
 
 

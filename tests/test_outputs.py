@@ -283,3 +283,20 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     assert experiments.seed_claims(summary, "tallrec") == []
     assert experiments.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no finished runs under" in capsys.readouterr().err
+
+
+def test_an_interrupted_grid_or_run_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    # A deadline (`timeout -s INT` in bench/device_run.sh) or Ctrl-C: a line that says what was kept and how
+    # to go on, exit 130, no traceback from wherever the interrupt landed (inside an XLA compile, on the GPU).
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(experiments, "run_grid", interrupted)
+    assert experiments.main(["ml1m", "--methods", "mf", "--out", str(tmp_path / "grid")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("stopped: interrupted") and str(tmp_path / "grid" / "runs") in err
+    import sasrecllm_jax.train.loop as loop
+    from sasrecllm_jax.cli import train_main
+    monkeypatch.setattr(loop, "train_and_evaluate", interrupted)
+    assert train_main(["--workdir", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("stopped: interrupted") and str(tmp_path / "run") in err and "--resume" in err
