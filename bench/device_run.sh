@@ -12,7 +12,8 @@
 # tree (runs/device-ml1m, .cache/), which stay on the machine between back-to-back calls: a grid split
 # over calls shares phases (docs/RESULTS.md, "Finishing the table"). The GGUF is assembled once both
 # parts have arrived; before that only mf and sasrec can run. SEEDS="0 1" adds seeds; ABLATE=1 ablations;
-# JOBS=N runs N grid processes side by side on the one GPU (methods dealt round-robin; not yet measured).
+# JOBS=N runs N grid processes side by side on the one GPU (methods dealt round-robin; measured on an H200 on
+# 2026-11-28: JOBS=2 did about 1.08x the work of one process, see docs/RESULTS.md section 6).
 # GRID_ARGS: more experiments arguments, word-split (a dry run on a CPU: ATTN=xla GRID_ARGS="--set
 # train.enc_epochs=1 --set data.cpu_max_rows.train=16 --set data.cpu_max_rows.eval=32").
 # SASRECLLM_COMMIT: the tree travels without .git; the sender states which clean commit it is.
