@@ -114,11 +114,22 @@ def test_counts_need_both_labels(dataset, tmp_path, capsys, monkeypatch):
 
 def test_counted_sasrec_terms_stay_fixed_while_sasrec_trains(dataset, tmp_path):
     """model.sasrec.bias: counts adds the counted log-odds as group pop, which no phase trains: the final
-    model holds them exactly as counted, beside a trained SASRec."""
+    model holds them exactly as counted, and every SASRec leaf moved in its phase."""
     import pandas as pd
 
     from sasrecllm_jax.models.pop import count_logits
-    run(dataset, tmp_path, "train.method=sasrec", "model.sasrec.bias=counts")
+    moved = []
+
+    def sasrec_moved_and_counts_did_not(phase, before, after):
+        assert phase.trainable == ("sasrec",)
+        (counts_before, _), (counts_after, _) = (partition.split(p, ["pop"]) for p in (before, after))
+        jax.tree_util.tree_map(np.testing.assert_array_equal, counts_before, counts_after)
+        (sasrec_before, _), (sasrec_after, _) = (partition.split(p, ["sasrec"]) for p in (before, after))
+        moved.extend(not np.array_equal(b, a) for b, a in zip(jax.tree_util.tree_leaves(sasrec_before),
+                                                               jax.tree_util.tree_leaves(sasrec_after)))
+
+    run(dataset, tmp_path, "train.method=sasrec", "model.sasrec.bias=counts", on_phase=sasrec_moved_and_counts_did_not)
+    assert len(moved) > 10 and all(moved)  # every SASRec leaf (embeddings, blocks, norms) trained
     final = load_raw(tmp_path / "final")
     assert final.keys() == {"sasrec", "pop"} and final["pop"]["sasrec"].keys() == {"user_count", "item_count"}
     card = json.loads((dataset / "dataset.json").read_text())
