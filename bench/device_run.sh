@@ -61,8 +61,8 @@ else
       --out "$runs" --seeds ${SEEDS:-0} --no-summary ${GRID_ARGS:-} \
       --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1
   }
-  # how busy the GPU is while the grid runs (the share of each second in which a kernel ran): mostly idle
-  # says that JOBS=2 or 3 can fill the gaps in the next call
+  # how busy the GPU is while the grid runs (the share of each second in which a kernel ran; SmolLM2 training
+  # keeps it about 95% busy with one process, so a low figure means setup, compilation or tiny ID models)
   sampler=
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 >"$out/gpu-util.csv" &
@@ -73,9 +73,10 @@ else
     grid "$@" | tee "$out/grid.txt"
   else
     # JOBS=N: N grid processes share the GPU, the methods dealt round-robin in the order given (the first N
-    # start at once). A 135M model's step leaves the GPU mostly idle (launches, host work), so processes
-    # fill each other's gaps; each takes a 1/N share of the memory instead of JAX's default 75%. Runs
-    # write distinct folders; the phase cache and compilation cache take concurrent writers.
+    # start at once); each takes a 1/N share of the memory instead of JAX's default 75%. Runs write
+    # distinct folders; the phase cache and compilation cache take concurrent writers. The processes' kernels
+    # take turns on the GPU: on an H200, two did 1.08x the work of one (SmolLM2 steps), so JOBS pays only
+    # when one queue would idle the GPU (setup, compilation, host-side evaluation).
     methods=("$@")
     pids=()
     for ((k = 0; k < jobs; k++)); do
