@@ -164,6 +164,15 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
         holds = "yes" if (b > a if rel == ">" else b >= a) else "no"
         assert (f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {side} | {holds} |"
                 in text), claim
+    # our control beside the paper's claims: the hybrid against the late fusion of its encoder's and TALLRec's scores
+    from sasrecllm_jax.compare import late_fusion
+    from sasrecllm_jax.evaluate import load_scores
+    from sasrecllm_jax.metrics import auc
+    fused = late_fusion(grid / "runs" / "sasrec", grid / "runs" / "tallrec")
+    f_auc = auc(load_scores(grid / "runs" / "sasrec")["test"]["label"], fused["test_scores"])
+    h_auc = json.loads((grid / "runs" / "sasrecllm_x" / "results.json").read_text())["test"]["all"]["auc"]
+    assert (f"| control: AUC > late fusion of sasrec + tallrec (w = {fused['weight_b']:.2f} on valid_small) | "
+            f"{h_auc:.4f} | {f_auc:.4f} | {h_auc - f_auc:+.4f} | [") in text
     # a baseline scored on another number of rows (a CPU run of other caps) gets no verdict
     import copy
     summary = json.loads((grid / "summary.json").read_text())
@@ -195,6 +204,9 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
                              for p in ("all", "warm", "cold"))  # the synthetic split has no cold rows
     assert f"its own encoder alone and the counts, test AUC all / warm / cold: sasrec_counts {t('sasrec')}; " \
            f"pop {t('sasrec')}; sasrecllm_x: {t('sasrecllm_x')}." in note and "'bias': 'counts'" in note
+    assert experiments.fusion_control(grid, counted, "sasrecllm_x") == []  # its encoder's run is not in the folder
+    (grid / "runs" / "sasrec_counts").symlink_to(out / "runs" / "sasrec")  # the control mixes its own encoder's scores
+    assert "late fusion of sasrec_counts + tallrec" in experiments.fusion_control(grid, counted, "sasrecllm_x")[0]
 
 
 def test_compare_names_runs_that_share_a_folder_name(tmp_path):
