@@ -120,7 +120,7 @@ def measure(job: dict) -> dict:
         score = jax.jit(lambda p, b: model.apply({"params": p}, b))
         compile_s, times = timed(lambda: score(params, batch), steps, warmup)
     else:
-        from sasrecllm_jax.train import partition
+        from sasrecllm_jax.train import groups as partition
         from sasrecllm_jax.train.optim import make_optimizer
         from sasrecllm_jax.train.step import TrainState, make_train_step
         model = Hybrid(C.ModelConfig(), llm, num_users=1000, num_items=3000, answer_ids=(5, 6),

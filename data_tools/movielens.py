@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools import fetch
+from sasrecllm_jax import downloads as fetch
 from data_tools.recipe import build_splits, numeric, split_by_time_fraction
 from sasrecllm_jax.data.dataset import DataError
 

@@ -1,4 +1,4 @@
-"""The one recipe every source goes through (CoLLM's, REFERENCE.md section 1).
+"""The one recipe every source goes through (CoLLM's).
 
 Input: one row per impression with raw `user`, `item`, `timestamp`, `label` and `split`
 (train / valid / test), plus a raw item -> title mapping. Output: canonical split tables.

@@ -16,16 +16,17 @@ import json
 import sys
 from pathlib import Path
 
-from sasrecllm_jax.config import ConfigError
-from sasrecllm_jax.report import write_whole
+from tqdm.auto import tqdm
+
+from sasrecllm_jax.errors import ConfigError, run_command
+from sasrecllm_jax.evaluate import evaluate
+from sasrecllm_jax.run_folder.files import write_whole
+from sasrecllm_jax.score import Recommender
 
 MODES = ("on", "drop", "shuffle")
 
 
 def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test") -> dict:
-    from tqdm.auto import tqdm
-    from sasrecllm_jax.evaluate import evaluate
-    from sasrecllm_jax.score import Recommender
     run = Path(run)
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -34,10 +35,10 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test") -> d
     if rec.prompt != "hybrid":
         raise ConfigError(f"{run}: a {rec.cfg.train.method} run has no collaborative tokens to ablate "
                           f"(its prompts are {rec.prompt!r}); ablate a hybrid run (sasrecllm, collm_mf)")
-    if split not in rec.comp.dataset.splits:
-        raise ConfigError(f"split {split!r} is not in the dataset; choose from {sorted(rec.comp.dataset.splits)}")
+    if split not in rec.assembly.dataset.splits:
+        raise ConfigError(f"split {split!r} is not in the dataset; choose from {sorted(rec.assembly.dataset.splits)}")
     cfg = rec.cfg
-    data = rec.comp.split(split, "hybrid", rec.comp.row_limit("eval"))
+    data = rec.assembly.split(split, "hybrid", rec.assembly.row_limit("eval"))
     out_path = run / "ablation.json"
     out = json.loads(out_path.read_text()) if out_path.exists() else {}
     for mode in modes:
@@ -55,18 +56,16 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["drop", "shuffle"], help=f"from {list(MODES)}")
     p.add_argument("--split", default="test")
     args = p.parse_args(argv)
-    from sasrecllm_jax.errors import KNOWN_ERRORS
-    try:
+
+    def body():
         out = ablate(args.run, args.modes, args.split)
-    except KNOWN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8}"
-    print(f"{'collab':<9}{'AUC':>8}{'UAUC':>8}{'warm':>8}{'cold':>8}{'n':>7}")
-    for mode, m in out[args.split].items():
-        print(f"{mode:<9}{fmt(m['all']['auc'])}{fmt(m['all']['uauc'])}{fmt(m['warm']['auc'])}{fmt(m['cold']['auc'])}"
-              f"{m['all']['n']:>7}")
-    return 0
+        fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8}"
+        print(f"{'collab':<9}{'AUC':>8}{'UAUC':>8}{'warm':>8}{'cold':>8}{'n':>7}")
+        for mode, m in out[args.split].items():
+            print(f"{mode:<9}{fmt(m['all']['auc'])}{fmt(m['all']['uauc'])}{fmt(m['warm']['auc'])}"
+                  f"{fmt(m['cold']['auc'])}{m['all']['n']:>7}")
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Command-line entry points."""
+"""The training command: `python train.py` (and the `sasrecllm-train` script)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from sasrecllm_jax.config import load_config
+from sasrecllm_jax.errors import run_command
+from sasrecllm_jax.train.run import train_and_evaluate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -16,18 +19,11 @@ def train_main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     args = p.parse_args(argv)
-    from sasrecllm_jax.errors import KNOWN_ERRORS
-    from sasrecllm_jax.config import load_config
     workdir = args.workdir or Path("runs") / args.config.stem
-    try:
+
+    def body():
         cfg = load_config(args.config, args.overrides)
-        from sasrecllm_jax.train.loop import train_and_evaluate
         train_and_evaluate(cfg, workdir, resume=args.resume, config_path=str(args.config))
-    except KNOWN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C, or a deadline's SIGINT (`timeout -s INT`)
-        print(f"stopped: interrupted. Checkpoints up to the last evaluation are in {workdir}; add --resume "
-              "to the same command to continue from there", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(body, interrupted=f"stopped: interrupted. Checkpoints up to the last evaluation are in "
+                                         f"{workdir}; add --resume to the same command to continue from there")

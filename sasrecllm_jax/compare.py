@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sasrecllm_jax.config import ConfigError
-from sasrecllm_jax.evaluate import load_scores
+from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.metrics import auc, paired_auc_test, paired_uauc_test
+from sasrecllm_jax.run_folder.scores import load_scores
 
 
 def paired_scores(base: Path, run: Path, split: str,
@@ -157,23 +157,20 @@ def main(argv=None) -> int:
     p.add_argument("--valid", default=None, help="with --fuse: the split that picks the weight (default: the "
                    "runs' own validation split)")
     args = p.parse_args(argv)
-    from sasrecllm_jax.errors import KNOWN_ERRORS
-    if args.fuse and len(args.runs) != 1:
-        print("error: --fuse mixes two runs: give BASE and one RUN", file=sys.stderr)
-        return 2
-    try:
+
+    def body():
         if args.fuse:
+            if len(args.runs) != 1:
+                raise ConfigError("--fuse mixes two runs: give BASE and one RUN")
             print("\n".join(fusion_lines(args.base, args.runs[0], args.valid)))
-            return 0
+            return
         lines = table(args.base, args.runs, args.split)
-    except KNOWN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    base_name = run_names([args.base, *args.runs])[0]
-    print(f"{args.split} split, paired tests (difference = run - {base_name}; AUC: DeLong's test over rows, "
-          f"UAUC: over users):")
-    print("\n".join(lines))
-    return 0
+        base_name = run_names([args.base, *args.runs])[0]
+        print(f"{args.split} split, paired tests (difference = run - {base_name}; AUC: DeLong's test over rows, "
+              f"UAUC: over users):")
+        print("\n".join(lines))
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,50 @@
-"""The errors that reach a user as one clear line (no traceback): bad data, config, weights, checkpoints."""
-from sasrecllm_jax.config import ConfigError
-from sasrecllm_jax.data.dataset import DataError
-from sasrecllm_jax.train.checkpoint import CheckpointError
-from sasrecllm_jax.train.partition import PartitionError
-from sasrecllm_jax.weights.convert import WeightsError
+"""Every error a user can act on, and the one wrapper that prints them as one line at the command line.
+
+Each message names what is wrong (the file, row, key or checkpoint) and says what to do. The
+command-line entry points run through `run_command`: a `UserError` becomes `error: ...` on stderr and
+exit status 2, an interrupt (Ctrl-C, or a deadline's `timeout -s INT`) one line and status 130.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 
-def _training_error():
-    from sasrecllm_jax.train.loop import TrainingError
-    return TrainingError
+class UserError(Exception):
+    """An error the user can fix; its message says how. Never shown with a traceback."""
 
 
-KNOWN_ERRORS = (ConfigError, DataError, CheckpointError, PartitionError, WeightsError, _training_error())
+class ConfigError(UserError, ValueError):
+    """A bad configuration: the message names the file or flag, the key and the fix."""
+
+
+class DataError(UserError, ValueError):
+    """Bad input data: the message names the file (and row) and says what to do."""
+
+
+class WeightsError(UserError, ValueError):
+    """Weights that do not fit the model: names the key, the shapes and what to do."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used (missing, damaged, or written for another model)."""
+
+
+class PartitionError(UserError, ValueError):
+    """A parameter that no group, or more than one, claims."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a run folder in use...)."""
+
+
+def run_command(body: Callable[[], int | None], interrupted: str = "stopped: interrupted") -> int:
+    """Run a command's body; its user errors and interrupts become one line and an exit status."""
+    try:
+        return body() or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -1,24 +1,18 @@
-"""One evaluate(): score every row of a split and report AUC / UAUC / log-loss for all, warm, cold.
+"""One evaluate(): score every row of a split and report AUC / UAUC / log-loss for all, warm and cold rows.
 
-A finished run keeps every evaluated row's score in RUN/scores.npz (`save_scores`, `load_scores`):
-per split the score, the label, the warm flag and the user as a number 0..k-1 of the split (for UAUC;
-not the dataset's user or item ids), and a fingerprint of the rows so that two runs are only compared on
-the same rows (python -m sasrecllm_jax.compare).
+Scoring is jitted once per batch shape (`Scorer`); batch b+1 is built on the host while the device
+scores batch b. The ablation masks (`collab_inputs`) drop or shuffle the collaborative tokens.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
 from sasrecllm_jax import metrics
-from sasrecllm_jax.config import Config, ConfigError
+from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
-from sasrecllm_jax.report import write_whole
 
 
 def collab_inputs(batch: dict, mode: str, seed: int) -> dict:
@@ -99,42 +93,3 @@ def evaluate(scorer: Scorer, params, data: SplitData, cfg: Config, prompt: str, 
     scores = score_split(scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
                          collab or cfg.train.collab, progress)
     return metrics.report(data.uid, data.label, scores, data.not_cold), scores
-
-
-SCORES_FILE = "scores.npz"
-
-
-def rows_fingerprint(data: SplitData) -> str:
-    """Which rows, in which order: a hash of (user, item, label) per row."""
-    h = hashlib.sha256()
-    for a in (data.uid, data.iid, data.label):
-        h.update(np.ascontiguousarray(a, np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
-def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]]) -> None:
-    """{split: (rows, scores)} -> one .npz, written whole or not at all."""
-    arrays = {}
-    for split, (data, scores) in splits.items():
-        arrays.update({f"{split}.score": np.asarray(scores, np.float64), f"{split}.label": data.label.astype(np.int8),
-                       f"{split}.warm": np.asarray(data.not_cold, np.int8),
-                       f"{split}.user": np.unique(data.uid, return_inverse=True)[1].astype(np.int32),
-                       f"{split}.rows": np.array(rows_fingerprint(data))})
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    write_whole(path, buf.getvalue())
-
-
-def load_scores(run: Path) -> dict[str, dict]:
-    """RUN/scores.npz -> {split: {score, label, warm, user, rows}} (no user in files made before it)."""
-    path = Path(run) / SCORES_FILE
-    if not path.exists():
-        raise ConfigError(f"{run}: no {SCORES_FILE}. Runs keep their per-row scores since this was added; "
-                          f"run the method again (a run whose results.json came from an older commit has none)")
-    out: dict[str, dict] = {}
-    with np.load(path) as z:
-        for key in z.files:
-            split, field = key.rsplit(".", 1)
-            value = z[key]
-            out.setdefault(split, {})[field] = str(value) if field == "rows" else value
-    return out

@@ -1,4 +1,4 @@
-"""AUC, user-averaged AUC and log-loss (REFERENCE.md section 1), in NumPy.
+"""AUC, user-averaged AUC and log-loss, in NumPy.
 
 AUC is the Mann-Whitney statistic with average ranks, so a tied positive/negative pair counts 1/2.
 UAUC is the mean of per-user AUCs over users that have both labels; users with one label (or one

@@ -1,4 +1,4 @@
-"""Run outputs people read: metrics.jsonl, TensorBoard events, and PNG plots of one or more runs.
+"""Plots of runs: training curves and test AUC on warm and cold rows.
 
     python -m sasrecllm_jax.report RUN_DIR [RUN_DIR ...] --out curves.png
 """
@@ -6,84 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-_checkout_versions: dict[Path, str] = {}
-
-
-def code_version() -> str:
-    """The source checkout's short commit, with '+dirty' when tracked files differ from it: recorded in
-    every results.json and in every phase-cache key. $SASRECLLM_COMMIT, when set, wins: a copy of the tree
-    on another machine (the GPU machine) may carry no .git or a stale one, and its sender states which
-    clean commit it is. The checkout is read once per process (a run reads it when it starts): a process
-    runs the modules it loaded, so a commit or an edit made while a long run is under way must not relabel
-    that run's results or cache its phases under code that did not make them."""
-    if os.environ.get("SASRECLLM_COMMIT"):
-        return os.environ["SASRECLLM_COMMIT"]
-    if ROOT not in _checkout_versions:
-        try:
-            git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-            dirty = git("status", "--porcelain", "--untracked-files=no", "--", "sasrecllm_jax", "configs", "train.py").strip()
-            _checkout_versions[ROOT] = git("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
-        except (OSError, subprocess.CalledProcessError):
-            _checkout_versions[ROOT] = "unknown"
-    return _checkout_versions[ROOT]
-
-
-def write_whole(path: Path, data: str | bytes) -> None:
-    """Write a run file whole or not at all (a temporary name, then a rename): a reader, such as a grid's
-    summary in another process, sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-class Reporter:
-    def __init__(self, workdir: Path):
-        self.path = Path(workdir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")
-        try:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
-        except ImportError:  # TensorBoard is optional: metrics.jsonl has everything
-            self._tb = None
-
-    def log(self, kind: str, phase: str, step: int, values: dict) -> None:
-        flat = {k: float(v) for k, v in _flatten(values).items() if v is not None}
-        self._file.write(json.dumps({"time": time.time(), "kind": kind, "phase": phase, "step": step, **flat}) + "\n")
-        self._file.flush()
-        if self._tb is not None:
-            for k, v in flat.items():
-                self._tb.add_scalar(f"{phase}/{kind}/{k}", v, step)
-
-    def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) or hasattr(v, "item"):
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def read_metrics(run: Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+from sasrecllm_jax.run_folder.metrics_log import read_metrics
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:

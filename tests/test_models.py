@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from sasrecllm_jax.config import DEBUG_TINY, TINYLLAMA_1_1B, LoraConfig, MapperConfig, ModelConfig, SASRecConfig
-from sasrecllm_jax.models import lora as lora_lib
 from sasrecllm_jax.models.hybrid import Hybrid, splice
 from sasrecllm_jax.models.llama import LlamaForCausalLM
 from sasrecllm_jax.models.sasrec import SASRec
-from sasrecllm_jax.train import partition
+from sasrecllm_jax.errors import PartitionError
+from sasrecllm_jax.train import groups as partition
 
 
 # ----------------------------------------------------------------------------- SASRec
@@ -81,13 +81,20 @@ def test_lora_starts_at_base_and_merges():
     params = jax.tree_util.tree_map_with_path(
         lambda p, x: x + 0.05 * jax.random.normal(jax.random.key(len(p)), x.shape) if "lora" in str(p) else x, params)
     lora_out = model.apply({"params": params}, ids)
-    merged = lora_lib.merge(params, model.lora)
+    merged = merge_lora(params, model.lora.scale)
     assert "lora" not in str(jax.tree_util.tree_structure(merged))
     merged_out = LlamaForCausalLM(DEBUG_TINY).apply({"params": merged}, ids)
     np.testing.assert_allclose(np.asarray(merged_out), np.asarray(lora_out), atol=1e-5)
     assert not np.allclose(np.asarray(merged_out), np.asarray(base), atol=1e-3)
-    back = lora_lib.unmerge(merged, params, model.lora)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), back, params)
+
+
+def merge_lora(tree, scale):
+    """Every adapter folded into its kernel (kernel + a @ b * scale, layer-stacked): the base model's shapes."""
+    if not isinstance(tree, dict):
+        return tree
+    if "lora" in tree:
+        return {"kernel": tree["kernel"] + jnp.matmul(tree["lora"]["a"], tree["lora"]["b"]) * scale}
+    return {k: merge_lora(v, scale) for k, v in tree.items()}
 
 
 def test_lora_targets_by_name():
@@ -106,9 +113,9 @@ def test_partition_labels_every_leaf_and_refuses_unclaimed():
     train, rest = partition.split(params, ["lora", "mapper"])
     assert train == {"llm": {"model": {"x": {"lora": {"a": 2, "b": 3}}}}, "mapper": {"w": 4}}
     assert partition.merge(train, rest) == params
-    with pytest.raises(partition.PartitionError, match="stray/w is claimed by no rule"):
+    with pytest.raises(PartitionError, match="stray/w is claimed by no rule"):
         partition.labels({"stray": {"w": 1}})
-    with pytest.raises(partition.PartitionError, match="leaf w is in both trees"):
+    with pytest.raises(PartitionError, match="leaf w is in both trees"):
         partition.merge({"m": {"w": 1}}, {"m": {"w": 2}})
 
 
@@ -142,7 +149,7 @@ def test_placeholders_land_in_place(k):
     model = _hybrid(k=k)
     batch = _batch(user_pos=(2, 3), item_pos=(6, 8))
     params = model.init(jax.random.key(0), batch)["params"]
-    user, item = model.apply({"params": params}, batch, method=Hybrid.collaborative_tokens)
+    user, item, _ = model.apply({"params": params}, batch, method=Hybrid.collaborative_inputs)
     assert user.shape == (2, k, DEBUG_TINY.hidden_size)
     emb = model.apply({"params": params}, batch["tokens"], method=lambda m, t: m.llm.embed(t))
     spliced = splice(splice(emb, user, batch["user_pos"]), item, batch["item_pos"])
@@ -295,7 +302,14 @@ def test_cheap_remat_redraws_the_same_dropout():
     l2 = loss(plain, adapters, jax.random.key(8))
     assert abs(float(l2) - float(l0)) > 1e-3 * abs(float(l0))  # the dropout is live: another key moves the loss
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), g1, g0)
+    assert_close_to_scale(g1, g0)
+
+
+def assert_close_to_scale(got, want, rel=1e-5):
+    """Each leaf equal up to `rel` of its largest magnitude: float rounding of a reordered sum, not an error."""
+    def check(x, y):
+        np.testing.assert_allclose(x, y, rtol=0, atol=rel * max(float(np.abs(y).max()), 1e-30))
+    jax.tree_util.tree_map(check, got, want)
 
 
 @pytest.mark.parametrize("remat", ["full", "dots", "cheap", "unroll2"])
@@ -314,8 +328,8 @@ def test_remat_and_bf16_keep_the_numbers(remat):
     l0, g0 = jax.value_and_grad(lambda a: loss(base, a))(adapters)
     l1, g1 = jax.value_and_grad(lambda a: loss(rematted, a))(adapters)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    # recomputation fuses differently: fp32 gradients agree to ~2e-5 relative
-    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), g1, g0)
+    # recomputation fuses differently: fp32 gradients agree to float rounding, relative to each leaf's scale
+    assert_close_to_scale(g1, g0)
     bf16 = LlamaForCausalLM(dataclasses.replace(DEBUG_TINY, param_dtype="bfloat16", dtype="bfloat16"), lora)
     cast = jax.tree_util.tree_map_with_path(
         lambda p, x: x if "lora" in str(p) else x.astype(jnp.bfloat16), params)

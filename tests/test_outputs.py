@@ -5,9 +5,14 @@ import numpy as np
 import pytest
 
 from helpers import smoke_config, synthetic_dataset
-from sasrecllm_jax import experiments, report
+from sasrecllm_jax import report
+from sasrecllm_jax.experiments import __main__ as experiments_cli, claims as claims_lib, grid as grid_lib, seeds
+from sasrecllm_jax.experiments import summary as summary_lib
+from sasrecllm_jax.run_folder import files as run_files
+from sasrecllm_jax.run_folder.metrics_log import read_metrics
+from sasrecllm_jax.run_folder.scores import load_scores
 from sasrecllm_jax.score import Recommender, main as score_main
-from sasrecllm_jax.train.loop import train_and_evaluate
+from sasrecllm_jax.train.run import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def test_scoring_a_run_matches_its_evaluation(runs, method):
     rec = Recommender(out / "runs" / method)
     test = load_dataset(dataset).splits["test"].iloc[:6]
     ours = rec.score(test["uid"], list(test["his"]), test["iid"])
-    data = rec.comp.split("test", rec.prompt)
+    data = rec.assembly.split("test", rec.prompt)
     reference = score_split(rec.scorer, rec.params, data, 64, rec.cfg.data.pad_multiple, rec.prompt != "none")[:6]
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     ranked = rec.rank(int(test["uid"].iloc[0]), list(test["his"].iloc[0]), [1, 2, 3])
@@ -60,12 +65,12 @@ def test_test_time_ablation(runs, capsys):
     table_dir = out.parent / "with_ablation"
     (table_dir / "runs").mkdir(parents=True)
     (table_dir / "runs" / "hybrid").symlink_to(run)
-    experiments.summarise(table_dir)
+    summary_lib.summarise(table_dir)
     table = (table_dir / "SUMMARY.md").read_text()
     assert f"| hybrid | drop | {ab['drop']['all']['auc']:.4f} |" in table and "| hybrid | shuffle |" in table
     # a grid stopped between the two ablations resumes the missing one only (a finished run is not retrained)
     (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}}))
-    experiments.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)
+    grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)
     again = json.loads((run / "ablation.json").read_text())["test"]
     assert again["drop"] == ab["drop"] and again["shuffle"]["all"]["auc"] == pytest.approx(ab["shuffle"]["all"]["auc"])
     assert "hybrid: done, skipped" in capsys.readouterr().out
@@ -79,7 +84,7 @@ def test_plot_and_summary(runs, tmp_path):
     _, out = runs
     png = report.plot_runs([out / "runs" / "sasrec", out / "runs" / "icl"], tmp_path / "curves.png")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
-    summary = experiments.summarise(out)
+    summary = summary_lib.summarise(out)
     assert set(summary) == {"sasrec", "icl"}
     assert json.loads((out / "summary.json").read_text())["sasrec"]["test"]["all"]["n"] == 96
     table = (out / "SUMMARY.md").read_text()
@@ -93,7 +98,6 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     phase's best evaluation included); compare pairs two runs on the same rows and refuses other rows."""
     import shutil
     from sasrecllm_jax.compare import main as compare_main
-    from sasrecllm_jax.evaluate import load_scores
     from sasrecllm_jax.metrics import report as metric_report
     _, out = runs
     for run in (out / "runs" / "sasrec", out / "runs" / "icl", out.parent / "hybrid"):
@@ -125,7 +129,7 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     (other / "scores.npz").unlink()
     assert compare_main([str(out / "runs" / "sasrec"), str(other)]) == 2
     assert "no scores.npz" in capsys.readouterr().err
-    experiments.summarise(out)
+    summary_lib.summarise(out)
     assert f"| icl | all | AUC | 96 | {sasrec:.4f} | {icl:.4f} |" in (out / "SUMMARY.md").read_text()
     shutil.copytree(out / "runs" / "sasrec", tmp_path / "old", ignore=shutil.ignore_patterns("scores.npz"))
     assert score_main(["--run", str(tmp_path / "old"), "--write-run-scores"]) == 0  # a run made before scores.npz
@@ -145,15 +149,15 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     (grid / "runs").mkdir(parents=True)
     (grid / "runs" / "sasrec").symlink_to(out / "runs" / "sasrec")
     (grid / "runs" / "tallrec").symlink_to(out / "runs" / "icl")
-    experiments.summarise(grid)
+    summary_lib.summarise(grid)
     assert "Late fusion of sasrec and tallrec" in (grid / "SUMMARY.md").read_text()
     assert "The paper's claims" not in (grid / "SUMMARY.md").read_text()  # no SASRecLLM run yet
     (grid / "runs" / "sasrecllm_x").symlink_to(out.parent / "hybrid")  # the claims, read on the hybrid
-    experiments.summarise(grid)
+    summary_lib.summarise(grid)
     text = (grid / "SUMMARY.md").read_text()
     assert "on the SASRecLLM run best on valid AUC: sasrecllm_x" in text
     from sasrecllm_jax.compare import compare
-    for claim, base, part, rel in experiments.CLAIMS:
+    for claim, base, part, rel in claims_lib.CLAIMS:
         a, b = (json.loads((grid / "runs" / r / "results.json").read_text())["test"][part]["auc"]
                 for r in (base, "sasrecllm_x"))
         if a is None or b is None:  # no rows of that part in the synthetic test split
@@ -166,7 +170,6 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
                 in text), claim
     # our control beside the paper's claims: the hybrid against the late fusion of its encoder's and TALLRec's scores
     from sasrecllm_jax.compare import late_fusion
-    from sasrecllm_jax.evaluate import load_scores
     from sasrecllm_jax.metrics import auc
     fused = late_fusion(grid / "runs" / "sasrec", grid / "runs" / "tallrec")
     f_auc = auc(load_scores(grid / "runs" / "sasrec")["test"]["label"], fused["test_scores"])
@@ -178,35 +181,35 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     summary = json.loads((grid / "summary.json").read_text())
     other = copy.deepcopy(summary)
     other["sasrec"]["test"]["all"]["n"] = 50
-    claims = "\n".join(experiments.claims_section(grid, other))
+    claims = "\n".join(claims_lib.claims_section(grid, other))
     assert "| AUC > SASRec |" in claims and "| - | - | - | not comparable: 96 vs 50 test rows |" in claims
     assert "| AUC > TALLRec |" in claims and claims.count("not comparable") == 1
     # each phase records the step it handed on: the step of its best valid evaluation
     hybrid = json.loads((grid / "runs" / "sasrecllm_x" / "results.json").read_text())
-    evals = [r for r in report.read_metrics(out.parent / "hybrid") if r["kind"] == "eval" and r["phase"] == "h"]
+    evals = [r for r in read_metrics(out.parent / "hybrid") if r["kind"] == "eval" and r["phase"] == "h"]
     assert hybrid["timing"]["h"]["best_step"] == max(evals, key=lambda r: r["all/auc"])["step"] > 0
     assert "step-0" not in text
     kept = {**hybrid, "timing": {"h": {**hybrid["timing"]["h"], "best_step": 0}}}
-    assert "Note: x's last phase (h) handed on its step-0 parameters" in experiments.kept_start_note("x", kept)[1]
+    assert "Note: x's last phase (h) handed on its step-0 parameters" in claims_lib.kept_start_note("x", kept)[1]
     # a hybrid whose SASRec is not the reference one is also shown beside its own encoder alone and pop
-    assert experiments.own_encoder_note(summary, "sasrecllm_x") == []
+    assert claims_lib.own_encoder_note(summary, "sasrecllm_x") == []
     older = copy.deepcopy(summary)  # a SASRec run from before model.sasrec.bias existed is the reference one
     del older["sasrec"]["config"]["model"]["sasrec"]["bias"]
-    assert experiments.own_encoder_note(older, "sasrecllm_x") == []
+    assert claims_lib.own_encoder_note(older, "sasrecllm_x") == []
     counted = copy.deepcopy(summary)
     mine = {**summary["sasrec"]["config"]["model"]["sasrec"], "bias": "counts"}
     counted["sasrecllm_x"]["config"]["model"]["sasrec"] = mine
     counted["sasrec_counts"] = copy.deepcopy(summary["sasrec"])
     counted["sasrec_counts"]["config"]["model"]["sasrec"] = mine
     counted["pop"] = {**copy.deepcopy(summary["sasrec"]), "method": "pop"}
-    note = experiments.own_encoder_note(counted, "sasrecllm_x")[1]
+    note = claims_lib.own_encoder_note(counted, "sasrecllm_x")[1]
     t = lambda n: " / ".join("-" if counted[n]["test"][p]["auc"] is None else f"{counted[n]['test'][p]['auc']:.4f}"
                              for p in ("all", "warm", "cold"))  # the synthetic split has no cold rows
     assert f"its own encoder alone and the counts, test AUC all / warm / cold: sasrec_counts {t('sasrec')}; " \
            f"pop {t('sasrec')}; sasrecllm_x: {t('sasrecllm_x')}." in note and "'bias': 'counts'" in note
-    assert experiments.fusion_control(grid, counted, "sasrecllm_x") == []  # its encoder's run is not in the folder
+    assert claims_lib.fusion_control(grid, counted, "sasrecllm_x") == []  # its encoder's run is not in the folder
     (grid / "runs" / "sasrec_counts").symlink_to(out / "runs" / "sasrec")  # the control mixes its own encoder's scores
-    assert "late fusion of sasrec_counts + tallrec" in experiments.fusion_control(grid, counted, "sasrecllm_x")[0]
+    assert "late fusion of sasrec_counts + tallrec" in claims_lib.fusion_control(grid, counted, "sasrecllm_x")[0][0]
 
 
 def test_compare_names_runs_that_share_a_folder_name(tmp_path):
@@ -220,14 +223,14 @@ def test_code_version_outside_a_checkout(tmp_path, monkeypatch):
     """A copy of the tree without .git (or with a stale one: the GPU machine) records the commit its
     sender states in $SASRECLLM_COMMIT."""
     monkeypatch.delenv("SASRECLLM_COMMIT", raising=False)
-    here = report.code_version()
+    here = run_files.code_version()
     assert here not in ("", "unknown")  # this checkout is a git repository
     monkeypatch.setenv("SASRECLLM_COMMIT", "abc1234")
-    assert report.code_version() == "abc1234"  # the stated commit wins over the checkout's own
-    monkeypatch.setattr(report, "ROOT", tmp_path)
-    assert report.code_version() == "abc1234"
+    assert run_files.code_version() == "abc1234"  # the stated commit wins over the checkout's own
+    monkeypatch.setattr(run_files, "ROOT", tmp_path)
+    assert run_files.code_version() == "abc1234"
     monkeypatch.delenv("SASRECLLM_COMMIT")
-    assert report.code_version() == "unknown"  # no checkout there, nothing stated
+    assert run_files.code_version() == "unknown"  # no checkout there, nothing stated
 
 
 def test_code_version_is_read_once_per_process(monkeypatch):
@@ -235,11 +238,11 @@ def test_code_version_is_read_once_per_process(monkeypatch):
     first call (a run makes it when it starts) and not again."""
     import subprocess
     monkeypatch.delenv("SASRECLLM_COMMIT", raising=False)
-    first = report.code_version()
+    first = run_files.code_version()
     assert first not in ("", "unknown")
     moved = lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="fedcba9\n" if "rev-parse" in a[0] else " M x\n")
-    monkeypatch.setattr(report.subprocess, "run", moved)  # the checkout "moves on" after the run started
-    assert report.code_version() == first
+    monkeypatch.setattr(run_files.subprocess, "run", moved)  # the checkout "moves on" after the run started
+    assert run_files.code_version() == first
 
 
 def test_loss_smoothing_is_tensorboards():
@@ -264,13 +267,13 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
                "tallrec": _result("tallrec", 0, 0.60, 0.61, 0.59, 0.58),
                "tallrec-k2": _result("tallrec", 0, 0.62, 0.63, 0.61, 0.60),
                "tallrec-seed3-k2": _result("tallrec", 3, 0.66, 0.61, 0.57, 0.60)}
-    assert experiments.seed_groups(summary) == {"sasrec": ["sasrec", "sasrec-seed1"],
+    assert seeds.seed_groups(summary) == {"sasrec": ["sasrec", "sasrec-seed1"],
                                                 "tallrec-k2": ["tallrec-k2", "tallrec-seed3-k2"]}
-    table = "\n".join(experiments.seeds_section(summary))
+    table = "\n".join(seeds.seeds_section(summary))
     # mean of 0.70 and 0.72 is 0.71; sample sd sqrt(2 * 0.01^2 / 1) = 0.0141; a part without rows in one seed: -
     assert "| sasrec | 0, 1 | 0.7100 +- 0.0141 | 0.7100 +- 0.0141 | 0.7150 +- 0.0071 | - | 0.6850 +- 0.0071 |" in table
     assert "| tallrec-k2 | 0, 3 | 0.6400 +- 0.0283 |" in table
-    points = {p["name"]: p for p in experiments.method_points(summary)}
+    points = {p["name"]: p for p in seeds.method_points(summary)}
     assert set(points) == {"sasrec", "sasrec-seed2", "tallrec", "tallrec-k2"}
     assert points["sasrec"]["seeds"] == 2 and points["sasrec"]["cold"] is None
     assert points["tallrec-k2"]["all"] == pytest.approx(0.64) and points["tallrec-k2"]["all_sd"] == pytest.approx(0.02 * 2 ** 0.5)
@@ -284,16 +287,16 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
                            {"all": 0.60, "warm": 0.50, "cold": 0.50})
     assert report.zoom_around(ref, [ref, near, weak]) == pytest.approx(0.023)
     assert report.zoom_around(ref, [ref, weak]) == 0.01 and report.zoom_around(ref, [ref, near, far_off]) == 0.05
-    assert experiments.seeds_section({"sasrec": summary["sasrec"]}) == []
+    assert seeds.seeds_section({"sasrec": summary["sasrec"]}) == []
     # the claims again on means over seeds: rows only where both sides ran several seeds on the same rows
     summary.update({"sasrecllm_x": _result("sasrecllm", 0, 0.74, 0.70, 0.68, 0.70),
                     "sasrecllm_x-seed1": _result("sasrecllm", 1, 0.70, 0.70, 0.66, 0.69)})
-    claims = "\n".join(experiments.seed_claims(summary, "sasrecllm_x"))
+    claims = "\n".join(claims_lib.seed_claims(summary, "sasrecllm_x"))
     assert "| AUC > SASRec | 0.7200 +- 0.0283 (2) | 0.7100 +- 0.0141 (2) | +0.0100 | yes |" in claims
     assert "| warm AUC >= SASRec | 0.7000 +- 0.0000 (2) | 0.7150 +- 0.0071 (2) | -0.0150 | no |" in claims
     assert "cold AUC > SASRec" not in claims and "TALLRec" not in claims  # a seed without cold rows; one TALLRec seed
-    assert experiments.seed_claims(summary, "tallrec") == []
-    assert experiments.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert claims_lib.seed_claims(summary, "tallrec") == []
+    assert experiments_cli.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no finished runs under" in capsys.readouterr().err
 
 
@@ -302,13 +305,12 @@ def test_an_interrupted_grid_or_run_stops_with_one_line(tmp_path, monkeypatch, c
     # to go on, exit 130, no traceback from wherever the interrupt landed (inside an XLA compile, on the GPU).
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(experiments, "run_grid", interrupted)
-    assert experiments.main(["ml1m", "--methods", "mf", "--out", str(tmp_path / "grid")]) == 130
+    monkeypatch.setattr(experiments_cli, "run_grid", interrupted)
+    assert experiments_cli.main(["ml1m", "--methods", "mf", "--out", str(tmp_path / "grid")]) == 130
     err = capsys.readouterr().err
     assert err.startswith("stopped: interrupted") and str(tmp_path / "grid" / "runs") in err
-    import sasrecllm_jax.train.loop as loop
-    from sasrecllm_jax.cli import train_main
-    monkeypatch.setattr(loop, "train_and_evaluate", interrupted)
-    assert train_main(["--workdir", str(tmp_path / "run")]) == 130
+    from sasrecllm_jax import cli
+    monkeypatch.setattr(cli, "train_and_evaluate", interrupted)
+    assert cli.train_main(["--workdir", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert err.startswith("stopped: interrupted") and str(tmp_path / "run") in err and "--resume" in err

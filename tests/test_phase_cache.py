@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from helpers import smoke_config, synthetic_dataset
-from sasrecllm_jax.components import Components
-from sasrecllm_jax.report import read_metrics
+from sasrecllm_jax.assembly import Assembly
+from sasrecllm_jax.run_folder.metrics_log import read_metrics
 from sasrecllm_jax.train.checkpoint import Store, load_raw
-from sasrecllm_jax.train.loop import group_trees, train_and_evaluate
+from sasrecllm_jax.train.groups import group_trees
+from sasrecllm_jax.train.run import train_and_evaluate
 from sasrecllm_jax.train.phase_cache import enabled_reason, phase_key
 from sasrecllm_jax.train.strategies import resolve_phases
 
@@ -62,7 +63,7 @@ def test_reused_phases_equal_retrained_ones(dataset, tmp_path, clean_commit):
     assert set(gated["reused_phases"]) == {"sasrec", "text_lora"}
     g = float(load_raw(tmp_path / "gated" / "final")["mapper"]["mapper"]["id_gate"])
     assert gated["id_gate"] == g and g != 1.0 and "id_gate" not in fresh  # recorded, and it trained
-    from sasrecllm_jax.experiments import summarise
+    from sasrecllm_jax.experiments.summary import summarise
     summarise(grid)
     assert ("again: sasrec from reused, text_lora from tallrec, mapper from reused; gated: sasrec from reused, "
             "text_lora from tallrec; reused: text_lora from tallrec.") in (grid / "SUMMARY.md").read_text()
@@ -70,7 +71,7 @@ def test_reused_phases_equal_retrained_ones(dataset, tmp_path, clean_commit):
 
 def test_key_follows_what_the_phase_reads(dataset, tmp_path, clean_commit):
     cfg = cfg_of(dataset, f"train.phase_cache={tmp_path}")
-    comp, params = Components.for_run(cfg)
+    comp, params = Assembly.for_run(cfg)
     text, hybrid = (next(p for p in resolve_phases(cfg) if p.prompt == kind) for kind in ("text", "hybrid"))
 
     def key(phase, *overrides, inputs=None):
@@ -133,7 +134,7 @@ def test_phase_overrides_change_only_the_named_phase(dataset):
     tuned = resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {epochs: 0.5, patience: 2}}"))
     assert [p.name for p in tuned] == [p.name for p in preset] == ["sasrec", "text_lora", "hybrid"]
     assert tuned[:2] == preset[:2] and (tuned[2].epochs, tuned[2].patience) == (0.5, 2)
-    from sasrecllm_jax.config import ConfigError
+    from sasrecllm_jax.errors import ConfigError
     with pytest.raises(ConfigError, match=r"no phase 'mapper'; its phases are \['sasrec', 'text_lora', 'hybrid'\]"):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={mapper: {epochs: 2}}"))
     with pytest.raises(ConfigError, match=r"phase_overrides.hybrid: unknown key\(s\) \['epoch'\]"):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from helpers import ROOT
-from sasrecllm_jax.data.dataset import DataError
+from sasrecllm_jax.errors import DataError
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
 from sasrecllm_jax.data.prompts import Template, byte_tokenizer, encode
 

@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent("""
     from sasrecllm_jax import sharding
     from sasrecllm_jax.config import DEBUG_TINY, LoraConfig, MapperConfig, ModelConfig, SASRecConfig
     from sasrecllm_jax.models.hybrid import Hybrid
-    from sasrecllm_jax.train import partition
+    from sasrecllm_jax.train import groups as partition
     from sasrecllm_jax.train.step import TrainState, make_train_step
 
     cfg = ModelConfig(mapper=MapperConfig(hidden=32), sasrec=SASRecConfig(max_len=5))

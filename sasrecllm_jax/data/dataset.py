@@ -21,13 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sasrecllm_jax.errors import DataError
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "valid_small", "test")
 SPLIT_COLUMNS = ("uid", "iid", "label", "timestamp", "his", "not_cold")
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file (and row) and says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from sasrecllm_jax.data.dataset import DataError
+from sasrecllm_jax.errors import DataError
 
 MARKERS = ("<UserID>", "<ItemID>")
 _SPLIT = re.compile("(" + "|".join(map(re.escape, MARKERS)) + ")")
@@ -105,7 +106,6 @@ def encode(template: Template, tokenizer, histories: list[np.ndarray], targets: 
 
 def byte_tokenizer():
     """A 256-token byte-level tokenizer for DEBUG_TINY models with random weights (tests, smoke runs)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))

@@ -13,7 +13,7 @@ them) to it, and with `fusion: residual` the score is the encoder's plus a learn
 """
 from __future__ import annotations
 
-
+import chex
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -75,12 +75,10 @@ class Hybrid(_HasEncoder, nn.Module):
             user, item, id_score = user * scale[:, None, None], item * scale[:, None, None], id_score * scale
         return user, item, id_score
 
-    def collaborative_tokens(self, batch):
-        """[B, k, d_model] each for the user and the target item, with the ablation masks applied."""
-        return self.collaborative_inputs(batch)[:2]
-
     def __call__(self, batch):
         """Scores [B] for a batch of rendered prompts."""
+        chex.assert_rank(batch["tokens"], 2)
+        chex.assert_equal_shape([batch["tokens"], batch["mask"]])
         embeds = self.llm.embed(batch["tokens"])
         id_score = None
         if "user_pos" in batch:
@@ -96,6 +94,9 @@ class Hybrid(_HasEncoder, nn.Module):
 def splice(embeds, vectors, start):
     """Write vectors [B, k, D] into embeds [B, T, D] at rows start..start+k-1 of each batch row."""
     B, k = vectors.shape[:2]
+    chex.assert_rank([embeds, vectors], 3)
+    chex.assert_shape(start, (B,))
+    chex.assert_axis_dimension(embeds, 2, vectors.shape[2])
     rows = start[:, None] + jnp.arange(k)[None]
     return embeds.at[jnp.arange(B)[:, None], rows].set(vectors)
 

@@ -222,7 +222,3 @@ def last_positions(mask):
     """Index of the last real token of each row (works for left and right padding)."""
     T = mask.shape[-1]
     return jnp.max(jnp.where(mask.astype(bool), jnp.arange(T), -1), axis=-1)
-
-
-def count_params(tree) -> int:
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

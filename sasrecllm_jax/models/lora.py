@@ -1,4 +1,4 @@
-"""Hand-written LoRA: a `lora: {a, b}` subtree beside each targeted kernel, plus merge / unmerge.
+"""Hand-written LoRA: a `lora: {a, b}` subtree beside each targeted kernel.
 
     y = x @ kernel + dropout(x) @ a @ b * (alpha / rank),   a: [in, r], b: [r, out], b = 0 at init
 
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from sasrecllm_jax.config import LoraConfig
+from sasrecllm_jax.trees import set_path
 
 
 def lora_a_init(key, shape, dtype=jnp.float32):
@@ -56,36 +57,6 @@ class Linear(nn.Module):
         return y
 
 
-def _map_lora(params, fn):
-    """Apply fn(node) to every dict that holds both `kernel` and `lora`; returns a new tree."""
-    if isinstance(params, dict):
-        if "kernel" in params and "lora" in params:
-            return fn(params)
-        return {k: _map_lora(v, fn) for k, v in params.items()}
-    return params
-
-
-def _delta(lora, scale, dtype):
-    return (jnp.matmul(lora["a"], lora["b"]) * scale).astype(dtype)
-
-
-def merge(params, cfg: LoraConfig):
-    """Fold every adapter into its kernel: returns base-shaped params without `lora` subtrees."""
-    return _map_lora(params, lambda n: {**{k: v for k, v in n.items() if k != "lora"},
-                                        "kernel": n["kernel"] + _delta(n["lora"], cfg.scale, n["kernel"].dtype)})
-
-
-def unmerge(merged, adapters, cfg: LoraConfig):
-    """Inverse of merge: subtract the adapters found in `adapters` (a LoRA-bearing tree) again."""
-    def walk(m, a):
-        if isinstance(a, dict) and "kernel" in a and "lora" in a:
-            return {**m, "kernel": m["kernel"] - _delta(a["lora"], cfg.scale, m["kernel"].dtype), "lora": a["lora"]}
-        if isinstance(a, dict):
-            return {k: walk(m[k], a[k]) for k in a}
-        return m
-    return walk(merged, adapters)
-
-
 def init_adapters(abstract, key, cfg: LoraConfig):
     """Fresh adapter values for every `lora` subtree of an abstract (ShapeDtypeStruct) param tree."""
     leaves = []
@@ -106,9 +77,3 @@ def init_adapters(abstract, key, cfg: LoraConfig):
         b = jnp.zeros(node["b"].shape, jnp.float32)
         set_path(out, path, {"a": a, "b": b})
     return out
-
-
-def set_path(tree: dict, path: tuple, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value

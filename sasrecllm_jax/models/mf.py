@@ -1,4 +1,4 @@
-"""Matrix factorisation: score = <user_emb[uid], item_emb[iid]> (REFERENCE.md section 7)."""
+"""Matrix factorisation: score = <user_emb[uid], item_emb[iid]>."""
 from __future__ import annotations
 
 import jax.numpy as jnp

@@ -15,10 +15,9 @@ import flax.linen as nn
 import numpy as np
 
 from sasrecllm_jax.config import ModelConfig, PopConfig
-from sasrecllm_jax.data.dataset import DataError
+from sasrecllm_jax.errors import DataError
 
-# SASRec's counted terms (`bias: counts`): leaves of group pop (train/partition.py), never trained
-COUNT_TERMS = ("user_count", "item_count")
+COUNTS = "counts"  # the subtree that holds counted terms: no phase trains it (group `counts`)
 
 
 def _logit(p):
@@ -46,14 +45,28 @@ def count_logits(train, num_users: int, num_items: int, prior: float,
 
 
 def counted_params(cfg: ModelConfig, train, num_users: int, num_items: int, where: str) -> dict:
-    """The encoder's counted leaves, to merge into its freshly initialised params: method pop's logits,
-    SASRec's COUNT_TERMS with `bias: counts`, else none."""
+    """The encoder's counted subtree, to merge into its freshly initialised params: method pop's terms,
+    SASRec's with `bias: counts`, else none."""
     if cfg.encoder != "pop" and not (cfg.encoder == "sasrec" and cfg.sasrec.bias == "counts"):
         return {}
     user, item = count_logits(train, num_users, num_items, cfg.pop.prior, where)
-    if cfg.encoder == "pop":
-        return {"user_logit": user, "item_logit": item}
-    return {name: {"embedding": terms[:, None]} for name, terms in zip(COUNT_TERMS, (user, item))}
+    return {COUNTS: {"user": user, "item": item}}
+
+
+class CountTerms(nn.Module):
+    """A user term and an item term per id (filled with counted log-odds, never trained)."""
+    num_users: int
+    num_items: int
+
+    def setup(self):
+        self.user = self.param("user", nn.initializers.zeros, (self.num_users + 1,))
+        self.item = self.param("item", nn.initializers.zeros, (self.num_items + 1,))
+
+    def user_term(self, uid):
+        return self.user[uid]
+
+    def item_term(self, iid):
+        return self.item[iid]
 
 
 class Pop(nn.Module):
@@ -64,8 +77,8 @@ class Pop(nn.Module):
     deterministic: bool = True  # the encoders' signature
 
     def setup(self):
-        self.user_logit = self.param("user_logit", nn.initializers.zeros, (self.num_users + 1,))
-        self.item_logit = self.param("item_logit", nn.initializers.zeros, (self.num_items + 1,))
+        setattr(self, COUNTS, CountTerms(self.num_users, self.num_items))
 
     def __call__(self, his, uid, iid):
-        return self.user_logit[uid] + self.item_logit[iid]
+        counts = getattr(self, COUNTS)
+        return counts.user_term(uid) + counts.item_term(iid)

@@ -1,12 +1,12 @@
-"""SASRec (Kang & McAuley 2018) as the reference code runs it (REFERENCE.md section 2).
+"""SASRec (Kang & McAuley 2018) as the reference code runs it (Kang & McAuley's reference PyTorch code).
 
     x = item_emb(seq) * sqrt(d) + pos_emb(0..L-1); dropout; pads zeroed
     per block: Q = LN(x); x = Q + MHA(Q, x, x, causal); x = LN(x); x = x + FFN(x); pads zeroed
     user vector = LN(x)[:, -1]      (left-padded: the last position is the most recent item)
     item vector = item_emb(item)    (raw, unscaled)
     score = <user vector, item vector>  (not in the reference: + user_bias[uid] + item_bias[iid] with
-                                         `bias: learned`, + user_count[uid] + item_count[iid] with
-                                         `bias: counts`, fixed counted log-odds of group pop)
+                                         `bias: learned`, + counts/user[uid] + counts/item[iid] with
+                                         `bias: counts`, fixed counted log-odds of group counts)
 
 Item 0 is padding: its embedding reads as zero. `deterministic=True` turns every dropout off
 (a frozen SASRec always runs so).
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from sasrecllm_jax.config import SASRecConfig
-from sasrecllm_jax.models.pop import COUNT_TERMS
+from sasrecllm_jax.models.pop import COUNTS, CountTerms
 
 LN_EPS = 1e-8
 init = nn.initializers.xavier_normal()
@@ -67,13 +67,18 @@ class SASRec(nn.Module):
         self.forward_fc2 = [nn.Dense(c.hidden, kernel_init=init) for _ in range(c.num_blocks)]
         self.forward_dropout = [(drop(), drop()) for _ in range(c.num_blocks)]
         self.last_layernorm = nn.LayerNorm(LN_EPS)
-        if c.bias != "none":  # counts: set by Components.init_params, labelled pop (never trained)
-            zeros = nn.initializers.zeros
-            for name, size in zip(self._terms(), (self.num_users, self.num_items)):
-                setattr(self, name, nn.Embed(size + 1, 1, embedding_init=zeros))
+        if c.bias == "learned":
+            self.user_bias = nn.Embed(self.num_users + 1, 1, embedding_init=nn.initializers.zeros)
+            self.item_bias = nn.Embed(self.num_items + 1, 1, embedding_init=nn.initializers.zeros)
+        if c.bias == "counts":  # filled with the counted log-odds when params are built; group counts
+            setattr(self, COUNTS, CountTerms(self.num_users, self.num_items))
 
-    def _terms(self) -> tuple[str, str]:
-        return ("user_bias", "item_bias") if self.cfg.bias == "learned" else COUNT_TERMS
+    def _terms(self, uid, iid):
+        """The user and item terms [B] added to the score (bias learned or counts)."""
+        if self.cfg.bias == "learned":
+            return self.user_bias(uid)[:, 0], self.item_bias(iid)[:, 0]
+        counts = getattr(self, COUNTS)
+        return counts.user_term(uid), counts.item_term(iid)
 
     def item_vector(self, items):
         """[...] item ids -> [..., d]; id 0 (padding) reads as zero."""
@@ -100,8 +105,8 @@ class SASRec(nn.Module):
         """The encoder's score of user and item vectors [B, d] -> [B]."""
         s = jnp.sum(user * item, axis=-1)
         if self.cfg.bias != "none":
-            user_term, item_term = (getattr(self, name) for name in self._terms())
-            s = s + user_term(uid)[:, 0] + item_term(iid)[:, 0]
+            user_term, item_term = self._terms(uid, iid)
+            s = s + user_term + item_term
         return s
 
     def __call__(self, his, uid, iid):

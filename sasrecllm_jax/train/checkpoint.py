@@ -17,9 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(ValueError):
-    pass
+from sasrecllm_jax.errors import CheckpointError
+from sasrecllm_jax.train import groups
 
 
 def _shapes(tree) -> dict[str, list[int]]:
@@ -93,3 +92,27 @@ def load_raw(directory: str | Path) -> dict[str, object]:
     names = [n for n in store.meta(step)["shapes"]]
     checkpointer = ocp.StandardCheckpointer()
     return {n: checkpointer.restore(store.directory / str(step) / n) for n in names}
+
+
+class PhaseCheckpoints:
+    """A phase's two checkpoints: `latest` (the whole train state, the data-iterator position and the
+    early-stopping record, at every evaluation: what a resume continues from) and `best` (the trained
+    groups at the best evaluation: what the phase hands on)."""
+
+    def __init__(self, workdir: Path, phase: str):
+        self.phase = phase
+        self.latest = Store(Path(workdir) / "checkpoints" / phase / "latest")
+        self.best = Store(Path(workdir) / "checkpoints" / phase / "best")
+
+    def save_latest(self, step: int, state: dict, iterator: dict, stopping: dict) -> None:
+        self.latest.save(step, {"state": state}, {"iterator": iterator, "book": stopping})
+
+    def save_best(self, step: int, group_trees: dict, auc: float) -> None:
+        self.best.save(step, group_trees, {"auc": auc, "phase": self.phase})
+
+    def restore_best_into(self, params: dict) -> dict:
+        """params with every group the best checkpoint holds replaced by its values (unchanged without one)."""
+        if self.best.latest_step() is None:
+            return params
+        restored, _ = self.best.restore(groups.group_trees(params))
+        return groups.replace_groups(params, restored)

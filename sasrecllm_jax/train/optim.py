@@ -8,10 +8,9 @@ from __future__ import annotations
 import jax
 import optax
 
-from sasrecllm_jax.config import ConfigError, PhaseConfig, TrainConfig
-from sasrecllm_jax.train import partition
-
-ENCODERS = ("sasrec", "mf")
+from sasrecllm_jax.config import PhaseConfig, TrainConfig
+from sasrecllm_jax.errors import ConfigError
+from sasrecllm_jax.train import groups
 
 
 def schedule(peak: float, warmup: int, total: int) -> optax.Schedule:
@@ -21,7 +20,7 @@ def schedule(peak: float, warmup: int, total: int) -> optax.Schedule:
 
 def make_optimizer(phase: PhaseConfig, trainable, total_steps: int, cfg: TrainConfig):
     """(tx, {group: schedule}) for the trainable tree of one phase."""
-    labels = partition.labels(trainable)
+    labels = groups.labels(trainable)
     present = set(jax.tree_util.tree_leaves(labels))
     missing_lr = sorted(present - set(phase.lr))
     if missing_lr:
@@ -30,7 +29,7 @@ def make_optimizer(phase: PhaseConfig, trainable, total_steps: int, cfg: TrainCo
     transforms, schedules = {}, {}
     for group in present:
         schedules[group] = schedule(float(phase.lr[group]), cfg.warmup_steps, total_steps)
-        decay = cfg.encoder_weight_decay if group in ENCODERS else cfg.weight_decay
+        decay = cfg.encoder_weight_decay if group in groups.ENCODERS else cfg.weight_decay
         transforms[group] = optax.adamw(schedules[group], b1=0.9, b2=0.999, eps=1e-8, weight_decay=decay,
                                         mask=lambda tree: jax.tree_util.tree_map(lambda x: x.ndim >= 2, tree))
     tx = optax.multi_transform(transforms, labels)

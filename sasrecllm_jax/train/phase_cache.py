@@ -31,8 +31,9 @@ import jax
 import numpy as np
 
 from sasrecllm_jax.config import Config, PhaseConfig, to_dict
-from sasrecllm_jax.report import code_version
+from sasrecllm_jax.run_folder.files import code_version
 from sasrecllm_jax.train.checkpoint import Store
+from sasrecllm_jax.weights.backbone import weights_source
 
 # train fields that only pick or parameterise the preset phases; the resolved phase carries their effect
 _PHASE_SOURCES = ("method", "strategy", "phases", "phase_overrides", "enc_epochs", "enc_lr", "llm_lr",
@@ -80,7 +81,6 @@ def phase_key(cfg: Config, phase: PhaseConfig, inputs: dict, dataset_dir: Path) 
     weights = cfg.model.weights
     stat = None
     if phase.prompt != "none" and weights not in ("smollm2", "random") and Path(weights).exists():
-        from sasrecllm_jax.components import weights_source
         stat = weights_source(Path(weights))
     phase_fields = {k: v for k, v in to_dict(phase).items() if k != "restore"}  # restored values are inputs
     head = {

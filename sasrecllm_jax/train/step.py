@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from sasrecllm_jax.train import partition
+from sasrecllm_jax.trees import merge
 
 
 @struct.dataclass
@@ -38,14 +38,14 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedu
         dropout = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
         def loss_fn(trainable):
-            scores = apply_fn(partition.merge(trainable, state.frozen), batch, {"dropout": dropout})
+            scores = apply_fn(merge(trainable, state.frozen), batch, {"dropout": dropout})
             total, count = weighted_bce(scores, batch["label"], batch["weight"])
             return total / jnp.maximum(count, 1.0), scores
 
         (loss, scores), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    **{f"lr/{g}": s(state.step) for g, s in schedules.items()}}
         return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
 

@@ -1,4 +1,4 @@
-"""Methods and training strategies as data: each is a list of phases (REFERENCE.md sections 6-7).
+"""Methods and training strategies as data: each is a list of phases.
 
 A phase names the groups that train, the prompt kind (`none` = the ID encoder alone, `text`,
 `hybrid`), its length, a learning rate per group, and what it restores first: `{group: "phase:NAME"}`
@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sasrecllm_jax.config import Config, ConfigError, PhaseConfig, from_dict, to_dict
+from sasrecllm_jax.config import Config, PhaseConfig, from_dict, to_dict
+from sasrecllm_jax.errors import ConfigError
+from sasrecllm_jax.train.groups import ENCODERS, trainable_on
+
 
 def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 10.0, llm_epochs: float = 1.0,
                   enc_lr: float = 1e-2, llm_lr: float = 1e-3) -> tuple[PhaseConfig, ...]:
@@ -20,7 +23,7 @@ def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 
 
     llm = lambda name, groups, prompt, **kw: PhaseConfig(
         name=name, trainable=groups, prompt=prompt, epochs=llm_epochs,
-        lr={g: (enc_lr / 10 if g in ("sasrec", "mf") else llm_lr) for g in groups}, **kw)
+        lr={g: (enc_lr / 10 if g in ENCODERS else llm_lr) for g in groups}, **kw)
     if method in ("mf", "sasrec"):
         return (_encoder(method, enc_epochs),)
     if method in ("icl", "pop"):  # nothing trains: the untuned LLM, or the counted tendencies
@@ -85,7 +88,7 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
             raise ConfigError(f"{where}: phase names must be unique")
         seen.add(ph.name)
         groups = tuple(g for g in ph.trainable if g not in freeze)
-        allowed = {"none": {cfg.model.encoder}, "text": {"lora"}, "hybrid": {cfg.model.encoder, "mapper", "lora"}}[ph.prompt]
+        allowed = trainable_on(ph.prompt, cfg.model.encoder)
         bad = sorted(set(groups) - allowed)
         if bad:
             raise ConfigError(f"{where}: group(s) {bad} cannot train on '{ph.prompt}' prompts (trainable there: "

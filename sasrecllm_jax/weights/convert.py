@@ -10,7 +10,9 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from sasrecllm_jax.config import LlamaConfig
+from sasrecllm_jax.config import LlamaConfig, RopeScaling
+from sasrecllm_jax.errors import WeightsError
+from sasrecllm_jax.trees import set_path
 
 LAYER_KEYS = {  # HF suffix of model.layers.{i}. -> (path under llm/model/layers, transpose)
     "self_attn.q_proj.weight": (("self_attn", "q_proj", "kernel"), True),
@@ -29,10 +31,6 @@ GLOBAL_KEYS = {
     "lm_head.weight": (("lm_head", "kernel"), True),
 }
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
-
-
-class WeightsError(ValueError):
-    """Weights that do not fit the model: names the key, the shapes and what to do."""
 
 
 def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple]:
@@ -75,9 +73,9 @@ def hf_to_params(tensors: dict[str, np.ndarray], cfg: LlamaConfig, source: str) 
             layered.setdefault(path, [None] * cfg.num_layers)[int(m.group(1))] = _prep(tensors[k], transpose)
         else:
             path, transpose = GLOBAL_KEYS[k]
-            _put(params, path, jnp.asarray(_prep(tensors[k], transpose), dtype))
+            set_path(params, path, jnp.asarray(_prep(tensors[k], transpose), dtype))
     for path, arrays in layered.items():
-        _put(params["model"]["layers"], path, jnp.asarray(np.stack(arrays), dtype))
+        set_path(params["model"]["layers"], path, jnp.asarray(np.stack(arrays), dtype))
     return params
 
 
@@ -86,15 +84,8 @@ def _prep(x, transpose):
     return x.T if transpose else x
 
 
-def _put(tree, path, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def config_from_hf(hf: dict, **overrides) -> LlamaConfig:
     """A Hugging Face Llama config.json dict -> LlamaConfig (rope_theta top level or in rope_parameters)."""
-    from sasrecllm_jax.config import RopeScaling
     if hf.get("model_type", "llama") != "llama":
         raise WeightsError(f"model_type {hf.get('model_type')!r}: only Llama-architecture checkpoints load")
     rope = dict(hf.get("rope_parameters") or {})

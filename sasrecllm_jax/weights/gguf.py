@@ -1,12 +1,14 @@
 """A GGUF file (llama.cpp) -> (LlamaConfig, llm params): dequantized, q/k un-permuted, HF-named."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from sasrecllm_jax.config import LlamaConfig
-from sasrecllm_jax.weights.convert import WeightsError, hf_to_params
+from sasrecllm_jax.errors import WeightsError
+from sasrecllm_jax.weights.convert import hf_to_params
 
 NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
          "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -83,6 +85,5 @@ def read_gguf(path: str | Path):
 
 def load_gguf(path: str | Path, **config_overrides):
     cfg, tensors, _ = read_gguf(path)
-    import dataclasses
     cfg = dataclasses.replace(cfg, **config_overrides)
     return cfg, hf_to_params(tensors, cfg, str(path))

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 
-from sasrecllm_jax.weights.convert import WeightsError, config_from_hf, hf_to_params
+from sasrecllm_jax.errors import WeightsError
+from sasrecllm_jax.weights.convert import config_from_hf, hf_to_params
 
 
 def load_hf_folder(folder: str | Path, **config_overrides):
@@ -28,7 +30,6 @@ def read_hf_folder(folder: str | Path):
     if not files:
         raise WeightsError(f"{folder}: no *.safetensors files (PyTorch .bin checkpoints are not read: "
                            f"convert them with save_pretrained(safe_serialization=True))")
-    from safetensors import safe_open
     tensors: dict[str, np.ndarray] = {}
     for f in files:
         try:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sasrecllm_jax.weights.convert import WeightsError
+from sasrecllm_jax.downloads import cache_dir
+from sasrecllm_jax.errors import WeightsError
 
 TINYLLAMA = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 
 
 def download(repo_id: str = TINYLLAMA, out: str | Path | None = None) -> Path:
     """Fetch config.json, tokenizer files and *.safetensors into `out` (default: the cache)."""
-    from data_tools.fetch import cache_dir
     out = Path(out) if out else cache_dir() / "hf" / repo_id.replace("/", "--")
     try:
         from huggingface_hub import snapshot_download

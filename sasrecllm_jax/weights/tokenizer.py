@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sasrecllm_jax.weights.convert import WeightsError
+import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from sasrecllm_jax.errors import WeightsError
 
 
 def load_tokenizer(source: str | Path, cache: Path | None = None):
-    from tokenizers import Tokenizer
     source = Path(source)
     if source.is_dir():
         path = source / "tokenizer.json"
@@ -35,8 +37,6 @@ CONTROL = 3  # llama.cpp token type of special tokens such as <|im_start|>
 def tokenizer_from_gguf(path: Path):
     """The GGUF's byte-level BPE ("gpt2") tokenizer as a `tokenizers.Tokenizer`."""
     import gguf
-    import numpy as np
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     reader = gguf.GGUFReader(str(path))
     fields = reader.fields
 

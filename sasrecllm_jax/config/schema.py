@@ -1,0 +1,180 @@
+"""What can be configured: frozen dataclasses, one per section, every field with its default and meaning.
+
+A run's configuration is `Config(data, model, train)`. The LLM architectures are presets
+(`config/presets.py`); YAML files and `--set` flags override fields (`config/loading.py`), and every
+value is checked for type and range when it is read.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional
+
+
+# --------------------------------------------------------------------------- models
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3-style rotary scaling (`rope_type: llama3` in a Hugging Face config)."""
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_layers: int = 22
+    num_heads: int = 32
+    num_kv_heads: int = 4
+    head_dim: int = 64
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScaling] = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    param_dtype: str = "float32"       # base weights; "bfloat16" on GPU
+    dtype: str = "float32"             # activations / matmul inputs
+    attention: Literal["xla", "cudnn"] = "xla"  # cudnn: GPU only, right-padded batches
+    # per-layer rematerialisation: "full" saves only layer inputs, "dots" saves matmul outputs,
+    # "cheap" recomputes elementwise work (fp32 norm and rotary intermediates, silu, LoRA dropout) and,
+    # on the XLA attention path, the [B, heads, T, T] scores
+    remat: Literal["none", "full", "dots", "cheap"] = "none"
+    scan_unroll: int = 1  # layers per iteration of the layer loop: fewer loop trips, longer compiles
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "v_proj")  # names of the adapted projections
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    hidden: int = 64
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 25                  # history length fed to the encoder (left-padded)
+    # per-user and per-item terms added to the score <user, item> (not in the reference SASRec):
+    # "learned": biases that start at 0 and train with SASRec; "counts": the train split's counted
+    # log-odds (models/pop.py), fixed, so SASRec learns what taste adds to rating tendencies
+    bias: Literal["none", "learned", "counts"] = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class MFConfig:
+    dim: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class PopConfig:
+    prior: float = 5.0                 # pseudo-rows at the global positive rate added to every count
+
+
+@dataclasses.dataclass(frozen=True)
+class MapperConfig:
+    hidden: int = 320
+    num_tokens: int = 1                # soft tokens per ID placeholder
+    # "gate": score = LLM log-odds + g x the encoder's own score, g learned (mapper group), starting at 1;
+    # "residual": score = the encoder's score + a x LLM log-odds, a learned, starting at 0 (the hybrid
+    # starts as the ID model exactly)
+    fusion: Literal["none", "gate", "residual"] = "none"
+    # "zeros": the output layer starts at zero, so the soft tokens start as zero vectors
+    out_init: Literal["default", "zeros"] = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    llm: str = "SMOLLM2_135M"          # a preset name (config/presets.py); weights come from `weights`
+    llm_overrides: dict = dataclasses.field(default_factory=dict)  # LlamaConfig fields, e.g. {param_dtype: bfloat16}
+    weights: str = "smollm2"           # "smollm2" (registry GGUF), "random", a GGUF file or an HF folder
+    encoder: Literal["sasrec", "mf", "pop"] = "sasrec"  # pop: counted tendencies, for method pop only
+    sasrec: SASRecConfig = SASRecConfig()
+    mf: MFConfig = MFConfig()
+    pop: PopConfig = PopConfig()
+    mapper: MapperConfig = MapperConfig()
+    lora: LoraConfig = LoraConfig()
+    score_head: Literal["yes_logit", "log_odds"] = "log_odds"  # the Yes logit, or Yes minus No
+
+
+# --------------------------------------------------------------------------- data
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "ml100k"            # a prepared folder, or a named dataset (prepared on first use)
+    data_dir: str = "data"             # where named datasets are prepared
+    prompt_hybrid: str = "configs/prompts/hybrid.txt"
+    prompt_text: str = "configs/prompts/text.txt"
+    answer_yes: str = " Yes"
+    answer_no: str = " No"
+    max_titles: int = 10               # most recent liked titles shown in the prompt
+    max_tokens: int = 320              # longest prompt; longer ones show fewer titles, never cut silently
+    pad_multiple: int = 16             # pad batch lengths to a multiple (fewer compilations)
+    # Row caps (a seeded random subset, 0 = all): "train" caps the rows of prompted (LLM) phases,
+    # "eval" the rows of every evaluation and of the final test. Encoder phases train on every row.
+    max_rows: dict = dataclasses.field(default_factory=dict)
+    cpu_max_rows: dict = dataclasses.field(default_factory=dict)  # the same, applied only on the CPU backend
+    eval_split: Literal["valid_small", "valid"] = "valid_small"
+
+
+# --------------------------------------------------------------------------- training
+@dataclasses.dataclass(frozen=True)
+class PhaseConfig:
+    name: str = "main"
+    trainable: tuple[str, ...] = ("mapper", "lora")   # groups: sasrec | mf | mapper | lora
+    prompt: Literal["text", "hybrid", "none"] = "hybrid"  # none: encoder-only (sasrec / mf)
+    epochs: float = 1.0
+    max_steps: int = 0                 # > 0 caps the phase
+    lr: dict = dataclasses.field(default_factory=lambda: {"mapper": 1e-3, "lora": 1e-3})  # per group
+    restore: dict = dataclasses.field(default_factory=dict)  # group -> "phase:NAME" or a run folder
+    restore_best: bool = True          # end the phase on its best checkpoint (what the next phase starts from)
+    eval_every: int = 0                # steps between evaluations; 0: train.eval_every for prompted
+                                       # phases, once per epoch for encoder phases
+    patience: int = 0                  # evaluations without improvement before stopping; 0: train.patience
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["pop", "mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm"] = "sasrecllm"
+    strategy: str = "dual_stage"       # for sasrecllm: dual_stage | hierarchical_freezing | plug_and_play
+    phases: tuple[PhaseConfig, ...] = ()  # empty: taken from the method / strategy preset
+    # per phase name, fields that replace the preset's (or train.phases'), e.g.
+    # {hybrid: {lr: {mapper: 3.0e-4, lora: 3.0e-4}, patience: 2}}
+    phase_overrides: dict = dataclasses.field(default_factory=dict)
+    batch_size: int = 16               # rows per step of prompted phases
+    eval_batch_size: int = 64          # rows per scoring call
+    encoder_batch_size: int = 1024     # rows per step of encoder phases
+    warmup_steps: int = 20
+    weight_decay: float = 1e-3         # on LoRA and mapper matrices
+    encoder_weight_decay: float = 1e-4
+    clip_norm: float = 1.0             # 0 disables clipping
+    eval_every: int = 100              # steps between evaluations in prompted phases (0: once per epoch)
+    eval_at_start: bool = False        # prompted phases also evaluate before their first step; a phase whose
+                                       # training only hurts then hands on its input
+    patience: int = 20                 # evaluations without improvement before stopping
+    seed: int = 0
+    log_every: int = 10                # steps between training-loss records
+    collab: Literal["on", "drop", "shuffle"] = "on"  # ablation of the collaborative tokens
+    freeze: tuple[str, ...] = ()       # ablation: groups that never train, in any phase
+    sharding: Literal["none", "data", "fsdp"] = "none"  # parameter layout over all devices
+    distributed: bool = False          # call jax.distributed.initialize() (several hosts)
+    phase_cache: str = ""              # a folder: reuse phases other runs trained on identical inputs
+                                       # (train/phase_cache.py); "" trains every phase
+    enc_epochs: float = 10.0           # preset phases: encoder pretraining epochs
+    enc_lr: float = 1e-2               # preset phases: encoder pretraining learning rate
+    llm_lr: float = 1e-3               # preset phases: LoRA / mapper learning rate
+    llm_epochs: float = 1.0            # preset phases: epochs of each LLM phase
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()

@@ -1,0 +1,73 @@
+"""Splits of a dataset encoded for a prompt kind: SASRec histories and, for LLM phases, tokenized prompts.
+
+`SplitEncoder.split(name, prompt, max_rows)` encodes a split once per process (and once per grid
+when a HostCache is shared: the key holds everything the encoding depends on); `encode_rows` does the
+same for any table of canonical rows (rows to score). `row_limit` reads the row caps of the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import pandas as pd
+
+from sasrecllm_jax.config import Config
+from sasrecllm_jax.data import prompts as prompts_lib
+from sasrecllm_jax.data.dataset import Dataset
+from sasrecllm_jax.data.pipeline import SplitData
+from sasrecllm_jax.errors import ConfigError
+from sasrecllm_jax.host_cache import HostCache, memo
+
+
+def row_limit(cfg: Config, kind: str) -> int:
+    """data.max_rows[kind], with data.cpu_max_rows on top when running on the CPU backend."""
+    d = cfg.data
+    limits = {**d.max_rows, **(d.cpu_max_rows if jax.default_backend() == "cpu" else {})}
+    unknown = set(limits) - {"train", "eval"}
+    if unknown:
+        raise ConfigError(f"data.max_rows / data.cpu_max_rows: unknown key(s) {sorted(unknown)}; use train, eval")
+    return int(limits.get(kind, 0))
+
+
+@dataclasses.dataclass
+class SplitEncoder:
+    cfg: Config
+    dataset: Dataset
+    tokenizer: object = None           # None: encoder-only runs (no prompts)
+    tokenizer_source: tuple = ()       # which tokenizer encodes the prompts (part of a shared split's key)
+    host_cache: HostCache | None = None
+    _splits: dict = dataclasses.field(default_factory=dict)
+
+    def split(self, name: str, prompt: str, max_rows: int = 0) -> SplitData:
+        """A split of the dataset, encoded for this prompt kind (cached)."""
+        key = (name, prompt, max_rows)
+        if key not in self._splits:
+            make = lambda: self.encode_rows(name, self.dataset.splits[name], prompt, max_rows)
+            self._splits[key] = memo(self.host_cache, self._key(name, prompt, max_rows), make)
+        return self._splits[key]
+
+    def _key(self, name: str, prompt: str, max_rows: int) -> tuple:
+        """Everything an encoded split depends on (for sharing it between runs of one process)."""
+        d, m = self.cfg.data, self.cfg.model
+        base = ("split", str(Path(self.dataset.path).resolve()), name, max_rows, m.sasrec.max_len, prompt)
+        if prompt == "none":
+            return base
+        template = Path(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text)
+        return base + (template.read_text() if template.exists() else str(template), self.tokenizer_source,
+                       d.max_titles, d.max_tokens, m.mapper.num_tokens)
+
+    def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
+        """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""
+        d, m = self.cfg.data, self.cfg.model
+        data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows)
+        if prompt != "none":
+            template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
+            data.prompts = prompts_lib.encode(
+                template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
+                max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
+                where=f"{self.dataset.path}/{name}")
+            if data.prompts.shortened:
+                print(f"{name}: {data.prompts.shortened} prompts over data.max_tokens={d.max_tokens} "
+                      f"show fewer history titles")
+        return data

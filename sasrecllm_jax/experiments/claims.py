@@ -1,0 +1,150 @@
+"""The paper's claims, read on the SASRecLLM run best on valid AUC, each with its paired interval; a
+control of ours (the hybrid against the late fusion of its own encoder's and TALLRec's scores); and
+notes that keep a reader from misreading them."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from sasrecllm_jax.compare import compare, late_fusion, paired_parts, paired_scores
+from sasrecllm_jax.config import SASRecConfig
+from sasrecllm_jax.errors import ConfigError
+from sasrecllm_jax.experiments.markdown import interval, num, signed, table
+from sasrecllm_jax.experiments.seeds import mean_and_sd, mean_sd, seed_groups
+
+CLAIMS = [  # (claim, baseline run, rows, relation): the paper's claims against its baselines
+    ("AUC > SASRec", "sasrec", "all", ">"), ("warm AUC >= SASRec", "sasrec", "warm", ">="),
+    ("cold AUC > SASRec", "sasrec", "cold", ">"), ("AUC > TALLRec", "tallrec", "all", ">"),
+    ("cold AUC > TALLRec", "tallrec", "cold", ">")]
+
+
+def claims_section(out: Path, summary: dict) -> list[str]:
+    """The paper's claims read on the SASRecLLM run that is best on valid AUC (the selection a researcher
+    may make without looking at test), each against its baseline: the test AUCs, and where both runs kept
+    their scores the paired difference's 95% interval and where it lies (above zero: the run is better
+    beyond the test rows' noise; covers: not resolved; below: worse). The interval is over test rows: it
+    does not know how much a reseed moves a method (seed_claims does, where several seeds ran)."""
+    hybrids = {n: r for n, r in summary.items() if r.get("method") == "sasrecllm" and r["valid"]["all"]["auc"] is not None}
+    if not hybrids or not {"sasrec", "tallrec"} <= set(summary):
+        return []
+    best = max(hybrids, key=lambda n: hybrids[n]["valid"]["all"]["auc"])
+    paired = {}
+    for base in ("sasrec", "tallrec"):
+        try:
+            paired[base] = compare(out / "runs" / base, out / "runs" / best)
+        except ConfigError:  # no scores.npz (an older run), or scored on other rows
+            paired[base] = None
+    rows = []
+    for claim, base, part, rel in CLAIMS:
+        a, b = summary[base]["test"][part]["auc"], summary[best]["test"][part]["auc"]
+        if a is None or b is None:
+            rows.append([claim, "-", "-", "-", "-", "-", "-"])
+            continue
+        if summary[base]["test"][part]["n"] != summary[best]["test"][part]["n"]:  # e.g. CPU runs of other caps
+            rows.append([claim, num(b), num(a), "-", "-", "-", f"not comparable: {summary[best]['test'][part]['n']}"
+                         f" vs {summary[base]['test'][part]['n']} test rows"])
+            continue
+        interval, side = interval_vs_zero(paired[base][part]["AUC"] if paired[base] else None)
+        holds = (b > a) if rel == ">" else (b >= a)
+        rows.append([claim, num(b), num(a), signed(b - a), interval, side, "yes" if holds else "no"])
+    rows += fusion_control(out, summary, best)
+    lines = ["", f"The paper's claims, on the SASRecLLM run best on valid AUC: {best} (valid AUC "
+                 f"{hybrids[best]['valid']['all']['auc']:.4f}, best of {len(hybrids)}); test split:", "",
+             *table(["claim", best, "baseline", "difference", "paired 95% interval", "interval vs zero", "holds"], rows)]
+    return lines + seed_claims(summary, best) + kept_start_note(best, hybrids[best]) + own_encoder_note(summary, best)
+
+
+def interval_vs_zero(test: dict | None) -> tuple[str, str]:
+    """A paired test's 95% interval and where it lies: above zero, below, or covering it ("-" without a test,
+    or with too few rows of a label)."""
+    if test is None or math.isnan(test["diff"]):
+        return "-", "-"
+    lo, hi = test["ci95"]
+    return interval(lo, hi), "above" if lo > 0 else ("below" if hi < 0 else "covers")
+
+
+def fusion_control(out: Path, summary: dict, best: str) -> list[list[str]]:
+    """A claims row that is ours, not the paper's: the hybrid against the late fusion of its own encoder's
+    and TALLRec's scores (compare.late_fusion, the weight picked on valid). Both signals reach the hybrid;
+    if a weighted sum after training does as well, the fusion inside the LLM adds nothing."""
+    own = own_encoder_runs(summary, best)
+    if not own or "tallrec" not in summary:
+        return []
+    encoder = "sasrec" if "sasrec" in own else own[0]
+    runs = out / "runs"
+    try:
+        fused = late_fusion(runs / encoder, runs / "tallrec")
+        rows, mine = paired_scores(runs / encoder, runs / best, "test")
+    except ConfigError:  # no scores.npz, or scored on other rows
+        return []
+    test = paired_parts(rows, fused["test_scores"], mine["score"])["all"]["AUC"]
+    if math.isnan(test["diff"]):
+        return []
+    span, side = interval_vs_zero(test)
+    a, b = test["auc_a"], test["auc_b"]
+    return [[f"control: AUC > late fusion of {encoder} + tallrec (w = {fused['weight_b']:.2f} on {fused['valid']})",
+             num(b), num(a), signed(b - a), span, side, "yes" if b > a else "no"]]
+
+
+def seed_claims(summary: dict, best: str) -> list[str]:
+    """The claims again on means over seeds, where the chosen hybrid's method and the baseline each ran
+    with two or more: one seed's lead can be the seed's."""
+    groups = seed_groups(summary)
+    group_of = {n: names for names in groups.values() for n in names}
+    if best not in group_of:
+        return []
+    rows = []
+    for claim, base, part, rel in CLAIMS:
+        if base not in group_of or summary[base]["test"][part]["n"] != summary[best]["test"][part]["n"]:
+            continue
+        mine, theirs = ([summary[n]["test"][part]["auc"] for n in group_of[name]] for name in (best, base))
+        (b, _), (a, _) = mean_and_sd(mine), mean_and_sd(theirs)
+        if a is None or b is None:
+            continue
+        holds = (b > a) if rel == ">" else (b >= a)
+        rows.append([claim, f"{mean_sd(mine)} ({len(mine)})", f"{mean_sd(theirs)} ({len(theirs)})", signed(b - a),
+                     "yes" if holds else "no"])
+    if not rows:
+        return []
+    return ["", f"The same claims on means over seeds (mean +- sd (seeds)), {best}'s method against each baseline's:",
+            "", *table(["claim", "hybrid", "baseline", "difference of means", "holds"], rows)]
+
+
+def kept_start_note(name: str, results: dict) -> list[str]:
+    """A line when the run's last phase handed on its step-0 params (eval_at_start, and no later evaluation
+    beat the start on valid): the run is then what that phase started from, e.g. SASRec itself under
+    model.mapper.fusion: residual, and the table says nothing about what the phase's training adds."""
+    last = (results.get("phases") or [None])[-1]
+    if results.get("timing", {}).get(last, {}).get("best_step") != 0:
+        return []
+    return ["", f"Note: {name}'s last phase ({last}) handed on its step-0 parameters: no evaluation after its start "
+                f"beat the start on valid, so the run is what that phase started from."]
+
+
+def sasrec_settings(summary: dict, name: str) -> dict:
+    """A run's model.sasrec with today's defaults filled in: a run from before a field existed had its default."""
+    return {**dataclasses.asdict(SASRecConfig()), **summary[name]["config"]["model"]["sasrec"]}
+
+
+def own_encoder_runs(summary: dict, best: str) -> list[str]:
+    """The SASRec runs whose encoder settings are the hybrid's own (the reference `sasrec`, or e.g. sasrec_counts)."""
+    mine = sasrec_settings(summary, best)
+    return [n for n, r in summary.items() if r.get("method") == "sasrec" and sasrec_settings(summary, n) == mine]
+
+
+def own_encoder_note(summary: dict, best: str) -> list[str]:
+    """Lines when the chosen hybrid's SASRec is not the reference one (e.g. model.sasrec.bias: counts): the
+    claims above are against the reference SASRec, and its own encoder run alone (and pop) is the fair bar."""
+    mine = sasrec_settings(summary, best)
+    if mine == sasrec_settings(summary, "sasrec"):
+        return []
+    own = own_encoder_runs(summary, best)
+    auc = lambda n, part: summary[n]["test"][part]["auc"]
+    aucs = lambda n: " / ".join("-" if auc(n, p) is None else f"{auc(n, p):.4f}" for p in ("all", "warm", "cold"))
+    bars = [f"{n} {aucs(n)}" for n in own + [n for n, r in summary.items() if r.get("method") == "pop"]]
+    return ["", f"Note: {best}'s SASRec is not the reference one (model.sasrec = {mine}): the claims above measure "
+                f"it against the reference SASRec. Its fair bar is its own encoder alone"
+                f"{' and the counts' if len(bars) > len(own) else ''}, test AUC all / warm / cold: "
+                f"{'; '.join(bars) if bars else 'not run (run sasrec with the same model.sasrec)'}; "
+                f"{best}: {aucs(best)}."]

@@ -1,0 +1,49 @@
+"""The experiment grid: every method of a dataset's recipe, seeds, and the test-time ablations of the hybrids.
+
+Each method's config is configs/experiments/DATASET/METHOD.yaml. Runs go to OUT/runs/NAME (NAME =
+METHOD, METHOD-seedN for seeds other than 0, then -TAG); a run whose results.json exists is skipped
+and a cut one resumes, so a stopped grid continues where it stopped. Phases shared by several methods
+are trained once: runs share OUT/phase_cache (train.phase_cache).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sasrecllm_jax.ablate import ablate as run_ablation
+from sasrecllm_jax.config import load_config
+from sasrecllm_jax.host_cache import HostCache
+from sasrecllm_jax.train.run import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ["pop", "mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
+           "sasrecllm_hierarchical_freezing", "sasrecllm_plug_and_play"]
+HYBRID_METHODS = ("sasrecllm", "collm_mf")  # the methods with collaborative tokens to ablate
+
+
+def config_path(dataset: str, method: str) -> Path:
+    return ROOT / "configs" / "experiments" / dataset / f"{method}.yaml"
+
+
+def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str], tag: str = "",
+             ablate: bool = False, phase_cache: bool = True) -> None:
+    host_cache = HostCache()  # the backbone is read and each split encoded once for the whole grid
+    for method in methods:
+        cfg_path = config_path(dataset, method)
+        for seed in seeds if method not in ("icl", "pop") else [0]:  # nothing of theirs is random
+            name = (method if seed == 0 else f"{method}-seed{seed}") + (f"-{tag}" if tag else "")
+            workdir = out / "runs" / name
+            if (workdir / "results.json").exists():
+                print(f"{name}: done, skipped")
+            else:
+                cache = [f"train.phase_cache={out / 'phase_cache'}"] if phase_cache else []
+                cfg = load_config(cfg_path, [f"train.seed={seed}", *cache, *overrides])
+                print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
+                train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path),
+                                   host_cache=host_cache)
+            done = json.loads((workdir / "ablation.json").read_text()).get("test", {}) \
+                if (workdir / "ablation.json").exists() else {}
+            missing = [mode for mode in ("drop", "shuffle") if mode not in done]  # a stopped grid resumes them
+            if ablate and missing and (workdir / "results.json").exists() and json.loads(
+                    (workdir / "results.json").read_text())["config"]["train"]["method"] in HYBRID_METHODS:
+                run_ablation(workdir, tuple(missing), "test")

@@ -1,0 +1,71 @@
+"""A run's last step: the final model on the validation and test splits, RUN/scores.npz, RUN/results.json,
+and the table it prints."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+from tqdm.auto import tqdm
+
+from sasrecllm_jax.assembly import Assembly
+from sasrecllm_jax.config import Config, to_dict
+from sasrecllm_jax.evaluate import Scorer, evaluate
+from sasrecllm_jax.run_folder.files import code_version, write_whole
+from sasrecllm_jax.run_folder.metrics_log import Reporter
+from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
+from sasrecllm_jax.train import groups
+from sasrecllm_jax.train.phase import PhaseResult
+
+
+def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: dict, prompt: str, workdir: Path,
+                     reporter: Reporter, *, phases: list[str], train_time: float, timing: dict,
+                     reused: dict[str, str], handed_on: PhaseResult | None) -> dict:
+    """Evaluate the final params on the validation split (unless the last phase already did, on these very
+    params) and on the test split; write scores.npz and results.json; print the test table."""
+    d, t = cfg.data, cfg.train
+    params = groups.select(params, groups.prompt_modules(prompt, cfg.model.encoder))
+    out, row_scores = {}, {}  # {split: metrics}, {split: (rows, their scores)}
+    if handed_on is not None and handed_on.handed_on_valid is not None and handed_on.handed_on_scores is not None:
+        # the final params are the last phase's best: already evaluated
+        out[d.eval_split] = handed_on.handed_on_valid
+        row_scores[d.eval_split] = (assembly.split(d.eval_split, prompt, assembly.row_limit("eval")),
+                                    handed_on.handed_on_scores)
+    timing = dict(timing)
+    for split in [s for s in (d.eval_split, "test") if s not in out]:
+        data = assembly.split(split, prompt, assembly.row_limit("eval"))
+        t0, compiled = time.perf_counter(), scorer.compile.seconds
+        with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
+            out[split], scores = evaluate(scorer, params, data, cfg, prompt, progress=bar)
+        row_scores[split] = (data, scores)
+        timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
+                                       "compile_s": round(scorer.compile.seconds - compiled, 2)}
+        reporter.log("final", split, 0, out[split])
+    # every row's score, for paired comparisons between runs (python -m sasrecllm_jax.compare)
+    save_scores(workdir / SCORES_FILE, row_scores)
+    results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
+               "config": json.loads(json.dumps(to_dict(cfg))), "phases": phases,
+               "valid": out[d.eval_split], "test": out["test"],
+               "train_time_s": round(train_time, 1),  # reused phases count at what they cost their run
+               "reused_phases": reused,
+               "timing": timing,
+               # the fusion's learned weight (model.mapper.fusion): on the ID model's score (gate:
+               # id_gate) or on the LLM's (residual: llm_gate), how much of the final score is whose
+               **{g: float(params["mapper"][g]) for g in ("id_gate", "llm_gate") if g in params.get("mapper", {})},
+               "device": jax.devices()[0].device_kind, "dataset": assembly.dataset.card.get("source"),
+               "commit": code_version(), "date": time.strftime("%Y-%m-%d")}
+    write_whole(workdir / "results.json", json.dumps(results, indent=2))
+    print(format_table(results))
+    return results
+
+
+def format_table(results: dict) -> str:
+    name = results["method"] + (f" ({results['strategy']})" if results.get("strategy") else "")
+    lines = [f"{name}: test split ({results['train_time_s']} s, {results['device']})",
+             f"{'rows':<6}{'AUC':>8}{'UAUC':>8}{'logloss':>9}{'n':>8}"]
+    fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8}"
+    for part in ("all", "warm", "cold"):
+        r = results["test"][part]
+        lines.append(f"{part:<6}{fmt(r['auc'])}{fmt(r['uauc'])}{fmt(r['logloss'])[-9:]:>9}{r['n']:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,253 @@
+"""One phase of training: `PhaseRunner.run(phase, params) -> PhaseResult`.
+
+Split the params into what trains and what is frozen, build the optimizer from the group labels, run
+the jitted step over length-bucketed batches, evaluate on the validation split every `eval_every`
+steps (keeping the best and latest checkpoints), stop early when patience runs out, and hand on the
+best evaluation's params (or the last step's, with `restore_best: false`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sasrecllm_jax import sharding
+from sasrecllm_jax.assembly import Assembly
+from sasrecllm_jax.config import Config, PhaseConfig
+from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
+from sasrecllm_jax.errors import ConfigError, TrainingError
+from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
+from sasrecllm_jax.run_folder.metrics_log import Reporter
+from sasrecllm_jax.train import groups
+from sasrecllm_jax.train.checkpoint import PhaseCheckpoints
+from sasrecllm_jax.train.early_stopping import EarlyStopping
+from sasrecllm_jax.train.optim import make_optimizer
+from sasrecllm_jax.train.progress import PhaseProgress
+from sasrecllm_jax.train.step import TrainState, make_train_step
+from sasrecllm_jax.trees import merge
+
+
+@dataclasses.dataclass
+class PhaseResult:
+    params: dict                       # every param after the phase: the handed-on ones and the untouched rest
+    best_step: int                     # the best evaluation's step (-1: never evaluated)
+    handed_on_valid: dict | None       # valid metrics of the handed-on params (None: not evaluated there)
+    handed_on_scores: np.ndarray | None  # their per-row valid scores, when made in this process
+    timing: dict
+
+
+@dataclasses.dataclass
+class PhasePlan:
+    """What a phase's loop reads, fixed before its first step."""
+    phase: PhaseConfig
+    train_data: SplitData
+    eval_data: SplitData
+    batch_size: int
+    total: int                         # steps
+    eval_every: int
+    patience: int
+    with_prompts: bool
+    step_fn: Callable                  # jitted train_step(state, batch) -> (state, metrics)
+    scorer: Scorer
+    mesh: object = None
+
+
+def phase_salt(name: str) -> int:
+    """A phase's randomness (dropout, batch order) comes from (train.seed, its name), not its position: the
+    same phase gives the same result in every method that runs it (TALLRec's LoRA phase is dual-stage's
+    stage 1), which is what lets the phase cache reuse it."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def state_tree(state: TrainState) -> dict:
+    """What the latest checkpoint stores of a train state (the frozen params come from their sources)."""
+    return {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "key": state.key}
+
+
+class PhaseRunner:
+    """Runs the phases of one run folder; keeps one compiled scorer per prompt kind across them."""
+
+    def __init__(self, cfg: Config, assembly: Assembly, workdir: Path, resume: bool, reporter: Reporter,
+                 on_step: Callable | None = None):
+        self.cfg, self.assembly, self.workdir, self.resume = cfg, assembly, workdir, resume
+        self.reporter, self.on_step = reporter, on_step
+        self._scorers: dict[str, Scorer] = {}
+        self.progress: PhaseProgress | None = None  # the running phase's, closed however the run ends
+
+    def scorer(self, prompt: str) -> Scorer:
+        if prompt not in self._scorers:
+            self._scorers[prompt] = Scorer(self.assembly.model(prompt, deterministic=True))
+        return self._scorers[prompt]
+
+    def run(self, phase: PhaseConfig, params: dict) -> PhaseResult:
+        t = self.cfg.train
+        used = groups.prompt_modules(phase.prompt, self.cfg.model.encoder)
+        rest = {k: v for k, v in params.items() if k not in used}
+        trainable, frozen = groups.split(groups.select(params, used), phase.trainable)
+        if not jax.tree_util.tree_leaves(trainable):
+            raise ConfigError(f"phase {phase.name}: nothing to train (trainable {list(phase.trainable)}, "
+                              f"train.freeze {list(t.freeze)})")
+        plan, it, tx = self._plan(phase, trainable)
+        key = jax.random.key_data(jax.random.fold_in(jax.random.key(t.seed), phase_salt(phase.name)))
+        state = TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable), key)
+        stopping = EarlyStopping(plan.patience)
+        ckpt = PhaseCheckpoints(self.workdir, phase.name)
+        if self.resume and ckpt.latest.latest_step() is not None:
+            restored, meta = ckpt.latest.restore({"state": state_tree(state)})
+            state = state.replace(**restored["state"])
+            it.restore(meta["iterator"])
+            stopping = EarlyStopping.from_state(meta["book"], plan.patience)
+            print(f"[{phase.name}] resumed at step {int(state.step)} from {ckpt.latest.directory}")
+        if plan.mesh is not None:
+            state = sharding.place(state, sharding.param_shardings(state, plan.mesh, t.sharding))
+        self.progress = PhaseProgress(phase.name, plan.total, int(state.step))
+        loop = PhaseLoop(self, plan, it, state, stopping, ckpt)
+        loop.run()
+        self.progress.close()
+        final = merge(loop.state.trainable, loop.state.frozen)
+        if phase.restore_best:
+            final = ckpt.restore_best_into(final)
+        return PhaseResult(params={**rest, **final}, best_step=stopping.best_step,
+                           handed_on_valid=stopping.best_metrics if phase.restore_best else None,
+                           handed_on_scores=loop.best_scores if phase.restore_best else None,  # None after a resume
+                           timing=loop.timing)
+
+    def _plan(self, phase: PhaseConfig, trainable: dict) -> tuple[PhasePlan, BatchIterator, object]:
+        t, a = self.cfg.train, self.assembly
+        with_prompts = phase.prompt != "none"
+        train_data = a.split("train", phase.prompt, a.row_limit("train") if with_prompts else 0)
+        eval_data = a.split(self.cfg.data.eval_split, phase.prompt, a.row_limit("eval"))
+        bs = t.batch_size if with_prompts else t.encoder_batch_size
+        it = BatchIterator(train_data.lengths(), bs, seed=t.seed * 2**31 + phase_salt(phase.name))
+        total = math.ceil(phase.epochs * it.batches_per_epoch) if phase.epochs > 0 else phase.max_steps
+        total = min(total, phase.max_steps) if phase.max_steps > 0 else total
+        tx, schedules = make_optimizer(phase, trainable, total, t)
+        print(f"[{phase.name}] {phase.prompt} prompts, training {list(phase.trainable)}: "
+              f"{groups.count(trainable):,} parameters, {total} steps of {bs} rows ({len(train_data):,} rows, "
+              f"{it.batches_per_epoch} steps/epoch)")
+        train_model = a.model(phase.prompt, deterministic=False, frozen=groups.frozen_groups(phase.trainable))
+        apply_fn = lambda p, b, rngs: train_model.apply({"params": p}, b, rngs=rngs)
+        mesh = None
+        if t.sharding != "none":
+            mesh = sharding.make_mesh(t.sharding)
+            sharding.check_batch(bs, mesh, "train.batch_size" if with_prompts else "train.encoder_batch_size")
+        plan = PhasePlan(phase, train_data, eval_data, bs, total,
+                         eval_every=phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch,
+                         patience=phase.patience or t.patience, with_prompts=with_prompts,
+                         step_fn=jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0),
+                         scorer=self.scorer(phase.prompt), mesh=mesh)
+        return plan, it, tx
+
+
+class PhaseLoop:
+    """The steps of one phase. The device runs step n while the host builds batch n+1: nothing waits on
+    the device except the log steps (every train.log_every), the evaluations and the checkpoints."""
+
+    def __init__(self, runner: PhaseRunner, plan: PhasePlan, it: BatchIterator, state: TrainState,
+                 stopping: EarlyStopping, ckpt: PhaseCheckpoints):
+        self.runner, self.plan, self.it, self.state = runner, plan, it, state
+        self.stopping, self.ckpt = stopping, ckpt
+        self.cfg = runner.cfg
+        self.progress = runner.progress
+        self.best_scores = None        # the per-row valid scores of the best evaluation made in this process
+        self.compile_timer = CompileTimer()  # a new batch shape compiles: its first step is timed apart
+        self.eval_s = 0.0
+        self.steps = 0                 # steps taken in this process
+        self.timing: dict = {}
+
+    def evaluate(self, step: int) -> bool:
+        """Evaluate, keep the best and latest checkpoints; True when patience is used up."""
+        t0 = time.perf_counter()
+        name = self.plan.phase.name
+        current = merge(self.state.trainable, self.state.frozen)
+        result, scores = evaluate(self.plan.scorer, current, self.plan.eval_data, self.cfg, self.plan.phase.prompt)
+        self.runner.reporter.log("eval", name, step, result)
+        if self.stopping.update(step, result["all"]["auc"], result):
+            self.best_scores = scores
+            self.ckpt.save_best(step, groups.group_trees(current), self.stopping.best_auc)
+        self.ckpt.save_latest(step, state_tree(self.state), self.it.state(), self.stopping.state())
+        auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
+        self.progress.evaluation(step, auc, self.stopping.best_auc, self.stopping.best_step)
+        self.eval_s += time.perf_counter() - t0
+        if self.stopping.exhausted:
+            self.progress.say(f"early stop: {self.stopping.patience} evaluations without improvement")
+            return True
+        return False
+
+    def check_finite(self, step: int, losses: list) -> None:
+        """Stop at the first non-finite loss among the steps since the last check, naming that step."""
+        recent = np.asarray(jnp.stack(losses))
+        bad = np.flatnonzero(~np.isfinite(recent))
+        if bad.size:
+            nonfinite(self.plan.phase, step - len(recent) + 1 + int(bad[0]), float(recent[bad[0]]), self.ckpt)
+
+    def run(self) -> None:
+        p, t, d = self.plan, self.cfg.train, self.cfg.data
+        step = int(self.state.step)
+        start = time.perf_counter()
+        if t.eval_at_start and p.with_prompts and step == 0:
+            self.evaluate(0)  # where the phase starts (step 0 can be its best: then it hands on its input)
+        tick, rows_since, losses = time.perf_counter(), 0, []
+        while step < p.total:
+            idx = next(self.it)
+            batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, d.pad_multiple, p.with_prompts),
+                                  t.collab, seed=step)
+            batch.pop("row")
+            if p.mesh is not None:
+                batch = sharding.place_batch(batch, p.mesh)
+            self.state, m = self.compile_timer(p.step_fn, self.state, batch)
+            step += 1
+            self.steps += 1
+            losses.append(m["loss"])
+            rows_since += len(idx)
+            is_eval = step % p.eval_every == 0 or step == p.total
+            if step % t.log_every == 0 or is_eval:
+                self.check_finite(step, losses)
+                losses = []
+                if step % t.log_every == 0 or step == p.total:
+                    now = time.perf_counter()
+                    values = {k: float(v) for k, v in m.items()}
+                    values["samples_per_s"] = rows_since / max(now - tick, 1e-9)
+                    tick, rows_since = now, 0
+                    self.runner.reporter.log("train", p.phase.name, step, values)
+                    self.progress.train_record(values)
+            self.progress.step()
+            if self.runner.on_step is not None:
+                self.runner.on_step(p.phase.name, step)
+            if is_eval:
+                stop = self.evaluate(step)
+                tick = time.perf_counter()  # samples/s counts training only
+                if stop:
+                    break
+        jax.block_until_ready(self.state.step)
+        self.timing = self._timing(time.perf_counter() - start, step)
+        self.runner.reporter.log("timing", p.phase.name, step, self.timing)
+
+    def _timing(self, wall: float, step: int) -> dict:
+        steady_steps = self.steps - len(self.compile_timer.shapes)
+        return {
+            "steps": self.steps, "wall_s": round(wall, 2), "batch_shapes": len(self.compile_timer.shapes),
+            "compile_s": round(self.compile_timer.seconds, 2),  # first step at each shape, compilation included
+            "eval_and_checkpoint_s": round(self.eval_s, 2),
+            # the step whose params the phase hands on (0 with eval_at_start: no step beat its start on valid;
+            # a phase with restore_best off hands on its last step)
+            "best_step": self.stopping.best_step if self.plan.phase.restore_best else step,
+            # the other steps: what an epoch costs once every shape is compiled
+            "steady_s_per_step": round((wall - self.compile_timer.seconds - self.eval_s) / steady_steps, 5)
+            if steady_steps > 0 else None}
+
+
+def nonfinite(phase: PhaseConfig, step: int, loss: float, ckpt: PhaseCheckpoints):
+    good = ckpt.latest.latest_step()
+    raise TrainingError(
+        f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped; the last good checkpoint "
+        f"is {ckpt.latest.directory}/{good} (step {good}) and is intact" if good is not None else
+        f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped before any checkpoint; "
+        f"lower the learning rates (phase lr) or enable train.clip_norm")

@@ -1,0 +1,83 @@
+"""Fast unit tests of the small modules: early stopping, phase checkpoints, groups, the dataset registry,
+config checks and the Markdown table builder."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sasrecllm_jax.errors import CheckpointError, DataError, PartitionError
+from sasrecllm_jax.experiments.markdown import table
+from sasrecllm_jax.train import groups
+from sasrecllm_jax.train.checkpoint import PhaseCheckpoints
+from sasrecllm_jax.train.early_stopping import EarlyStopping
+from sasrecllm_jax.trees import merge
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    s = EarlyStopping(patience=2)
+    assert s.update(10, 0.6, {"m": 1}) and (s.best_step, s.bad_evals) == (10, 0)
+    assert not s.update(20, 0.6, {"m": 2})  # equal is not better
+    assert not s.exhausted
+    assert not s.update(30, None, {})       # no AUC (one label only) counts as 0
+    assert s.exhausted and s.best_metrics == {"m": 1} and s.evals == 3
+    again = EarlyStopping.from_state(s.state(), patience=2)
+    assert again == s
+    assert "best_metrics" not in EarlyStopping(3).state()
+
+
+def test_phase_checkpoints_hand_on_the_best_groups(tmp_path):
+    ck = PhaseCheckpoints(tmp_path, "p")
+    params = {"mapper": {"w": jnp.ones(3)}, "llm": {"base": jnp.zeros(2)}}
+    assert ck.restore_best_into(params) is params  # no best checkpoint yet: unchanged
+    ck.save_best(4, groups.group_trees({**params, "mapper": {"w": jnp.full(3, 7.0)}}), 0.7)
+    out = ck.restore_best_into(params)
+    np.testing.assert_array_equal(out["mapper"]["w"], np.full(3, 7.0))
+    np.testing.assert_array_equal(out["llm"]["base"], np.zeros(2))  # the frozen base is never stored
+    assert ck.best.meta()["auc"] == 0.7 and ck.best.latest_step() == 4
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        ck.restore_best_into({"mapper": {"w": jnp.ones(5)}})
+
+
+def test_groups_of_a_hybrid_tree():
+    tree = {"sasrec": {"item_emb": {"embedding": 1}, "counts": {"user": 2, "item": 3}}, "mapper": {"fc1": 4},
+            "llm": {"model": {"q": {"kernel": 5, "lora": {"a": 6, "b": 7}}}}}
+    lab = groups.labels(tree)
+    assert lab["sasrec"]["counts"] == {"user": "counts", "item": "counts"}
+    assert lab["llm"]["model"]["q"] == {"kernel": "frozen", "lora": {"a": "lora", "b": "lora"}}
+    assert set(groups.group_trees(tree)) == {"sasrec", "counts", "mapper", "lora"}
+    moved = groups.replace_groups(tree, {"mapper": {"mapper": {"fc1": 40}}})
+    assert moved["mapper"]["fc1"] == 40 and moved["sasrec"] == tree["sasrec"]
+    assert groups.frozen_groups(("mapper",)) == ("sasrec", "mf", "lora")
+    assert groups.trainable_on("text", "sasrec") == {"lora"}
+    assert groups.prompt_modules("hybrid", "mf") == {"mf", "mapper", "llm"}
+    with pytest.raises(PartitionError, match="unknown group"):
+        groups.split(tree, ["pop"])
+    with pytest.raises(PartitionError, match="in both trees"):
+        merge({"a": {"x": 1}}, {"a": {"x": 2}})
+
+
+def test_registry_prepares_a_named_dataset_once(tmp_path, monkeypatch):
+    from helpers import synthetic_dataset
+    from sasrecllm_jax.config import DataConfig
+    from sasrecllm_jax.data import registry
+    from sasrecllm_jax.data.dataset import load_dataset
+    source = synthetic_dataset(tmp_path / "made")
+    made = load_dataset(source)
+    calls = []
+
+    def prepare(name):
+        calls.append(name)
+        return made.splits, made.items, "synthetic", "by hand"
+    monkeypatch.setattr(registry, "_registered", {"toy": prepare})
+    cfg = DataConfig(dataset="toy", data_dir=str(tmp_path / "data"))
+    first = registry.resolve_dataset(cfg)
+    again = registry.resolve_dataset(cfg)  # prepared once, then read from data_dir
+    assert calls == ["toy"] and first.card["recipe"] == "by hand" == again.card["recipe"]
+    assert registry.resolve_dataset(DataConfig(dataset=str(source))).card["splits"] == made.card["splits"]
+    with pytest.raises(DataError, match="neither a prepared folder nor a named dataset .*toy"):
+        registry.resolve_dataset(DataConfig(dataset="nope", data_dir=str(tmp_path / "data")))
+    assert {"ml100k", "ml1m-collm"} <= set(registry.preparers())  # the installed entry points
+
+
+def test_markdown_table():
+    assert table(["a", "b"], [[1, "x"], [2.5, "-"]]) == ["| a | b |", "|---|---|", "| 1 | x |", "| 2.5 | - |"]
