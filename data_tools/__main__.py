@@ -81,10 +81,9 @@ def main(argv=None) -> int:
     s = card["splits"]
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in s.items())
           + f"; {card['users']['count']:,} users, {card['items']['count']:,} items")
-    if "test" in s and "cold_causes" in s["test"]:
-        c = s["test"]["cold_causes"]
-        print(f"test: {s['test']['warm_rows']:,} warm rows, {s['test']['cold_rows']:,} cold (user or item not in "
-              f"train): {c['new_user']:,} new user, {c['new_item']:,} new item, {c['both']:,} both")
+    print("rows by cause against train (warm / new user / new item / both):")
+    for k, v in s.items():
+        print(f"  {k:<12}" + " / ".join(f"{v['causes'][c]:,}" for c in ("warm", "new_user", "new_item", "both")))
     return 0
 
 

@@ -39,7 +39,7 @@ def test_collm_ml1m_counts(ml1m_zip, tmp_path):
     assert [s[k]["rows"] for k in ("train", "valid", "valid_small", "test")] == [33891, 10401, 5200, 7331]
     assert (s["test"]["warm_rows"], s["test"]["cold_rows"]) == (4153, 3178)
     # CoLLM's not_cold is "user and item both in train": a cold test row is almost always a new user
-    assert s["test"]["cold_causes"] == {"new_user": 3085, "new_item": 67, "both": 26}
+    assert s["test"]["causes"] == {"warm": 4153, "new_user": 3085, "new_item": 67, "both": 26}
     assert (s["train"]["users"], s["train"]["items"]) == (740, 3087)
     assert [round(s[k]["positive_rate"], 4) for k in ("train", "valid", "test")] == [0.5368, 0.5283, 0.5454]
     ds = load_dataset(out)
@@ -82,9 +82,10 @@ def test_ml1m_recipe_by_hand(tmp_path):
     assert [list(h) for h in te["his"]] == [[1], [1, 3], []]
     assert [list(h) for h in va["his"]] == [[1], [4]]  # user 50's negative on item 100 is not history
     assert te["not_cold"].tolist() == [0, 1, 0] and va["not_cold"].tolist() == [0, 0]
-    causes = {k: v.get("cold_causes") for k, v in json.loads((out / "dataset.json").read_text())["splits"].items()}
-    assert causes["test"] == {"new_user": 1, "new_item": 1, "both": 0} and causes["train"] is None
-    assert causes["valid"] == {"new_user": 0, "new_item": 2, "both": 0}
+    causes = {k: v["causes"] for k, v in json.loads((out / "dataset.json").read_text())["splits"].items()}
+    assert causes["test"] == {"warm": 1, "new_user": 1, "new_item": 1, "both": 0}
+    assert causes["train"] == {"warm": 3, "new_user": 0, "new_item": 0, "both": 0}
+    assert causes["valid"] == {"warm": 0, "new_user": 0, "new_item": 2, "both": 0}
     assert list(ds.titles()[1:]) == ["A (1990)", "D (1993)", "B (1991)", "C (1992)"]
     assert len(ds.splits["valid_small"]) == 1
 
