@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--interactions", type=Path, required=True, help="CSV/TSV/Parquet: user,item,timestamp[,rating]")
     q.add_argument("--items", type=Path, required=True, help="CSV/TSV/Parquet: item,title")
     q.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold")
-    q.add_argument("--negatives", type=int, default=0, help="sampled negatives per positive (positive-only logs)")
+    q.add_argument("--negatives", type=int, default=0,
+                   help="sampled negatives per positive, for a positive-only log (no rating column): the "
+                        "positive's user, time and history, with an item that existed then and that the user "
+                        "never interacted with")
     q.add_argument("--seed", type=int, default=0)
     q = add("amazon-book", "CoLLM's Amazon-Book recipe")
     q.add_argument("--reviews", type=Path, required=True, help="Books_5.json.gz")
@@ -63,8 +66,9 @@ def prepare(args) -> dict:
         built = log.prepare_log(args.interactions, args.items, threshold=args.threshold,
                                 negatives=args.negatives, seed=args.seed,
                                 valid_frac=args.valid_frac, test_frac=args.test_frac)
-    splits, items, source, recipe = built
-    return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite)
+    splits, items, source, recipe, *extra = built
+    return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite,
+                         extra=extra[0] if extra else None)
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,10 @@ Input: one row per impression with raw `user`, `item`, `timestamp`, `label` and 
 (train / valid / test), plus a raw item -> title mapping. Output: canonical split tables.
   - rows sorted by (user, time), stably;
   - users and items renumbered from 1 by order of first appearance in that order;
-  - `his` = the user's earlier positive items, oldest first, across split boundaries;
+  - `his` = the user's earlier positive items, oldest first, across split boundaries: the positives
+    before the row in that order (`history="order"`, CoLLM's), or those strictly earlier in time
+    (`history="time"`: rows at one time, e.g. a positive and its sampled negatives, share a history
+    and never see each other);
   - `not_cold` = 1 when the row's user and item both occur in train;
   - valid_small = half of valid, `DataFrame.sample(frac=0.5, random_state=2023)`.
 """
@@ -18,7 +21,8 @@ from sasrecllm_jax.data.dataset import DataError, show_value
 VALID_SMALL_SEED = 2023
 
 
-def build_splits(rows: pd.DataFrame, titles: dict, where: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+def build_splits(rows: pd.DataFrame, titles: dict, where: str, *,
+                 history: str = "order") -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     for col in ("user", "item", "timestamp", "label", "split"):
         if col not in rows.columns:
             raise DataError(f"{where}: internal recipe needs column '{col}'")
@@ -31,16 +35,7 @@ def build_splits(rows: pd.DataFrame, titles: dict, where: str) -> tuple[dict[str
     item_codes, item_uniques = pd.factorize(rows["item"], sort=False)
     iid = item_codes + 1
     label = rows["label"].to_numpy().astype(np.int8)
-
-    his: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
-    starts = np.flatnonzero(np.r_[True, uid[1:] != uid[:-1]])
-    ends = np.r_[starts[1:], len(rows)]
-    for s, e in zip(starts, ends):
-        seen: list[int] = []
-        for r in range(s, e):
-            his[r] = np.asarray(seen, dtype=np.int64)
-            if label[r] == 1:
-                seen.append(int(iid[r]))
+    his = histories(uid, iid, label, rows["timestamp"].to_numpy(), strict_time=history == "time")
 
     split = rows["split"].to_numpy()
     train = split == "train"
@@ -64,9 +59,34 @@ def build_splits(rows: pd.DataFrame, titles: dict, where: str) -> tuple[dict[str
     return out, items
 
 
+def histories(uid: np.ndarray, iid: np.ndarray, label: np.ndarray, ts: np.ndarray, *,
+              strict_time: bool) -> list[np.ndarray]:
+    """Each row's history: its user's positive items before it, oldest first. Rows come sorted by (user,
+    time). With `strict_time`, only positives strictly earlier in time count, so rows at one time share
+    one history; otherwise every earlier row in the order counts."""
+    his: list[np.ndarray] = [None] * len(uid)  # type: ignore[list-item]
+    empty = np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, uid[1:] != uid[:-1]])
+    ends = np.r_[starts[1:], len(uid)]
+    for s, e in zip(starts, ends):
+        seen: list[int] = []
+        pending: list[int] = []
+        current = empty
+        for r in range(s, e):
+            if pending and (not strict_time or ts[r] != ts[r - 1]):
+                seen.extend(pending)
+                pending = []
+                current = np.asarray(seen, dtype=np.int64)
+            his[r] = current
+            if label[r] == 1:
+                pending.append(int(iid[r]))
+    return his
+
+
 def split_by_time_fraction(timestamps: pd.Series, valid: float, test: float) -> np.ndarray:
     """Global chronological split: the last `test` share of rows is test, the `valid` share before it
-    valid, the rest train (ties at a cut go to the earlier split, so no row is later than its successor)."""
+    valid, the rest train. Rows at one time always land in one split (ties at a cut go to the later
+    split), so no row of a split is later than any row of the next."""
     if not (0 < valid < 1 and 0 < test < 1 and valid + test < 1):
         raise DataError(f"split fractions valid={valid}, test={test} must be in (0, 1) and sum below 1")
     t = timestamps.to_numpy()
@@ -108,3 +128,10 @@ def numeric(df: pd.DataFrame, col: str, path, *, integer: bool = False) -> np.nd
         raise DataError(f"{path}: column '{col}' row {i} is {show_value(df[col].iloc[i])}, not {kind}; "
                         f"fix or drop that row")
     return values.to_numpy()
+
+
+def collapse_duplicates(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep each (user, item) pair's first row in time (the file's first among equal times); returns the
+    rows in their original order and how many were dropped."""
+    first = rows.sort_values("timestamp", kind="stable").drop_duplicates(["user", "item"], keep="first")
+    return rows.loc[np.sort(first.index.to_numpy())], len(rows) - len(first)
