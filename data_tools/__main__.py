@@ -35,11 +35,19 @@ def _parser() -> argparse.ArgumentParser:
             q.add_argument("--wheel", type=Path, help="a local recbole-1.2.1 wheel (default: pip download)")
     q.add_argument("--interactions", type=Path, required=True, help="CSV/TSV/Parquet: user,item,timestamp[,rating]")
     q.add_argument("--items", type=Path, required=True, help="CSV/TSV/Parquet: item,title")
+    q.add_argument("--columns", metavar="NAME=COLUMN,...",
+                   help="the interaction file's column for each of user, item, timestamp, rating; names not "
+                        "given are read from a column of that name, e.g. --columns user=user_id,item=item_id,"
+                        "timestamp=ts,rating=stars (with no rating column the log is positive-only)")
+    q.add_argument("--item-columns", metavar="NAME=COLUMN,...",
+                   help="the item table's column for item and title, e.g. --item-columns item=item_id,title=name")
     q.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold")
     q.add_argument("--negatives", type=int, default=0,
                    help="sampled negatives per positive, for a positive-only log (no rating column): the "
                         "positive's user, time and history, with an item that existed then and that the user "
                         "never interacted with")
+    q.add_argument("--missing-title", metavar="TEXT",
+                   help="give items with an empty or missing title this placeholder (default: refuse them)")
     q.add_argument("--seed", type=int, default=0)
     q = add("amazon-book", "CoLLM's Amazon-Book recipe")
     q.add_argument("--reviews", type=Path, required=True, help="Books_5.json.gz")
@@ -65,7 +73,8 @@ def prepare(args) -> dict:
     else:
         built = log.prepare_log(args.interactions, args.items, threshold=args.threshold,
                                 negatives=args.negatives, seed=args.seed,
-                                valid_frac=args.valid_frac, test_frac=args.test_frac)
+                                valid_frac=args.valid_frac, test_frac=args.test_frac, columns=args.columns,
+                                item_columns=args.item_columns, missing_title=args.missing_title)
     splits, items, source, recipe, *extra = built
     return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite,
                          extra=extra[0] if extra else None)

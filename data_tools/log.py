@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.recipe import build_splits, collapse_duplicates, numeric, read_table, split_by_time_fraction
+from data_tools.recipe import (build_splits, collapse_duplicates, first_line, item_titles, numeric,
+                               parse_columns, read_table, row_name, split_by_time_fraction)
 from sasrecllm_jax.data.dataset import DataError
 
+LOG_COLUMNS = {"user": "user", "item": "item", "timestamp": "timestamp", "rating": "rating"}
+ITEM_COLUMNS = {"item": "item", "title": "title"}
 RANDOM_TRIES = 32  # rejection rounds before a positive's eligible items are listed exactly
 
 
-def _timestamps(df: pd.DataFrame, path: Path) -> np.ndarray:
+def _timestamps(df: pd.DataFrame, path: Path, first: int | None) -> np.ndarray:
     """Unix seconds, from a column of numbers (taken as unix seconds) or of dates (any format pandas reads,
     UTC unless they say otherwise); a row that is neither like the others is named."""
     raw = df["timestamp"]
@@ -33,7 +36,7 @@ def _timestamps(df: pd.DataFrame, path: Path) -> np.ndarray:
         if not bad.any():  # whole seconds since 1970, whatever resolution pandas picked (ns before 3.0, us after)
             return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
     i = int(np.flatnonzero(bad)[0])
-    raise DataError(f"{path}: column 'timestamp' row {i} is {raw.iloc[i]!r}, not {kind} "
+    raise DataError(f"{path}: column 'timestamp' {row_name(i, first)} is {raw.iloc[i]!r}, not {kind} "
                     f"({int(bad.sum())} such row(s)); fix or drop them")
 
 
@@ -78,26 +81,33 @@ def sample_negatives(pos: pd.DataFrame, per_positive: int, seed: int) -> tuple[p
 
 
 def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0, negatives: int = 0,
-                seed: int = 0, valid_frac: float = 0.1, test_frac: float = 0.1):
-    """A log and its item table -> (splits, items, source, recipe, extra card)."""
+                seed: int = 0, valid_frac: float = 0.1, test_frac: float = 0.1, columns: str | None = None,
+                item_columns: str | None = None, missing_title: str | None = None):
+    """A log and its item table -> (splits, items, source, recipe, extra card). `columns` and
+    `item_columns` are `name=column,...` specs (see LOG_COLUMNS, ITEM_COLUMNS); `missing_title` is the
+    placeholder for empty titles (None: refuse them)."""
     interactions, items_path = Path(interactions), Path(items_path)
-    df = read_table(interactions, "interactions need user, item, timestamp[, rating]",
-                    ["user", "item", "timestamp"])
-    items = read_table(items_path, "the item table needs item, title", ["item", "title"])
+    cols = parse_columns(columns, "--columns", LOG_COLUMNS)
+    icols = parse_columns(item_columns, "--item-columns", ITEM_COLUMNS)
+    df = read_table(interactions, "interactions need user, item, timestamp[, rating]", cols, optional=("rating",))
+    items = read_table(items_path, "the item table needs item, title", icols)
     if df.empty:
         raise DataError(f"{interactions}: no rows")
+    first = first_line(interactions)
     rows = pd.DataFrame({"user": df["user"].astype(str), "item": df["item"].astype(str),
-                         "timestamp": _timestamps(df, interactions)})
+                         "timestamp": _timestamps(df, interactions, first)})
     rated = "rating" in df.columns
     if rated and negatives:
-        raise DataError(f"{interactions}: has a rating column and --negatives {negatives} was given; use one "
-                        f"of the two: drop --negatives to label rows by rating >= threshold, or remove the "
-                        f"rating column to treat the log as positive-only and sample negatives")
+        raise DataError(f"{interactions}: has a rating column ({cols['rating']!r}) and --negatives {negatives} "
+                        f"was given; use one of the two: drop --negatives to label rows by rating >= "
+                        f"threshold, or remove the rating column to treat the log as positive-only and "
+                        f"sample negatives")
     if rated:
-        rows["label"] = (numeric(df, "rating", interactions) >= threshold).astype(np.int8)
+        rows["label"] = (numeric(df, "rating", interactions, first=first) >= threshold).astype(np.int8)
     elif negatives < 1:
-        raise DataError(f"{interactions}: no 'rating' column, so the log is positive-only; pass "
-                        f"--negatives N (sampled negatives per positive)")
+        raise DataError(f"{interactions}: no rating column ({cols['rating']!r}), so the log is positive-only; "
+                        f"pass --negatives N (sampled negatives per positive), or name the rating column "
+                        f"with --columns rating=COLUMN")
     rows, duplicates = collapse_duplicates(rows)
     extra = {"input": {"rows": int(len(df)), "duplicate_rows_dropped": duplicates}}
     if rated:
@@ -112,9 +122,12 @@ def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0,
                f"user, time and history, an item first seen at or before that time that the user never "
                f"interacted with")
     rows["split"] = split_by_time_fraction(rows["timestamp"], valid_frac, test_frac)
-    titles = dict(zip(items["item"].astype(str), items["title"].fillna("").astype(str)))
+    titles, untitled = item_titles(items, items_path, first_line(items_path), missing_title)
+    if missing_title is not None:
+        extra["missing_title"] = {"placeholder": missing_title, "items": untitled}
     splits, items_out = build_splits(rows, titles, str(items_path), history="time")
     recipe = (f"interaction log: {how}; repeated (user, item) rows collapsed to the first in time; history = "
               f"the user's positives strictly earlier in time; global time split (valid {valid_frac:.0%}, "
-              f"test {test_frac:.0%} of rows, latest last); valid_small = valid.sample(frac=0.5, seed 2023)")
+              f"test {test_frac:.0%} of rows, latest last); valid_small = valid.sample(frac=0.5, seed 2023)"
+              + (f"; empty titles replaced by {missing_title!r}" if missing_title is not None else ""))
     return splits, items_out, f"log {interactions.name} + {items_path.name}", recipe, extra

@@ -96,8 +96,39 @@ def split_by_time_fraction(timestamps: pd.Series, valid: float, test: float) -> 
     return np.where(t >= cut_test, "test", np.where(t >= cut_valid, "valid", "train"))
 
 
-def read_table(path, where: str, columns: list[str]) -> pd.DataFrame:
-    """Read a CSV / TSV / Parquet file, naming the file on every failure."""
+def parse_columns(spec: str | None, option: str, defaults: dict[str, str]) -> dict[str, str]:
+    """`name=column,...` -> {canonical name: the file's column}, starting from `defaults` (each canonical
+    name read from a column of its own name). An unknown name or a malformed pair is refused."""
+    columns = dict(defaults)
+    for pair in (spec or "").split(","):
+        if not pair.strip():
+            continue
+        name, sep, column = (x.strip() for x in pair.partition("="))
+        if not sep or not column:
+            raise DataError(f"{option} {spec!r}: {pair.strip()!r} is not NAME=COLUMN; write e.g. "
+                            f"{option} " + ",".join(f"{k}={k}" for k in defaults))
+        if name not in defaults:
+            raise DataError(f"{option} {spec!r}: unknown name {name!r}; the names are {', '.join(defaults)}")
+        columns[name] = column
+    return columns
+
+
+def first_line(path) -> int | None:
+    """The file line of data row 0: 2 for a text table with a header, None for Parquet (rows are named
+    by their 0-based number there)."""
+    from pathlib import Path
+    return None if Path(path).suffix == ".parquet" else 2
+
+
+def row_name(i: int, first: int | None) -> str:
+    """Data row i (0-based) as a person finds it: 'line N' in a text file, 'row N' in Parquet."""
+    return f"row {i}" if first is None else f"line {i + first}"
+
+
+def read_table(path, where: str, columns: dict[str, str], optional: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV / TSV / Parquet file, naming the file on every failure. `columns` maps each canonical
+    name to the file's column; the result has the canonical names (the `optional` ones only where the
+    file has them)."""
     from pathlib import Path
     path = Path(path)
     if not path.exists():
@@ -107,17 +138,21 @@ def read_table(path, where: str, columns: list[str]) -> pd.DataFrame:
             df = pd.read_parquet(path)
         else:
             df = pd.read_csv(path, sep=None if path.suffix not in (".csv", ".tsv") else
-                             ("\t" if path.suffix == ".tsv" else ","), engine="python")
+                             ("\t" if path.suffix == ".tsv" else ","), engine="python",
+                             dtype=str, keep_default_na=False)
     except Exception as e:  # pandas / pyarrow raise many types for a broken file
         raise DataError(f"{path}: cannot be read as a table ({type(e).__name__}: {e}); "
                         f"check that the file is complete and in CSV, TSV or Parquet format") from None
-    missing = [c for c in columns if c not in df.columns]
+    missing = [f"{col} ({name})" if col != name else col for name, col in columns.items()
+               if col not in df.columns and name not in optional]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing} ({where}); it has {list(df.columns)}")
-    return df
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} ({where}); it has {list(df.columns)}; "
+                        f"name the file's columns with the column option (see --help)")
+    return pd.DataFrame({name: df[col] for name, col in columns.items() if col in df.columns})
 
 
-def numeric(df: pd.DataFrame, col: str, path, *, integer: bool = False) -> np.ndarray:
+def numeric(df: pd.DataFrame, col: str, path, *, integer: bool = False, first: int | None = None) -> np.ndarray:
+    """A column as numbers; the first bad cell is named as `row_name(i, first)`."""
     values = pd.to_numeric(df[col], errors="coerce")
     bad = values.isna().to_numpy()
     if integer:
@@ -125,8 +160,8 @@ def numeric(df: pd.DataFrame, col: str, path, *, integer: bool = False) -> np.nd
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         kind = "an integer" if integer else "a number"
-        raise DataError(f"{path}: column '{col}' row {i} is {show_value(df[col].iloc[i])}, not {kind}; "
-                        f"fix or drop that row")
+        raise DataError(f"{path}: column '{col}' {row_name(i, first)} is {show_value(df[col].iloc[i])}, not "
+                        f"{kind}; fix or drop that row")
     return values.to_numpy()
 
 
@@ -135,3 +170,24 @@ def collapse_duplicates(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     rows in their original order and how many were dropped."""
     first = rows.sort_values("timestamp", kind="stable").drop_duplicates(["user", "item"], keep="first")
     return rows.loc[np.sort(first.index.to_numpy())], len(rows) - len(first)
+
+
+def item_titles(items: pd.DataFrame, path, first: int | None, placeholder: str | None) -> tuple[dict, int]:
+    """{item: title} from an item table (canonical columns item, title). An empty or missing title is
+    refused, or replaced by `placeholder` when one is given; returns the titles and how many were
+    replaced. An item listed twice is refused."""
+    title = items["title"].astype(object)
+    empty = (title.isna() | (title.astype(str).str.strip() == "")).to_numpy()
+    if empty.any() and placeholder is None:
+        i = int(np.flatnonzero(empty)[0])
+        raise DataError(f"{path}: {int(empty.sum())} item(s) have an empty or missing title (the first at "
+                        f"{row_name(i, first)}, item {show_value(items['item'].iloc[i])}); fill them in, or pass "
+                        f"--missing-title TEXT to give them that placeholder")
+    keys = items["item"].astype(str)
+    dup = keys.duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise DataError(f"{path}: item {keys.iloc[i]!r} is listed again at {row_name(i, first)}; keep one "
+                        f"row per item")
+    values = np.where(empty, placeholder or "", title.astype(str).to_numpy())
+    return dict(zip(keys, values)), int(empty.sum())

@@ -200,13 +200,13 @@ def test_log_positive_only_negatives(tmp_path):
 
 
 @pytest.mark.parametrize("case,match", [
-    ("missing_column", "missing column(s) ['timestamp']"),
-    ("bad_rating", "column 'rating' row 2 is 'five', not a number"),
+    ("missing_column", "missing column(s) timestamp"),
+    ("bad_rating", "column 'rating' line 4 is 'five', not a number"),
     ("unknown_item", "item 'i99'"),
     ("positive_only", "--negatives N"),
     ("empty_split", "split is empty"),
-    ("bad_number", "column 'timestamp' row 3 is 'soon', not a number (unix seconds) like the other rows (1 such"),
-    ("bad_date", "column 'timestamp' row 4 is 'yesterday', not a date like the other rows"),
+    ("bad_number", "column 'timestamp' line 5 is 'soon', not a number (unix seconds) like the other rows (1 such"),
+    ("bad_date", "column 'timestamp' line 6 is 'yesterday', not a date like the other rows"),
 ])
 def test_log_bad_inputs(tmp_path, capsys, case, match):
     inter, items = _log(tmp_path)
