@@ -1,11 +1,13 @@
-"""python -m data_tools prepare DATASET --out DIR [options] | fetch smollm2|recbole"""
+"""python -m data_tools prepare DATASET --out DIR [options] | audit DIR [--write] | fetch smollm2|recbole"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
-from sasrecllm_jax.data.dataset import DataError, write_dataset
+from sasrecllm_jax.data.dataset import DataError, load_dataset, write_dataset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     ds = prep.add_subparsers(dest="dataset", required=True)
 
     def add(name, help):
-        q = ds.add_parser(name, help=help)
+        q = ds.add_parser(name, help=help, description=help)
         q.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
         q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
         return q
@@ -26,13 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     q = add("ml1m", "raw GroupLens MovieLens-1M through CoLLM's recipe")
     q.add_argument("--source", type=Path, help="folder with ratings.dat + movies.dat, or ml-1m.zip "
                    "(default: download from GroupLens, md5-checked)")
-    for name, help in (("ml100k", "MovieLens-100K from the recbole==1.2.1 wheel"),
-                       ("log", "your own interaction log + item table")):
-        q = add(name, help)
-        q.add_argument("--valid-frac", type=float, default=0.1)
-        q.add_argument("--test-frac", type=float, default=0.1)
-        if name == "ml100k":
-            q.add_argument("--wheel", type=Path, help="a local recbole-1.2.1 wheel (default: pip download)")
+    q = add("ml100k", "MovieLens-100K from the recbole==1.2.1 wheel")
+    q.add_argument("--valid-frac", type=float, default=0.1)
+    q.add_argument("--test-frac", type=float, default=0.1)
+    q.add_argument("--wheel", type=Path, help="a local recbole-1.2.1 wheel (default: pip download)")
+    q = add("log", "your own interaction log + item table")
+    q.add_argument("--valid-frac", type=float, default=0.1)
+    q.add_argument("--test-frac", type=float, default=0.1)
     q.add_argument("--interactions", type=Path, required=True, help="CSV/TSV/Parquet: user,item,timestamp[,rating]")
     q.add_argument("--items", type=Path, required=True, help="CSV/TSV/Parquet: item,title")
     q.add_argument("--columns", metavar="NAME=COLUMN,...",
@@ -48,36 +50,73 @@ def _parser() -> argparse.ArgumentParser:
                         "never interacted with")
     q.add_argument("--missing-title", metavar="TEXT",
                    help="give items with an empty or missing title this placeholder (default: refuse them)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed of the sampled negatives")
     q = add("amazon-book", "CoLLM's Amazon-Book recipe")
     q.add_argument("--reviews", type=Path, required=True, help="Books_5.json.gz")
     q.add_argument("--meta", type=Path, required=True, help="meta_Books.json.gz")
+
+    a = sub.add_parser("audit", help="the leak audit of a prepared folder (AUC of label-free shortcuts)")
+    a.add_argument("dir", type=Path)
+    a.add_argument("--write", action="store_true", help="also rewrite the card's 'audit' entry")
 
     f = sub.add_parser("fetch", help="download a registry wheel into the cache")
     f.add_argument("what", choices=["smollm2", "recbole"])
     return p
 
 
-def prepare(args) -> dict:
+def build(args) -> tuple:
+    """The chosen source's (splits, items, source, recipe[, extra])."""
     from data_tools import amazon, collm, log, movielens
+    if args.dataset == "ml1m-collm":
+        return collm.prepare_collm(args.source, args.trust_pickle)
+    if args.dataset == "ml1m":
+        return movielens.prepare_ml1m(args.source)
+    if args.dataset == "ml100k":
+        return movielens.prepare_ml100k(args.wheel, args.valid_frac, args.test_frac)
+    if args.dataset == "amazon-book":
+        return amazon.prepare_amazon_book(args.reviews, args.meta)
+    return log.prepare_log(args.interactions, args.items, threshold=args.threshold, negatives=args.negatives,
+                           seed=args.seed, valid_frac=args.valid_frac, test_frac=args.test_frac,
+                           columns=args.columns, item_columns=args.item_columns, missing_title=args.missing_title)
+
+
+def prepare(args) -> dict:
+    from data_tools import audit
     if args.out.exists() and not args.overwrite:
         raise DataError(f"{args.out} exists; choose another --out or pass --overwrite to replace it")
-    if args.dataset == "ml1m-collm":
-        built = collm.prepare_collm(args.source, args.trust_pickle)
-    elif args.dataset == "ml1m":
-        built = movielens.prepare_ml1m(args.source)
-    elif args.dataset == "ml100k":
-        built = movielens.prepare_ml100k(args.wheel, args.valid_frac, args.test_frac)
-    elif args.dataset == "amazon-book":
-        built = amazon.prepare_amazon_book(args.reviews, args.meta)
-    else:
-        built = log.prepare_log(args.interactions, args.items, threshold=args.threshold,
-                                negatives=args.negatives, seed=args.seed,
-                                valid_frac=args.valid_frac, test_frac=args.test_frac, columns=args.columns,
-                                item_columns=args.item_columns, missing_title=args.missing_title)
-    splits, items, source, recipe, *extra = built
+    splits, items, source, recipe, *rest = build(args)
+    extra = {**(rest[0] if rest else {}), "audit": audit.audit(splits)}
     return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite,
-                         extra=extra[0] if extra else None)
+                         extra=extra)
+
+
+def summary(card: dict, out: Path) -> str:
+    """What `prepare` prints: rows per split, every split's rows by cause, and the audit."""
+    from data_tools import audit
+    s = card["splits"]
+    lines = [f"wrote {out}: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in s.items())
+             + f"; {card['users']['count']:,} users, {card['items']['count']:,} items"]
+    lines.append("rows by cause against train (warm / new user / new item / both):")
+    lines += [f"  {k:<12}" + " / ".join(f"{v['causes'][c]:,}" for c in ("warm", "new_user", "new_item", "both"))
+              for k, v in s.items()]
+    if "audit" in card:
+        lines.append(audit.table(card["audit"]))
+    return "\n".join(lines)
+
+
+def run_audit(args) -> str:
+    """`audit DIR`: the audit of a prepared folder as a table; with --write, stored in its card."""
+    from data_tools import audit
+    ds = load_dataset(args.dir)
+    result = audit.audit(ds.splits)
+    if args.write:
+        path = args.dir / "dataset.json"
+        card = json.loads(path.read_text())
+        card["audit"] = result
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(tmp, path)
+    return audit.table(result)
 
 
 def main(argv=None) -> int:
@@ -87,16 +126,14 @@ def main(argv=None) -> int:
             from data_tools import fetch
             print(fetch.smollm2_gguf() if args.what == "smollm2" else fetch.fetch_wheel(*fetch.RECBOLE))
             return 0
+        if args.command == "audit":
+            print(run_audit(args))
+            return 0
         card = prepare(args)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    s = card["splits"]
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in s.items())
-          + f"; {card['users']['count']:,} users, {card['items']['count']:,} items")
-    print("rows by cause against train (warm / new user / new item / both):")
-    for k, v in s.items():
-        print(f"  {k:<12}" + " / ".join(f"{v['causes'][c]:,}" for c in ("warm", "new_user", "new_item", "both")))
+    print(summary(card, args.out))
     return 0
 
 
