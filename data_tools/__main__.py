@@ -9,6 +9,9 @@ from pathlib import Path
 
 from sasrecllm_jax.data.dataset import DataError, load_dataset, write_dataset
 
+COLD_HELP = ("hold a seeded share FRAC of the items that occur in valid/test out of training (their train rows "
+             "dropped, filtered out of train histories), so every row on them is a new-item row (default: none)")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_tools", description=__doc__)
@@ -16,10 +19,12 @@ def _parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="build a canonical dataset folder")
     ds = prep.add_subparsers(dest="dataset", required=True)
 
-    def add(name, help):
+    def add(name, help, seed_help="seed of --cold-items"):
         q = ds.add_parser(name, help=help, description=help)
         q.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
         q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        q.add_argument("--cold-items", metavar="FRAC", help=COLD_HELP)
+        q.add_argument("--seed", type=int, default=0, help=seed_help)
         return q
 
     q = add("ml1m-collm", "CoLLM's processed MovieLens-1M zip of pickles")
@@ -32,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--valid-frac", type=float, default=0.1)
     q.add_argument("--test-frac", type=float, default=0.1)
     q.add_argument("--wheel", type=Path, help="a local recbole-1.2.1 wheel (default: pip download)")
-    q = add("log", "your own interaction log + item table")
+    q = add("log", "your own interaction log + item table", "seed of the sampled negatives and of --cold-items")
     q.add_argument("--valid-frac", type=float, default=0.1)
     q.add_argument("--test-frac", type=float, default=0.1)
     q.add_argument("--interactions", type=Path, required=True, help="CSV/TSV/Parquet: user,item,timestamp[,rating]")
@@ -50,7 +55,6 @@ def _parser() -> argparse.ArgumentParser:
                         "never interacted with")
     q.add_argument("--missing-title", metavar="TEXT",
                    help="give items with an empty or missing title this placeholder (default: refuse them)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the sampled negatives")
     q = add("amazon-book", "CoLLM's Amazon-Book recipe")
     q.add_argument("--reviews", type=Path, required=True, help="Books_5.json.gz")
     q.add_argument("--meta", type=Path, required=True, help="meta_Books.json.gz")
@@ -81,11 +85,19 @@ def build(args) -> tuple:
 
 
 def prepare(args) -> dict:
-    from data_tools import audit
+    from data_tools import audit, cold
     if args.out.exists() and not args.overwrite:
         raise DataError(f"{args.out} exists; choose another --out or pass --overwrite to replace it")
+    frac = cold.cold_share(args.cold_items)
+    if getattr(args, "negatives", 0) < 0:
+        raise DataError(f"--negatives {args.negatives}: give a count of sampled negatives per positive, 1 or more")
     splits, items, source, recipe, *rest = build(args)
-    extra = {**(rest[0] if rest else {}), "audit": audit.audit(splits)}
+    extra = dict(rest[0]) if rest else {}
+    if frac:
+        splits, info = cold.hold_out_items(splits, frac, args.seed)
+        extra["cold_items"] = info
+        recipe = f"{recipe}; {cold.recipe_note(info)}"
+    extra["audit"] = audit.audit(splits)
     return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite,
                          extra=extra)
 
@@ -96,6 +108,9 @@ def summary(card: dict, out: Path) -> str:
     s = card["splits"]
     lines = [f"wrote {out}: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in s.items())
              + f"; {card['users']['count']:,} users, {card['items']['count']:,} items"]
+    if "cold_items" in card:
+        lines.append(f"held out of train: {card['cold_items']['items']:,} of the "
+                     f"{card['cold_items']['of_valid_test_items']:,} valid/test items")
     lines.append("rows by cause against train (warm / new user / new item / both):")
     lines += [f"  {k:<12}" + " / ".join(f"{v['causes'][c]:,}" for c in ("warm", "new_user", "new_item", "both"))
               for k, v in s.items()]
