@@ -28,8 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         return q
 
     q = add("ml1m-collm", "CoLLM's processed MovieLens-1M zip of pickles")
-    q.add_argument("--source", type=Path, required=True, help="ml-1m.zip from CoLLM")
-    q.add_argument("--trust-pickle", action="store_true", help="allow loading the pickles inside")
+    from data_tools.named import AMAZON_BOOKS_DIR, ML1M_COLLM_ZIP, NAMED
+    q.add_argument("--source", type=Path, default=ML1M_COLLM_ZIP, help="ml-1m.zip from CoLLM (default: the shared copy)")
+    q.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading the pickles inside (not needed for CoLLM's own zip, known by its sha256)")
     q = add("ml1m", "raw GroupLens MovieLens-1M through CoLLM's recipe")
     q.add_argument("--source", type=Path, help="folder with ratings.dat + movies.dat, or ml-1m.zip "
                    "(default: download from GroupLens, md5-checked)")
@@ -58,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     q = add("amazon-book", "CoLLM's Amazon-Book recipe")
     q.add_argument("--reviews", type=Path, required=True, help="Books_5.json.gz")
     q.add_argument("--meta", type=Path, required=True, help="meta_Books.json.gz")
+    q = add("amazon-books", "Amazon Books, a positive-only log: 1 sampled negative per positive, global time "
+            "split (valid 10%%, test 10%%), held-out items as in the named recipe",
+            "seed of the sampled negatives and of --cold-items")
+    q.add_argument("--source", type=Path, default=AMAZON_BOOKS_DIR,
+                   help="folder with interactions.csv and items.csv (default: the shared copy)")
+    q.set_defaults(named_cold=NAMED["amazon-books"].cold_items)
 
     a = sub.add_parser("audit", help="the leak audit of a prepared folder (AUC of label-free shortcuts)")
     a.add_argument("dir", type=Path)
@@ -70,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def build(args) -> tuple:
     """The chosen source's (splits, items, source, recipe[, extra])."""
-    from data_tools import amazon, collm, log, movielens
+    from data_tools import amazon, collm, log, movielens, named
     if args.dataset == "ml1m-collm":
         return collm.prepare_collm(args.source, args.trust_pickle)
     if args.dataset == "ml1m":
@@ -79,25 +87,22 @@ def build(args) -> tuple:
         return movielens.prepare_ml100k(args.wheel, args.valid_frac, args.test_frac)
     if args.dataset == "amazon-book":
         return amazon.prepare_amazon_book(args.reviews, args.meta)
+    if args.dataset == "amazon-books":
+        return named.amazon_books(args.source, seed=args.seed)
     return log.prepare_log(args.interactions, args.items, threshold=args.threshold, negatives=args.negatives,
                            seed=args.seed, valid_frac=args.valid_frac, test_frac=args.test_frac,
                            columns=args.columns, item_columns=args.item_columns, missing_title=args.missing_title)
 
 
 def prepare(args) -> dict:
-    from data_tools import audit, cold
+    from data_tools import cold, named
     if args.out.exists() and not args.overwrite:
         raise DataError(f"{args.out} exists; choose another --out or pass --overwrite to replace it")
-    frac = cold.cold_share(args.cold_items)
+    share = args.cold_items if args.cold_items is not None else getattr(args, "named_cold", None)
+    frac = cold.cold_share(share)
     if getattr(args, "negatives", 0) < 0:
         raise DataError(f"--negatives {args.negatives}: give a count of sampled negatives per positive, 1 or more")
-    splits, items, source, recipe, *rest = build(args)
-    extra = dict(rest[0]) if rest else {}
-    if frac:
-        splits, info = cold.hold_out_items(splits, frac, args.seed)
-        extra["cold_items"] = info
-        recipe = f"{recipe}; {cold.recipe_note(info)}"
-    extra["audit"] = audit.audit(splits)
+    splits, items, source, recipe, extra = named.finish(build(args), cold_items=frac, seed=args.seed)
     return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite,
                          extra=extra)
 

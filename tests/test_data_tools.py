@@ -33,7 +33,7 @@ def run_fails(capsys, out, *argv, match):
 
 def test_collm_ml1m_counts(ml1m_zip, tmp_path):
     out = tmp_path / "ml1m"
-    run_ok("prepare", "ml1m-collm", "--source", ml1m_zip, "--trust-pickle", "--out", out)
+    run_ok("prepare", "ml1m-collm", "--source", ml1m_zip, "--out", out)  # the known zip: no --trust-pickle
     card = json.loads((out / "dataset.json").read_text())
     s = card["splits"]
     assert [s[k]["rows"] for k in ("train", "valid", "valid_small", "test")] == [33891, 10401, 5200, 7331]
