@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from data_tools.recipe import build_splits
-from sasrecllm_jax.data.dataset import DataError
+from sasrecllm_jax.errors import DataError
 
 MIN_RATINGS = 20  # keep users and items with more than 20 ratings in 2017 (one pass)
 

@@ -1,6 +1,7 @@
 """Import CoLLM's processed pickles (e.g. ml-1m.zip) into the canonical format, once.
 
-Pickles can run code when loaded, so this refuses to run without --trust-pickle.
+Pickles can run code when loaded, so this refuses to run without --trust-pickle, except on the one
+zip whose content is known (CoLLM's published ml-1m.zip, by its sha256).
 """
 from __future__ import annotations
 
@@ -11,18 +12,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sasrecllm_jax.data.dataset import DataError, validate_split
+from sasrecllm_jax.data.dataset import validate_split
+from sasrecllm_jax.downloads import sha256
+from sasrecllm_jax.errors import DataError
 
 MEMBERS = {"train": "train_ood2.pkl", "valid": "valid_ood2.pkl", "test": "test_ood2.pkl",
            "valid_small": "valid_small_ood2.pkl"}
 COLUMNS = ["uid", "iid", "label", "timestamp", "his", "his_title", "title", "not_cold"]
+ML1M_SHA256 = "3e24968eca5707fbd0bd14d375ee47ef9a6f281de91bba06ef9fc19b66699503"  # CoLLM's ml-1m.zip
 
 
-def prepare_collm(source: Path, trust_pickle: bool):
-    if not trust_pickle:
-        raise DataError(f"{source} holds Python pickles, which can run code when loaded. If it comes "
-                        f"from a source you trust (CoLLM's repository), pass --trust-pickle; it is "
-                        f"converted once into safe Parquet files")
+def known_zip(source: Path) -> bool:
+    """Whether `source` is byte for byte CoLLM's ml-1m.zip (then its pickles are the known ones)."""
+    return Path(source).is_file() and sha256(Path(source)) == ML1M_SHA256
+
+
+def prepare_collm(source: Path, trust_pickle: bool = False):
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"{source}: no such file; pass --source with CoLLM's ml-1m.zip")
+    if not trust_pickle and not known_zip(source):
+        raise DataError(f"{source} holds Python pickles, which can run code when loaded, and is not the known "
+                        f"CoLLM ml-1m.zip (sha256 {ML1M_SHA256[:12]}...). If it comes from a source you trust, "
+                        f"pass --trust-pickle; it is converted once into safe Parquet files")
     try:
         with zipfile.ZipFile(source) as z:
             by_name = {Path(n).name: n for n in z.namelist()}

@@ -1,4 +1,10 @@
-"""Bring your own interaction log: CSV/TSV/Parquet (user, item, timestamp[, rating]) + items (item, title)."""
+"""Bring your own interaction log: CSV/TSV/Parquet (user, item, timestamp[, rating]) + items (item, title).
+
+A rated log is labelled by `rating >= threshold`. A positive-only log (no rating column) gets sampled
+negatives: each is the same impression as its positive with another item, i.e. the positive's user,
+time and history, and an item that existed by then (first seen in the log at or before that time)
+and that the user never interacted with.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.recipe import build_splits, numeric, read_table, split_by_time_fraction
-from sasrecllm_jax.data.dataset import DataError
+from data_tools.recipe import (build_splits, collapse_duplicates, first_line, item_titles, numeric,
+                               parse_columns, read_table, row_name, split_by_time_fraction)
+from sasrecllm_jax.errors import DataError
+
+LOG_COLUMNS = {"user": "user", "item": "item", "timestamp": "timestamp", "rating": "rating"}
+ITEM_COLUMNS = {"item": "item", "title": "title"}
+RANDOM_TRIES = 32  # rejection rounds before a positive's eligible items are listed exactly
 
 
-def _timestamps(df: pd.DataFrame, path: Path) -> np.ndarray:
+def _timestamps(df: pd.DataFrame, path: Path, first: int | None) -> np.ndarray:
     """Unix seconds, from a column of numbers (taken as unix seconds) or of dates (any format pandas reads,
     UTC unless they say otherwise); a row that is neither like the others is named."""
     raw = df["timestamp"]
@@ -25,51 +36,98 @@ def _timestamps(df: pd.DataFrame, path: Path) -> np.ndarray:
         if not bad.any():  # whole seconds since 1970, whatever resolution pandas picked (ns before 3.0, us after)
             return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
     i = int(np.flatnonzero(bad)[0])
-    raise DataError(f"{path}: column 'timestamp' row {i} is {raw.iloc[i]!r}, not {kind} ({int(bad.sum())} such "
-                    f"row(s)); fix or drop them")
+    raise DataError(f"{path}: column 'timestamp' {row_name(i, first)} is {raw.iloc[i]!r}, not {kind} "
+                    f"({int(bad.sum())} such row(s)); fix or drop them")
 
 
-def sample_negatives(pos: pd.DataFrame, all_items: np.ndarray, ratio: int, seed: int) -> pd.DataFrame:
-    """For each positive row, `ratio` items the user never interacted with, at the same timestamp."""
+def sample_negatives(pos: pd.DataFrame, per_positive: int, seed: int) -> tuple[pd.DataFrame, int]:
+    """For each positive row (user, item, timestamp), `per_positive` distinct items that existed at its
+    time (first seen in `pos` at or before it) and that the user never interacted with, drawn uniformly
+    (seeded). Returns the negative rows (the positive's user and timestamp, label 0), positive by
+    positive, and how many negatives could not be drawn because no eligible item was left."""
     rng = np.random.default_rng(seed)
-    seen = pos.groupby("user")["item"].agg(set).to_dict()
-    out = []
-    for user, ts in zip(pos["user"].to_numpy(), pos["timestamp"].to_numpy()):
-        s = seen[user]
-        if len(s) >= len(all_items):
-            continue
-        for _ in range(ratio):
-            while (item := all_items[rng.integers(len(all_items))]) in s:
-                pass
-            out.append((user, item, ts))
-    neg = pd.DataFrame(out, columns=["user", "item", "timestamp"])
-    neg["label"] = np.int8(0)
-    return neg
+    user_code = pd.factorize(pos["user"])[0].astype(np.int64)
+    item_code, items = pd.factorize(pos["item"])
+    ts = pos["timestamp"].to_numpy()
+    first_seen = pd.Series(ts).groupby(item_code).min().to_numpy()  # indexed by item code
+    by_age = np.argsort(first_seen, kind="stable")                  # rank -> item code
+    rank_of = np.empty_like(by_age)
+    rank_of[by_age] = np.arange(len(by_age))
+    n_items = len(by_age)
+    eligible = np.searchsorted(first_seen[by_age], ts, side="right")  # ranks 0..eligible-1 existed at ts
+    taken = np.unique(user_code * n_items + rank_of[item_code])     # (user, rank) pairs ever interacted
+    chosen = np.full((len(pos), per_positive), -1, np.int64)
+    for j in range(per_positive):
+        todo = np.arange(len(pos))
+        for _ in range(RANDOM_TRIES):
+            if not len(todo):
+                break
+            cand = rng.integers(0, eligible[todo])
+            ok = ~np.isin(user_code[todo] * n_items + cand, taken)
+            ok &= ~(chosen[todo, :j] == cand[:, None]).any(axis=1)
+            chosen[todo[ok], j] = cand[ok]
+            todo = todo[~ok]
+        for r in todo:  # few eligible items left for this user: choose among them exactly
+            lo, hi = np.searchsorted(taken, [user_code[r] * n_items, (user_code[r] + 1) * n_items])
+            allowed = np.setdiff1d(np.arange(eligible[r]), np.r_[taken[lo:hi] - user_code[r] * n_items,
+                                                                  chosen[r, :j]])
+            if len(allowed):
+                chosen[r, j] = allowed[rng.integers(len(allowed))]
+    row, col = np.nonzero(chosen >= 0)  # row-major: positive by positive
+    neg = pd.DataFrame({"user": pos["user"].to_numpy()[row],
+                        "item": np.asarray(items)[by_age[chosen[row, col]]],
+                        "timestamp": ts[row], "label": np.int8(0)})
+    return neg, int((chosen < 0).sum())
 
 
-def prepare_log(interactions: Path, items_path: Path, *, threshold: float, negatives: int, seed: int,
-                valid_frac: float, test_frac: float):
-    df = read_table(interactions, "interactions need user, item, timestamp[, rating]",
-                    ["user", "item", "timestamp"])
-    items = read_table(items_path, "the item table needs item, title", ["item", "title"])
+def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0, negatives: int = 0,
+                seed: int = 0, valid_frac: float = 0.1, test_frac: float = 0.1, columns: str | None = None,
+                item_columns: str | None = None, missing_title: str | None = None):
+    """A log and its item table -> (splits, items, source, recipe, extra card). `columns` and
+    `item_columns` are `name=column,...` specs (see LOG_COLUMNS, ITEM_COLUMNS); `missing_title` is the
+    placeholder for empty titles (None: refuse them)."""
+    interactions, items_path = Path(interactions), Path(items_path)
+    cols = parse_columns(columns, "--columns", LOG_COLUMNS)
+    icols = parse_columns(item_columns, "--item-columns", ITEM_COLUMNS)
+    df = read_table(interactions, "interactions need user, item, timestamp[, rating]", cols, optional=("rating",))
+    items = read_table(items_path, "the item table needs item, title", icols)
     if df.empty:
         raise DataError(f"{interactions}: no rows")
+    first = first_line(interactions)
     rows = pd.DataFrame({"user": df["user"].astype(str), "item": df["item"].astype(str),
-                         "timestamp": _timestamps(df, interactions)})
-    if "rating" in df.columns and negatives == 0:
-        rows["label"] = (numeric(df, "rating", interactions) >= threshold).astype(np.int8)
+                         "timestamp": _timestamps(df, interactions, first)})
+    rated = "rating" in df.columns
+    if rated and negatives:
+        raise DataError(f"{interactions}: has a rating column ({cols['rating']!r}) and --negatives {negatives} "
+                        f"was given; use one of the two: drop --negatives to label rows by rating >= "
+                        f"threshold, or remove the rating column to treat the log as positive-only and "
+                        f"sample negatives")
+    if rated:
+        rows["label"] = (numeric(df, "rating", interactions, first=first) >= threshold).astype(np.int8)
+    elif negatives < 1:
+        raise DataError(f"{interactions}: no rating column ({cols['rating']!r}), so the log is positive-only; "
+                        f"pass --negatives N (sampled negatives per positive), or name the rating column "
+                        f"with --columns rating=COLUMN")
+    rows, duplicates = collapse_duplicates(rows)
+    extra = {"input": {"rows": int(len(df)), "duplicate_rows_dropped": duplicates}}
+    if rated:
         how = f"label = rating >= {threshold}"
     else:
-        if negatives < 1:
-            raise DataError(f"{interactions}: no 'rating' column, so the log is positive-only; pass "
-                            f"--negatives N (sampled negatives per positive)")
-        all_items = items["item"].astype(str).unique()
         rows["label"] = np.int8(1)
-        rows = pd.concat([rows, sample_negatives(rows, all_items, negatives, seed)], ignore_index=True)
-        how = f"positive-only log, {negatives} sampled negatives per positive (seed {seed})"
+        neg, skipped = sample_negatives(rows, negatives, seed)
+        rows = pd.concat([rows, neg], ignore_index=True)
+        extra["negatives"] = {"per_positive": negatives, "seed": seed, "sampled": int(len(neg)),
+                              "skipped": skipped}
+        how = (f"positive-only log, {negatives} sampled negative(s) per positive (seed {seed}): the positive's "
+               f"user, time and history, an item first seen at or before that time that the user never "
+               f"interacted with")
     rows["split"] = split_by_time_fraction(rows["timestamp"], valid_frac, test_frac)
-    titles = dict(zip(items["item"].astype(str), items["title"].fillna("").astype(str)))
-    splits, items_out = build_splits(rows, titles, str(items_path))
-    recipe = (f"interaction log: {how}; global time split (valid {valid_frac:.0%}, test {test_frac:.0%} "
-              f"of rows, latest last); valid_small = valid.sample(frac=0.5, seed 2023)")
-    return splits, items_out, f"log {interactions.name} + {items_path.name}", recipe
+    titles, untitled = item_titles(items, items_path, first_line(items_path), missing_title)
+    if missing_title is not None:
+        extra["missing_title"] = {"placeholder": missing_title, "items": untitled}
+    splits, items_out = build_splits(rows, titles, str(items_path), history="time")
+    recipe = (f"interaction log: {how}; repeated (user, item) rows collapsed to the first in time; history = "
+              f"the user's positives strictly earlier in time; global time split (valid {valid_frac:.0%}, "
+              f"test {test_frac:.0%} of rows, latest last); valid_small = valid.sample(frac=0.5, seed 2023)"
+              + (f"; empty titles replaced by {missing_title!r}" if missing_title is not None else ""))
+    return splits, items_out, f"log {interactions.name} + {items_path.name}", recipe, extra

@@ -10,7 +10,7 @@ import pandas as pd
 
 from sasrecllm_jax import downloads as fetch
 from data_tools.recipe import build_splits, numeric, split_by_time_fraction
-from sasrecllm_jax.data.dataset import DataError
+from sasrecllm_jax.errors import DataError
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
@@ -51,8 +51,8 @@ def prepare_ml1m(source: Path | None):
     ratings = _read_dat(ratings_b, f"{where}/ratings.dat", ["user", "item", "rating", "timestamp"])
     movies = _read_dat(movies_b, f"{where}/movies.dat", ["item", "title", "genres"])
     path = f"{where}/ratings.dat"
-    ts = numeric(ratings, "timestamp", path, integer=True).astype(np.int64)
-    rating = numeric(ratings, "rating", path)
+    ts = numeric(ratings, "timestamp", path, integer=True, first=1).astype(np.int64)
+    rating = numeric(ratings, "rating", path, first=1)
     date = pd.to_datetime(ts, unit="s")
     month = (date.year - 2000) * 12 + date.month - 4
     split = np.full(len(ratings), "", dtype=object)
@@ -60,12 +60,12 @@ def prepare_ml1m(source: Path | None):
         split[(month >= lo) & (month <= hi)] = name
     keep = split != ""
     rows = pd.DataFrame({
-        "user": numeric(ratings, "user", path, integer=True).astype(np.int64)[keep],
-        "item": numeric(ratings, "item", path, integer=True).astype(np.int64)[keep],
+        "user": numeric(ratings, "user", path, integer=True, first=1).astype(np.int64)[keep],
+        "item": numeric(ratings, "item", path, integer=True, first=1).astype(np.int64)[keep],
         "timestamp": ts[keep], "label": (rating[keep] >= LABEL_THRESHOLD).astype(np.int8),
         "split": split[keep],
     })
-    titles = dict(zip(numeric(movies, "item", f"{where}/movies.dat", integer=True).astype(np.int64),
+    titles = dict(zip(numeric(movies, "item", f"{where}/movies.dat", integer=True, first=1).astype(np.int64),
                       movies["title"]))
     splits, items = build_splits(rows, titles, where)
     recipe = ("CoLLM ML-1M: label = rating >= 4; month m = (year-2000)*12 + month - 4 (UTC); "
@@ -92,11 +92,11 @@ def prepare_ml100k(wheel: Path | None, valid_frac: float, test_frac: float):
     except (zipfile.BadZipFile, KeyError, OSError) as e:
         raise DataError(f"{wheel}: not a usable recbole 1.2.1 wheel ({e}); delete it and fetch again") from None
     path = f"{wheel}!ml-100k.inter"
-    ts = numeric(inter, "timestamp", path).astype(np.int64)
+    ts = numeric(inter, "timestamp", path, first=2).astype(np.int64)
     rows = pd.DataFrame({
-        "user": numeric(inter, "user_id", path, integer=True).astype(np.int64),
-        "item": numeric(inter, "item_id", path, integer=True).astype(np.int64),
-        "timestamp": ts, "label": (numeric(inter, "rating", path) >= LABEL_THRESHOLD).astype(np.int8),
+        "user": numeric(inter, "user_id", path, integer=True, first=2).astype(np.int64),
+        "item": numeric(inter, "item_id", path, integer=True, first=2).astype(np.int64),
+        "timestamp": ts, "label": (numeric(inter, "rating", path, first=2) >= LABEL_THRESHOLD).astype(np.int8),
         "split": split_by_time_fraction(pd.Series(ts), valid_frac, test_frac),
     })
     year = item["release_year"].where(item["release_year"].str.fullmatch(r"\d{4}"), "")

@@ -21,9 +21,9 @@ def synthetic_dataset(out: Path, users: int = 40, items: int = 30, per_user: int
     pd.DataFrame(rows).to_csv(inter, index=False)
     pd.DataFrame({"item": [f"i{i}" for i in range(items)],
                   "title": [f"Film {i} ({1990 + i})" for i in range(items)]}).to_csv(item_file, index=False)
-    splits, items_df, source, recipe = prepare_log(inter, item_file, threshold=4, negatives=0, seed=0,
-                                                   valid_frac=0.2, test_frac=0.2)
-    write_dataset(out, splits, items_df, source=source, recipe=recipe)
+    splits, items_df, source, recipe, extra = prepare_log(inter, item_file, threshold=4, negatives=0, seed=0,
+                                                          valid_frac=0.2, test_frac=0.2)
+    write_dataset(out, splits, items_df, source=source, recipe=recipe, extra=extra)
     return out
 
 

@@ -8,6 +8,18 @@
     DIR/dataset.json       the card: source, recipe, counts, id ranges, format version
 
 Id 0 is padding and never appears in a table.
+
+The card (`dataset.json`) holds `format_version`, `source`, `recipe`, `users` and `items` ({count,
+min_id, max_id}), and per split under `splits.NAME`: `rows`, `users`, `items`, `positive_rate`,
+`warm_rows` / `cold_rows` (from `not_cold`), `time_range`, `max_history` and `causes`, the split's rows
+counted by why they are warm or cold, measured against the train split:
+    warm      the user and the item both occur in train
+    new_user  the user does not occur in train, the item does
+    new_item  the item does not occur in train (as a target), the user does
+    both      neither occurs in train
+(the four add up to `rows`; train itself is all `warm`). Keys a recipe adds through `extra`, e.g.
+`audit` (label-free shortcut AUCs per split, `data_tools.audit`), `cold_items`, `input`, sit at the
+top level. Folders written before `causes` existed get it computed when loaded.
 """
 from __future__ import annotations
 
@@ -118,15 +130,22 @@ def _stats(df: pd.DataFrame) -> dict:
     }
 
 
-def _cold_causes(df: pd.DataFrame, train: pd.DataFrame | None) -> dict:
-    """Why a split's rows are cold, counted against the train split: a user or an item absent from it (or
-    both). On CoLLM's ML-1M almost every cold test row is a new user with a seen item."""
-    if train is None or df is train:
-        return {}
-    new_user, new_item = ~df["uid"].isin(train["uid"]), ~df["iid"].isin(train["iid"])
-    count = lambda rows: int(rows.sum())
-    return {"cold_causes": {"new_user": count(new_user & ~new_item), "new_item": count(~new_user & new_item),
-                            "both": count(new_user & new_item)}}
+CAUSES = ("warm", "new_user", "new_item", "both")
+
+
+def cause_masks(df: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]:
+    """For each cause in CAUSES (see the module docstring), which of the split's rows have it, against
+    the train split; every row has exactly one."""
+    new_user = ~df["uid"].isin(train["uid"]).to_numpy()
+    new_item = ~df["iid"].isin(train["iid"]).to_numpy()
+    return {"warm": ~new_user & ~new_item, "new_user": new_user & ~new_item,
+            "new_item": ~new_user & new_item, "both": new_user & new_item}
+
+
+def causes(df: pd.DataFrame, train: pd.DataFrame) -> dict:
+    """A split's rows counted by cause, against the train split: {warm, new_user, new_item, both}; they
+    add up to the split's rows."""
+    return {k: int(m.sum()) for k, m in cause_masks(df, train).items()}
 
 
 def make_card(splits: dict[str, pd.DataFrame], items: pd.DataFrame, *, source: str, recipe: str,
@@ -136,7 +155,7 @@ def make_card(splits: dict[str, pd.DataFrame], items: pd.DataFrame, *, source: s
         "format_version": FORMAT_VERSION,
         "source": source,
         "recipe": recipe,
-        "splits": {name: {**_stats(df), **_cold_causes(df, splits.get("train"))} for name, df in splits.items()},
+        "splits": {name: {**_stats(df), "causes": causes(df, splits["train"])} for name, df in splits.items()},
         "users": {"count": int(len(np.unique(uids))), "min_id": int(uids.min()), "max_id": int(uids.max())},
         "items": {"count": int(len(items)), "min_id": int(items["iid"].min()), "max_id": int(items["iid"].max())},
         **(extra or {}),
@@ -198,4 +217,5 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         if len(df) != card["splits"][name]["rows"]:
             raise DataError(f"{path / (name + '.parquet')}: {len(df)} rows, the card says "
                             f"{card['splits'][name]['rows']}; the folder is damaged, prepare it again")
+        card["splits"][name].setdefault("causes", causes(df, splits["train"]))  # folders written before it
     return Dataset(path=path, splits=splits, items=items, card=card)
