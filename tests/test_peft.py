@@ -279,3 +279,88 @@ def test_smollm2_export_matches_transformers_and_peft(smollm2_gguf, tmp_path):
     with model.disable_adapter():
         plain = torch_last_logits(model, ids)
     assert np.abs(plain - torch_last_logits(model, ids)).max() > 1e-2  # the adapter changes the answer logits
+
+
+# --------------------------------------------------------------------------- the export CLI on a finished run
+RUN = ["data.pad_multiple=256", "train.enc_epochs=1", "train.llm_epochs=1", "data.max_rows={train: 32, eval: 32}",
+       "train.log_every=100", "model.encoder=mf", "model.mf.dim=16"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from helpers import synthetic_dataset
+    return synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+def finish_run(dataset, workdir, method):
+    from helpers import smoke_config
+    from sasrecllm_jax.train.loop import train_and_evaluate
+    train_and_evaluate(smoke_config(dataset, *RUN, f"train.method={method}"), workdir)
+    return workdir
+
+
+def readme_code(out):
+    import re
+    return "\n".join(re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S))
+
+
+def test_export_cli_end_to_end(dataset, tmp_path, capsys):
+    """A CoLLM-MF run (an MF encoder, the mapper and LoRA on hybrid prompts) exported; the README's own code
+    scores text prompts like the run's LLM and hybrid rows like the run itself."""
+    import re
+    from sasrecllm_jax.data.prompts import history_text
+    from sasrecllm_jax.export import main
+    from sasrecllm_jax.score import Recommender
+    run = finish_run(dataset, tmp_path / "run", "collm_mf")
+    out = tmp_path / "export"
+    assert main([str(run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter", "base", "collaborative"]
+    collab = json.loads((out / "collaborative" / "collaborative.json").read_text())
+    rec = Recommender(run)
+    assert (collab["prompt"], collab["encoder"]["kind"], collab["num_tokens"]) == ("hybrid", "mf", 1)
+    assert [collab["answer"][a]["token_id"] for a in ("yes", "no")] == list(rec.comp.answer_ids)
+    from safetensors.numpy import load_file
+    weights = load_file(str(out / "collaborative" / "collaborative.safetensors"))
+    assert sorted(weights) == ["mapper/fc1/bias", "mapper/fc1/kernel", "mapper/fc2/bias", "mapper/fc2/kernel",
+                               "mf/item_emb/embedding", "mf/user_emb/embedding"]
+    np.testing.assert_array_equal(weights["mf/user_emb/embedding"], np.asarray(rec.params["mf"]["user_emb"]["embedding"]))
+    lora, _ = read_peft_adapter(out / "adapter", rec.comp.llm_cfg)
+    assert lora == rec.cfg.model.lora
+
+    readme = {}
+    exec(compile(readme_code(out), str(out / "README.md"), "exec"), readme)  # as a user would run it
+    # text prompts: the README's score() against the run's LLM (base + LoRA) in JAX
+    yes, no = rec.comp.answer_ids
+    worst = 0.0
+    for text in TINY_PROMPTS:
+        ids = rec.comp.tokenizer.encode(text).ids
+        ours = jax_last_logits(rec.comp.llm_cfg, rec.cfg.model.lora, rec.params["llm"], ids)
+        worst = max(worst, abs(readme["score"](text) - float(ours[yes] - ours[no])))
+    # hybrid rows: the README's score_hybrid() against the run's own scores
+    rows = rec.comp.dataset.splits["test"].head(4)
+    titles = rec.comp.dataset.titles()
+    uids, iids, hists = rows["uid"].tolist(), rows["iid"].tolist(), [list(h) for h in rows["his"]]
+    theirs = []
+    for u, i, h in zip(uids, iids, hists):
+        text = collab["template"].format(history=history_text([titles[x] for x in h[-rec.cfg.data.max_titles:]]),
+                                         target=titles[i])
+        theirs.append(readme["score_hybrid"](re.split("<UserID>|<ItemID>", text), weights["mf/user_emb/embedding"][u],
+                                             weights["mf/item_emb/embedding"][i]))
+    hybrid = float(np.abs(np.asarray(theirs) - rec.score(uids, hists, iids)).max())
+    with capsys.disabled():
+        print(f"export: max |score diff| text {worst:.2e}, hybrid {hybrid:.2e}")
+    assert worst < 1e-4 and hybrid < 1e-4
+
+    capsys.readouterr()
+    assert main([str(run), "--out", str(out)]) == 2  # never written into an old export
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "exists and is not empty" in err and err.count("\n") == 1
+    assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    mf_run = finish_run(dataset, tmp_path / "mf", "mf")
+    capsys.readouterr()
+    assert main([str(mf_run), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {mf_run}: method mf has no LLM, so there is nothing to export for transformers + PEFT "
+                   f"(its model is the checkpoint in {mf_run / 'final'})\n")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
