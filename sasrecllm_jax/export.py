@@ -192,7 +192,7 @@ def readme(rec, out: Path, desc: dict) -> str:
             "    for i, piece in enumerate(pieces):",
             '        ids += tok(piece, add_special_tokens=(i == 0))["input_ids"]',
             "        if i < len(pieces) - 1:",
-            f"            starts.append(len(ids))",
+            "            starts.append(len(ids))",
             f"            ids += [{PLACEHOLDER_ID}] * K",
             "    with torch.no_grad():",
             "        embeds = model.get_input_embeddings()(torch.tensor([ids]))",

@@ -364,3 +364,10 @@ def test_export_cli_end_to_end(dataset, tmp_path, capsys):
     assert err == (f"error: {mf_run}: method mf has no LLM, so there is nothing to export for transformers + PEFT "
                    f"(its model is the checkpoint in {mf_run / 'final'})\n")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_regex_target_modules_are_read_from_the_keys(tmp_path):
+    peft_trained_adapter(tmp_path, target_modules=r".*\.(q_proj|up_proj)")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"] == r".*\.(q_proj|up_proj)"
+    lora, tree = read_peft_adapter(tmp_path / "adapter", DEBUG_TINY)
+    assert lora.targets == ("q_proj", "up_proj") and tree["model"]["layers"]["mlp"]["up_proj"]["lora"]["b"].shape == (2, 4, 128)

@@ -215,8 +215,8 @@ def read_peft_adapter(folder: str | Path, llm_cfg: LlamaConfig | None = None) ->
                                f"retrain a plain LoRA of {list(PROJECTIONS)}")
         layer, block, name, ab = int(m.group(1)), m.group(2), m.group(3), m.group(4)
         if PROJECTIONS.get(name) != block or (named is not None and name not in named):
-            raise WeightsError(f"{folder / WEIGHTS_FILE}: tensor {key} adapts {block}.{name}, which "
-                               f"{'this model does not adapt' if PROJECTIONS.get(name) != block else 'target_modules does not name'}; "
+            why = "this model does not adapt" if PROJECTIONS.get(name) != block else "target_modules does not name"
+            raise WeightsError(f"{folder / WEIGHTS_FILE}: tensor {key} adapts {block}.{name}, which {why}; "
                                f"adapters of {list(PROJECTIONS)} listed in target_modules load")
         if x.ndim != 2 or (x.shape[0] if ab == "A" else x.shape[1]) != r:
             want = f"({r}, in)" if ab == "A" else f"(out, {r})"
