@@ -1,0 +1,273 @@
+"""Export a finished run for transformers + PEFT.
+
+    python -m sasrecllm_jax.export RUN --out DIR
+
+    DIR/base/           the backbone as a Hugging Face Llama folder (config.json, model.safetensors in
+                        float32, tokenizer.json): a GGUF backbone dequantized, a random one as drawn
+    DIR/adapter/        the run's LoRA as a PEFT adapter (adapter_config.json, adapter_model.safetensors)
+    DIR/collaborative/  collaborative.json: how the run scores (prompt template, placeholders, answer
+                        tokens, score head) and, for hybrid prompts, the ID encoder and the mapper;
+                        collaborative.safetensors: their params, keyed by '/'-joined Flax paths
+    DIR/README.md       the lines of transformers + peft that score a prompt with it
+
+Only runs with an LLM export (methods icl, tallrec, collm_mf, sasrecllm). The base weights are the ones
+the run held: with model.llm_overrides.param_dtype bfloat16 they are bfloat16 values stored as float32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from sasrecllm_jax.config import to_dict
+from sasrecllm_jax.data import prompts as prompts_lib
+from sasrecllm_jax.errors import ConfigError, run_command
+from sasrecllm_jax.score import Recommender
+from sasrecllm_jax.weights.hf_export import write_hf_folder
+from sasrecllm_jax.weights.peft_adapter import write_peft_adapter
+
+COLLAB_JSON = "collaborative.json"
+COLLAB_WEIGHTS = "collaborative.safetensors"
+PLACEHOLDER_ID = 0  # the token id the placeholders carry before their embeddings are replaced
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """{'a/b/c': array} of a nested param dict."""
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, path))
+        else:
+            out[path] = np.ascontiguousarray(np.asarray(v))
+    return out
+
+
+def template_text(template: prompts_lib.Template) -> str:
+    pieces = [template.segments[0]]
+    for marker, seg in zip(template.markers, template.segments[1:]):
+        pieces += [marker, seg]
+    return "".join(pieces)
+
+
+ENCODER_VECTORS = {
+    "sasrec": {"user_vector": "SASRec over the user's most recent liked items (ids, oldest first, left-padded "
+                              "with 0 to sasrec.max_len): the last position of its final LayerNorm "
+                              "(sasrecllm_jax.models.sasrec.SASRec.user_vector)",
+               "item_vector": "sasrec/item_emb/embedding[iid] (row 0 is padding)"},
+    "mf": {"user_vector": "mf/user_emb/embedding[uid]", "item_vector": "mf/item_emb/embedding[iid]"},
+}
+EXAMPLE_VECTORS = {  # README lines that define user_vector and item_vector for user 1 and item 7
+    "mf": ['user_vector, item_vector = w["mf/user_emb/embedding"][1], w["mf/item_emb/embedding"][7]'],
+    "sasrec": ['item_vector = w["sasrec/item_emb/embedding"][7]',
+               "user_vector = ...  # SASRec's output for the user's history: sasrecllm_jax.models.sasrec.SASRec("
+               "config, num_items).apply({'params': sasrec params}, his, method='user_vector')"],
+}
+FUSION = {
+    "none": "score = llm_score",
+    "gate": "score = llm_score + mapper/id_gate * id_score, id_score = <user_vector, item_vector> "
+            "(+ the encoder's user and item terms when sasrec.bias is not none)",
+    "residual": "score = id_score + mapper/llm_gate * llm_score, id_score = <user_vector, item_vector> "
+                "(+ the encoder's user and item terms when sasrec.bias is not none)",
+}
+
+
+def scoring_description(rec) -> dict:
+    """collaborative.json: everything besides the weights that scoring a row with the export needs."""
+    cfg, d, m = rec.cfg, rec.cfg.data, rec.cfg.model
+    template = prompts_lib.Template.load(d.prompt_hybrid if rec.prompt == "hybrid" else d.prompt_text, rec.prompt)
+    yes, no = (int(i) for i in rec.assembly.backbone.answer_ids)
+    head = ("llm_score = logit[yes] - logit[no] at the last prompt token" if m.score_head == "log_odds"
+            else "llm_score = logit[yes] at the last prompt token")
+    out = {
+        "method": cfg.train.method, "prompt": rec.prompt, "template": template_text(template),
+        "fields": {"{history}": f"the user's most recent liked titles (at most data.max_titles = {d.max_titles}), "
+                                f"oldest first, each in double quotes, joined by ', '; {prompts_lib.NO_HISTORY!r} "
+                                f"when there are none",
+                   "{target}": "the title of the item to score"},
+        "tokenization": "the template's text pieces between markers are tokenized separately (the first with "
+                        "the tokenizer's special tokens, the others without) and concatenated",
+        "answer": {"yes": {"text": d.answer_yes, "token_id": yes}, "no": {"text": d.answer_no, "token_id": no}},
+        "score_head": m.score_head, "llm_score": head,
+        "p_like": "sigmoid(score)",
+    }
+    if rec.prompt != "hybrid":
+        return out
+    k = m.mapper.num_tokens
+    enc = m.encoder
+    mapper = rec.params["mapper"]
+    out.update({
+        "markers": {"<UserID>": "user", "<ItemID>": "item"},
+        "num_tokens": k,
+        "placeholders": f"each marker becomes {k} placeholder position(s) (token id {PLACEHOLDER_ID}) between the "
+                        f"text pieces; the input embeddings at those positions are replaced by the mapper's "
+                        f"{k} output vector(s) of the user's (<UserID>) or the item's (<ItemID>) encoder vector",
+        "placeholder_token_id": PLACEHOLDER_ID,
+        "encoder": {"kind": enc, "config": to_dict(getattr(m, enc)), **ENCODER_VECTORS[enc]},
+        "mapper": {"config": to_dict(m.mapper), "d_model": rec.assembly.backbone.llm_cfg.hidden_size,
+                   "tokens": "reshape(relu(v @ mapper/fc1/kernel + mapper/fc1/bias) @ mapper/fc2/kernel "
+                             "+ mapper/fc2/bias, [num_tokens, d_model])"},
+        "fusion": {"kind": m.mapper.fusion, "score": FUSION[m.mapper.fusion],
+                   **{g: float(np.asarray(mapper[g])) for g in ("id_gate", "llm_gate") if g in mapper}},
+        "params_file": COLLAB_WEIGHTS,
+        "param_layout": "Flax: a Dense kernel is [in, out] (y = x @ kernel + bias); an Embed table is "
+                        "[count + 1, dim] indexed by id (ids start at 1)",
+    })
+    return out
+
+
+def readme(rec, out: Path, desc: dict) -> str:
+    yes, no = desc["answer"]["yes"], desc["answer"]["no"]
+    ret = ("(logits[YES] - logits[NO]).item()" if desc["score_head"] == "log_odds" else "logits[YES].item()")
+    what = "logit(Yes) - logit(No)" if desc["score_head"] == "log_odds" else "logit(Yes)"
+    text_template = prompts_lib.Template.load(rec.cfg.data.prompt_text, "text")
+    example = template_text(text_template).format(history='"Toy Story (1995)", "Heat (1995)"', target="Casino (1995)")
+    lines = [
+        f"# {rec.cfg.train.method} run, exported for transformers + PEFT",
+        "",
+        "- `base/`: the backbone as a Hugging Face Llama folder (float32 weights, tokenizer.json)",
+        "- `adapter/`: the run's LoRA as a PEFT adapter",
+        f"- `collaborative/`: `{COLLAB_JSON}` (prompt template, answer tokens, score head"
+        + (", ID encoder and mapper; their params in `collaborative.safetensors`)" if desc["prompt"] == "hybrid" else ")"),
+        "",
+        f"The run scores {desc['prompt']} prompts. The score of a prompt is {what} at its last token "
+        f"(Yes = {yes['text']!r}, token {yes['token_id']}; No = {no['text']!r}, token {no['token_id']}); "
+        "sigmoid(score) is the probability of a like.",
+        "",
+        "## Scoring a text prompt",
+        "",
+        "```python",
+        "import torch",
+        "from peft import PeftModel",
+        "from transformers import AutoTokenizer, LlamaForCausalLM",
+        "",
+        f"DIR = {str(out)!r}",
+        'tok = AutoTokenizer.from_pretrained(f"{DIR}/base")',
+        'model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(f"{DIR}/base"), f"{DIR}/adapter").eval()',
+        f"YES, NO = {yes['token_id']}, {no['token_id']}",
+        "",
+        "",
+        "def score(prompt: str) -> float:",
+        "    with torch.no_grad():",
+        '        logits = model(**tok(prompt, return_tensors="pt")).logits[0, -1]',
+        f"    return {ret}",
+        "",
+        "",
+        f"print(score({example!r}))",
+        "```",
+    ]
+    if desc["prompt"] == "hybrid":
+        k = desc["num_tokens"]
+        lines += [
+            "",
+            "## Scoring a hybrid prompt",
+            "",
+            f"The prompt template (`collaborative.json`, `template`) has the markers `<UserID>` and `<ItemID>`; each "
+            f"becomes {k} placeholder position(s) whose input embeddings are replaced by the mapper's output for the "
+            f"user's or the item's vector from the {desc['encoder']['kind']} encoder "
+            f"(user: {desc['encoder']['user_vector']}; item: {desc['encoder']['item_vector']}).",
+            "",
+            "```python",
+            "import json",
+            "import re",
+            "",
+            "import numpy as np",
+            "from safetensors.numpy import load_file",
+            "",
+            'w = load_file(f"{DIR}/collaborative/collaborative.safetensors")',
+            f"K, D = {k}, model.config.hidden_size",
+            "",
+            "",
+            "def soft_tokens(v):  # the mapper: an encoder vector -> K input embeddings",
+            '    h = np.maximum(v @ w["mapper/fc1/kernel"] + w["mapper/fc1/bias"], 0)',
+            '    return (h @ w["mapper/fc2/kernel"] + w["mapper/fc2/bias"]).reshape(K, D)',
+            "",
+            "",
+            "def score_hybrid(pieces, user_vector, item_vector):",
+            '    """pieces: the filled-in template split at <UserID> and <ItemID> (three strings)."""',
+            "    ids, starts = [], []",
+            "    for i, piece in enumerate(pieces):",
+            '        ids += tok(piece, add_special_tokens=(i == 0))["input_ids"]',
+            "        if i < len(pieces) - 1:",
+            "            starts.append(len(ids))",
+            f"            ids += [{PLACEHOLDER_ID}] * K",
+            "    with torch.no_grad():",
+            "        embeds = model.get_input_embeddings()(torch.tensor([ids]))",
+            "        for start, v in zip(starts, (user_vector, item_vector)):",
+            "            embeds[0, start:start + K] = torch.from_numpy(soft_tokens(v)).to(embeds.dtype)",
+            "        logits = model(inputs_embeds=embeds).logits[0, -1]",
+            f"    return {ret}",
+            "",
+            "",
+            'collab = json.loads(open(f"{DIR}/collaborative/collaborative.json").read())',
+            "text = collab[\"template\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', target=\"Casino (1995)\")",
+            'pieces = re.split("<UserID>|<ItemID>", text)',
+            *EXAMPLE_VECTORS[desc["encoder"]["kind"]],
+            "print(score_hybrid(pieces, user_vector, item_vector))",
+            "```",
+        ]
+        if desc["fusion"]["kind"] != "none":
+            lines += ["", f"This run fuses the encoder's own score: {desc['fusion']['score']} "
+                          f"(values in `collaborative.json`, `fusion`)."]
+    return "\n".join(lines) + "\n"
+
+
+def export_run(run: str | Path, out: str | Path) -> Path:
+    """Write the export of a finished run into out (which must not exist, or be empty)."""
+    run, out = Path(run), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not empty; choose a new folder (an export is never merged "
+                          f"into an old one)")
+    rec = Recommender(run)
+    if rec.prompt == "none" or rec.assembly.backbone is None or "llm" not in rec.params:
+        raise ConfigError(f"{run}: method {rec.cfg.train.method} has no LLM, so there is nothing to export for "
+                          f"transformers + PEFT (its model is the checkpoint in {run / 'final'})")
+    desc = scoring_description(rec)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(rec, desc, tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(tmp, out)
+    return out
+
+
+def _write(rec, desc: dict, tmp: Path, out: Path) -> None:
+    llm = rec.params["llm"]
+    write_hf_folder(tmp / "base", rec.assembly.backbone.llm_cfg, llm, rec.assembly.backbone.tokenizer)
+    write_peft_adapter(tmp / "adapter", llm, rec.cfg.model.lora, base_model_name_or_path="base")
+    collab = tmp / "collaborative"
+    collab.mkdir()
+    (collab / COLLAB_JSON).write_text(json.dumps(desc, indent=2, ensure_ascii=False) + "\n")
+    if rec.prompt == "hybrid":
+        enc = rec.cfg.model.encoder
+        save_file(flatten({enc: rec.params[enc], "mapper": rec.params["mapper"]}), str(collab / COLLAB_WEIGHTS))
+    (tmp / "README.md").write_text(readme(rec, out, desc))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a finished run folder (with final/ and config.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="a new folder for the export")
+    args = p.parse_args(argv)
+
+    def body():
+        out = export_run(args.run, args.out)
+        print(f"wrote {out}/base, {out}/adapter, {out}/collaborative and {out}/README.md")
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
