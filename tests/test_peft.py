@@ -373,3 +373,28 @@ def test_regex_target_modules_are_read_from_the_keys(tmp_path):
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"] == r".*\.(q_proj|up_proj)"
     lora, tree = read_peft_adapter(tmp_path / "adapter", DEBUG_TINY)
     assert lora.targets == ("q_proj", "up_proj") and tree["model"]["layers"]["mlp"]["up_proj"]["lora"]["b"].shape == (2, 4, 128)
+
+
+def test_a_phase_starts_from_a_peft_adapter(dataset, tmp_path):
+    """train.phases[*].restore: {lora: peft:DIR}: the phase starts from the adapter's values exactly; a
+    restore of another group from a PEFT folder is refused before anything runs."""
+    import json as json_lib
+    from helpers import smoke_config
+    from sasrecllm_jax.errors import ConfigError
+    from sasrecllm_jax.train import groups as partition
+    from sasrecllm_jax.train.run import train_and_evaluate
+    lora = LoraConfig(rank=4, alpha=8.0)  # configs/smoke.yaml's model.lora
+    adapter = write_peft_adapter(tmp_path / "adapter", random_params(DEBUG_TINY, lora, seed=3), lora)
+    phases = json_lib.dumps([{"name": "tuned", "trainable": ["lora"], "prompt": "text", "max_steps": 2,
+                              "lr": {"lora": 1e-3}, "restore": {"lora": f"peft:{adapter}"}}])
+    seen = {}
+    cfg = smoke_config(dataset, *RUN, "train.method=tallrec", f"train.phases={phases}")
+    train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: seen.update(before=before))
+    want = lora_leaves(read_peft_adapter(adapter)[1])
+    got = lora_leaves(partition.split(seen["before"], ["lora"])[0]["llm"])
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    bad = phases.replace('"lora": "peft:', '"sasrec": "peft:')
+    with pytest.raises(ConfigError, match="a PEFT adapter restores lora only"):
+        train_and_evaluate(smoke_config(dataset, *RUN, "train.method=tallrec", f"train.phases={bad}"), tmp_path / "r2")

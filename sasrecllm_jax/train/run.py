@@ -27,6 +27,7 @@ from sasrecllm_jax.train.final import final_evaluation
 from sasrecllm_jax.train.phase import PhaseResult, PhaseRunner
 from sasrecllm_jax.train.phase_cache import PhaseCache, enabled_reason, phase_key
 from sasrecllm_jax.train.strategies import resolve_phases, scoring_prompt
+from sasrecllm_jax.weights.peft_adapter import load_peft_lora
 
 
 class Run:
@@ -64,14 +65,17 @@ class Run:
         return json.loads(self.state_path.read_text()) if self.state_path.exists() else {"completed": []}
 
     def _restore(self, params: dict, phase: PhaseConfig) -> dict:
-        """The groups a phase restores before it starts: from an earlier phase's best checkpoint or from
-        another run's final model."""
+        """The groups a phase restores before it starts: from an earlier phase's best checkpoint
+        ("phase:NAME"), a PEFT adapter folder ("peft:DIR", LoRA only) or another run's final model."""
         for group, source in phase.restore.items():
             if group not in groups.present_groups(params):
                 raise ConfigError(f"phase {phase.name}: restore {group!r}, but this model has no such group")
-            store = (Store(self.workdir / "checkpoints" / source[6:] / "best") if source.startswith("phase:")
-                     else Store(Path(source).absolute() / "final"))
-            restored, _ = store.restore({group: groups.split(params, [group])[0]})
+            if source.startswith("peft:"):
+                restored = {"lora": {"llm": load_peft_lora(source[5:], params["llm"], self.cfg.model.lora)}}
+            else:
+                store = (Store(self.workdir / "checkpoints" / source[6:] / "best") if source.startswith("phase:")
+                         else Store(Path(source).absolute() / "final"))
+                restored, _ = store.restore({group: groups.split(params, [group])[0]})
             params = groups.replace_groups(params, restored)
             print(f"[{phase.name}] {group} restored from {source}")
         return params

@@ -3,7 +3,7 @@
 A phase names the groups that train, the prompt kind (`none` = the ID encoder alone, `text`,
 `hybrid`), its length, a learning rate per group, and what it restores first: `{group: "phase:NAME"}`
 takes that group from an earlier phase's best checkpoint of this run, `{group: "RUN_DIR"}` from the
-final model of another run (plug-and-play).
+final model of another run (plug-and-play), `{lora: "peft:DIR"}` from a Hugging Face PEFT adapter.
 """
 from __future__ import annotations
 
@@ -97,6 +97,10 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
             if source.startswith("phase:"):
                 if source[6:] not in seen - {ph.name}:
                     raise ConfigError(f"{where}: restore {group} from {source!r}, but no earlier phase has that name")
+            elif source.startswith("peft:"):
+                if group != "lora" or not (Path(source[5:]) / "adapter_config.json").exists():
+                    raise ConfigError(f"{where}: restore {group} from {source!r}: a PEFT adapter restores lora only, "
+                                      f"from a folder with adapter_config.json and adapter_model.safetensors")
             elif not (Path(source) / "final").exists():
                 raise ConfigError(f"{where}: restore {group} from {source!r}: no finished run there "
                                   f"({Path(source) / 'final'} is missing); train that run first or fix the path")
