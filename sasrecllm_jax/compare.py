@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sasrecllm_jax.errors import ConfigError, run_command
-from sasrecllm_jax.metrics import auc, paired_auc_test, paired_uauc_test
+from sasrecllm_jax.metrics import auc, paired_auc_test, paired_uauc_test, warm_cold
 from sasrecllm_jax.run_folder.scores import load_scores
 
 
@@ -45,22 +45,26 @@ def paired_scores(base: Path, run: Path, split: str,
         raise ConfigError(f"{base} and {run} scored different rows of {split!r} ({len(a['score'])} rows, "
                           f"fingerprint {a['rows']}, against {len(b['score'])}, {b['rows']}): compare runs made on "
                           f"the same dataset with the same row cap (data.max_rows, data.cpu_max_rows on a CPU)")
-    user = a.get("user", b.get("user"))  # a function of the rows: one run's file may predate the column
-    if user is not None:
-        a, b = {**a, "user": user}, {**b, "user": user}
+    for field in ("user", "new_user", "new_item"):  # functions of the rows: one run's file may predate them
+        value = a.get(field, b.get(field))
+        if value is not None:
+            a, b = {**a, field: value}, {**b, field: value}
     return a, b
 
 
-def parts(warm: np.ndarray) -> dict[str, np.ndarray]:
-    warm = warm.astype(bool)
-    return {"all": np.ones_like(warm), "warm": warm, "cold": ~warm}
+def parts(rows: dict) -> dict[str, np.ndarray]:
+    """The row masks of one split of load_scores: all, warm, cold, and new_user / new_item where stored."""
+    out = warm_cold(rows["warm"])
+    out.update({k: rows[k].astype(bool) for k in ("new_user", "new_item") if k in rows})
+    return out
 
 
 def paired_parts(rows: dict, scores_a: np.ndarray, scores_b: np.ndarray) -> dict[str, dict[str, dict]]:
     """{part: {"AUC": paired_auc_test, "UAUC": paired_uauc_test}} of two scorers on `rows` (one split of
-    load_scores: label, warm, user), for all, warm and cold rows; UAUC only where the users are stored."""
+    load_scores: label, warm, user, new_user, new_item) for each part (`parts`); UAUC only where the users
+    are stored."""
     out = {}
-    for part, m in parts(rows["warm"]).items():
+    for part, m in parts(rows).items():
         y, a, b = rows["label"][m], scores_a[m], scores_b[m]
         out[part] = {"AUC": paired_auc_test(y, a, b)}
         if "user" in rows:

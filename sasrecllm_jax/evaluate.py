@@ -87,9 +87,9 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
 
 def evaluate(scorer: Scorer, params, data: SplitData, cfg: Config, prompt: str, collab: str | None = None,
              progress=None) -> tuple[dict, np.ndarray]:
-    """(metrics for all / warm / cold, every row's score) of `data` rendered with `prompt` ("none", "text",
+    """(metrics for each of data.parts(), every row's score) of `data` rendered with `prompt` ("none", "text",
     "hybrid"), in batches of train.eval_batch_size padded to data.pad_multiple; collaborative inputs as
     train.collab unless `collab` says otherwise (test-time ablations)."""
     scores = score_split(scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
                          collab or cfg.train.collab, progress)
-    return metrics.report(data.uid, data.label, scores, data.not_cold), scores
+    return metrics.report(data.uid, data.label, scores, data.parts()), scores

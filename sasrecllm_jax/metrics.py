@@ -62,11 +62,15 @@ def logloss(labels, scores) -> float:
     return float(np.mean(np.maximum(s, 0) - s * y + np.log1p(np.exp(-np.abs(s)))))
 
 
-def report(users, labels, scores, warm) -> dict:
-    """{all, warm, cold} -> {auc, uauc, logloss, n, users_counted, users_skipped}."""
+PARTS = ("all", "warm", "cold", "new_user", "new_item")  # new_user / new_item overlap (a row can be both)
+
+
+def report(users, labels, scores, parts: dict[str, np.ndarray]) -> dict:
+    """{part: {auc, uauc, logloss, n, users_counted, users_skipped}} for each named row mask in `parts`
+    (e.g. SplitData.parts(): all, warm, cold, new_user, new_item); a part without rows has n 0 and None."""
     out = {}
-    warm = np.asarray(warm).astype(bool)
-    for name, sel in (("all", np.ones_like(warm)), ("warm", warm), ("cold", ~warm)):
+    for name, sel in parts.items():
+        sel = np.asarray(sel).astype(bool)
         if not sel.any():
             out[name] = {"auc": None, "uauc": None, "logloss": None, "n": 0}
             continue
@@ -76,6 +80,12 @@ def report(users, labels, scores, warm) -> dict:
                      "logloss": logloss(labels[sel], scores[sel]), "n": int(sel.sum()),
                      "users_counted": counted, "users_skipped": skipped}
     return out
+
+
+def warm_cold(warm) -> dict[str, np.ndarray]:
+    """The all / warm / cold row masks of a warm flag per row."""
+    warm = np.asarray(warm).astype(bool)
+    return {"all": np.ones_like(warm), "warm": warm, "cold": ~warm}
 
 
 def _placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

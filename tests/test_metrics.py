@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from sasrecllm_jax.metrics import auc, logloss, report, uauc
+from sasrecllm_jax.metrics import auc, logloss, report, uauc, warm_cold
 
 
 def test_auc_by_hand():
@@ -29,9 +29,17 @@ def test_uauc_skips_users_with_one_label():
 def test_logloss_and_report():
     assert math.isclose(logloss([1, 0], [0.0, 0.0]), math.log(2))
     assert math.isclose(logloss([1], [2.0]), math.log1p(math.exp(-2.0)))
-    r = report(np.array([1, 1, 2, 2]), np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.3]), np.array([1, 1, 0, 0]))
+    r = report(np.array([1, 1, 2, 2]), np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.3]),
+               warm_cold(np.array([1, 1, 0, 0])))
     assert r["warm"]["auc"] == 1.0 and r["cold"]["auc"] == 0.0 and r["all"]["n"] == 4
     assert r["all"]["auc"] == 0.75 and r["all"]["uauc"] == 0.5
+    # parts may overlap (a new user on a new item is in both): each is reported on its own rows
+    new_item = np.array([0, 1, 1, 0], bool)
+    r = report(np.array([1, 1, 2, 2]), np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.3]),
+               {"new_user": np.array([0, 0, 1, 1], bool), "new_item": new_item, "none": np.zeros(4, bool)})
+    assert r["new_user"]["auc"] == 0.0 and r["new_item"]["auc"] == 1.0 and r["new_item"]["n"] == 2
+    assert r["none"] == {"auc": None, "uauc": None, "logloss": None, "n": 0}
+    assert math.isclose(r["new_item"]["logloss"], logloss([0, 1], [0.1, 0.2]))
 
 
 def test_paired_auc_test_by_hand():

@@ -97,15 +97,16 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     """Each run's scores.npz reproduces its results.json metrics on both splits (the valid scores of a
     phase's best evaluation included); compare pairs two runs on the same rows and refuses other rows."""
     import shutil
-    from sasrecllm_jax.compare import main as compare_main
+    from sasrecllm_jax.compare import main as compare_main, parts
     from sasrecllm_jax.metrics import report as metric_report
     _, out = runs
     for run in (out / "runs" / "sasrec", out / "runs" / "icl", out.parent / "hybrid"):
         results, scores = json.loads((run / "results.json").read_text()), load_scores(run)
         for split, key in (("valid_small", "valid"), ("test", "test")):
             s = scores[split]
-            again = metric_report(s["user"], s["label"], s["score"], s["warm"])
-            for part in ("all", "warm", "cold"):
+            again = metric_report(s["user"], s["label"], s["score"], parts(s))
+            assert set(again) == set(results[key]) == {"all", "warm", "cold", "new_user", "new_item"}
+            for part in again:
                 for field in ("auc", "uauc", "n", "users_counted"):
                     assert again[part].get(field) == results[key][part].get(field), (run, split, part, field)
     assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), str(out / "runs" / "sasrec")]) == 0

@@ -338,3 +338,33 @@ def test_dotted_override_adds_to_a_mapping():
     assert (added.remat, added.dtype, added.attention) == ("cheap", "bfloat16", "cudnn")
     replaced = llm_config(load_config(path, ["model.llm_overrides={attention: cudnn}"]).model)
     assert (replaced.remat, replaced.attention) == ("none", "cudnn")
+
+
+def test_held_out_items_get_no_gradient_and_are_reported_apart(dataset, tmp_path):
+    """A dataset prepared with held-out items (prepare --cold-items): SASRec's training leaves their
+    embedding rows bit-identical (no train row names them; with no weight decay nothing else moves them),
+    and results.json reports the rows on new items apart: their n, and their AUC from the kept scores."""
+    import pandas as pd
+
+    from data_tools.cold import hold_out_items
+    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
+    from sasrecllm_jax.metrics import auc
+    from sasrecllm_jax.run_folder.scores import load_scores
+    ds = load_dataset(dataset)
+    splits, info = hold_out_items(ds.splits, 0.3, seed=1)
+    cold = tmp_path / "cold"
+    write_dataset(cold, splits, ds.items, source="synthetic", recipe="30% of valid/test items held out")
+    held = np.asarray(info["iids"])
+    seen = {}
+    res = train_and_evaluate(smoke_config(cold, *FAST, "train.method=sasrec", "train.encoder_weight_decay=0"),
+                             tmp_path / "run", on_phase=lambda p, b, a: seen.update(before=b, after=a))
+    emb = lambda p: np.asarray(p["sasrec"]["item_emb"]["embedding"])
+    np.testing.assert_array_equal(emb(seen["after"])[held], emb(seen["before"])[held])
+    trained = np.setdiff1d(np.arange(1, emb(seen["before"]).shape[0]), held)
+    assert not np.array_equal(emb(seen["after"])[trained], emb(seen["before"])[trained])
+    train, test = (pd.read_parquet(cold / f"{s}.parquet") for s in ("train", "test"))
+    new_item = ~test["iid"].isin(train["iid"]).to_numpy()
+    assert new_item.sum() == res["test"]["new_item"]["n"] > 0 and np.isin(test["iid"][new_item], held).all()
+    kept = load_scores(tmp_path / "run")["test"]
+    np.testing.assert_array_equal(kept["new_item"].astype(bool), new_item)
+    assert res["test"]["new_item"]["auc"] == auc(test["label"][new_item], kept["score"][new_item])

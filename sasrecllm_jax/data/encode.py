@@ -60,7 +60,7 @@ class SplitEncoder:
     def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
         """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""
         d, m = self.cfg.data, self.cfg.model
-        data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows)
+        data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows, train=self.dataset.splits["train"])
         if prompt != "none":
             template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
             data.prompts = prompts_lib.encode(

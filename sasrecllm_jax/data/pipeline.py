@@ -27,13 +27,18 @@ class SplitData:
     not_cold: np.ndarray
     his: np.ndarray                    # [N, max_len] left-padded (0 = pad)
     histories: list[np.ndarray]        # full positive histories (prompt titles)
+    new_user: np.ndarray | None = None  # [N] bool: the row's user has no train row
+    new_item: np.ndarray | None = None  # [N] bool: the row's item has no train row
     prompts: EncodedPrompts | None = None
 
     def __len__(self) -> int:
         return len(self.uid)
 
     @staticmethod
-    def from_frame(name: str, df: pd.DataFrame, max_len: int, max_rows: int = 0) -> "SplitData":
+    def from_frame(name: str, df: pd.DataFrame, max_len: int, max_rows: int = 0,
+                   train: pd.DataFrame | None = None) -> "SplitData":
+        """The rows of `df` (a seeded subset of max_rows of them when set); with `train`, each row's cause
+        of coldness (new user, new item) against it."""
         if max_rows and len(df) > max_rows:  # a seeded subset: capped runs always see the same rows
             df = df.sample(n=max_rows, random_state=0).sort_index()
         his = np.zeros((len(df), max_len), np.int32)
@@ -41,9 +46,22 @@ class SplitData:
             h = h[-max_len:]
             if len(h):
                 his[r, max_len - len(h):] = h
+        new_user = new_item = None
+        if train is not None:
+            new_user = ~df["uid"].isin(train["uid"]).to_numpy()
+            new_item = ~df["iid"].isin(train["iid"]).to_numpy()
         return SplitData(name, df["uid"].to_numpy(np.int32), df["iid"].to_numpy(np.int32),
                          df["label"].to_numpy(np.float32), df["not_cold"].to_numpy(np.int8), his,
-                         list(df["his"]))
+                         list(df["his"]), new_user, new_item)
+
+    def parts(self) -> dict[str, np.ndarray]:
+        """The row sets metrics are reported on (metrics.PARTS): all, warm, cold and, when the causes are
+        known, new_user (the user has no train row) and new_item (the item has no train row)."""
+        warm = self.not_cold.astype(bool)
+        out = {"all": np.ones(len(self), bool), "warm": warm, "cold": ~warm}
+        if self.new_user is not None:
+            out.update(new_user=self.new_user, new_item=self.new_item)
+        return out
 
     def lengths(self) -> np.ndarray:
         return self.prompts.lengths if self.prompts is not None else np.ones(len(self), np.int64)

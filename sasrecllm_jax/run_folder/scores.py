@@ -1,7 +1,7 @@
 """RUN/scores.npz: every evaluated row's score, so that runs can be compared on the same rows.
 
-Per split: the score, the label, the warm flag, the user as a number 0..k-1 of the split (for UAUC;
-not the dataset's ids), and a fingerprint of the rows, so that two runs are only paired on the same
+Per split: the score, the label, the warm flag, the new-user and new-item flags, the user as a number
+0..k-1 of the split (for UAUC; not the dataset's ids), and a fingerprint of the rows, so that two runs are only paired on the same
 rows (python -m sasrecllm_jax.compare).
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]]) -> 
         arrays.update({f"{split}.score": np.asarray(scores, np.float64), f"{split}.label": data.label.astype(np.int8),
                        f"{split}.warm": np.asarray(data.not_cold, np.int8),
                        f"{split}.user": np.unique(data.uid, return_inverse=True)[1].astype(np.int32),
+                       **({f"{split}.new_user": data.new_user.astype(np.int8),
+                           f"{split}.new_item": data.new_item.astype(np.int8)} if data.new_user is not None else {}),
                        f"{split}.rows": np.array(rows_fingerprint(data))})
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

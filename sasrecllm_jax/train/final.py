@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, to_dict
 from sasrecllm_jax.evaluate import Scorer, evaluate
+from sasrecllm_jax.metrics import PARTS
 from sasrecllm_jax.run_folder.files import code_version, write_whole
 from sasrecllm_jax.run_folder.metrics_log import Reporter
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
@@ -63,9 +64,10 @@ def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: di
 def format_table(results: dict) -> str:
     name = results["method"] + (f" ({results['strategy']})" if results.get("strategy") else "")
     lines = [f"{name}: test split ({results['train_time_s']} s, {results['device']})",
-             f"{'rows':<6}{'AUC':>8}{'UAUC':>8}{'logloss':>9}{'n':>8}"]
+             f"{'rows':<9}{'AUC':>8}{'UAUC':>8}{'logloss':>9}{'n':>8}"]
     fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8}"
-    for part in ("all", "warm", "cold"):
+    for part in [p for p in PARTS if p in results["test"]]:
         r = results["test"][part]
-        lines.append(f"{part:<6}{fmt(r['auc'])}{fmt(r['uauc'])}{fmt(r['logloss'])[-9:]:>9}{r['n']:>8}")
+        lines.append(f"{part.replace('_', ' '):<9}{fmt(r['auc'])}{fmt(r['uauc'])}{fmt(r['logloss'])[-9:]:>9}"
+                     f"{r['n']:>8}")
     return "\n".join(lines)
