@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sasrecllm_jax.errors import ConfigError, run_command
-from sasrecllm_jax.metrics import auc, paired_auc_test, paired_uauc_test, warm_cold
+from sasrecllm_jax.metrics import auc, paired_auc_test, paired_mean_test, paired_uauc_test, warm_cold
 from sasrecllm_jax.run_folder.scores import load_scores
 
 
@@ -73,14 +73,34 @@ def paired_parts(rows: dict, scores_a: np.ndarray, scores_b: np.ndarray) -> dict
 
 
 def compare(base: Path, run: Path, split: str = "test") -> dict[str, dict[str, dict]]:
-    """paired_parts of the base's and the run's scores on one split."""
-    a, b = paired_scores(base, run, split)
-    return paired_parts(a, a["score"], b["score"])
+    """paired_parts of the base's and the run's scores on one split; on the test split also their ranking
+    (HR@K, NDCG@K per positive) where both ranked the same candidates."""
+    loaded = load_scores(base), load_scores(run)
+    a, b = paired_scores(base, run, split, loaded)
+    out = paired_parts(a, a["score"], b["score"])
+    if split == "test":
+        for part, tests in paired_ranking(a, *(s.get("test_ranking") for s in loaded)).items():
+            out.setdefault(part, {}).update(tests)
+    return out
+
+
+def paired_ranking(test_rows: dict, ranked_a: dict | None, ranked_b: dict | None) -> dict[str, dict[str, dict]]:
+    """{part: {"HR@K": paired_mean_test, "NDCG@K": ...}} at the largest cut-off K both kept, over the positives
+    both runs ranked against the same candidates (same rows, negatives and seed); empty when either did
+    not rank or they differ."""
+    if ranked_a is None or ranked_b is None or ranked_a["rows"] != ranked_b["rows"]:
+        return {}
+    ks = [int(m[3:]) for m in ranked_a if m.startswith("hr@") and m in ranked_b]
+    if not ks:
+        return {}
+    metrics = (f"hr@{max(ks)}", f"ndcg@{max(ks)}")
+    return {part: {m.upper(): paired_mean_test(ranked_a[m][mask[ranked_a["row"]]], ranked_b[m][mask[ranked_a["row"]]])
+                   for m in metrics} for part, mask in parts(test_rows).items()}
 
 
 def valid_split(run: Path, scores: dict) -> str:
     """The split a run selected its checkpoints on (data.eval_split): the one in its scores besides test."""
-    others = sorted(set(scores) - {"test"})
+    others = sorted(set(scores) - {"test", "test_ranking"})
     if len(others) != 1:
         raise ConfigError(f"{run}: scores.npz holds {others} besides test; name the validation split with --valid")
     return others[0]
@@ -117,7 +137,8 @@ def format_rows(name: str, result: dict[str, dict[str, dict]]) -> list[str]:
 
 
 def header(base_name: str) -> list[str]:
-    return [f"| run | rows | metric | n (rows; users for UAUC) | {base_name} | run | difference | 95% interval | p |",
+    return [f"| run | rows | metric | n (rows; users for UAUC; positives for HR, NDCG) | {base_name} | run | "
+            f"difference | 95% interval | p |",
             "|---|---|---|---|---|---|---|---|---|"]
 
 

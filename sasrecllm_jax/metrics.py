@@ -150,3 +150,18 @@ def paired_uauc_test(users, labels, scores_a, scores_b) -> dict:
     d = ub - ua
     return _paired_result(float(ua.mean()), float(ub.mean()), float(d.mean()), float(d.std(ddof=1) / math.sqrt(k)),
                           n=k, df=k - 1)
+
+
+def paired_mean_test(values_a, values_b) -> dict:
+    """mean(b) - mean(a) over paired rows (e.g. each test positive's NDCG@10 under two scorers): the rows
+    are the independent units, a Student t interval and p with one degree of freedom less than the rows.
+    Keys as paired_auc_test's, with auc_a / auc_b the two means."""
+    a, b = np.asarray(values_a, np.float64), np.asarray(values_b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_mean_test needs two values per row; got shapes {a.shape}, {b.shape}")
+    k = len(a)
+    if k < 2:
+        return _paired_result(*[float("nan")] * 4, n=k)
+    d = b - a
+    return _paired_result(float(a.mean()), float(b.mean()), float(d.mean()), float(d.std(ddof=1) / math.sqrt(k)),
+                          n=k, df=k - 1)

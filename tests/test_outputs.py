@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import smoke_config, synthetic_dataset
@@ -20,8 +21,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("exp")
     dataset = synthetic_dataset(root / "data")
     out = root / "results"
-    for method in ("sasrec", "icl"):
-        train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=256"), out / "runs" / method)
+    for method in ("sasrec", "icl"):  # 30 items, 12 per user: rank each test positive among 10 candidates
+        train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=256",
+                                        "eval.ranking_negatives=9", "eval.ranking_ks=[1, 3]"), out / "runs" / method)
     one_phase = "[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 3, lr: {mapper: 0.01}}]"
     train_and_evaluate(smoke_config(dataset, "train.method=sasrecllm", f"train.phases={one_phase}",
                                     "data.pad_multiple=256"), root / "hybrid")  # a hybrid run, quickly
@@ -41,6 +43,65 @@ def test_scoring_a_run_matches_its_evaluation(runs, method):
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     ranked = rec.rank(int(test["uid"].iloc[0]), list(test["his"].iloc[0]), [1, 2, 3])
     assert list(ranked["score"]) == sorted(ranked["score"], reverse=True) and set(ranked["iid"]) == {1, 2, 3}
+
+
+def test_ranking_metrics_match_scoring_the_candidates(runs):
+    """results.json's HR@K / NDCG@K equal ranking.py's on the candidates scored apart with the finished model
+    (each test positive against 9 items its user never interacted with); an LLM run on the CPU says why it
+    did not rank; two runs ranked on the same candidates are paired per positive."""
+    from sasrecllm_jax.compare import compare
+    from sasrecllm_jax.data.dataset import load_dataset
+    from sasrecllm_jax.ranking import hit_rate_and_ndcg, sample_candidates
+    dataset, out = runs
+    results = json.loads((out / "runs" / "sasrec" / "results.json").read_text())
+    ranking = results["ranking"]
+    assert (ranking["negatives"], ranking["ks"], ranking["skipped_positives"]) == (9, [1, 3], 0)
+    ds = load_dataset(dataset)
+    test = ds.splits["test"]
+    pos = test[test.label == 1]
+    seen = {}
+    for name in ("train", "valid", "test"):
+        for u, i in zip(ds.splits[name].uid, ds.splits[name].iid):
+            seen.setdefault(int(u), set()).add(int(i))
+    candidates = sample_candidates(pos.uid, pos.iid, seen, ds.num_items, 9, 0)
+    rec = Recommender(out / "runs" / "sasrec")
+    scores = rec.score(np.repeat(pos.uid.to_numpy(), 10), [h for h in pos.his for _ in range(10)],
+                       candidates.reshape(-1)).reshape(-1, 10)
+    want = hit_rate_and_ndcg(scores, (1, 3))
+    assert ranking["test"]["all"]["n"] == len(pos)
+    for metric, value in want.items():
+        assert ranking["test"]["all"][metric] == pytest.approx(value, abs=1e-9), metric
+    assert 0 < want["hr@3"] < 1
+    icl = json.loads((out / "runs" / "icl" / "results.json").read_text())["ranking"]
+    assert "skipped" in icl and "eval.cpu_ranking_llm" in icl["skipped"]
+    same = compare(out / "runs" / "sasrec", out / "runs" / "sasrec")["all"]  # paired at the largest cut-off kept
+    assert same["HR@3"]["n"] == len(pos) and same["HR@3"]["diff"] == 0 and same["NDCG@3"]["auc_b"] == want["ndcg@3"]
+
+
+def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, tmp_path, capsys):
+    """recommend: K distinct items the user never interacted with, with their titles; the encoder's best
+    `retrieve` items, ordered by the hybrid's own score; the CLI writes them as JSON; bad input is one line."""
+    from sasrecllm_jax.data.dataset import load_dataset
+    from sasrecllm_jax.recommend import encoder_scores, main as recommend_main, recommend, unseen_items
+    dataset, out = runs
+    ds = load_dataset(dataset)
+    rec = Recommender(out.parent / "hybrid")
+    user, history = 3, [int(i) for i in ds.splits["train"].query("uid == 3 and label == 1").iid][:4]
+    top = recommend(rec, history, k=5, user=user, retrieve=8)
+    mine = set(pd.concat([d[d.uid == user] for d in ds.splits.values()]).iid)
+    assert len(top) == 5 and top.iid.is_unique and not set(top.iid) & (mine | set(history))
+    assert list(top.title) == [ds.titles()[i] for i in top.iid]
+    items = unseen_items(rec, user, history)
+    retrieved = set(items[np.argsort(-encoder_scores(rec, user, history, items), kind="stable")[:8]])
+    assert set(top.iid) <= retrieved and list(top.score) == sorted(top.score, reverse=True)
+    np.testing.assert_allclose(top.score, rec.score([user] * 5, [history] * 5, top.iid), rtol=1e-6)
+    assert recommend_main(["--run", str(out.parent / "hybrid"), "--history", " ".join(map(str, history)),
+                           "--k", "3", "--out", str(tmp_path / "top.json")]) == 0
+    assert len(json.loads((tmp_path / "top.json").read_text())) == 3
+    assert recommend_main(["--run", str(out / "runs" / "icl"), "--history", "1"]) == 2
+    assert "no ID encoder to retrieve items with" in capsys.readouterr().err
+    assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--history", "1 x"]) == 2
+    assert "give item ids separated by spaces" in capsys.readouterr().err
 
 
 def test_score_cli_errors(runs, tmp_path, capsys):

@@ -173,8 +173,23 @@ class TrainConfig:
     llm_epochs: float = 1.0            # preset phases: epochs of each LLM phase
 
 
+# --------------------------------------------------------------------------- evaluation
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    # HR@K and NDCG@K on the test split: each test positive ranked among itself and this many items its
+    # user never interacted with (seeded); 0 turns ranking off
+    ranking_negatives: int = 99
+    ranking_ks: tuple[int, ...] = (5, 10)
+    ranking_seed: int = 0
+    ranking_max_rows: int = 0          # rank a seeded subset of this many test positives (0: all evaluated ones)
+    # on the CPU backend, a run that scores with an LLM ranks only when this is true: 100 prompts per test
+    # positive take hours on a CPU
+    cpu_ranking_llm: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()

@@ -27,9 +27,11 @@ def summarise(out: Path) -> dict:
     commits = sorted({r.get("commit", "unknown") for r in summary.values()})
     lines = [f"# {out.name}: test split (table written {time.strftime('%Y-%m-%d')} at {code_version()}; "
              f"runs from commit{'s' if len(commits) > 1 else ''} {', '.join(commits) or '-'})", ""]
-    lines += table(["method", "AUC", "UAUC", "warm AUC", "warm UAUC", "cold AUC", "cold UAUC", "valid AUC", "n test",
-                    "train s", "card", "commit"],
+    lines += table(["method", "AUC", "UAUC", "warm AUC", "warm UAUC", "cold AUC", "cold UAUC", "new-item AUC",
+                    "new-item n", "HR@10", "NDCG@10", "valid AUC", "n test", "train s", "card", "commit"],
                    [[name, *(num(r["test"][part][m]) for part in ("all", "warm", "cold") for m in ("auc", "uauc")),
+                     num(r["test"].get("new_item", {}).get("auc")), r["test"].get("new_item", {}).get("n", "-"),
+                     *(num(ranking_value(r, m)) for m in ("hr@10", "ndcg@10")),
                      num(r["valid"]["all"]["auc"]), r["test"]["all"]["n"], r["train_time_s"], r["device"],
                      r.get("commit", "unknown")] for name, r in summary.items()])
     ablations = [(r.name, mode, m) for r in runs if (r / "ablation.json").exists()
@@ -58,6 +60,11 @@ def summarise(out: Path) -> dict:
     plot_runs(runs, out / "curves.png")
     print("\n".join(lines))
     return summary
+
+
+def ranking_value(results: dict, metric: str, part: str = "all"):
+    """A run's ranking metric on a part of the test positives (None: the run did not rank)."""
+    return (results.get("ranking") or {}).get("test", {}).get(part, {}).get(metric)
 
 
 def paired_section(out: Path, runs: list[Path], base: str = "sasrec") -> list[str]:

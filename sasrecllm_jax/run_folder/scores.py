@@ -27,9 +27,9 @@ def rows_fingerprint(data: SplitData) -> str:
     return h.hexdigest()[:16]
 
 
-def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]]) -> None:
-    """{split: (rows, scores)} -> one .npz, written whole or not at all."""
-    arrays = {}
+def save_scores(path: Path, splits: dict[str, tuple[SplitData, np.ndarray]], extra: dict | None = None) -> None:
+    """{split: (rows, scores)} (and `extra` arrays named "SPLIT.FIELD") -> one .npz, written whole or not at all."""
+    arrays = dict(extra or {})
     for split, (data, scores) in splits.items():
         arrays.update({f"{split}.score": np.asarray(scores, np.float64), f"{split}.label": data.label.astype(np.int8),
                        f"{split}.warm": np.asarray(data.not_cold, np.int8),

@@ -13,6 +13,7 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, to_dict
 from sasrecllm_jax.evaluate import Scorer, evaluate
 from sasrecllm_jax.metrics import PARTS
+from sasrecllm_jax.ranking_eval import rank_split, ranked_arrays, ranking_report, skip_reason
 from sasrecllm_jax.run_folder.files import code_version, write_whole
 from sasrecllm_jax.run_folder.metrics_log import Reporter
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
@@ -43,11 +44,12 @@ def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: di
         timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
                                        "compile_s": round(scorer.compile.seconds - compiled, 2)}
         reporter.log("final", split, 0, out[split])
+    ranking, ranking_rows = test_ranking(cfg, assembly, scorer, params, prompt, row_scores["test"][0], timing)
     # every row's score, for paired comparisons between runs (python -m sasrecllm_jax.compare)
-    save_scores(workdir / SCORES_FILE, row_scores)
+    save_scores(workdir / SCORES_FILE, row_scores, ranking_rows)
     results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                "config": json.loads(json.dumps(to_dict(cfg))), "phases": phases,
-               "valid": out[d.eval_split], "test": out["test"],
+               "valid": out[d.eval_split], "test": out["test"], "ranking": ranking,
                "train_time_s": round(train_time, 1),  # reused phases count at what they cost their run
                "reused_phases": reused,
                "timing": timing,
@@ -61,6 +63,22 @@ def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: di
     return results
 
 
+def test_ranking(cfg: Config, assembly: Assembly, scorer: Scorer, params: dict, prompt: str, data, timing: dict):
+    """results.json's `ranking` (HR@K and NDCG@K per part, or why the run does not rank) and the per-positive
+    arrays scores.npz keeps for paired comparisons."""
+    reason = skip_reason(cfg, prompt)
+    if reason is not None:
+        return {"skipped": reason}, {}
+    t0, compiled = time.perf_counter(), scorer.compile.seconds
+    ranked = rank_split(assembly, scorer, params, data, prompt)
+    timing["rank test"] = {"positives": len(ranked.rows), "wall_s": round(time.perf_counter() - t0, 2),
+                           "compile_s": round(scorer.compile.seconds - compiled, 2)}
+    e = cfg.eval
+    summary = {"negatives": e.ranking_negatives, "seed": e.ranking_seed, "ks": list(e.ranking_ks),
+               "skipped_positives": ranked.skipped, "test": ranking_report(ranked, e.ranking_ks)}
+    return summary, ranked_arrays(ranked, data, e)
+
+
 def format_table(results: dict) -> str:
     name = results["method"] + (f" ({results['strategy']})" if results.get("strategy") else "")
     lines = [f"{name}: test split ({results['train_time_s']} s, {results['device']})",
@@ -70,4 +88,15 @@ def format_table(results: dict) -> str:
         r = results["test"][part]
         lines.append(f"{part.replace('_', ' '):<9}{fmt(r['auc'])}{fmt(r['uauc'])}{fmt(r['logloss'])[-9:]:>9}"
                      f"{r['n']:>8}")
+    ranking = results.get("ranking") or {}
+    if "test" in ranking:
+        k = max(ranking["ks"])
+        lines.append(f"ranking: each test positive against {ranking['negatives']} sampled items its user never "
+                     f"interacted with")
+        lines.append(f"{'rows':<9}{f'HR@{k}':>8}{f'NDCG@{k}':>9}{'n':>8}")
+        for part in [p for p in PARTS if p in ranking["test"]]:
+            r = ranking["test"][part]
+            lines.append(f"{part.replace('_', ' '):<9}{fmt(r[f'hr@{k}'])}{fmt(r[f'ndcg@{k}'])[-9:]:>9}{r['n']:>8}")
+    elif "skipped" in ranking:
+        lines.append(f"ranking skipped: {ranking['skipped']}")
     return "\n".join(lines)
