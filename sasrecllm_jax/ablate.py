@@ -1,13 +1,18 @@
-"""Test-time ablations of a finished hybrid run: how much of its score comes from the collaborative tokens?
+"""Test-time ablations of a finished hybrid run: what does its score rely on? Nothing is retrained.
 
-    python -m sasrecllm_jax.ablate results/ml1m/runs/sasrecllm_dual_stage            # drop and shuffle, test split
-    python -m sasrecllm_jax.ablate RUN --modes on drop --split valid_small
+    python -m sasrecllm_jax.ablate results/ml1m/runs/sasrecllm_dual_stage      # drop and shuffle, test split
+    python -m sasrecllm_jax.ablate RUN --modes drop --masks lora mapper sasrec --split valid_small
 
-`drop` zeroes the user and item soft tokens (and the ID score that model.mapper.fusion gate or residual adds);
-`shuffle` gives every row another row's collaborative inputs; `on` re-evaluates unchanged (it equals the
-run's results.json). The model is not retrained: this measures what the trained model relies on. For an
-ablation in training as well, train with --set train.collab=drop. Writes RUN/ablation.json
-({split: {mode: metrics}}, merged with earlier calls) and prints a table.
+Inputs (--modes): `drop` zeroes the user and item soft tokens (and the ID score that model.mapper.fusion
+gate or residual adds); `shuffle` gives every row another row's collaborative inputs; `on` evaluates
+unchanged (it equals the run's results.json).
+Parameters (--masks, by the partition's groups): `lora` puts every adapter back to its initial value
+(B = 0: the base model); `mapper` zeroes the mapper's layers (the soft tokens become zero vectors; a fusion
+gate keeps its value); `sasrec` / `mf` resets the encoder to its initialisation (the run's seed).
+For an ablation in training as well, train with --set train.collab=drop or train.freeze.
+
+Writes RUN/ablation.json ({split: {mode or "mask:GROUP": metrics}}, merged with earlier calls) and prints
+a table whose first row is the run as trained.
 """
 from __future__ import annotations
 
@@ -16,21 +21,41 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 from tqdm.auto import tqdm
 
+from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.evaluate import evaluate
 from sasrecllm_jax.run_folder.files import write_whole
 from sasrecllm_jax.score import Recommender
+from sasrecllm_jax.train import groups
 
 MODES = ("on", "drop", "shuffle")
+MASKS = ("lora", "mapper", "sasrec", "mf")
+GATES = ("id_gate", "llm_gate")  # the fusion's weights: part of the mapper group, kept by the mapper mask
 
 
-def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test") -> dict:
+def masked(params: dict, group: str, initial: dict) -> dict:
+    """params with one group ablated: lora and the encoders back to their initial values, the mapper's
+    layers zeroed."""
+    if group not in groups.present_groups(params):
+        raise ConfigError(f"--masks {group}: this run has no {group!r} parameters (it has "
+                          f"{sorted(groups.present_groups(params) - {'frozen', 'counts'})})")
+    if group == "mapper":
+        zeroed = {k: (v if k in GATES else jax.tree_util.tree_map(jnp.zeros_like, v)) for k, v in params["mapper"].items()}
+        return {**params, "mapper": zeroed}
+    start, _ = groups.split(initial, [group])
+    return groups.replace_groups(params, {group: start})
+
+
+def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", masks=()) -> dict:
     run = Path(run)
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in MODES] + [m for m in masks if m not in MASKS]
     if bad:
-        raise ConfigError(f"unknown ablation mode(s) {bad}; choose from {list(MODES)}")
+        raise ConfigError(f"unknown ablation mode(s) {bad}; choose --modes from {list(MODES)} and --masks from "
+                          f"{list(MASKS)}")
     rec = Recommender(run)
     if rec.prompt != "hybrid":
         raise ConfigError(f"{run}: a {rec.cfg.train.method} run has no collaborative tokens to ablate "
@@ -39,31 +64,49 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test") -> d
         raise ConfigError(f"split {split!r} is not in the dataset; choose from {sorted(rec.assembly.dataset.splits)}")
     cfg = rec.cfg
     data = rec.assembly.split(split, "hybrid", rec.assembly.row_limit("eval"))
+    initial = Assembly.for_run(cfg)[1] if masks else None  # the run's own initial params (its seed)
     out_path = run / "ablation.json"
     out = json.loads(out_path.read_text()) if out_path.exists() else {}
-    for mode in modes:
-        with tqdm(total=len(data), desc=f"{split}, collab {mode}", unit="row", dynamic_ncols=True) as bar:
-            metrics, _ = evaluate(rec.scorer, rec.params, data, cfg, "hybrid", mode, progress=bar)
-        out.setdefault(split, {})[mode] = metrics
+    jobs = [(mode, mode, rec.params) for mode in modes]
+    jobs += [(f"mask:{g}", "on", masked(rec.params, g, groups.select(initial, set(rec.params)))) for g in masks]
+    for name, mode, params in jobs:
+        with tqdm(total=len(data), desc=f"{split}, {name}", unit="row", dynamic_ncols=True) as bar:
+            metrics, _ = evaluate(rec.scorer, params, data, cfg, "hybrid", mode, progress=bar)
+        out.setdefault(split, {})[name] = metrics
         write_whole(out_path, json.dumps(out, indent=2))  # a grid's summary may be reading it
     return out
+
+
+def as_trained(run: Path, split: str, ablations: dict) -> dict | None:
+    """The run's own metrics on `split` (results.json's test or valid; else an `on` evaluation)."""
+    if "on" in ablations:
+        return ablations["on"]
+    results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
+    key = "test" if split == "test" else "valid" if split == results.get("config", {}).get("data", {}).get(
+        "eval_split") else None
+    return results.get(key) if key else None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a finished run folder of a hybrid method")
-    p.add_argument("--modes", nargs="+", default=["drop", "shuffle"], help=f"from {list(MODES)}")
+    p.add_argument("--modes", nargs="*", default=["drop", "shuffle"], help=f"from {list(MODES)}")
+    p.add_argument("--masks", nargs="*", default=[], help=f"groups to ablate by mask, from {list(MASKS)}")
     p.add_argument("--split", default="test")
     args = p.parse_args(argv)
 
     def body():
-        out = ablate(args.run, args.modes, args.split)
+        out = ablate(args.run, args.modes, args.split, args.masks)[args.split]
+        rows = {"as trained": as_trained(args.run, args.split, out),
+                **{k: v for k, v in out.items() if k != "on" and (k in args.modes or k[5:] in args.masks)}}
         fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8}"
-        print(f"{'collab':<9}{'AUC':>8}{'UAUC':>8}{'warm':>8}{'cold':>8}{'n':>7}")
-        for mode, m in out[args.split].items():
-            print(f"{mode:<9}{fmt(m['all']['auc'])}{fmt(m['all']['uauc'])}{fmt(m['warm']['auc'])}"
-                  f"{fmt(m['cold']['auc'])}{m['all']['n']:>7}")
+        print(f"{'ablation':<14}{'AUC':>8}{'UAUC':>8}{'warm':>8}{'cold':>8}{'new item':>9}{'n':>7}")
+        for name, m in rows.items():
+            if m is None:
+                continue
+            print(f"{name:<14}{fmt(m['all']['auc'])}{fmt(m['all']['uauc'])}{fmt(m['warm']['auc'])}"
+                  f"{fmt(m['cold']['auc'])}{fmt(m.get('new_item', {}).get('auc')):>9}{m['all']['n']:>7}")
 
     return run_command(body)
 

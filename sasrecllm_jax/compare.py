@@ -21,6 +21,7 @@ as SASRecLLM, the fusion inside the LLM adds nothing a weighted sum does not.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.metrics import auc, paired_auc_test, paired_mean_test, paired_uauc_test, warm_cold
+from sasrecllm_jax.run_folder.environment import differences
 from sasrecllm_jax.run_folder.scores import load_scores
 
 
@@ -160,6 +162,22 @@ def table(base: Path, runs: list[Path], split: str = "test") -> list[str]:
     return lines
 
 
+def environment_warnings(base: Path, runs: list[Path]) -> list[str]:
+    """A line per run whose recorded environment (library versions, backend, device, CPU) differs from the
+    base's: their difference may be the machine's, not the method's."""
+    env = lambda run: json.loads((run / "results.json").read_text()).get("environment") \
+        if (run / "results.json").exists() else None
+    base_name, *names = run_names([base, *runs])
+    lines = []
+    for run, name in zip(runs, names):
+        diff = differences(env(base), env(run))
+        if diff:
+            said = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
+            lines.append(f"warning: {name} ran elsewhere than {base_name} ({said}); part of a difference may be "
+                         f"the machine's")
+    return lines
+
+
 def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None) -> list[str]:
     name_a, name_b = run_names([run_a, run_b])
     f = late_fusion(run_a, run_b, valid)
@@ -190,6 +208,8 @@ def main(argv=None) -> int:
             print("\n".join(fusion_lines(args.base, args.runs[0], args.valid)))
             return
         lines = table(args.base, args.runs, args.split)
+        for warning in environment_warnings(args.base, args.runs):
+            print(warning, file=sys.stderr)
         base_name = run_names([args.base, *args.runs])[0]
         print(f"{args.split} split, paired tests (difference = run - {base_name}; AUC: DeLong's test over rows, "
               f"UAUC: over users):")

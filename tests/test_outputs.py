@@ -116,13 +116,22 @@ def test_test_time_ablation(runs, capsys):
     from sasrecllm_jax.ablate import main as ablate_main
     dataset, out = runs
     run = out.parent / "hybrid"
-    assert ablate_main([str(run), "--modes", "on", "drop", "shuffle"]) == 0
+    assert ablate_main([str(run), "--modes", "on", "drop", "shuffle", "--masks", "lora", "mapper", "sasrec"]) == 0
     ab = json.loads((run / "ablation.json").read_text())["test"]
     results = json.loads((run / "results.json").read_text())
     for part in ("all", "warm", "cold"):  # 'on' is the run's own evaluation
         assert ab["on"][part]["auc"] == pytest.approx(results["test"][part]["auc"], abs=1e-6)
     assert ab["drop"]["all"]["auc"] != ab["on"]["all"]["auc"] != ab["shuffle"]["all"]["auc"]
-    assert "drop" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[1].startswith("as trained") and "mask:lora" in printed
+    # without a fusion, zeroing the mapper's layers makes the soft tokens zero vectors: the drop ablation
+    assert ab["mask:mapper"]["all"] == ab["drop"]["all"] != ab["on"]["all"]
+    # this run trained only its mapper: its LoRA and SASRec are still the initial ones (its seed's), so
+    # masking them, which puts them back to the initialisation, changes nothing
+    assert ab["mask:lora"]["all"] == ab["on"]["all"] == ab["mask:sasrec"]["all"]
+    # the hybrid's own encoder alone on the same rows is in results.json, with the paired difference
+    alone = results["encoder_alone"]
+    assert alone["encoder"] == "sasrec" and alone["test"]["all"]["n"] == results["test"]["all"]["n"]
     table_dir = out.parent / "with_ablation"
     (table_dir / "runs").mkdir(parents=True)
     (table_dir / "runs" / "hybrid").symlink_to(run)
@@ -227,8 +236,8 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
             continue
         lo, hi = compare(grid / "runs" / base, grid / "runs" / "sasrecllm_x")[part]["AUC"]["ci95"]
         side = "above" if lo > 0 else "below" if hi < 0 else "covers"
-        holds = "yes" if (b > a if rel == ">" else b >= a) else "no"
-        assert (f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {side} | {holds} |"
+        shown = "shown" if lo > (0 if rel == ">" else -0.005) else "contradicted" if hi < 0 else "not shown"
+        assert (f"| {claim} | {b:.4f} | {a:.4f} | {b - a:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {side} | {shown} |"
                 in text), claim
     # our control beside the paper's claims: the hybrid against the late fusion of its encoder's and TALLRec's scores
     from sasrecllm_jax.compare import late_fusion
@@ -272,6 +281,16 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     assert claims_lib.fusion_control(grid, counted, "sasrecllm_x") == []  # its encoder's run is not in the folder
     (grid / "runs" / "sasrec_counts").symlink_to(out / "runs" / "sasrec")  # the control mixes its own encoder's scores
     assert "late fusion of sasrec_counts + tallrec" in claims_lib.fusion_control(grid, counted, "sasrecllm_x")[0][0]
+
+
+def test_a_claim_is_shown_only_when_its_interval_is_on_its_side():
+    test = lambda lo, hi: {"diff": (lo + hi) / 2, "ci95": [lo, hi]}
+    assert claims_lib.verdict(test(0.001, 0.01), ">") == "shown"
+    assert claims_lib.verdict(test(-0.001, 0.01), ">") == "not shown"  # a positive point estimate is not enough
+    assert claims_lib.verdict(test(-0.02, -0.001), ">") == "contradicted"
+    assert claims_lib.verdict(test(-0.004, 0.003), ">=") == "shown"  # no loss beyond the stated -0.005
+    assert claims_lib.verdict(test(-0.006, 0.003), ">=") == "not shown"
+    assert claims_lib.verdict({"diff": float("nan"), "ci95": [0, 0]}, ">") == "no paired test"
 
 
 def test_compare_names_runs_that_share_a_folder_name(tmp_path):
@@ -354,8 +373,8 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     summary.update({"sasrecllm_x": _result("sasrecllm", 0, 0.74, 0.70, 0.68, 0.70),
                     "sasrecllm_x-seed1": _result("sasrecllm", 1, 0.70, 0.70, 0.66, 0.69)})
     claims = "\n".join(claims_lib.seed_claims(summary, "sasrecllm_x"))
-    assert "| AUC > SASRec | 0.7200 +- 0.0283 (2) | 0.7100 +- 0.0141 (2) | +0.0100 | yes |" in claims
-    assert "| warm AUC >= SASRec | 0.7000 +- 0.0000 (2) | 0.7150 +- 0.0071 (2) | -0.0150 | no |" in claims
+    assert "| AUC > SASRec | 0.7200 +- 0.0283 (2) | 0.7100 +- 0.0141 (2) | +0.0100 | higher |" in claims
+    assert "| warm AUC >= SASRec | 0.7000 +- 0.0000 (2) | 0.7150 +- 0.0071 (2) | -0.0150 | lower |" in claims
     assert "cold AUC > SASRec" not in claims and "TALLRec" not in claims  # a seed without cold rows; one TALLRec seed
     assert claims_lib.seed_claims(summary, "tallrec") == []
     assert experiments_cli.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2

@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, to_dict
 from sasrecllm_jax.evaluate import Scorer, evaluate
-from sasrecllm_jax.metrics import PARTS
+from sasrecllm_jax.metrics import PARTS, paired_auc_test
 from sasrecllm_jax.ranking_eval import rank_split, ranked_arrays, ranking_report, skip_reason
+from sasrecllm_jax.run_folder.environment import environment
 from sasrecllm_jax.run_folder.files import code_version, write_whole
 from sasrecllm_jax.run_folder.metrics_log import Reporter
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
@@ -44,23 +45,51 @@ def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: di
         timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),
                                        "compile_s": round(scorer.compile.seconds - compiled, 2)}
         reporter.log("final", split, 0, out[split])
+    alone = encoder_alone(cfg, assembly, params, prompt, *row_scores["test"])
     ranking, ranking_rows = test_ranking(cfg, assembly, scorer, params, prompt, row_scores["test"][0], timing)
     # every row's score, for paired comparisons between runs (python -m sasrecllm_jax.compare)
     save_scores(workdir / SCORES_FILE, row_scores, ranking_rows)
     results = {"method": t.method, "strategy": t.strategy if t.method == "sasrecllm" else None,
                "config": json.loads(json.dumps(to_dict(cfg))), "phases": phases,
                "valid": out[d.eval_split], "test": out["test"], "ranking": ranking,
+               **({"encoder_alone": alone} if alone else {}),
                "train_time_s": round(train_time, 1),  # reused phases count at what they cost their run
                "reused_phases": reused,
                "timing": timing,
                # the fusion's learned weight (model.mapper.fusion): on the ID model's score (gate:
                # id_gate) or on the LLM's (residual: llm_gate), how much of the final score is whose
                **{g: float(params["mapper"][g]) for g in ("id_gate", "llm_gate") if g in params.get("mapper", {})},
-               "device": jax.devices()[0].device_kind, "dataset": assembly.dataset.card.get("source"),
+               "device": jax.devices()[0].device_kind, "environment": environment(),
+               "dataset": assembly.dataset.card.get("source"),
                "commit": code_version(), "date": time.strftime("%Y-%m-%d")}
     write_whole(workdir / "results.json", json.dumps(results, indent=2))
     print(format_table(results))
+    print(next_steps(workdir, assembly, prompt))
     return results
+
+
+def encoder_alone(cfg: Config, assembly: Assembly, params: dict, prompt: str, data, scores) -> dict | None:
+    """For a run that scores with hybrid prompts: its own ID encoder alone on the same test rows, and the
+    paired difference (hybrid - encoder; DeLong) on all rows: what the LLM added."""
+    if prompt != "hybrid":
+        return None
+    encoder = cfg.model.encoder
+    scorer = Scorer(assembly.model("none", deterministic=True))
+    rows = assembly.split("test", "none", assembly.row_limit("eval"))
+    result, own = evaluate(scorer, groups.select(params, {encoder}), rows, cfg, "none")
+    test = paired_auc_test(data.label, own, scores)
+    return {"encoder": encoder, "test": result,
+            "paired_all": {k: test[k] for k in ("diff", "ci95", "p")} if test["diff"] == test["diff"] else None}
+
+
+def next_steps(workdir: Path, assembly: Assembly, prompt: str) -> str:
+    """The commands a user runs next on a finished run."""
+    history = " ".join(str(i) for i in assembly.dataset.splits["test"]["his"].iloc[0][-3:]) or "1"
+    lines = ["next:", f"  python -m sasrecllm_jax.report {workdir} --out {workdir}/curves.png     # training curves"]
+    if prompt != "text":
+        lines.append(f"  python -m sasrecllm_jax.recommend --run {workdir} --history \"{history}\"   # top 10, titled")
+    lines.append(f"  tensorboard --logdir {workdir}/tensorboard    # the same curves, live (pip install tensorboard)")
+    return "\n".join(lines)
 
 
 def test_ranking(cfg: Config, assembly: Assembly, scorer: Scorer, params: dict, prompt: str, data, timing: dict):
@@ -99,4 +128,11 @@ def format_table(results: dict) -> str:
             lines.append(f"{part.replace('_', ' '):<9}{fmt(r[f'hr@{k}'])}{fmt(r[f'ndcg@{k}'])[-9:]:>9}{r['n']:>8}")
     elif "skipped" in ranking:
         lines.append(f"ranking skipped: {ranking['skipped']}")
+    alone = results.get("encoder_alone")
+    if alone:
+        a, test = alone["test"]["all"], alone["paired_all"]
+        said = (f"; the hybrid's difference {test['diff']:+.4f} [{test['ci95'][0]:+.4f}, {test['ci95'][1]:+.4f}]"
+                if test else "")
+        lines.append(f"{alone['encoder']} alone on the same rows: AUC {fmt(a['auc']).strip()}, UAUC "
+                     f"{fmt(a['uauc']).strip()}{said}")
     return "\n".join(lines)
