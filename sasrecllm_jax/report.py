@@ -340,15 +340,22 @@ def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None) 
     AUC as sorted bars. The reference's warm and cold AUCs are dashed lines: a point up and to the right of
     both beats it on warm and on cold rows. points: {name, method, all, warm, cold[, all_sd, warm_sd,
     cold_sd, seeds]}; a part without rows is None."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return _save(draw_warm_cold(points, reference), out)
+
+
+def draw_warm_cold(points: list[dict], reference: str | None = None):
+    """The figure of `plot_warm_cold`; taller with many methods, so that each bar's name and value keep
+    their room (8pt and 7pt)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     drawn = [p for p in points if p["warm"] is not None and p["cold"] is not None]
     ref = next((p for p in drawn if p["name"] == reference), None)  # a reference with warm and cold rows
     panels = 3 if ref else 2
-    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 5.4))
-    colors = plt.get_cmap("tab20").colors
-    color = {p["name"]: colors[i % len(colors)] for i, p in enumerate(points)}
+    height = max(5.4, 1.8 + 0.2 * len(points))
+    fig = Figure(figsize=(6.2 * panels, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels)
+    color = {name: s["color"] for name, s in run_styles([p["name"] for p in points]).items()}  # as in runs.png
     planes = [axes[0]] + ([axes[1]] if panels == 3 else [])
     for ax in planes:
         for p in drawn:
@@ -360,13 +367,14 @@ def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None) 
             ax.axvline(ref["warm"], color="grey", ls="--", lw=0.8)
             ax.axhline(ref["cold"], color="grey", ls="--", lw=0.8)
         ax.set(xlabel="warm AUC (test)", ylabel="cold AUC (test)")
-    axes[0].set_title("test AUC, warm vs cold rows" + (f" (dashed: {reference})" if ref else ""))
+    axes[0].set_title("test AUC, warm vs cold rows" + (f"\n(dashed: {reference})" if ref else ""))  # two lines:
+    # a long reference name would run into the next panel's title
     if panels == 3:
         zoomed, zoom = axes[1], zoom_around(ref, drawn)
         zoomed.set_xlim(ref["warm"] - zoom, ref["warm"] + zoom)
         zoomed.set_ylim(ref["cold"] - zoom, ref["cold"] + zoom)
         zoomed.axvspan(ref["warm"], ref["warm"] + zoom, ymin=0.5, ymax=1, color="green", alpha=0.07)
-        zoomed.set_title(f"within {zoom:.3f} of {reference} (shaded: beats it on warm and cold)")
+        zoomed.set_title(f"within {zoom:.3f} of {reference}\n(shaded: beats it on warm and cold)")
     bars = sorted((p for p in points if p["all"] is not None), key=lambda p: p["all"])
     ax = axes[-1]
     ax.barh(range(len(bars)), [p["all"] for p in bars], color=[color[p["name"]] for p in bars])
@@ -383,10 +391,10 @@ def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None) 
     if drawn:  # beside the planes, so that no marker hides under it
         ncol = min(len(drawn), 2 * panels)
         fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8)
-        fig.tight_layout(rect=(0, 0.045 * -(-len(drawn) // ncol) + 0.01, 1, 1))
+        fig.tight_layout(rect=(0, 0.245 / height * -(-len(drawn) // ncol) + 0.01, 1, 1))  # 0.245in a row
     else:
         fig.tight_layout()
-    return _save(fig, out)
+    return fig
 
 
 def main(argv=None) -> int:

@@ -154,3 +154,21 @@ def test_too_many_bars_drop_their_values(tmp_path):
     assert "too many bars" in ax.get_legend().get_title().get_text()
     plt.close(fig)
 
+
+def test_warm_cold_chart_keeps_its_labels_apart_with_many_methods():
+    """40 methods with long names: the overall-AUC bars' names and values do not overlap, and the legend of
+    the planes lies below every panel."""
+    points = [{"name": f"sasrecllm_variant_{i:02d}_with_a_long_name", "method": "sasrecllm", "all": 0.6 + 0.003 * i,
+               "warm": 0.62 + 0.002 * i, "cold": 0.58 + 0.003 * i} for i in range(40)]
+    fig = report.draw_warm_cold(points, reference=points[20]["name"])
+    fig.canvas.draw()
+    bars = fig.axes[-1]
+    for texts in (bars.texts, bars.get_yticklabels()):
+        boxes = [t.get_window_extent() for t in texts]
+        assert len(boxes) == 40 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert min(t.get_fontsize() for t in texts) >= 7
+    titles = [ax.title.get_window_extent() for ax in fig.axes]  # the reference's long name in two of them
+    assert not any(a.overlaps(b) for i, a in enumerate(titles) for b in titles[i + 1:])
+    assert min(t.x0 for t in titles) >= 0
+    legend = fig.legends[0].get_window_extent()
+    assert all(legend.y1 < ax.get_tightbbox().y0 for ax in fig.axes)  # below the tick labels and axis names too
