@@ -59,7 +59,7 @@ def read_test(run: Path) -> dict | None:
     return json.loads(res.read_text())["test"] if res.exists() else None
 
 
-def test_parts(tests: list[dict]) -> list[str]:
+def shown_parts(tests: list[dict]) -> list[str]:
     """The parts a bar chart shows: every part some run has, in PARTS' order, except cold where every run splits
     its cold rows into new user and new item (older runs have all / warm / cold only)."""
     present = [p for p in PARTS if any(p in t for t in tests)]
@@ -102,7 +102,7 @@ def draw_runs(runs: list[Path]):
     tests = {n: t for n, r in zip(names, runs) if (t := read_test(r)) is not None and set(t) & set(PARTS)}
     phases = list(dict.fromkeys(p for c in curves.values() for p in c))
     cols = max(1, min(len(phases), MAX_COLUMNS))
-    n_bars = len(tests) * len(test_parts(list(tests.values())))
+    n_bars = len(tests) * len(shown_parts(list(tests.values())))
     width = min(MAX_W, max(cols * PANEL_W, n_bars * BAR_W + 1.0, MIN_BARS_W if tests else 0))
     legend_w = _legend_width(names)
     heights = [LOSS_H + AUC_H] * -(-len(phases) // cols) + ([BARS_H] if tests else [])
@@ -223,12 +223,12 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def draw_test_bars(ax, tests: dict[str, dict], styles: dict, width_in: float, height_in: float) -> None:
-    """Test AUC per run (one group of bars in the run's colour) and part of the test rows (`test_parts`; the
+    """Test AUC per run (one group of bars in the run's colour) and part of the test rows (`shown_parts`; the
     hatch tells the part). Each bar carries its value, turned upright, unless the bars are too narrow for 7pt
     text; a part without rows, or that an older run did not record, is marked n/a. A group is at most
     MAX_GROUP inches wide, and the run names lie flat where they fit."""
     ax.set_label("test_auc")
-    parts = test_parts(list(tests.values()))
+    parts = shown_parts(list(tests.values()))
     n = len(tests)
     span = max(n, width_in * 0.9 / MAX_GROUP)  # groups the axes has room for; fewer are centred
     group_in = width_in * 0.9 / span

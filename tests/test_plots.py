@@ -108,9 +108,9 @@ def test_one_colour_per_run_in_every_panel_and_bar(tmp_path):
 def test_parts_of_the_test_rows_are_hatched(tmp_path):
     """all / warm / new user / new item when the runs record them, cold too where an older run lacks them;
     each part its own hatch, the same in every run, and n/a for a part a run did not record."""
-    assert report.test_parts([OLD, OLD]) == ["all", "warm", "cold"]
-    assert report.test_parts([NEW, NEW]) == ["all", "warm", "new_user", "new_item"]
-    assert report.test_parts([NEW, OLD]) == ["all", "warm", "cold", "new_user", "new_item"]
+    assert report.shown_parts([OLD, OLD]) == ["all", "warm", "cold"]
+    assert report.shown_parts([NEW, NEW]) == ["all", "warm", "new_user", "new_item"]
+    assert report.shown_parts([NEW, OLD]) == ["all", "warm", "cold", "new_user", "new_item"]
     runs = [fake_run(tmp_path / "new", {"a": 100}, NEW), fake_run(tmp_path / "old", {"a": 100}, OLD)]
     ax = by_label(report.draw_runs(runs))["test_auc"]
     hatch = {}
