@@ -152,8 +152,17 @@ def test_test_time_ablation(runs, capsys):
 
 def test_plot_and_summary(runs, tmp_path):
     _, out = runs
-    png = report.plot_runs([out / "runs" / "sasrec", out / "runs" / "icl"], tmp_path / "curves.png")
+    trained = [out / "runs" / "sasrec", out / "runs" / "icl", out.parent / "hybrid"]
+    png = report.plot_runs(trained, tmp_path / "curves.png")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    fig = report.draw_runs(trained)  # the phases that train.py logged, each its own pair of panels
+    phases = {r["phase"] for run in trained for r in read_metrics(run) if r["kind"] in ("train", "eval")}
+    assert len(phases) == 2 and {ax.get_label() for ax in fig.axes} == {
+        f"{kind} {phase}" for kind in ("loss", "valid_auc") for phase in phases} | {"test_auc", "legend"}
+    bars = next(ax for ax in fig.axes if ax.get_label() == "test_auc")
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["sasrec", "icl", "hybrid"]
+    drawn = {p.get_gid() for p in bars.patches if p.get_gid()}
+    assert {"sasrec|all", "sasrec|warm", "icl|all", "hybrid|all"} <= drawn and "sasrec|cold" not in drawn  # no cold rows
     summary = summary_lib.summarise(out)
     assert set(summary) == {"sasrec", "icl"}
     assert json.loads((out / "summary.json").read_text())["sasrec"]["test"]["all"]["n"] == 96
