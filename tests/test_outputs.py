@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers import smoke_config, synthetic_dataset
-from sasrecllm_jax import report
+from sasrecllm_jax.plots import curves, warm_cold
 from sasrecllm_jax.experiments import __main__ as experiments_cli, claims as claims_lib, grid as grid_lib, seeds
 from sasrecllm_jax.experiments import summary as summary_lib
 from sasrecllm_jax.run_folder import files as run_files
@@ -153,9 +153,9 @@ def test_test_time_ablation(runs, capsys):
 def test_plot_and_summary(runs, tmp_path):
     _, out = runs
     trained = [out / "runs" / "sasrec", out / "runs" / "icl", out.parent / "hybrid"]
-    png = report.plot_runs(trained, tmp_path / "curves.png")
+    png = curves.plot_runs(trained, tmp_path / "curves.png")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
-    fig = report.draw_runs(trained)  # the phases that train.py logged, each its own pair of panels
+    fig = curves.draw_runs(trained)  # the phases that train.py logged, each its own pair of panels
     phases = {r["phase"] for run in trained for r in read_metrics(run) if r["kind"] in ("train", "eval")}
     assert len(phases) == 2 and {ax.get_label() for ax in fig.axes} == {
         f"{kind} {phase}" for kind in ("loss", "valid_auc") for phase in phases} | {"test_auc", "legend"}
@@ -337,7 +337,7 @@ def test_code_version_is_read_once_per_process(monkeypatch):
 
 def test_loss_smoothing_is_tensorboards():
     """Debiased EMA, by hand: weight 0.5 over [1, 0, 1] gives 1, (0.25/0.75), (0.625/0.875)."""
-    from sasrecllm_jax.report import smooth
+    from sasrecllm_jax.plots.style import smooth
     np.testing.assert_allclose(smooth([1.0, 0.0, 1.0], 0.5), [1.0, 1 / 3, 5 / 7])
     assert smooth([], 0.9) == [] and smooth([2.0], 0.9) == [2.0]
 
@@ -369,14 +369,14 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     assert points["tallrec-k2"]["all"] == pytest.approx(0.64) and points["tallrec-k2"]["all_sd"] == pytest.approx(0.02 * 2 ** 0.5)
     assert points["tallrec"]["all_sd"] is None and points["tallrec"]["warm"] == 0.61
     for reference in ("tallrec", "sasrec", None):  # sasrec: no cold rows in one seed, so no zoomed plane
-        png = report.plot_warm_cold(list(points.values()), tmp_path / "wc.png", reference=reference)
+        png = warm_cold.plot_warm_cold(list(points.values()), tmp_path / "wc.png", reference=reference)
         assert png.read_bytes()[:4] == b"\x89PNG"
     # the zoomed plane shows the reference's contenders (overall AUC within 0.05), with a 15% margin
     ref = {"all": 0.70, "warm": 0.72, "cold": 0.68}
     near, far_off, weak = ({"all": 0.69, "warm": 0.70, "cold": 0.69}, {"all": 0.71, "warm": 0.60, "cold": 0.80},
                            {"all": 0.60, "warm": 0.50, "cold": 0.50})
-    assert report.zoom_around(ref, [ref, near, weak]) == pytest.approx(0.023)
-    assert report.zoom_around(ref, [ref, weak]) == 0.01 and report.zoom_around(ref, [ref, near, far_off]) == 0.05
+    assert warm_cold.zoom_around(ref, [ref, near, weak]) == pytest.approx(0.023)
+    assert warm_cold.zoom_around(ref, [ref, weak]) == 0.01 and warm_cold.zoom_around(ref, [ref, near, far_off]) == 0.05
     assert seeds.seeds_section({"sasrec": summary["sasrec"]}) == []
     # the claims again on means over seeds: rows only where both sides ran several seeds on the same rows
     summary.update({"sasrecllm_x": _result("sasrecllm", 0, 0.74, 0.70, 0.68, 0.70),

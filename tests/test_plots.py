@@ -1,4 +1,4 @@
-"""The training-curve chart (report.plot_runs) on run folders written here: one pair of panels per phase name,
+"""The training-curve chart (curves.plot_runs) on run folders written here: one pair of panels per phase name,
 each on its own steps; one colour per run in every panel and in the bar chart; the parts of the test rows told
 apart by hatching; every printed value legible."""
 import json
@@ -9,7 +9,7 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
-from sasrecllm_jax import report  # noqa: E402
+from sasrecllm_jax.plots import curves, style as plot_style, warm_cold  # noqa: E402
 
 
 def part(auc, n=100):
@@ -49,14 +49,14 @@ def test_each_phase_has_its_own_panels_and_steps(tmp_path):
     validation AUC panel, on its own step axis."""
     runs = [fake_run(tmp_path / "sasrec", {"sasrec": 3000}, OLD),
             fake_run(tmp_path / "hybrid", {"sasrec": 3000, "text_lora": 200, "mapper": 200}, NEW, shift=0.01)]
-    fig = report.draw_runs(runs)
+    fig = curves.draw_runs(runs)
     axes = by_label(fig)
     assert set(axes) == {f"{kind} {phase}" for kind in ("loss", "valid_auc") for phase in ("sasrec", "text_lora",
                                                                                         "mapper")} | {"test_auc",
                                                                                                       "legend"}
     assert axes["loss text_lora"].get_xlim()[1] < 300 < 3000 < axes["loss sasrec"].get_xlim()[1]
     assert axes["valid_auc text_lora"].get_xlim() == axes["loss text_lora"].get_xlim()
-    png = report.plot_runs(runs, tmp_path / "out" / "runs.png")
+    png = curves.plot_runs(runs, tmp_path / "out" / "runs.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     from PIL import Image
     width, height = Image.open(png).size
@@ -87,9 +87,9 @@ def test_one_colour_per_run_in_every_panel_and_bar(tmp_path):
         runs.append(fake_run(tmp_path / f"run_{i:02d}_with_a_long_name", phases, OLD if i != 5 else None,
                              shift=0.0 if i in (0, 2) else 0.003 * i))
     names = [r.name for r in runs]
-    fig = report.draw_runs(runs)
-    styles = report.run_styles(names)
-    assert len({(to_hex(s["color"]), s["marker"], s["linestyle"]) for s in report.run_styles(
+    fig = curves.draw_runs(runs)
+    styles = plot_style.run_styles(names)
+    assert len({(to_hex(s["color"]), s["marker"], s["linestyle"]) for s in plot_style.run_styles(
         [f"r{i}" for i in range(60)]).values()}) == 60
     assert len({to_hex(s["color"]) for s in styles.values()}) == 14
     axes = by_label(fig)
@@ -108,11 +108,11 @@ def test_one_colour_per_run_in_every_panel_and_bar(tmp_path):
 def test_parts_of_the_test_rows_are_hatched(tmp_path):
     """all / warm / new user / new item when the runs record them, cold too where an older run lacks them;
     each part its own hatch, the same in every run, and n/a for a part a run did not record."""
-    assert report.shown_parts([OLD, OLD]) == ["all", "warm", "cold"]
-    assert report.shown_parts([NEW, NEW]) == ["all", "warm", "new_user", "new_item"]
-    assert report.shown_parts([NEW, OLD]) == ["all", "warm", "cold", "new_user", "new_item"]
+    assert curves.shown_parts([OLD, OLD]) == ["all", "warm", "cold"]
+    assert curves.shown_parts([NEW, NEW]) == ["all", "warm", "new_user", "new_item"]
+    assert curves.shown_parts([NEW, OLD]) == ["all", "warm", "cold", "new_user", "new_item"]
     runs = [fake_run(tmp_path / "new", {"a": 100}, NEW), fake_run(tmp_path / "old", {"a": 100}, OLD)]
-    ax = by_label(report.draw_runs(runs))["test_auc"]
+    ax = by_label(curves.draw_runs(runs))["test_auc"]
     hatch = {}
     for patch in ax.patches:
         if patch.get_gid():
@@ -131,7 +131,7 @@ def test_every_number_is_legible(tmp_path):
     other and lie inside the chart."""
     runs = [fake_run(tmp_path / f"sasrecllm_variant_{i:02d}", {"sasrec": 300, "hybrid": 2000}, NEW, shift=0.002 * i)
             for i in range(16)]
-    fig = report.draw_runs(runs)
+    fig = curves.draw_runs(runs)
     texts = [t for ax in fig.axes for t in ax.texts + ax.get_xticklabels() + ax.get_yticklabels()]
     texts += [t for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert min(t.get_fontsize() for t in texts if t.get_text()) >= 7
@@ -149,7 +149,7 @@ def test_too_many_bars_drop_their_values(tmp_path):
     tests = {f"run{i}": NEW for i in range(200)}
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots()
-    report.draw_test_bars(ax, tests, report.run_styles(list(tests)), width_in=report.MAX_W, height_in=3)
+    curves.draw_test_bars(ax, tests, plot_style.run_styles(list(tests)), width_in=curves.MAX_W, height_in=3)
     assert not [t for t in ax.texts if t.get_gid() == "bar value"]
     assert "too many bars" in ax.get_legend().get_title().get_text()
     plt.close(fig)
@@ -160,7 +160,7 @@ def test_warm_cold_chart_keeps_its_labels_apart_with_many_methods():
     the planes lies below every panel."""
     points = [{"name": f"sasrecllm_variant_{i:02d}_with_a_long_name", "method": "sasrecllm", "all": 0.6 + 0.003 * i,
                "warm": 0.62 + 0.002 * i, "cold": 0.58 + 0.003 * i} for i in range(40)]
-    fig = report.draw_warm_cold(points, reference=points[20]["name"])
+    fig = warm_cold.draw_warm_cold(points, reference=points[20]["name"])
     fig.canvas.draw()
     bars = fig.axes[-1]
     for texts in (bars.texts, bars.get_yticklabels()):

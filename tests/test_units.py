@@ -1,6 +1,5 @@
 """Fast unit tests of the small modules: early stopping, phase checkpoints, groups, the dataset registry,
 config checks and the Markdown table builder."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -12,7 +12,8 @@ from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.experiments.claims import claims_section
 from sasrecllm_jax.experiments.markdown import num, table
 from sasrecllm_jax.experiments.seeds import method_points, seeds_section
-from sasrecllm_jax.report import plot_runs, plot_warm_cold
+from sasrecllm_jax.plots.curves import plot_runs
+from sasrecllm_jax.plots.warm_cold import plot_warm_cold
 from sasrecllm_jax.run_folder.files import code_version
 from sasrecllm_jax.run_folder.scores import SCORES_FILE
 
