@@ -80,3 +80,9 @@ def test_registry_prepares_a_named_dataset_once(tmp_path, monkeypatch):
 
 def test_markdown_table():
     assert table(["a", "b"], [[1, "x"], [2.5, "-"]]) == ["| a | b |", "|---|---|", "| 1 | x |", "| 2.5 | - |"]
+
+
+def test_rates_print_with_two_significant_digits():
+    from sasrecllm_jax.train.progress import two_digits
+    assert [two_digits(x) for x in (0.3412, 2.24, 15.3, 2213.0, 99.6, 0.0456, 0.0)] == \
+        ["0.34", "2.2", "15", "2200", "100", "0.046", "0"]
