@@ -86,3 +86,16 @@ def test_rates_print_with_two_significant_digits():
     from sasrecllm_jax.train.progress import two_digits
     assert [two_digits(x) for x in (0.3412, 2.24, 15.3, 2213.0, 99.6, 0.0456, 0.0)] == \
         ["0.34", "2.2", "15", "2200", "100", "0.046", "0"]
+
+
+def test_warm_cold_chart_points_can_plot_new_item_rows():
+    from sasrecllm_jax.experiments.seeds import method_points
+    run = lambda a: {"method": "sasrec", "config": {"train": {"seed": 0}}, "valid": {"all": {"auc": 0.6}},
+                     "test": {"all": {"auc": a, "n": 9}, "warm": {"auc": a + 0.1, "n": 5},
+                              "cold": {"auc": a - 0.1, "n": 4}, "new_item": {"auc": 0.5, "n": 2}}}
+    summary = {"sasrec": run(0.7), "old": {**run(0.6), "test": {**run(0.6)["test"], "new_item": None}}}
+    summary["old"]["test"].pop("new_item")
+    points = {p["name"]: p for p in method_points(summary, "new_item")}
+    assert points["sasrec"]["cold"] == 0.5 and points["sasrec"]["warm"] == pytest.approx(0.8)
+    assert points["old"]["cold"] is None  # a run from before new-item parts: not drawn on that plane
+    assert {p["name"]: p["cold"] for p in method_points(summary)} == pytest.approx({"sasrec": 0.6, "old": 0.5})
