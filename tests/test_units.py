@@ -99,3 +99,17 @@ def test_warm_cold_chart_points_can_plot_new_item_rows():
     assert points["sasrec"]["cold"] == 0.5 and points["sasrec"]["warm"] == pytest.approx(0.8)
     assert points["old"]["cold"] is None  # a run from before new-item parts: not drawn on that plane
     assert {p["name"]: p["cold"] for p in method_points(summary)} == pytest.approx({"sasrec": 0.6, "old": 0.5})
+
+
+def test_an_eval_cap_can_keep_every_new_item_row():
+    """data.eval_always: [new_item] keeps every new-item row under an eval cap and samples the rest."""
+    import pandas as pd
+    from sasrecllm_jax.data.pipeline import SplitData
+    train = pd.DataFrame({"uid": [1, 2], "iid": [1, 2]})
+    df = pd.DataFrame({"uid": [1] * 10, "iid": [1, 2, 9, 1, 2, 8, 1, 2, 7, 1], "label": [1, 0] * 5,
+                       "timestamp": range(10), "his": [np.zeros(0, np.int64)] * 10, "not_cold": 1})
+    data = SplitData.from_frame("test", df, 3, max_rows=2, train=train, always=("new_item",))
+    assert sorted(data.iid[data.new_item]) == [7, 8, 9] and len(data) == 5  # the 3 new-item rows + 2 others
+    again = SplitData.from_frame("test", df, 3, max_rows=2, train=train, always=("new_item",))
+    np.testing.assert_array_equal(again.iid, data.iid)  # seeded
+    assert len(SplitData.from_frame("test", df, 3, max_rows=2, train=train)) == 2
