@@ -160,20 +160,29 @@ def test_abandoned_temporary_folders_are_removed(tmp_path):
 
 
 def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
-    """Every shipped experiment config loads, and the phases the GPU plan counts on reusing (docs/RESULTS.md
-    section 6) have equal keys across methods: an edit that breaks the sharing costs device time."""
+    """Every shipped experiment config loads, and the phases the GPU grid counts on reusing have equal keys
+    across methods, in every dataset's recipe: an edit that breaks the sharing costs device time."""
     from helpers import ROOT
     from sasrecllm_jax.config import load_config
     monkeypatch.chdir(ROOT)  # the configs name their prompt templates relative to the repository
     monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")
     (tmp_path / "data.parquet").write_bytes(b"same dataset for every method")
     inputs = {"lora": {"a": np.zeros(2)}}  # the same input values for every method: only configs differ
-    keys = {}
-    for path in sorted((ROOT / "configs" / "experiments" / "ml1m").glob("*.yaml")):
-        if path.name == "base.yaml":
-            continue
-        cfg = load_config(path, [f"train.phase_cache={tmp_path}"])
-        keys[path.stem] = {p.name: phase_key(cfg, p, inputs, tmp_path) for p in resolve_phases(cfg, str(path))}
+    def recipe_keys(dataset):
+        keys = {}
+        for path in sorted((ROOT / "configs" / "experiments" / dataset).glob("*.yaml")):
+            if path.name == "base.yaml":
+                continue
+            cfg = load_config(path, [f"train.phase_cache={tmp_path}"])
+            keys[path.stem] = {p.name: phase_key(cfg, p, inputs, tmp_path) for p in resolve_phases(cfg, str(path))}
+        return keys
+    for dataset in ("ml1m-cold", "amazon-books"):
+        keys = recipe_keys(dataset)
+        same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
+        assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play")
+        assert same("sasrec", "sasrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_hierarchical_freezing")
+        assert same("mf", "mf", "collm_mf")
+    keys = recipe_keys("ml1m")
     same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
     assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_dual_stage_gate",
                 "sasrecllm_dual_stage_gate_hlr", "sasrecllm_dual_stage_gate_zero", "sasrecllm_dual_stage_mapper64",
