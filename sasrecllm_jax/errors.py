@@ -15,7 +15,12 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A bad configuration: the message names the file or flag, the key and the fix."""
+    """A bad configuration: the message names the file or flag, the key and the fix. `key` (dotted, e.g.
+    train.batch_size) lets the loader name where a value came from: the YAML file or a --set flag."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class DataError(UserError, ValueError):
