@@ -56,13 +56,28 @@ def write_whole(path: Path, data: str | bytes) -> None:
 # what a run writes into its folder (RUN/ablation.json is made from a finished run by the ablations)
 RUN_FILES = ("config.yaml", "run_state.json", "metrics.jsonl", "tensorboard", "checkpoints", "final", "results.json",
              "scores.npz", "ablation.json")
-SAVED = ("checkpoints", "final", "results.json")  # what a run could not get back without training again
 LOCK_FILE = "lock"
 
 
 def saved_work(workdir: Path) -> list[str]:
-    """What of a run's trained work the folder holds (checkpoints, final model, results), as names."""
-    return [name for name in SAVED if (Path(workdir) / name).exists()]
+    """What of a run's trained work the folder holds (checkpoints, final model, results), as names: a
+    checkpoint folder counts when it holds a saved step."""
+    workdir = Path(workdir)
+    return [name for name, held in (("checkpoints", bool(phases_with_checkpoints(workdir))),
+                                    ("final", _holds_step(workdir / "final")),
+                                    ("results.json", (workdir / "results.json").exists())) if held]
+
+
+def phases_with_checkpoints(workdir: Path) -> list[str]:
+    """The phases of which RUN/checkpoints/PHASE/{latest,best} hold a saved step."""
+    folder = Path(workdir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if any(_holds_step(p / kind) for kind in ("latest", "best")))
+
+
+def _holds_step(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
 def remove_run_files(workdir: Path) -> list[str]:

@@ -24,7 +24,8 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig, load_yaml, to_dict
 from sasrecllm_jax.errors import ConfigError, DamagedCheckpointError, TrainingError, check_stop
 from sasrecllm_jax.host_cache import HostCache
-from sasrecllm_jax.run_folder.files import RunLock, code_version, remove_run_files, saved_work, write_whole
+from sasrecllm_jax.run_folder.files import (RunLock, code_version, phases_with_checkpoints, remove_run_files,
+                                           saved_work, write_whole)
 from sasrecllm_jax.run_folder.metrics_log import Reporter, read_metrics
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints, Store
@@ -96,8 +97,8 @@ class Run:
             if (self.workdir / "results.json").exists():
                 return None
         elif saved:
-            what = ("a finished run" if "results.json" in saved else
-                    f"an unfinished run (checkpoints of {self._phases_with_checkpoints() or 'no phase'})")
+            phases = ", ".join(phases_with_checkpoints(self.workdir)) or "no phase"
+            what = "a finished run" if "results.json" in saved else f"an unfinished run (checkpoints of {phases})"
             raise TrainingError(f"{self.workdir} holds {what}; pass --resume to continue it, --restart to delete it "
                                 f"and start again, or choose another --workdir")
         else:
@@ -109,10 +110,6 @@ class Run:
         state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         return {"completed": state.get("completed", []), "timing": state.get("timing", {}),
                 "reused": state.get("reused", {})}
-
-    def _phases_with_checkpoints(self) -> str:
-        folder = self.workdir / "checkpoints"
-        return ", ".join(sorted(p.name for p in folder.iterdir() if p.is_dir())) if folder.is_dir() else ""
 
     def _check_config(self) -> None:
         """--resume continues a run with the config it was made with: a change is refused, naming each
