@@ -116,10 +116,11 @@ def test_cache_is_off_for_uncommitted_code(dataset, tmp_path, monkeypatch):
 
 
 def test_eval_at_start_can_hand_on_the_input(dataset, tmp_path):
-    """A phase that cannot improve (lr 0) keeps its step-0 evaluation as the best and hands on its input;
-    its own patience (1) stops it at the first evaluation without improvement."""
+    """A phase that cannot improve (lr 1e-30: steps below float32 resolution of every score; a learning
+    rate must be > 0) keeps its step-0 evaluation as the best and hands on its input; its own patience (1)
+    stops it at the first evaluation without improvement."""
     phases = json.dumps([{"name": "lora", "trainable": ["lora"], "prompt": "text", "epochs": 4,
-                          "max_steps": 16, "lr": {"lora": 0.0}, "patience": 1}])
+                          "max_steps": 16, "lr": {"lora": 1e-30}, "patience": 1}])
     seen = {}
     train_and_evaluate(cfg_of(dataset, "train.method=tallrec", f"train.phases={phases}", "train.eval_at_start=true"),
                        tmp_path, on_phase=lambda p, before, after: seen.update(before=before, after=after))
@@ -139,7 +140,7 @@ def test_phase_overrides_change_only_the_named_phase(dataset):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={mapper: {epochs: 2}}"))
     with pytest.raises(ConfigError, match=r"phase_overrides.hybrid: unknown key\(s\) \['epoch'\]"):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {epoch: 2}}"))
-    with pytest.raises(ConfigError, match="patience must be >= 0"):
+    with pytest.raises(ConfigError, match="train.phase_overrides.hybrid.patience = -1: must be >= 0"):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {patience: -1}}"))
 
 
