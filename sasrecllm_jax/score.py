@@ -56,12 +56,13 @@ class Recommender:
             raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
 
     def check_ids(self, uids, histories, iids, where: str = "") -> None:
-        """Refuse a user or item id outside the dataset (users 1..num_users, items 1..num_items), naming it."""
+        """Refuse a user or item id outside the dataset (users 0..num_users, 0 a new user; items 1..num_items),
+        naming it."""
         n_users, n_items = self.assembly.dataset.num_users, self.assembly.dataset.num_items
         for r, (u, h, i) in enumerate(zip(uids, histories, iids)):
             row = f"{where} row {r + 1}: " if where else ""
-            if not 1 <= int(u) <= n_users:
-                raise DataError(f"{row}user id {u} is not in the dataset (ids run 1..{n_users})")
+            if not 0 <= int(u) <= n_users:
+                raise DataError(f"{row}user id {u} is not in the dataset (ids run 1..{n_users}; 0 is a new user)")
             bad = [x for x in [*h, i] if not 1 <= int(x) <= n_items]
             if bad:
                 raise DataError(f"{row}item id {bad[0]} is not in the dataset (ids run 1..{n_items})")
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--rows", type=Path, help="CSV with uid, history, iid")
     p.add_argument("--out", type=Path, help="where to write scores (CSV); default: print")
-    p.add_argument("--user", help="a user id (1..the dataset's largest)")
+    p.add_argument("--user", help="a user id (1..the dataset's largest; 0: a user it does not know)")
     p.add_argument("--history", default="")
     p.add_argument("--candidates", default="")
     p.add_argument("--write-run-scores", action="store_true", help="evaluate the run's valid and test splits "

@@ -380,8 +380,8 @@ def test_sigint_in_an_llm_phase_stops_cleanly(dataset, tmp_path, signals, delay)
 
 # ---------------------------------------------------------------------------------------------- score
 @pytest.mark.parametrize("args,message", [
-    (["--user", "999", "--candidates", "1 2"], "user id 999 is not in the dataset (ids run 1..40)"),
-    (["--user", "0", "--candidates", "1 2"], "user id 0 is not in the dataset"),
+    (["--user", "999", "--candidates", "1 2"], "user id 999 is not in the dataset (ids run 1..40; 0 is a new user)"),
+    (["--user", "-1", "--candidates", "1 2"], "user id -1 is not in the dataset"),
     (["--user", "abc", "--candidates", "1 2"], "--user: 'abc' is not an id"),
     (["--user", "1", "--candidates", "1 x"], "--candidates: 'x' is not an id"),
     (["--user", "1", "--history", "3 99", "--candidates", "1"], "item id 99 is not in the dataset (ids run 1..30)"),

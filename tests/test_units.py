@@ -27,14 +27,16 @@ def test_early_stopping_counts_evaluations_without_improvement():
 def test_phase_checkpoints_hand_on_the_best_groups(tmp_path):
     ck = PhaseCheckpoints(tmp_path, "p")
     params = {"mapper": {"w": jnp.ones(3)}, "llm": {"base": jnp.zeros(2)}}
-    assert ck.restore_best_into(params) is params  # no best checkpoint yet: unchanged
+    like = groups.group_trees({"mapper": params["mapper"]})
+    with pytest.raises(CheckpointError, match="no checkpoint to restore"):
+        ck.restore_best(like)
     ck.save_best(4, groups.group_trees({**params, "mapper": {"w": jnp.full(3, 7.0)}}), 0.7)
-    out = ck.restore_best_into(params)
+    out = groups.replace_groups(params, ck.restore_best(like))
     np.testing.assert_array_equal(out["mapper"]["w"], np.full(3, 7.0))
     np.testing.assert_array_equal(out["llm"]["base"], np.zeros(2))  # the frozen base is never stored
     assert ck.best.meta()["auc"] == 0.7 and ck.best.latest_step() == 4
     with pytest.raises(CheckpointError, match="does not match this model"):
-        ck.restore_best_into({"mapper": {"w": jnp.ones(5)}})
+        ck.restore_best(groups.group_trees({"mapper": {"w": jnp.ones(5)}}))
 
 
 def test_groups_of_a_hybrid_tree():

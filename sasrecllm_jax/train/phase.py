@@ -86,8 +86,16 @@ class PhaseRunner:
     def scorer(self, prompt: str) -> Scorer:
         """The compiled scorer of a prompt kind; before each batch it lets a pending interrupt stop the run."""
         if prompt not in self._scorers:
-            self._scorers[prompt] = StoppableScorer(Scorer(self.assembly.model(prompt, deterministic=True)))
+            self._scorers[prompt] = StoppableScorer(Scorer(self.assembly.model(prompt, deterministic=True),
+                                                           notify=self._say))
         return self._scorers[prompt]
+
+    def _say(self, text: str) -> None:
+        """A line through the running phase's bar (compile notices of the scorers, shared across phases)."""
+        if self.progress is not None:
+            self.progress.say(text)
+        else:
+            print(text)
 
     def run(self, phase: PhaseConfig, params: dict) -> PhaseResult:
         t = self.cfg.train
@@ -190,7 +198,8 @@ class PhaseLoop:
         self.cfg = runner.cfg
         self.progress = runner.progress
         self.best_scores = None        # the per-row valid scores of the best evaluation made in this process
-        self.compile_timer = CompileTimer()  # a new batch shape compiles: its first step is timed apart
+        # a new batch shape compiles: its first step is timed apart, and a line says so
+        self.compile_timer = CompileTimer("train step", notify=self.progress.say)
         self.eval_s = 0.0
         self.steps = 0                 # steps taken in this process
         self.timing: dict = {}
@@ -204,7 +213,12 @@ class PhaseLoop:
         if bad:
             nonfinite(self.plan.phase, step, f"the parameter {bad[0]} holds NaN or infinite values", self.ckpt)
         current = merge(self.state.trainable, self.state.frozen)
-        result, scores = evaluate(self.plan.scorer, current, self.plan.eval_data, self.cfg, self.plan.phase.prompt)
+        bar = self.progress.evaluation_bar(len(self.plan.eval_data), self.cfg.data.eval_split)
+        try:
+            result, scores = evaluate(self.plan.scorer, current, self.plan.eval_data, self.cfg,
+                                      self.plan.phase.prompt, progress=bar)
+        finally:
+            bar.close()
         self.runner.reporter.log("eval", name, step, result)
         if self.stopping.update(step, result["all"]["auc"], result):
             self.best_scores = scores
