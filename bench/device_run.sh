@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The prepared device run (GPU machine): issue 6's benchmark beside the peer, then issue 5's grid.
+# The prepared device run (GPU machine): the speed benchmark beside the peer, then the experiment grid.
 # Needs, carried into the repo root (ignored folders, see bench/RESULTS.md):
 #   .whl/    gguf wheel (the GPU image lacks gguf)
-#   .parts/  hf_peft_lora_bench.py and ml-1m.zip (call 1), the SmolLM2 GGUF in two parts (one per call)
+#   .parts/  hf_peft_lora_bench.py and ml-1m.zip (call 1), the SmolLM2 GGUF in two parts (one per call),
+#            amazon-books/{interactions,items}.csv for DATASET=amazon-books
 # Usage there:
 #   SASRECLLM_COMMIT=<sha> bash bench/device_run.sh bench [bench.py args]     # TinyLlama rows + the peer
-#   SASRECLLM_COMMIT=<sha> bash bench/device_run.sh grid SECONDS METHOD...   # ML-1M runs, stopped after SECONDS
-# The grid writes $OUT/ml1m-runs.tgz (every run's results.json, metrics.jsonl, config; no weights) and
-# $OUT/ml1m/SUMMARY.md; methods still running at the deadline are left out of the summary.
+#   SASRECLLM_COMMIT=<sha> [DATASET=ml1m|ml1m-cold|amazon-books] bash bench/device_run.sh grid SECONDS METHOD...
+# The grid runs configs/experiments/$DATASET/ (default ml1m), stopped after SECONDS, and writes
+# $OUT/$DATASET-runs.tgz (every run's results.json, metrics.jsonl, config, scores; no weights) and
+# $OUT/$DATASET/SUMMARY.md; methods still running at the deadline are left out of the summary.
 # Runs, the phase cache, the assembled GGUF and the compilation cache live in ignored folders of the
-# tree (runs/device-ml1m, .cache/), which stay on the machine between back-to-back calls: a grid split
-# over calls shares phases (docs/RESULTS.md, "Finishing the table"). The GGUF is assembled once both
+# tree (runs/device-DATASET, .cache/), which stay on the machine between back-to-back calls: a grid split
+# over calls shares phases (the phase cache). The GGUF is assembled once both
 # parts have arrived; before that only mf and sasrec can run. SEEDS="0 1" adds seeds; ABLATE=1 ablations;
-# JOBS=N runs N grid processes side by side on the one GPU (methods dealt round-robin; measured on an H200 on
-# 2026-11-28: JOBS=2 did about 1.08x the work of one process, see docs/RESULTS.md section 6).
+# JOBS=N runs N grid processes side by side on the one GPU (methods dealt round-robin; measured on
+# an H200, JOBS=2 did about 1.08x the work of one process).
 # GRID_ARGS: more experiments arguments, word-split (a dry run on a CPU: ATTN=xla GRID_ARGS="--set
 # train.enc_epochs=1 --set data.cpu_max_rows.train=16 --set data.cpu_max_rows.eval=32").
 # SASRECLLM_COMMIT: the tree travels without .git; the sender states which clean commit it is.
@@ -31,9 +33,17 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20 SASRECLLM_CACHE=${SASRECLLM_CACHE:
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}  # seeds and phases share compiles
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "commit ${SASRECLLM_COMMIT:-unknown}, $(date -u '+%Y-%m-%d %H:%M UTC')"
-prepare() {  # CoLLM's ML-1M, once per machine (data/ is ignored, so it stays between calls)
-  [ -f data/ml1m-collm/dataset.json ] || $PY -m data_tools prepare ml1m-collm --source .parts/ml-1m.zip \
-    --trust-pickle --out data/ml1m-collm
+dataset=${DATASET:-ml1m}
+prepare() {  # the grid's dataset, once per machine (data/ is ignored, so it stays between calls)
+  case "$dataset" in
+    ml1m) [ -f data/ml1m-collm/dataset.json ] || $PY -m data_tools prepare ml1m-collm --source .parts/ml-1m.zip \
+            --trust-pickle --out data/ml1m-collm ;;
+    ml1m-cold) [ -f data/ml1m-collm-cold/dataset.json ] || $PY -m data_tools prepare ml1m-collm \
+            --source .parts/ml-1m.zip --trust-pickle --cold-items 0.2 --seed 0 --out data/ml1m-collm-cold ;;
+    amazon-books) [ -f data/amazon-books/dataset.json ] || $PY -m data_tools prepare amazon-books \
+            --source .parts/amazon-books --out data/amazon-books ;;
+    *) echo "DATASET=$dataset: use ml1m, ml1m-cold or amazon-books"; return 2 ;;
+  esac
 }
 what=${1:-bench}; shift || true
 if [ "$what" = bench ]; then
@@ -55,9 +65,9 @@ else
     echo "SmolLM2 GGUF not assembled yet ($(ls .parts 2>/dev/null | tr '\n' ' ')): only mf and sasrec can run"
   fi
   prepare || exit 1
-  runs=${GRID_OUT:-$PWD/runs/device-ml1m}
+  runs=${GRID_OUT:-$PWD/runs/device-$dataset}
   grid() {  # one grid process over the methods given, stopped at the deadline
-    timeout -k 15 -s INT "$secs" $PY -m sasrecllm_jax.experiments ml1m ${ABLATE:+--ablate} --methods "$@" \
+    timeout -k 15 -s INT "$secs" $PY -m sasrecllm_jax.experiments "$dataset" ${ABLATE:+--ablate} --methods "$@" \
       --out "$runs" --seeds ${SEEDS:-0} --no-summary ${GRID_ARGS:-} \
       --set model.llm_overrides="{param_dtype: bfloat16, dtype: bfloat16, attention: ${ATTN:-cudnn}}" 2>&1
   }
@@ -87,7 +97,7 @@ else
       pids+=($!)
     done
     # wait for the grid processes only: a bare `wait` also waits for the nvidia-smi sampler, which never
-    # ends (on 2026-11-28 that held call 2 until its limit, with no summary written)
+    # ends, and held a call to its limit with no summary written
     wait "${pids[@]}"
     for f in "$out"/grid-*.txt; do echo "=== $f"; tail -n 40 "$f"; done
   fi
@@ -95,9 +105,10 @@ else
     kill "$sampler" 2>/dev/null
     awk -F', *' '$1 ~ /^[0-9]+$/ {n++; u += $1; if ($2 > m) m = $2} END {if (n) printf "GPU busy %.0f%% of %d s sampled (JOBS=%s); peak memory %d MiB\n", u / n, n, "'"$jobs"'", m}' "$out/gpu-util.csv"
   fi
-  $PY -m sasrecllm_jax.experiments ml1m --summary-only --out "$runs" >/dev/null 2>&1
-  mkdir -p "$out/ml1m" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$runs"/curves.png "$out/ml1m/" 2>/dev/null
-  tar czf "$out/ml1m-runs.tgz" -C "$runs" --exclude checkpoints --exclude final --exclude tensorboard \
-    --exclude run_state.json --exclude phase_cache runs
-  cat "$out/ml1m/SUMMARY.md" 2>/dev/null
+  $PY -m sasrecllm_jax.experiments "$dataset" --summary-only --out "$runs" >/dev/null 2>&1
+  mkdir -p "$out/$dataset" && cp "$runs"/SUMMARY.md "$runs"/summary.json "$runs"/warm_cold.png "$runs"/curves.png \
+    "$out/$dataset/" 2>/dev/null
+  tar czf "$out/$dataset-runs.tgz" -C "$runs" --exclude checkpoints --exclude final --exclude tensorboard \
+    --exclude run_state.json --exclude phase_cache --exclude '*.lock' runs
+  cat "$out/$dataset/SUMMARY.md" 2>/dev/null
 fi

@@ -13,6 +13,7 @@ import numpy as np
 from sasrecllm_jax import metrics
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
+from sasrecllm_jax.errors import TrainingError
 
 
 def collab_inputs(batch: dict, mode: str, seed: int) -> dict:
@@ -25,33 +26,46 @@ def collab_inputs(batch: dict, mode: str, seed: int) -> dict:
     return {**batch, "collab_perm": np.random.default_rng(seed).permutation(B).astype(np.int32)}
 
 
+def batch_shape(batch: dict) -> str:
+    """A batch's size as people read it: rows x tokens for prompts, rows for the ID encoder."""
+    return "x".join(map(str, np.shape(batch["tokens"]))) if "tokens" in batch else f"{len(batch['uid'])} rows"
+
+
 class CompileTimer:
     """Times the first call of a jitted function at each batch shape (compilation plus one run) apart
-    from the other calls, which stay asynchronous. The batch is the last argument."""
+    from the other calls, which stay asynchronous. The batch is the last argument. `notify(text)`, when
+    set, hears of each compilation before it starts and when it ends, so a long silence has a reason."""
 
-    def __init__(self):
+    def __init__(self, what: str = "step", notify=None):
         self.shapes: set = set()
         self.seconds = 0.0
+        self.what, self.notify = what, notify
 
     def __call__(self, fn, *args):
         shape = tuple(sorted((k, np.shape(v)) for k, v in args[-1].items()))
         if shape in self.shapes:
             return fn(*args)
         jax.block_until_ready(args)  # work already in flight is not this shape's compilation
+        size = batch_shape(args[-1])
+        if self.notify is not None:
+            self.notify(f"compiling the {self.what} for batches of {size} ...")
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn(*args))
-        self.seconds += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        self.seconds += took
         self.shapes.add(shape)
+        if self.notify is not None:
+            self.notify(f"compiled the {self.what} for {size} in {took:.1f} s")
         return out
 
 
 class Scorer:
     """A jitted score function for one model; compiled once per batch shape."""
 
-    def __init__(self, model):
+    def __init__(self, model, notify=None):
         self.model = model
         self._fn = jax.jit(lambda params, batch: model.apply({"params": params}, batch))
-        self.compile = CompileTimer()
+        self.compile = CompileTimer("scorer", notify)
 
     def dispatch(self, params, batch) -> jax.Array:
         """Start scoring a batch on the device and return at once (JAX dispatches asynchronously)."""
@@ -62,13 +76,15 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
                 with_prompts: bool, collab: str = "on", progress=None) -> np.ndarray:
     """Scores of every row. Batch b+1 is built on the host while the device scores batch b: the only
     wait is for results, one batch behind."""
-    scores = np.empty(len(data), np.float64)
+    scores = np.full(len(data), np.nan)
+    scored = np.zeros(len(data), bool)
     it = BatchIterator(data.lengths(), batch_size, seed=0, shuffle=False)
     pending = None
 
     def collect(job):
         idx, out = job
         scores[idx] = np.asarray(out)[: len(idx)]
+        scored[idx] = True
         if progress is not None:
             progress.update(len(idx))
 
@@ -82,6 +98,9 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
         pending = job
     if pending is not None:
         collect(pending)
+    if not scored.all():
+        raise TrainingError(f"{data.name}: {int((~scored).sum())} of {len(data)} rows were never scored (batch size "
+                            f"{batch_size}); this is a bug, not your data: please report it")
     return scores
 
 

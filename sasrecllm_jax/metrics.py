@@ -143,13 +143,7 @@ def paired_uauc_test(users, labels, scores_a, scores_b) -> dict:
                          f"{users.shape}, {labels.shape}, {a.shape}, {b.shape}")
     ua, ub = _per_user(users, labels, a, b)
     keep = ~np.isnan(ua)  # one label: NaN under both scorers alike
-    ua, ub = ua[keep], ub[keep]
-    k = len(ua)
-    if k < 2:
-        return _paired_result(*[float("nan")] * 4, n=k)
-    d = ub - ua
-    return _paired_result(float(ua.mean()), float(ub.mean()), float(d.mean()), float(d.std(ddof=1) / math.sqrt(k)),
-                          n=k, df=k - 1)
+    return paired_mean_test(ua[keep], ub[keep])
 
 
 def paired_mean_test(values_a, values_b) -> dict:

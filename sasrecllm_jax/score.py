@@ -5,8 +5,10 @@
     python -m sasrecllm_jax.score --run runs/quickstart --user 12 --history "5 9 31" --candidates "7 8 40"
     python -m sasrecllm_jax.score --run runs/old --write-run-scores   # RUN/scores.npz for a run made without it
 
-Item ids are the dataset's (see DATASET/items.parquet). Scores are the model's logits (higher = more
-likely to be liked); `p_like` is sigmoid(score).
+Item ids are the dataset's (see DATASET/items.parquet): 1..the largest item id; user ids 1..the largest
+user id. Ids outside the dataset, ids that are not whole numbers and unreadable --rows files are refused
+with one line (exit 2). Scores are the model's logits (higher = more likely to be liked); `p_like` is
+sigmoid(score). Ranking candidates (--user) prints the titles of the history and of the candidates.
 """
 from __future__ import annotations
 
@@ -33,23 +35,40 @@ class Recommender:
 
     def __init__(self, run: str | Path):
         run = Path(run)
-        if not (run / "final").exists() or not (run / "config.yaml").exists():
-            raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
+        self.check_run(run)
         self.cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
         phases = resolve_phases(self.cfg, str(run / "config.yaml"))
         self.prompt = scoring_prompt(self.cfg.train.method, phases)
         self.assembly, params = Assembly.for_run(self.cfg)
         params = groups.select(params, groups.prompt_modules(self.prompt, self.cfg.model.encoder))
-        restored, _ = Store(run / "final").restore(groups.group_trees(params))
+        store = Store(run / "final")
+        try:
+            restored, _ = store.restore(groups.group_trees(params))
+        finally:
+            store.close()
         self.params = groups.replace_groups(params, restored)
         self.scorer = Scorer(self.assembly.model(self.prompt, deterministic=True))
 
-    def score(self, uids, histories, iids, batch_size: int = 32) -> np.ndarray:
-        n_items = self.assembly.dataset.num_items
-        for h, i in zip(histories, iids):
-            bad = [x for x in [*h, i] if not 1 <= x <= n_items]
+    @staticmethod
+    def check_run(run: Path) -> None:
+        """Refuse a folder that holds no finished run."""
+        if not (run / "final").exists() or not (run / "config.yaml").exists():
+            raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
+
+    def check_ids(self, uids, histories, iids, where: str = "") -> None:
+        """Refuse a user or item id outside the dataset (users 0..num_users, 0 a new user; items 1..num_items),
+        naming it."""
+        n_users, n_items = self.assembly.dataset.num_users, self.assembly.dataset.num_items
+        for r, (u, h, i) in enumerate(zip(uids, histories, iids)):
+            row = f"{where} row {r + 1}: " if where else ""
+            if not 0 <= int(u) <= n_users:
+                raise DataError(f"{row}user id {u} is not in the dataset (ids run 1..{n_users}; 0 is a new user)")
+            bad = [x for x in [*h, i] if not 1 <= int(x) <= n_items]
             if bad:
-                raise DataError(f"item id {bad[0]} is not in the dataset (ids run 1..{n_items})")
+                raise DataError(f"{row}item id {bad[0]} is not in the dataset (ids run 1..{n_items})")
+
+    def score(self, uids, histories, iids, batch_size: int = 32) -> np.ndarray:
+        self.check_ids(uids, histories, iids)
         df = pd.DataFrame({"uid": np.asarray(uids, np.int64), "iid": np.asarray(iids, np.int64), "label": 0,
                            "timestamp": 0, "his": [np.asarray(h, np.int64) for h in histories], "not_cold": 1})
         data = self.assembly.encoder.encode_rows("request", df, self.prompt)
@@ -77,8 +96,54 @@ class Recommender:
         return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _ids(text: str) -> list[int]:
-    return [int(x) for x in str(text).split()] if str(text).strip() and str(text) != "nan" else []
+def _ids(text, what: str) -> list[int]:
+    """Space-separated ids (an empty or missing cell: none); anything but whole numbers is refused."""
+    if text is None or (isinstance(text, float) and np.isnan(text)) or not str(text).strip():
+        return []
+    out = []
+    for token in str(text).split():
+        try:
+            out.append(int(token))
+        except ValueError:
+            raise DataError(f"{what}: {token!r} is not an id (ids are whole numbers, space-separated)") from None
+    return out
+
+
+def _one_id(text, what: str) -> int:
+    ids = _ids(text, what)
+    if len(ids) != 1:
+        raise DataError(f"{what}: {text!r} is not one id (a whole number)")
+    return ids[0]
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """A --rows CSV (uid, history, iid), refused with one line when missing, empty or malformed."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; --rows needs a CSV with columns uid, history, iid")
+    try:
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty; it needs a header line uid,history,iid and one row per request") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({str(e).strip()[:200]})") from None
+    missing = {"uid", "history", "iid"} - set(rows.columns)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; need uid, history, iid")
+    if rows.empty:
+        raise DataError(f"{path} holds a header but no rows; add one row per request")
+    for col in ("uid", "iid"):
+        rows[col] = [_one_id(v, f"{path} row {r + 1}, column {col}") for r, v in enumerate(rows[col])]
+    rows["history"] = [" ".join(map(str, _ids(v, f"{path} row {r + 1}, column history")))
+                       for r, v in enumerate(rows["history"])]
+    return rows
+
+
+def show_request(rec: Recommender, uid: int, history: list[int]) -> str:
+    """The user and their history (oldest first) with titles, as printed above a ranking."""
+    titles = rec.assembly.dataset.titles()
+    lines = [f"user {uid}, history (oldest first):" if history else f"user {uid}, no history"]
+    lines += [f"  {i:>6}  {titles[i]}" for i in history]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -87,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--rows", type=Path, help="CSV with uid, history, iid")
     p.add_argument("--out", type=Path, help="where to write scores (CSV); default: print")
-    p.add_argument("--user", type=int)
+    p.add_argument("--user", help="a user id (1..the dataset's largest; 0: a user it does not know)")
     p.add_argument("--history", default="")
     p.add_argument("--candidates", default="")
     p.add_argument("--write-run-scores", action="store_true", help="evaluate the run's valid and test splits "
@@ -95,6 +160,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def body():
+        Recommender.check_run(args.run)
+        rows = request = None  # the inputs, read and checked before the model is built
+        if args.write_run_scores:
+            pass
+        elif args.rows:
+            rows = read_rows(args.rows)
+        elif args.user is not None and args.candidates:
+            request = (_one_id(args.user, "--user"), _ids(args.history, "--history"),
+                       _ids(args.candidates, "--candidates"))
+        else:
+            raise ConfigError("pass --rows FILE, or --user ID --candidates 'ID ID ...' [--history 'ID ...']")
         rec = Recommender(args.run)
         if args.write_run_scores:
             for split, (now, before) in rec.write_run_scores(args.run).items():
@@ -107,18 +183,17 @@ def main(argv=None) -> int:
                 print(f"{split}: AUC {now:.6f}{said}")
             print(f"wrote {args.run / 'scores.npz'}")
             return 0
-        if args.rows:
-            rows = pd.read_csv(args.rows)
-            missing = {"uid", "history", "iid"} - set(rows.columns)
-            if missing:
-                raise ConfigError(f"{args.rows}: missing column(s) {sorted(missing)}; need uid, history, iid")
-            rows["score"] = rec.score(rows["uid"], [_ids(h) for h in rows["history"]], rows["iid"])
+        if rows is not None:
+            histories = [_ids(h, "history") for h in rows["history"]]
+            rec.check_ids(rows["uid"], histories, rows["iid"], where=str(args.rows))
+            rows["score"] = rec.score(rows["uid"], histories, rows["iid"])
             rows["p_like"] = 1 / (1 + np.exp(-rows["score"]))
             out = rows
-        elif args.user is not None and args.candidates:
-            out = rec.rank(args.user, _ids(args.history), _ids(args.candidates))
         else:
-            raise ConfigError("pass --rows FILE, or --user ID --candidates 'ID ID ...' [--history 'ID ...']")
+            uid, history, candidates = request
+            rec.check_ids([uid] * len(candidates), [history] * len(candidates), candidates)
+            print(show_request(rec, uid, history))
+            out = rec.rank(uid, history, candidates)
         if args.out:
             out.to_csv(args.out, index=False)
             print(f"wrote {len(out)} scores to {args.out}")
@@ -127,6 +202,7 @@ def main(argv=None) -> int:
         return 0
 
     return run_command(body)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,3 +35,22 @@ def smoke_config(dataset: Path, *overrides: str):
     return load_config(ROOT / "configs" / "smoke.yaml", [
         f"data.dataset={dataset}", f"data.prompt_hybrid={ROOT / 'configs/prompts/hybrid.txt'}",
         f"data.prompt_text={ROOT / 'configs/prompts/text.txt'}", "data.max_rows={train: 256}", *overrides])
+
+
+def run_ok(*argv):
+    """`python -m data_tools ARGV` succeeds."""
+    from data_tools.__main__ import main
+    assert main(list(map(str, argv))) == 0
+
+
+def run_fails(capsys, out, *argv, match, out_was_there=False):
+    """`python -m data_tools ARGV` exits 2 with one line on stderr that contains `match`, and leaves no --out
+    (unless it was there before) nor a temporary folder."""
+    from data_tools.__main__ import main
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert out_was_there or not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.tmp-*")), "a temporary folder was left behind"
+    return err

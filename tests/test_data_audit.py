@@ -5,26 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_tools.__main__ import main
+from helpers import run_fails, run_ok
 from data_tools.cold import hold_out_items
 from data_tools.named import prepare_named
 from sasrecllm_jax.data.dataset import causes, load_dataset
 from sasrecllm_jax.errors import DataError
-
-
-def run_ok(*argv):
-    assert main(list(map(str, argv))) == 0
-
-
-def run_fails(capsys, out, *argv, match):
-    """Exit 2, one line on stderr that contains `match`, and no --out (nor a temporary folder) left."""
-    assert main(list(map(str, argv))) == 2
-    err = capsys.readouterr().err
-    assert match in err, err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.tmp-*")), "a temporary folder was left behind"
-    return err
 
 
 def positive_log(tmp_path, users=500, items=400, per_user=20, seed=0, names=("user", "item", "timestamp")):

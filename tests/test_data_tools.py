@@ -9,26 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_tools.__main__ import main
+from helpers import run_fails, run_ok
 from sasrecllm_jax.data.dataset import load_dataset
 
 
 def ts(year, month, day=1):
     return calendar.timegm((year, month, day, 12, 0, 0))
-
-
-def run_ok(*argv):
-    assert main(list(map(str, argv))) == 0
-
-
-def run_fails(capsys, out, *argv, match):
-    assert main(list(map(str, argv))) == 2
-    err = capsys.readouterr().err
-    assert match in err, err
-    parent = out.parent
-    assert not out.exists() or out.name == "exists"
-    assert not list(parent.glob(f".{out.name}.tmp-*")), "a temporary folder was left behind"
-    return err
 
 
 def test_collm_ml1m_counts(ml1m_zip, tmp_path):
@@ -273,7 +259,7 @@ def test_collm_bad_inputs(tmp_path, capsys, case, match):
         out.mkdir()
         (out / "keep.txt").write_text("mine")
     args = ["prepare", "ml1m-collm", "--source", z, "--out", out] + ([] if case == "no_trust" else ["--trust-pickle"])
-    run_fails(capsys, out, *args, match=match)
+    run_fails(capsys, out, *args, match=match, out_was_there=case == "exists")
     if case == "exists":
         assert (out / "keep.txt").read_text() == "mine"  # nothing lost
 

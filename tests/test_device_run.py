@@ -64,3 +64,29 @@ def test_grid_with_jobs_returns_when_its_grid_processes_do(tmp_path):
     assert "GPU busy 7% of" in proc.stdout and "JOBS=2" in proc.stdout
     assert proc.stdout.rstrip().endswith("# the table")
     assert (out / "ml1m-runs.tgz").stat().st_size > 0
+
+
+def test_grid_prepares_the_dataset_it_runs(tmp_path):
+    """DATASET=ml1m-cold prepares the item-cold ML-1M from the carried zip and runs that folder's recipe."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    _executable(bin_dir / "fake-python", f'#!/usr/bin/env bash\necho "$*" >> {calls}\n'
+                '[[ " $* " == *" --summary-only "* ]] && echo "# the table" > "$GRID_OUT/SUMMARY.md"\nexit 0\n')
+    work = tmp_path / "tree"
+    work.mkdir()
+    (tmp_path / "grid" / "runs").mkdir(parents=True)  # what the grid would have written
+    env = dict(os.environ, PY=str(bin_dir / "fake-python"), OUT=str(tmp_path / "out"), DATASET="ml1m-cold",
+               SASRECLLM_CACHE=str(tmp_path / "cache"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax"),
+               GRID_OUT=str(tmp_path / "grid"), PATH=f"{bin_dir}:/usr/bin:/bin")
+    proc = subprocess.run(["bash", str(SCRIPT), "grid", "60", "pop"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().splitlines()
+    assert ("-m data_tools prepare ml1m-collm --source .parts/ml-1m.zip --trust-pickle --cold-items 0.2 --seed 0 "
+            "--out data/ml1m-collm-cold") in lines
+    assert any(line.startswith("-m sasrecllm_jax.experiments ml1m-cold --methods pop") for line in lines)
+    env["DATASET"] = "ml1m-hot"
+    proc = subprocess.run(["bash", str(SCRIPT), "grid", "60", "pop"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode != 0 and "use ml1m, ml1m-cold or amazon-books" in proc.stdout

@@ -26,7 +26,7 @@ def _dense(x, p):
 
 
 def sasrec_numpy(p, his, cfg):
-    """SASRec forward written from REFERENCE.md section 2, independent of the Flax module."""
+    """SASRec forward written from the reference SASRec code's equations, independent of the Flax module."""
     p = jax.tree_util.tree_map(np.asarray, p)
     B, L = his.shape
     D, H = cfg.hidden, cfg.num_heads

@@ -116,10 +116,11 @@ def test_cache_is_off_for_uncommitted_code(dataset, tmp_path, monkeypatch):
 
 
 def test_eval_at_start_can_hand_on_the_input(dataset, tmp_path):
-    """A phase that cannot improve (lr 0) keeps its step-0 evaluation as the best and hands on its input;
-    its own patience (1) stops it at the first evaluation without improvement."""
+    """A phase that cannot improve (lr 1e-30: steps below float32 resolution of every score; a learning
+    rate must be > 0) keeps its step-0 evaluation as the best and hands on its input; its own patience (1)
+    stops it at the first evaluation without improvement."""
     phases = json.dumps([{"name": "lora", "trainable": ["lora"], "prompt": "text", "epochs": 4,
-                          "max_steps": 16, "lr": {"lora": 0.0}, "patience": 1}])
+                          "max_steps": 16, "lr": {"lora": 1e-30}, "patience": 1}])
     seen = {}
     train_and_evaluate(cfg_of(dataset, "train.method=tallrec", f"train.phases={phases}", "train.eval_at_start=true"),
                        tmp_path, on_phase=lambda p, before, after: seen.update(before=before, after=after))
@@ -139,7 +140,7 @@ def test_phase_overrides_change_only_the_named_phase(dataset):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={mapper: {epochs: 2}}"))
     with pytest.raises(ConfigError, match=r"phase_overrides.hybrid: unknown key\(s\) \['epoch'\]"):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {epoch: 2}}"))
-    with pytest.raises(ConfigError, match="patience must be >= 0"):
+    with pytest.raises(ConfigError, match="train.phase_overrides.hybrid.patience = -1: must be >= 0"):
         resolve_phases(cfg_of(dataset, "train.phase_overrides={hybrid: {patience: -1}}"))
 
 
@@ -160,20 +161,29 @@ def test_abandoned_temporary_folders_are_removed(tmp_path):
 
 
 def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
-    """Every shipped experiment config loads, and the phases the GPU plan counts on reusing (docs/RESULTS.md
-    section 6) have equal keys across methods: an edit that breaks the sharing costs device time."""
+    """Every shipped experiment config loads, and the phases the GPU grid counts on reusing have equal keys
+    across methods, in every dataset's recipe: an edit that breaks the sharing costs device time."""
     from helpers import ROOT
     from sasrecllm_jax.config import load_config
     monkeypatch.chdir(ROOT)  # the configs name their prompt templates relative to the repository
     monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")
     (tmp_path / "data.parquet").write_bytes(b"same dataset for every method")
     inputs = {"lora": {"a": np.zeros(2)}}  # the same input values for every method: only configs differ
-    keys = {}
-    for path in sorted((ROOT / "configs" / "experiments" / "ml1m").glob("*.yaml")):
-        if path.name == "base.yaml":
-            continue
-        cfg = load_config(path, [f"train.phase_cache={tmp_path}"])
-        keys[path.stem] = {p.name: phase_key(cfg, p, inputs, tmp_path) for p in resolve_phases(cfg, str(path))}
+    def recipe_keys(dataset):
+        keys = {}
+        for path in sorted((ROOT / "configs" / "experiments" / dataset).glob("*.yaml")):
+            if path.name == "base.yaml":
+                continue
+            cfg = load_config(path, [f"train.phase_cache={tmp_path}"])
+            keys[path.stem] = {p.name: phase_key(cfg, p, inputs, tmp_path) for p in resolve_phases(cfg, str(path))}
+        return keys
+    for dataset in ("ml1m-cold", "amazon-books"):
+        keys = recipe_keys(dataset)
+        same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
+        assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play")
+        assert same("sasrec", "sasrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_hierarchical_freezing")
+        assert same("mf", "mf", "collm_mf")
+    keys = recipe_keys("ml1m")
     same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
     assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_dual_stage_gate",
                 "sasrecllm_dual_stage_gate_hlr", "sasrecllm_dual_stage_gate_zero", "sasrecllm_dual_stage_mapper64",

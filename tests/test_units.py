@@ -27,14 +27,16 @@ def test_early_stopping_counts_evaluations_without_improvement():
 def test_phase_checkpoints_hand_on_the_best_groups(tmp_path):
     ck = PhaseCheckpoints(tmp_path, "p")
     params = {"mapper": {"w": jnp.ones(3)}, "llm": {"base": jnp.zeros(2)}}
-    assert ck.restore_best_into(params) is params  # no best checkpoint yet: unchanged
+    like = groups.group_trees({"mapper": params["mapper"]})
+    with pytest.raises(CheckpointError, match="no checkpoint to restore"):
+        ck.restore_best(like)
     ck.save_best(4, groups.group_trees({**params, "mapper": {"w": jnp.full(3, 7.0)}}), 0.7)
-    out = ck.restore_best_into(params)
+    out = groups.replace_groups(params, ck.restore_best(like))
     np.testing.assert_array_equal(out["mapper"]["w"], np.full(3, 7.0))
     np.testing.assert_array_equal(out["llm"]["base"], np.zeros(2))  # the frozen base is never stored
     assert ck.best.meta()["auc"] == 0.7 and ck.best.latest_step() == 4
     with pytest.raises(CheckpointError, match="does not match this model"):
-        ck.restore_best_into({"mapper": {"w": jnp.ones(5)}})
+        ck.restore_best(groups.group_trees({"mapper": {"w": jnp.ones(5)}}))
 
 
 def test_groups_of_a_hybrid_tree():
@@ -80,3 +82,36 @@ def test_registry_prepares_a_named_dataset_once(tmp_path, monkeypatch):
 
 def test_markdown_table():
     assert table(["a", "b"], [[1, "x"], [2.5, "-"]]) == ["| a | b |", "|---|---|", "| 1 | x |", "| 2.5 | - |"]
+
+
+def test_rates_print_with_two_significant_digits():
+    from sasrecllm_jax.train.progress import two_digits
+    assert [two_digits(x) for x in (0.3412, 2.24, 15.3, 2213.0, 99.6, 0.0456, 0.0)] == \
+        ["0.34", "2.2", "15", "2200", "100", "0.046", "0"]
+
+
+def test_warm_cold_chart_points_can_plot_new_item_rows():
+    from sasrecllm_jax.experiments.seeds import method_points
+    run = lambda a: {"method": "sasrec", "config": {"train": {"seed": 0}}, "valid": {"all": {"auc": 0.6}},
+                     "test": {"all": {"auc": a, "n": 9}, "warm": {"auc": a + 0.1, "n": 5},
+                              "cold": {"auc": a - 0.1, "n": 4}, "new_item": {"auc": 0.5, "n": 2}}}
+    summary = {"sasrec": run(0.7), "old": {**run(0.6), "test": {**run(0.6)["test"], "new_item": None}}}
+    summary["old"]["test"].pop("new_item")
+    points = {p["name"]: p for p in method_points(summary, "new_item")}
+    assert points["sasrec"]["cold"] == 0.5 and points["sasrec"]["warm"] == pytest.approx(0.8)
+    assert points["old"]["cold"] is None  # a run from before new-item parts: not drawn on that plane
+    assert {p["name"]: p["cold"] for p in method_points(summary)} == pytest.approx({"sasrec": 0.6, "old": 0.5})
+
+
+def test_an_eval_cap_can_keep_every_new_item_row():
+    """data.eval_always: [new_item] keeps every new-item row under an eval cap and samples the rest."""
+    import pandas as pd
+    from sasrecllm_jax.data.pipeline import SplitData
+    train = pd.DataFrame({"uid": [1, 2], "iid": [1, 2]})
+    df = pd.DataFrame({"uid": [1] * 10, "iid": [1, 2, 9, 1, 2, 8, 1, 2, 7, 1], "label": [1, 0] * 5,
+                       "timestamp": range(10), "his": [np.zeros(0, np.int64)] * 10, "not_cold": 1})
+    data = SplitData.from_frame("test", df, 3, max_rows=2, train=train, always=("new_item",))
+    assert sorted(data.iid[data.new_item]) == [7, 8, 9] and len(data) == 5  # the 3 new-item rows + 2 others
+    again = SplitData.from_frame("test", df, 3, max_rows=2, train=train, always=("new_item",))
+    np.testing.assert_array_equal(again.iid, data.iid)  # seeded
+    assert len(SplitData.from_frame("test", df, 3, max_rows=2, train=train)) == 2

@@ -77,15 +77,31 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
     return data
 
 
+def _origin(key: str, path: Path | None, assignments: list[tuple[str, str]]) -> str:
+    """Where the value of a dotted key came from: the last `--set` that assigned it (or a section or list
+    holding it), else the YAML file (its `base` files included), else the defaults."""
+    for set_key, assignment in reversed(assignments):
+        if key == set_key or key.startswith((set_key + ".", set_key + "[")):
+            return f"--set {assignment}"
+    return str(path) if path is not None else "the defaults"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The Config of a YAML file and `--set` flags, every key typed and every value checked
+    (config/checks.py). An error names the flag that set the bad value, else the file."""
     data: dict = {}
-    where = "defaults"
     if path is not None:
         path = Path(path)
         data = read_yaml(path)
-        where = str(path)
+    assignments = []
     for o in overrides:
         apply_override(data, o)
-    cfg = from_dict(Config, data, where)
-    validate(cfg, where)
+        assignments.append((o.split("=", 1)[0].strip(), o))
+    try:
+        cfg = from_dict(Config, data, "")
+        validate(cfg)
+    except ConfigError as e:
+        if e.key is None:
+            raise
+        raise ConfigError(f"{_origin(e.key, path, assignments)}: {e}", key=e.key) from None
     return cfg

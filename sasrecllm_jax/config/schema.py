@@ -121,6 +121,9 @@ class DataConfig:
     # "eval" the rows of every evaluation and of the final test. Encoder phases train on every row.
     max_rows: dict = dataclasses.field(default_factory=dict)
     cpu_max_rows: dict = dataclasses.field(default_factory=dict)  # the same, applied only on the CPU backend
+    # parts of the evaluated rows kept whole under an eval cap (the cap then samples the other rows): e.g.
+    # [new_item], to test every new-item row and a sample of the rest
+    eval_always: tuple[Literal["warm", "cold", "new_user", "new_item"], ...] = ()
     eval_split: Literal["valid_small", "valid"] = "valid_small"
 
 

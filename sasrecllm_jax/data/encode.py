@@ -50,7 +50,8 @@ class SplitEncoder:
     def _key(self, name: str, prompt: str, max_rows: int) -> tuple:
         """Everything an encoded split depends on (for sharing it between runs of one process)."""
         d, m = self.cfg.data, self.cfg.model
-        base = ("split", str(Path(self.dataset.path).resolve()), name, max_rows, m.sasrec.max_len, prompt)
+        base = ("split", str(Path(self.dataset.path).resolve()), name, max_rows, m.sasrec.max_len, prompt,
+                d.eval_always if name != "train" else ())
         if prompt == "none":
             return base
         template = Path(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text)
@@ -60,7 +61,9 @@ class SplitEncoder:
     def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
         """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""
         d, m = self.cfg.data, self.cfg.model
-        data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows, train=self.dataset.splits["train"])
+        always = d.eval_always if name != "train" else ()
+        data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows, train=self.dataset.splits["train"],
+                                    always=always)
         if prompt != "none":
             template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
             data.prompts = prompts_lib.encode(

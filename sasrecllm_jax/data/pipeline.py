@@ -36,11 +36,16 @@ class SplitData:
 
     @staticmethod
     def from_frame(name: str, df: pd.DataFrame, max_len: int, max_rows: int = 0,
-                   train: pd.DataFrame | None = None) -> "SplitData":
-        """The rows of `df` (a seeded subset of max_rows of them when set); with `train`, each row's cause
-        of coldness (new user, new item) against it."""
+                   train: pd.DataFrame | None = None, always: tuple[str, ...] = ()) -> "SplitData":
+        """The rows of `df` (a seeded subset of max_rows of them when set, plus every row of the parts named in
+        `always`); with `train`, each row's cause of coldness (new user, new item) against it."""
         if max_rows and len(df) > max_rows:  # a seeded subset: capped runs always see the same rows
-            df = df.sample(n=max_rows, random_state=0).sort_index()
+            keep = np.zeros(len(df), bool)
+            for part in always:
+                keep |= row_parts(df, train)[part]
+            rest = df[~keep]
+            df = pd.concat([df[keep], rest.sample(n=min(max_rows, len(rest)), random_state=0)]).sort_index() \
+                if always else df.sample(n=max_rows, random_state=0).sort_index()
         his = np.zeros((len(df), max_len), np.int32)
         for r, h in enumerate(df["his"]):
             h = h[-max_len:]
@@ -65,6 +70,15 @@ class SplitData:
 
     def lengths(self) -> np.ndarray:
         return self.prompts.lengths if self.prompts is not None else np.ones(len(self), np.int64)
+
+
+def row_parts(df: pd.DataFrame, train: pd.DataFrame | None) -> dict[str, np.ndarray]:
+    """The row masks of a canonical table by part: warm, cold (not_cold), new_user, new_item (against train)."""
+    warm = df["not_cold"].to_numpy().astype(bool)
+    out = {"warm": warm, "cold": ~warm}
+    if train is not None:
+        out.update(new_user=~df["uid"].isin(train["uid"]).to_numpy(), new_item=~df["iid"].isin(train["iid"]).to_numpy())
+    return out
 
 
 class BatchIterator:

@@ -39,9 +39,10 @@ def seeds_section(summary: dict) -> list[str]:
             *table(["method", "seeds", *(c for c, _, _ in SEED_COLUMNS), "valid AUC"], rows)]
 
 
-def method_points(summary: dict) -> list[dict]:
+def method_points(summary: dict, y_part: str = "cold") -> list[dict]:
     """One point per method for the warm/cold chart: a seed group at its mean (with sample sd), other runs
-    as they are. Named like the table's rows (a group by its seed-0 name)."""
+    as they are. Named like the table's rows (a group by its seed-0 name). The chart's y axis ("cold")
+    holds the AUC of `y_part` (cold, or new_item where the dataset has new-item rows)."""
     grouped = {n: base for base, names in seed_groups(summary).items() for n in names}
     points, done = [], set()
     for name, r in summary.items():
@@ -51,8 +52,8 @@ def method_points(summary: dict) -> list[dict]:
         done.add(base)
         names = [n for n in summary if grouped.get(n, n) == base]
         point = {"name": base, "method": r["method"], "seeds": len(names)}
-        for part in ("all", "warm", "cold"):
-            point[part], point[f"{part}_sd"] = mean_and_sd([summary[n]["test"][part]["auc"] for n in names])
+        for key, part in (("all", "all"), ("warm", "warm"), ("cold", y_part)):
+            point[key], point[f"{key}_sd"] = mean_and_sd([summary[n]["test"].get(part, {}).get("auc") for n in names])
         points.append(point)
     return points
 

@@ -18,6 +18,9 @@ from sasrecllm_jax.run_folder.files import code_version
 from sasrecllm_jax.run_folder.scores import SCORES_FILE
 
 
+NEW_ITEM_ROWS = 100  # the warm/cold chart plots new-item rows instead of cold ones when every run has this many
+
+
 def summarise(out: Path) -> dict:
     runs = sorted(p.parent for p in (out / "runs").glob("*/results.json"))
     if not runs:
@@ -57,7 +60,10 @@ def summarise(out: Path) -> dict:
         lines += ["", f"CPU runs ({', '.join(sorted(capped))}) used the configs' data.cpu_max_rows subset: "
                       "not comparable with full-data GPU runs."]
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
-    plot_warm_cold(method_points(summary), out / "warm_cold.png", reference="sasrec")
+    y_part = "new_item" if all(r["test"].get("new_item", {}).get("n", 0) >= NEW_ITEM_ROWS
+                               for r in summary.values()) else "cold"
+    plot_warm_cold(method_points(summary, y_part), out / "warm_cold.png", reference="sasrec",
+                   y_name=y_part.replace("_", "-"))
     plot_runs(runs, out / "curves.png")
     print("\n".join(lines))
     return summary

@@ -19,17 +19,18 @@ def zoom_around(ref: dict, points: list[dict], within: float = 0.05) -> float:
     return min(within, max([0.01] + [1.15 * d for d in near]))
 
 
-def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None) -> Path:
+def plot_warm_cold(points: list[dict], out: Path, reference: str | None = None, y_name: str = "cold") -> Path:
     """The experiment grid's chart: each method's test AUC on warm rows (x) against cold rows (y), one marker
     per method (a seed group at its mean, with +-1 sd bars), the marker's shape its family; beside it the
     same plane zoomed on the reference run and its contenders (`zoom_around`), and overall
     AUC as sorted bars. The reference's warm and cold AUCs are dashed lines: a point up and to the right of
     both beats it on warm and on cold rows. points: {name, method, all, warm, cold[, all_sd, warm_sd,
-    cold_sd, seeds]}; a part without rows is None."""
-    return save_png(draw_warm_cold(points, reference), out)
+    cold_sd, seeds]}; a part without rows is None. y_name names the y axis's rows ("cold", or "new-item"
+    when the points' "cold" holds the AUC on new-item rows)."""
+    return save_png(draw_warm_cold(points, reference, y_name), out)
 
 
-def draw_warm_cold(points: list[dict], reference: str | None = None):
+def draw_warm_cold(points: list[dict], reference: str | None = None, y_name: str = "cold"):
     """The figure of `plot_warm_cold`; taller with many methods, so that each bar's name and value keep
     their room (8pt and 7pt)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -52,15 +53,15 @@ def draw_warm_cold(points: list[dict], reference: str | None = None):
         if ref:
             ax.axvline(ref["warm"], color="grey", ls="--", lw=0.8)
             ax.axhline(ref["cold"], color="grey", ls="--", lw=0.8)
-        ax.set(xlabel="warm AUC (test)", ylabel="cold AUC (test)")
-    axes[0].set_title("test AUC, warm vs cold rows" + (f"\n(dashed: {reference})" if ref else ""))  # two lines:
+        ax.set(xlabel="warm AUC (test)", ylabel=f"{y_name} AUC (test)")
+    axes[0].set_title(f"test AUC, warm vs {y_name} rows" + (f"\n(dashed: {reference})" if ref else ""))  # two lines:
     # a long reference name would run into the next panel's title
     if panels == 3:
         zoomed, zoom = axes[1], zoom_around(ref, drawn)
         zoomed.set_xlim(ref["warm"] - zoom, ref["warm"] + zoom)
         zoomed.set_ylim(ref["cold"] - zoom, ref["cold"] + zoom)
         zoomed.axvspan(ref["warm"], ref["warm"] + zoom, ymin=0.5, ymax=1, color="green", alpha=0.07)
-        zoomed.set_title(f"within {zoom:.3f} of {reference}\n(shaded: beats it on warm and cold)")
+        zoomed.set_title(f"within {zoom:.3f} of {reference}\n(shaded: beats it on warm and {y_name})")
     bars = sorted((p for p in points if p["all"] is not None), key=lambda p: p["all"])
     ax = axes[-1]
     ax.barh(range(len(bars)), [p["all"] for p in bars], color=[color[p["name"]] for p in bars])

@@ -1,15 +1,24 @@
-"""The files of a run folder, written whole or not at all, and the code version every run records.
+"""The files of a run folder, written whole or not at all; the lock of the process writing it; the code
+version every run records.
 
     RUN/config.yaml      the config it ran with          RUN/results.json   valid and test metrics, timing
     RUN/metrics.jsonl    every train / eval record       RUN/scores.npz     every evaluated row's score
     RUN/tensorboard/     the same records for TensorBoard
+    RUN/run_state.json   the phases done, their timing   RUN/lock           the process writing the run
     RUN/checkpoints/PHASE/{best,latest}, RUN/final       Orbax checkpoints (train/checkpoint.py)
 """
 from __future__ import annotations
 
+import datetime
+import fcntl
+import json
 import os
+import shutil
+import socket
 import subprocess
 from pathlib import Path
+
+from sasrecllm_jax.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,3 +51,135 @@ def write_whole(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+# what a run writes into its folder (RUN/ablation.json is made from a finished run by the ablations)
+RUN_FILES = ("config.yaml", "run_state.json", "metrics.jsonl", "tensorboard", "checkpoints", "final", "results.json",
+             "scores.npz", "ablation.json")
+LOCK_FILE = "lock"
+
+
+def saved_work(workdir: Path) -> list[str]:
+    """What of a run's trained work the folder holds (checkpoints, final model, results), as names: a
+    checkpoint folder counts when it holds a saved step."""
+    workdir = Path(workdir)
+    return [name for name, held in (("checkpoints", bool(phases_with_checkpoints(workdir))),
+                                    ("final", _holds_step(workdir / "final")),
+                                    ("results.json", (workdir / "results.json").exists())) if held]
+
+
+def phases_with_checkpoints(workdir: Path) -> list[str]:
+    """The phases of which RUN/checkpoints/PHASE/{latest,best} hold a saved step."""
+    folder = Path(workdir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if any(_holds_step(p / kind) for kind in ("latest", "best")))
+
+
+def _holds_step(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def remove_run_files(workdir: Path) -> list[str]:
+    """Delete what a run wrote into `workdir` (RUN_FILES and half-written `*.partial` files; nothing else
+    in the folder), and name what was removed."""
+    removed = []
+    for path in [Path(workdir) / n for n in RUN_FILES] + sorted(Path(workdir).glob("*.partial")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(path.name + "/")
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+class RunLock:
+    """RUN/lock: the one process writing a run folder. The file names the holder (pid, host, start time)
+    and is held with flock while the process lives, so the kernel frees it however the process ends; a
+    clean end also removes the file. A second writer is refused with the holder's name; a file left by a
+    process that died (its pid no longer runs on this host) is taken over with a note."""
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise TrainingError(f"{self.path.parent} is in use by {_describe(holder)} (its lock: {self.path}); "
+                                    f"wait for that run to end, or stop it, or choose another --workdir") from None
+            if _same_file(fd, self.path):  # (not a file its last holder removed after we opened it)
+                self._fd = fd
+            else:
+                os.close(fd)
+        holder = _read_holder(self._fd)
+        if holder and holder.get("host") not in (None, socket.gethostname()):
+            self.release()
+            raise TrainingError(f"{self.path} names {_describe(holder)}, on another machine, and this machine cannot "
+                                f"tell whether that run still writes here; if it has ended, delete {self.path}")
+        if holder:
+            state = "is no longer running" if not _alive(holder.get("pid")) else "no longer holds it"
+            print(f"note: {self.path} was left by {_describe(holder)}, which {state}: taken over")
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, (json.dumps(me) + "\n").encode(), 0)
+
+    def release(self) -> None:
+        """Remove the lock file (when it is still this lock's) and free the lock."""
+        if self._fd is None:
+            return
+        try:
+            if _same_file(self._fd, self.path):
+                self.path.unlink()
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def _alive(pid) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _read_holder(fd: int) -> dict:
+    """The holder a lock file names ({} when it is empty or unreadable: being written, or from a crash)."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return holder if isinstance(holder, dict) else {}
+    except (ValueError, OSError):
+        return {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "another process"
+    return f"pid {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')})"

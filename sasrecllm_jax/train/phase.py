@@ -22,10 +22,11 @@ from sasrecllm_jax import sharding
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
-from sasrecllm_jax.errors import ConfigError, TrainingError
+from sasrecllm_jax.errors import ConfigError, TrainingError, check_stop
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
 from sasrecllm_jax.run_folder.metrics_log import Reporter
 from sasrecllm_jax.train import groups
+from sasrecllm_jax.train import checkpoint as checkpoint_lib
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints
 from sasrecllm_jax.train.early_stopping import EarlyStopping
 from sasrecllm_jax.train.optim import make_optimizer
@@ -40,7 +41,8 @@ class PhaseResult:
     best_step: int                     # the best evaluation's step (-1: never evaluated)
     handed_on_valid: dict | None       # valid metrics of the handed-on params (None: not evaluated there)
     handed_on_scores: np.ndarray | None  # their per-row valid scores, when made in this process
-    timing: dict
+    timing: dict                       # the phase's time, over every process that ran part of it
+    earlier_s: float = 0.0             # the part of timing's wall_s that earlier processes spent
 
 
 @dataclasses.dataclass
@@ -82,9 +84,18 @@ class PhaseRunner:
         self.progress: PhaseProgress | None = None  # the running phase's, closed however the run ends
 
     def scorer(self, prompt: str) -> Scorer:
+        """The compiled scorer of a prompt kind; before each batch it lets a pending interrupt stop the run."""
         if prompt not in self._scorers:
-            self._scorers[prompt] = Scorer(self.assembly.model(prompt, deterministic=True))
+            self._scorers[prompt] = StoppableScorer(Scorer(self.assembly.model(prompt, deterministic=True),
+                                                           notify=self._say))
         return self._scorers[prompt]
+
+    def _say(self, text: str) -> None:
+        """A line through the running phase's bar (compile notices of the scorers, shared across phases)."""
+        if self.progress is not None:
+            self.progress.say(text)
+        else:
+            print(text)
 
     def run(self, phase: PhaseConfig, params: dict) -> PhaseResult:
         t = self.cfg.train
@@ -99,25 +110,53 @@ class PhaseRunner:
         state = TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable), key)
         stopping = EarlyStopping(plan.patience)
         ckpt = PhaseCheckpoints(self.workdir, phase.name)
-        if self.resume and ckpt.latest.latest_step() is not None:
-            restored, meta = ckpt.latest.restore({"state": state_tree(state)})
-            state = state.replace(**restored["state"])
-            it.restore(meta["iterator"])
-            stopping = EarlyStopping.from_state(meta["book"], plan.patience)
-            print(f"[{phase.name}] resumed at step {int(state.step)} from {ckpt.latest.directory}")
-        if plan.mesh is not None:
-            state = sharding.place(state, sharding.param_shardings(state, plan.mesh, t.sharding))
-        self.progress = PhaseProgress(phase.name, plan.total, int(state.step))
-        loop = PhaseLoop(self, plan, it, state, stopping, ckpt)
-        loop.run()
-        self.progress.close()
-        final = merge(loop.state.trainable, loop.state.frozen)
-        if phase.restore_best:
-            final = ckpt.restore_best_into(final)
+        try:
+            state, stopping, earlier = self._resume(phase, ckpt, state, it, stopping)
+            if plan.mesh is not None:
+                state = sharding.place(state, sharding.param_shardings(state, plan.mesh, t.sharding))
+            self.progress = PhaseProgress(phase.name, plan.total, int(state.step))
+            loop = PhaseLoop(self, plan, it, state, stopping, ckpt, earlier)
+            loop.run()
+            self.progress.close()
+            final = merge(loop.state.trainable, loop.state.frozen)
+            if phase.restore_best:
+                final = self._best(phase, ckpt, stopping, final)
+        finally:
+            ckpt.close()
         return PhaseResult(params={**rest, **final}, best_step=stopping.best_step,
                            handed_on_valid=stopping.best_metrics if phase.restore_best else None,
                            handed_on_scores=loop.best_scores if phase.restore_best else None,  # None after a resume
-                           timing=loop.timing)
+                           timing=loop.timing, earlier_s=float((earlier or {}).get("wall_s", 0.0)))
+
+    def _resume(self, phase: PhaseConfig, ckpt: PhaseCheckpoints, state: TrainState, it: BatchIterator,
+                stopping: EarlyStopping) -> tuple[TrainState, EarlyStopping, dict | None]:
+        """A resumed run continues the phase from its newest latest checkpoint that verifies (or starts it
+        again), first forgetting what it will do again: the checkpoints and metrics records after that step.
+        Returns the state, the early-stopping record and the time spent before (None: starting afresh)."""
+        if not self.resume:
+            return state, stopping, None
+        found = ckpt.restore_latest({"state": state_tree(state)})
+        step = found[2] if found else -1
+        for gone in ckpt.discard_after(step):
+            print(f"[{phase.name}] removed {gone}: made after the checkpoint this run continues from")
+        self.reporter.forget(phase.name, step)
+        if found is None:
+            return state, stopping, None
+        restored, meta, step = found
+        state = state.replace(**restored["state"])
+        it.restore(meta["iterator"])
+        stopping = EarlyStopping.from_state(meta["book"], stopping.patience)
+        print(f"[{phase.name}] resumed at step {step} from {ckpt.latest.where(step)} (verified)")
+        return state, stopping, meta.get("timing")
+
+    def _best(self, phase: PhaseConfig, ckpt: PhaseCheckpoints, stopping: EarlyStopping, final: dict) -> dict:
+        """The params the phase hands on: its trained groups at the best evaluation."""
+        if stopping.best_step < 0:
+            raise TrainingError(f"phase {phase.name}: none of its {stopping.evals} evaluations had finite metrics "
+                                f"(AUC and log-loss), so it has no params to hand on; lower the learning rates "
+                                f"(phase lr) or enable train.clip_norm")
+        like = groups.group_trees(groups.split(final, phase.trainable)[0])
+        return groups.replace_groups(final, ckpt.restore_best(like, stopping.best_step))
 
     def _plan(self, phase: PhaseConfig, trainable: dict) -> tuple[PhasePlan, BatchIterator, object]:
         t, a = self.cfg.train, self.assembly
@@ -151,31 +190,49 @@ class PhaseLoop:
     the device except the log steps (every train.log_every), the evaluations and the checkpoints."""
 
     def __init__(self, runner: PhaseRunner, plan: PhasePlan, it: BatchIterator, state: TrainState,
-                 stopping: EarlyStopping, ckpt: PhaseCheckpoints):
+                 stopping: EarlyStopping, ckpt: PhaseCheckpoints, earlier: dict | None = None):
         self.runner, self.plan, self.it, self.state = runner, plan, it, state
         self.stopping, self.ckpt = stopping, ckpt
+        self.earlier = earlier or {}   # the time earlier processes spent on this phase (the latest checkpoint's)
+        self.start = time.perf_counter()
         self.cfg = runner.cfg
         self.progress = runner.progress
         self.best_scores = None        # the per-row valid scores of the best evaluation made in this process
-        self.compile_timer = CompileTimer()  # a new batch shape compiles: its first step is timed apart
+        # a new batch shape compiles: its first step is timed apart, and a line says so
+        self.compile_timer = CompileTimer("train step", notify=self.progress.say)
         self.eval_s = 0.0
         self.steps = 0                 # steps taken in this process
         self.timing: dict = {}
 
     def evaluate(self, step: int) -> bool:
-        """Evaluate, keep the best and latest checkpoints; True when patience is used up."""
+        """Evaluate, keep the best and latest checkpoints; True when patience is used up. Params that are
+        not finite stop the phase; an evaluation whose metrics are not finite is never the best."""
         t0 = time.perf_counter()
         name = self.plan.phase.name
+        bad = checkpoint_lib.nonfinite_leaves(self.state.trainable)
+        if bad:
+            nonfinite(self.plan.phase, step, f"the parameter {bad[0]} holds NaN or infinite values", self.ckpt)
         current = merge(self.state.trainable, self.state.frozen)
-        result, scores = evaluate(self.plan.scorer, current, self.plan.eval_data, self.cfg, self.plan.phase.prompt)
+        bar = self.progress.evaluation_bar(len(self.plan.eval_data), self.cfg.data.eval_split)
+        try:
+            result, scores = evaluate(self.plan.scorer, current, self.plan.eval_data, self.cfg,
+                                      self.plan.phase.prompt, progress=bar)
+        finally:
+            bar.close()
         self.runner.reporter.log("eval", name, step, result)
         if self.stopping.update(step, result["all"]["auc"], result):
             self.best_scores = scores
             self.ckpt.save_best(step, groups.group_trees(current), self.stopping.best_auc)
-        self.ckpt.save_latest(step, state_tree(self.state), self.it.state(), self.stopping.state())
+        elif not self.stopping.finite(result):
+            self.progress.say(f"step {step}: the evaluation's metrics are not finite (AUC {result['all']['auc']}, "
+                              f"log-loss {result['all']['logloss']}): never the best")
+        self.eval_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.ckpt.save_latest(step, state_tree(self.state), self.it.state(), self.stopping.state(),
+                              self._timing(t0 - self.start, step))
+        self.eval_s += time.perf_counter() - t0
         auc = result["all"]["auc"] if result["all"]["auc"] is not None else 0.0
         self.progress.evaluation(step, auc, self.stopping.best_auc, self.stopping.best_step)
-        self.eval_s += time.perf_counter() - t0
         if self.stopping.exhausted:
             self.progress.say(f"early stop: {self.stopping.patience} evaluations without improvement")
             return True
@@ -186,16 +243,20 @@ class PhaseLoop:
         recent = np.asarray(jnp.stack(losses))
         bad = np.flatnonzero(~np.isfinite(recent))
         if bad.size:
-            nonfinite(self.plan.phase, step - len(recent) + 1 + int(bad[0]), float(recent[bad[0]]), self.ckpt)
+            nonfinite(self.plan.phase, step - len(recent) + 1 + int(bad[0]), f"the loss is {float(recent[bad[0]])}",
+                      self.ckpt)
 
     def run(self) -> None:
         p, t, d = self.plan, self.cfg.train, self.cfg.data
         step = int(self.state.step)
-        start = time.perf_counter()
+        self.start = time.perf_counter()
+        if self.stopping.exhausted:  # resumed after its early stop: nothing left to do
+            step = p.total
         if t.eval_at_start and p.with_prompts and step == 0:
             self.evaluate(0)  # where the phase starts (step 0 can be its best: then it hands on its input)
         tick, rows_since, losses = time.perf_counter(), 0, []
         while step < p.total:
+            check_stop()
             idx = next(self.it)
             batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, d.pad_multiple, p.with_prompts),
                                   t.collab, seed=step)
@@ -227,27 +288,55 @@ class PhaseLoop:
                 if stop:
                     break
         jax.block_until_ready(self.state.step)
-        self.timing = self._timing(time.perf_counter() - start, step)
-        self.runner.reporter.log("timing", p.phase.name, step, self.timing)
+        self.timing = self._timing(time.perf_counter() - self.start, int(self.state.step))
+        self.runner.reporter.log("timing", p.phase.name, int(self.state.step), self.timing)
 
     def _timing(self, wall: float, step: int) -> dict:
-        steady_steps = self.steps - len(self.compile_timer.shapes)
+        """The phase's time so far, this process's added to what earlier processes spent (a resumed phase
+        counts every process that ran part of it; time after the last checkpoint of a killed one is lost)."""
+        e = self.earlier
+        steps = self.steps + e.get("steps", 0)
+        shapes = len(self.compile_timer.shapes) + e.get("batch_shapes", 0)
+        wall += e.get("wall_s", 0.0)
+        compile_s = self.compile_timer.seconds + e.get("compile_s", 0.0)
+        eval_s = self.eval_s + e.get("eval_and_checkpoint_s", 0.0)
+        steady_steps = steps - shapes
         return {
-            "steps": self.steps, "wall_s": round(wall, 2), "batch_shapes": len(self.compile_timer.shapes),
-            "compile_s": round(self.compile_timer.seconds, 2),  # first step at each shape, compilation included
-            "eval_and_checkpoint_s": round(self.eval_s, 2),
+            "steps": steps, "wall_s": round(wall, 2), "batch_shapes": shapes,
+            "compile_s": round(compile_s, 2),  # first step at each shape, compilation included
+            "eval_and_checkpoint_s": round(eval_s, 2),
             # the step whose params the phase hands on (0 with eval_at_start: no step beat its start on valid;
             # a phase with restore_best off hands on its last step)
             "best_step": self.stopping.best_step if self.plan.phase.restore_best else step,
             # the other steps: what an epoch costs once every shape is compiled
-            "steady_s_per_step": round((wall - self.compile_timer.seconds - self.eval_s) / steady_steps, 5)
-            if steady_steps > 0 else None}
+            "steady_s_per_step": round((wall - compile_s - eval_s) / steady_steps, 5) if steady_steps > 0 else None,
+            **({"processes": e.get("processes", 1) + 1} if e else {})}
 
 
-def nonfinite(phase: PhaseConfig, step: int, loss: float, ckpt: PhaseCheckpoints):
-    good = ckpt.latest.latest_step()
+class StoppableScorer:
+    """A Scorer that checks for a pending interrupt (errors.check_stop) before it dispatches each batch, so
+    that Ctrl-C stops an evaluation, a phase's or the final one, between two batches."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
+
+    def dispatch(self, params, batch) -> jax.Array:
+        check_stop()
+        return self.scorer.dispatch(params, batch)
+
+
+def nonfinite(phase: PhaseConfig, step: int, what: str, ckpt: PhaseCheckpoints):
+    """Stop the phase: `what` went non-finite at `step`. The message names the newest latest checkpoint that
+    verifies (checked now) as the one to continue from."""
+    for good in reversed(ckpt.latest.steps()):
+        if ckpt.latest.check(good) is None:
+            raise TrainingError(
+                f"phase {phase.name}, step {step}: {what}. Training stopped; the last good checkpoint is "
+                f"{ckpt.latest.where(good)} (step {good}) and is intact (verified just now); lower the learning "
+                f"rates (phase lr) or enable train.clip_norm, then start again (--restart)")
     raise TrainingError(
-        f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped; the last good checkpoint "
-        f"is {ckpt.latest.directory}/{good} (step {good}) and is intact" if good is not None else
-        f"phase {phase.name}, step {step}: the loss is {loss}. Training stopped before any checkpoint; "
+        f"phase {phase.name}, step {step}: {what}. Training stopped before any checkpoint that verifies; "
         f"lower the learning rates (phase lr) or enable train.clip_norm")

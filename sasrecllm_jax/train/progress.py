@@ -1,8 +1,19 @@
-"""What a phase prints while it trains: a progress bar with the loss, learning rate and samples per
-second, and one line per evaluation. Lines go through the bar, so they never tear it."""
+"""What a phase prints while it trains: a progress bar with the loss, the learning rate, samples per
+second and the time left; a line when a new batch shape compiles (and how long it took); a bar for every
+evaluation; one line per evaluation's result. Lines go through the bar, so they never tear it."""
 from __future__ import annotations
 
+import math
+
 from tqdm.auto import tqdm
+
+
+def two_digits(x: float) -> str:
+    """A rate to two significant digits, without an exponent: 0.34, 2.2, 15, 2200."""
+    if not math.isfinite(x) or x <= 0:
+        return "0"
+    rounded = float(f"{x:.2g}")
+    return f"{rounded:.{max(0, 1 - math.floor(math.log10(rounded)))}f}"
 
 
 class PhaseProgress:
@@ -15,10 +26,14 @@ class PhaseProgress:
 
     def train_record(self, values: dict) -> None:
         lr = max(v for k, v in values.items() if k.startswith("lr/"))
-        self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{values['samples_per_s']:.0f}")
+        self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=two_digits(values["samples_per_s"]))
 
     def say(self, text: str) -> None:
         self.bar.write(f"[{self.phase}] {text}")
+
+    def evaluation_bar(self, rows: int, split: str) -> tqdm:
+        """A bar for one evaluation pass (it goes away when the pass ends)."""
+        return tqdm(total=rows, desc=f"{self.phase}: evaluate {split}", unit="row", leave=False, dynamic_ncols=True)
 
     def evaluation(self, step: int, auc: float, best_auc: float, best_step: int) -> None:
         self.say(f"step {step}: valid AUC {auc:.4f} (best {best_auc:.4f} at step {best_step})")
