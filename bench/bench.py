@@ -339,10 +339,12 @@ def cpu_side_by_side(args, shape: str, steps: int) -> list[dict]:
                 plan.append((label.strip(), ours({**base, "kind": kind, "llm_overrides": ov}), env,
                              {"side": "ours", "kind": kind, "settings": {**ov, **env}}))
         if not args.no_peer:
-            for comp in (False, True):
-                job = {"kind": kind, "batch": B, "seq": T, "compile": comp, "threads": args.threads}
-                plan.append((f"peer{' torch.compile' if comp else ' eager'}", peer + ["--serve", json.dumps(job)], {},
-                             {"side": "peer", "kind": kind}))
+            for comp in (False, True)[:1 if args.no_peer_compile else 2]:
+                for env in [""] + args.peer_env:
+                    job = {"kind": kind, "batch": B, "seq": T, "compile": comp, "threads": args.threads}
+                    envd = dict(kv.split("=", 1) for kv in env.split(",") if kv)
+                    plan.append((f"peer{' torch.compile' if comp else ' eager'}{' ' + env if env else ''}",
+                                 peer + ["--serve", json.dumps(job)], envd, {"side": "peer", "kind": kind, "env": env}))
         workers = []
         for label, cmd, env, info in plan:  # set up one at a time: compilation is not what we time
             w = Worker(label, cmd, env, info, args.job_timeout)
@@ -382,7 +384,7 @@ def cpu_table(rows: list[dict]) -> list[str]:
         for r in (x for x in rows if x["kind"] == kind):
             if r["side"] == "peer":
                 settings = (f"torch {r.get('threads')} threads, {r.get('attn')}, {r.get('dtype')}, logits_to_keep=1"
-                            + (", torch.compile" if r.get("compile") else ", eager"))
+                            + (", torch.compile" if r.get("compile") else ", eager") + (f", {r['env']}" if r.get("env") else ""))
             else:
                 settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
             ratio = f"{r['samples_per_s'] / best:.2f}x" if best and r["side"] == "ours" else "-"
@@ -408,6 +410,11 @@ def main():
                    "none,cheap (see LlamaConfig.remat); each gets its own row")
     p.add_argument("--job-timeout", type=float, default=600, help="seconds for each measurement's process")
     p.add_argument("--threads", type=int, default=0, help="CPU: the peer's torch.set_num_threads (0: all cores)")
+    p.add_argument("--no-peer-compile", action="store_true", help="CPU: the peer eager only (torch.compile "
+                   "takes minutes to compile on 2 cores)")
+    p.add_argument("--peer-env", action="append", default=[], metavar="K=V,...",
+                   help="CPU: also run the peer with these environment variables, e.g. OMP_WAIT_POLICY=PASSIVE "
+                   "(libgomp's threads sleep instead of spinning: faster when other jobs share the cores)")
     p.add_argument("--gap", type=float, default=0.5, help="CPU: seconds of rest before each timed step")
     p.add_argument("--ours-set", action="append", default=[], metavar="JSON",
                    help="CPU: one more row of ours with these LlamaConfig overrides, e.g. '{\"scan_unroll\": 2}'")
