@@ -4,7 +4,7 @@
     python bench/peer_cpu.py score 16x128 --compile    # forward-only scoring under torch.compile
     python bench/peer_cpu.py --serve '{"kind": "train", "batch": 16, "seq": 128, "compile": false}'
 
-The same step as the GPU peer (../shared/peers/hf_peft_lora_bench.py, which hardcodes CUDA), on the
+The same step as the GPU peer (hf_peft_lora_bench.py, which hardcodes CUDA), on the
 CPU in fp32: a LlamaForCausalLM with SmolLM2-135M's architecture (random weights, tied embeddings,
 SDPA attention), PEFT LoRA r=8 / alpha 16 / dropout 0.05 on q_proj, v_proj, prompts fed as
 inputs_embeds, BCE on two vocab ids' logits at the last position (`logits_to_keep=1`: no logits at
