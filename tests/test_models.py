@@ -2,6 +2,7 @@
 import dataclasses
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -303,6 +304,47 @@ def test_cheap_remat_redraws_the_same_dropout():
     assert abs(float(l2) - float(l0)) > 1e-3 * abs(float(l0))  # the dropout is live: another key moves the loss
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     assert_close_to_scale(g1, g0)
+
+
+@pytest.mark.parametrize("shape", [(3,), (7, 13), (2, 10, 64), (16, 128, 576)])
+def test_fused_dropout_mask_is_jax_bernoulli(shape):
+    """The LoRA dropout draws its mask with a written-out Threefry (one fused pass on CPU): bit for bit
+    jax.random.bernoulli's mask for the same key."""
+    from sasrecllm_jax.models.lora import bernoulli_threefry
+    for seed in range(3):
+        key = jax.random.fold_in(jax.random.key(seed), 11)
+        want = jax.random.bernoulli(key, 0.95, shape)
+        got = jax.jit(bernoulli_threefry, static_argnums=(1, 2))(jax.random.key_data(key), 0.95, shape)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_lora_dropout_is_flax_dropout():
+    """LoRA's dropout module keeps nn.Dropout's name, rng stream and output: the adapter's numbers (and
+    under nn.scan each layer's mask) are those of the flax.linen.Dropout it replaces."""
+    from sasrecllm_jax.models.lora import LoRA, lora_a_init
+
+    class FlaxLoRA(nn.Module):  # LoRA as written with nn.Dropout
+        features: int
+        cfg: LoraConfig
+
+        @nn.compact
+        def __call__(self, x):
+            a = self.param("a", lora_a_init, (x.shape[-1], self.cfg.rank), jnp.float32)
+            b = self.param("b", nn.initializers.zeros, (self.cfg.rank, self.features), jnp.float32)
+            x = nn.Dropout(self.cfg.dropout)(x, deterministic=False)
+            return (x @ a) @ b * self.cfg.scale
+
+    cfg = LoraConfig(rank=4, alpha=8, dropout=0.3)
+    x = jax.random.normal(jax.random.key(1), (2, 9, 32))
+    params = LoRA(16, cfg, deterministic=False).init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+    params = jax.tree_util.tree_map(lambda v: v + 0.1, params)
+    for seed in (5, 6):
+        got = LoRA(16, cfg, deterministic=False).apply(params, x, rngs={"dropout": jax.random.key(seed)})
+        want = FlaxLoRA(16, cfg).apply(params, x, rngs={"dropout": jax.random.key(seed)})
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    same = LoRA(16, cfg, deterministic=True).apply(params, x)
+    np.testing.assert_allclose(np.asarray(same), np.asarray((x @ params["params"]["a"]) @ params["params"]["b"] * 2.0),
+                               rtol=1e-6)
 
 
 def assert_close_to_scale(got, want, rel=1e-5):
