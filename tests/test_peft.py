@@ -98,16 +98,23 @@ def test_hf_export_round_trip(tmp_path, cfg):
     assert diff < 1e-4
 
 
-def test_tiny_export_matches_transformers_and_peft(tmp_path):
-    params, tok = tiny_params(), byte_tokenizer()
-    write_hf_folder(tmp_path / "base", DEBUG_TINY, params, tok)
-    write_peft_adapter(tmp_path / "adapter", params, TINY_LORA, base_model_name_or_path="base")
+def export_and_compare(tmp_path, cfg, lora, params, tok, prompts, answers, name):
+    """Export base + adapter, load them with transformers + PEFT, and check the Yes/No and last-token
+    logits of `prompts` against the JAX model; returns the PEFT model."""
+    write_hf_folder(tmp_path / "base", cfg, params, tok)
+    write_peft_adapter(tmp_path / "adapter", params, lora, base_model_name_or_path="base")
     model = load_peft_model(tmp_path / "base", tmp_path / "adapter")
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "base"))
-    yes_no = answer_token(tok, " Y"), answer_token(tok, " N")
-    worst_yn, worst_row = compare(DEBUG_TINY, TINY_LORA, params, tok, hf_tok, model, TINY_PROMPTS, yes_no)
-    print(f"tiny: max |Yes/No logit diff| {worst_yn:.2e}, max |last-token logit diff| {worst_row:.2e}")
+    yes_no = tuple(answer_token(tok, a) for a in answers)
+    worst_yn, worst_row = compare(cfg, lora, params, tok, hf_tok, model, prompts, yes_no)
+    print(f"{name}: max |Yes/No logit diff| {worst_yn:.2e}, max |last-token logit diff| {worst_row:.2e}")
     assert worst_yn < 1e-4 and worst_row < 1e-4
+    return model
+
+
+def test_tiny_export_matches_transformers_and_peft(tmp_path):
+    params, tok = tiny_params(), byte_tokenizer()
+    model = export_and_compare(tmp_path, DEBUG_TINY, TINY_LORA, params, tok, TINY_PROMPTS, (" Y", " N"), "tiny")
     # the adapter matters: without it the logits move well beyond the tolerance
     with model.disable_adapter():
         plain = torch_last_logits(model, tok.encode(TINY_PROMPTS[0]).ids)
@@ -269,14 +276,7 @@ def test_smollm2_export_matches_transformers_and_peft(smollm2_gguf, tmp_path):
     params = partition.merge(hf_to_params(tensors, cfg, str(smollm2_gguf)), adapters)
     del tensors
     tok = load_tokenizer(smollm2_gguf, cache=tmp_path)
-    write_hf_folder(tmp_path / "base", cfg, params, tok)
-    write_peft_adapter(tmp_path / "adapter", params, lora, base_model_name_or_path="base")
-    model = load_peft_model(tmp_path / "base", tmp_path / "adapter")
-    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "base"))
-    yes_no = answer_token(tok, " Yes"), answer_token(tok, " No")
-    worst_yn, worst_row = compare(cfg, lora, params, tok, hf_tok, model, SMOL_PROMPTS, yes_no)
-    print(f"SmolLM2: max |Yes/No logit diff| {worst_yn:.2e}, max |last-token logit diff| {worst_row:.2e}")
-    assert worst_yn < 1e-4 and worst_row < 1e-4
+    model = export_and_compare(tmp_path, cfg, lora, params, tok, SMOL_PROMPTS, (" Yes", " No"), "SmolLM2")
     ids = tok.encode(SMOL_PROMPTS[0]).ids
     with model.disable_adapter():
         plain = torch_last_logits(model, ids)
