@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sasrecllm_jax.compare import run_names
 from sasrecllm_jax.run_folder.metrics_log import read_metrics
 from sasrecllm_jax.plots.style import FONT, MIN_FONT, PARTS, chart_style, contrast, run_styles, save_png, smooth
 
@@ -57,7 +58,6 @@ def draw_runs(runs: list[Path]):
     a run's artists carry its name as gid (a bar: "RUN|PART")."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from sasrecllm_jax.compare import run_names
     names = run_names(runs)
     styles = run_styles(names)
     curves = {n: read_curves(r) for n, r in zip(names, runs)}

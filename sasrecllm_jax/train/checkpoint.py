@@ -1,4 +1,6 @@
 """Orbax checkpoints of what trains: never the LLM base, which always comes from its source file.
+(Over 300 lines: the stores, their verification and the phase's fallbacks between them are one
+contract, read and tested together.)
 
 WORKDIR/checkpoints/PHASE/latest   train state (trainable params, optimizer state, step, key) + meta
                                     (data-iterator position, early-stopping bookkeeping, time spent), at

@@ -1,4 +1,5 @@
-"""One phase of training: `PhaseRunner.run(phase, params) -> PhaseResult`.
+"""One phase of training: `PhaseRunner.run(phase, params) -> PhaseResult`. (Over 300 lines: the runner,
+its plan and its step loop share the resume, interrupt and checkpoint rules, kept side by side.)
 
 Split the params into what trains and what is frozen, build the optimizer from the group labels, run
 the jitted step over length-bucketed batches, evaluate on the validation split every `eval_every`
