@@ -23,7 +23,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from tqdm.auto import tqdm
 
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.errors import ConfigError, run_command
@@ -31,6 +30,7 @@ from sasrecllm_jax.evaluate import evaluate
 from sasrecllm_jax.run_folder.files import write_whole
 from sasrecllm_jax.score import Recommender
 from sasrecllm_jax.train import groups
+from sasrecllm_jax.train.progress import row_bar
 
 MODES = ("on", "drop", "shuffle")
 MASKS = ("lora", "mapper", "sasrec", "mf")
@@ -70,7 +70,7 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", mask
     jobs = [(mode, mode, rec.params) for mode in modes]
     jobs += [(f"mask:{g}", "on", masked(rec.params, g, groups.select(initial, set(rec.params)))) for g in masks]
     for name, mode, params in jobs:
-        with tqdm(total=len(data), desc=f"{split}, {name}", unit="row", dynamic_ncols=True) as bar:
+        with row_bar(len(data), f"{split}, {name}") as bar:
             metrics, _ = evaluate(rec.scorer, params, data, cfg, "hybrid", mode, progress=bar)
         out.setdefault(split, {})[name] = metrics
         write_whole(out_path, json.dumps(out, indent=2))  # a grid's summary may be reading it

@@ -48,11 +48,8 @@ def recommend(rec: Recommender, history: list[int], k: int = 10, user: int = 0, 
               candidates: list[int] | None = None) -> pd.DataFrame:
     """The best k items: retrieved by the encoder (or the given candidates), re-ranked by the run's own score."""
     d = rec.assembly.dataset
-    if not 0 <= user <= d.num_users:
-        raise DataError(f"user id {user} is not in the dataset (ids run 1..{d.num_users}; 0 is a new user)")
-    bad = [i for i in [*history, *(candidates or [])] if not 1 <= i <= d.num_items]
-    if bad:
-        raise DataError(f"item id {bad[0]} is not in the dataset (ids run 1..{d.num_items})")
+    rec.check_user(user)
+    rec.check_items([*history, *(candidates or [])])
     if k < 1 or retrieve < k:
         raise ConfigError(f"--k {k} --retrieve {retrieve}: ask for k >= 1 items out of at least k retrieved")
     has_encoder = rec.cfg.model.encoder in rec.params

@@ -55,17 +55,25 @@ class Recommender:
         if not (run / "final").exists() or not (run / "config.yaml").exists():
             raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
 
+    def check_user(self, uid, row: str = "") -> None:
+        """Refuse a user id outside 0..num_users (0 is a user the dataset does not know), naming it."""
+        n_users = self.assembly.dataset.num_users
+        if not 0 <= int(uid) <= n_users:
+            raise DataError(f"{row}user id {uid} is not in the dataset (ids run 1..{n_users}; 0 is a new user)")
+
+    def check_items(self, iids, row: str = "") -> None:
+        """Refuse the first item id outside 1..num_items, naming it."""
+        n_items = self.assembly.dataset.num_items
+        bad = [x for x in iids if not 1 <= int(x) <= n_items]
+        if bad:
+            raise DataError(f"{row}item id {bad[0]} is not in the dataset (ids run 1..{n_items})")
+
     def check_ids(self, uids, histories, iids, where: str = "") -> None:
-        """Refuse a user or item id outside the dataset (users 0..num_users, 0 a new user; items 1..num_items),
-        naming it."""
-        n_users, n_items = self.assembly.dataset.num_users, self.assembly.dataset.num_items
+        """Refuse a user or item id outside the dataset in any row, naming the row (of file `where`) and the id."""
         for r, (u, h, i) in enumerate(zip(uids, histories, iids)):
             row = f"{where} row {r + 1}: " if where else ""
-            if not 0 <= int(u) <= n_users:
-                raise DataError(f"{row}user id {u} is not in the dataset (ids run 1..{n_users}; 0 is a new user)")
-            bad = [x for x in [*h, i] if not 1 <= int(x) <= n_items]
-            if bad:
-                raise DataError(f"{row}item id {bad[0]} is not in the dataset (ids run 1..{n_items})")
+            self.check_user(u, row)
+            self.check_items([*h, i], row)
 
     def score(self, uids, histories, iids, batch_size: int = 32) -> np.ndarray:
         self.check_ids(uids, histories, iids)

@@ -1,8 +1,8 @@
 """RUN/scores.npz: every evaluated row's score, so that runs can be compared on the same rows.
 
 Per split: the score, the label, the warm flag, the new-user and new-item flags, the user as a number
-0..k-1 of the split (for UAUC; not the dataset's ids), and a fingerprint of the rows, so that two runs are only paired on the same
-rows (python -m sasrecllm_jax.compare).
+0..k-1 of the split (for UAUC; not the dataset's ids), and a fingerprint of the rows, so that two runs
+are only paired on the same rows (python -m sasrecllm_jax.compare).
 """
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import jax
-from tqdm.auto import tqdm
 
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, to_dict
@@ -20,6 +19,7 @@ from sasrecllm_jax.run_folder.metrics_log import Reporter
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.phase import PhaseResult
+from sasrecllm_jax.train.progress import row_bar
 
 
 def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: dict, prompt: str, workdir: Path,
@@ -39,7 +39,7 @@ def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: di
     for split in [s for s in (d.eval_split, "test") if s not in out]:
         data = assembly.split(split, prompt, assembly.row_limit("eval"))
         t0, compiled = time.perf_counter(), scorer.compile.seconds
-        with tqdm(total=len(data), desc=f"evaluate {split}", unit="row", dynamic_ncols=True) as bar:
+        with row_bar(len(data), f"evaluate {split}") as bar:
             out[split], scores = evaluate(scorer, params, data, cfg, prompt, progress=bar)
         row_scores[split] = (data, scores)
         timing[f"evaluate {split}"] = {"rows": len(data), "wall_s": round(time.perf_counter() - t0, 2),

@@ -16,6 +16,11 @@ def two_digits(x: float) -> str:
     return f"{rounded:.{max(0, 1 - math.floor(math.log10(rounded)))}f}"
 
 
+def row_bar(rows: int, desc: str, leave: bool = True) -> tqdm:
+    """A bar over the rows of one evaluation pass (use it as a context manager, or close it)."""
+    return tqdm(total=rows, desc=desc, unit="row", leave=leave, dynamic_ncols=True)
+
+
 class PhaseProgress:
     def __init__(self, phase: str, total: int, done: int):
         self.phase = phase
@@ -33,7 +38,7 @@ class PhaseProgress:
 
     def evaluation_bar(self, rows: int, split: str) -> tqdm:
         """A bar for one evaluation pass (it goes away when the pass ends)."""
-        return tqdm(total=rows, desc=f"{self.phase}: evaluate {split}", unit="row", leave=False, dynamic_ncols=True)
+        return row_bar(rows, f"{self.phase}: evaluate {split}", leave=False)
 
     def evaluation(self, step: int, auc: float, best_auc: float, best_step: int) -> None:
         self.say(f"step {step}: valid AUC {auc:.4f} (best {best_auc:.4f} at step {best_step})")
