@@ -1,6 +1,7 @@
 """End to end on configs/smoke.yaml (DEBUG_TINY, synthetic data): every method and strategy, resume,
 NaN handling, ablations, and the errors a user sees for bad configs and checkpoints."""
 import json
+import logging
 
 import jax
 import numpy as np
@@ -52,7 +53,7 @@ METHODS = [("mf", ["model.encoder=mf"]), ("sasrec", []), ("icl", []), ("tallrec"
 
 
 @pytest.mark.parametrize("name,extra", METHODS, ids=[m for m, _ in METHODS])
-def test_method_end_to_end(dataset, tmp_path, name, extra):
+def test_method_end_to_end(dataset, tmp_path, caplog, name, extra):
     method = "sasrecllm" if name in ("dual_stage", "hierarchical_freezing", "plug_and_play") else name
     checked = []
 
@@ -70,8 +71,13 @@ def test_method_end_to_end(dataset, tmp_path, name, extra):
 
     overrides = (f"train.method={method}", f"train.strategy={name}", *extra)
     loss = training_loss(smoke_config(dataset, *FAST, *overrides))
-    results = run(dataset, tmp_path, *overrides, on_phase=frozen_untouched)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        results = run(dataset, tmp_path, *overrides, on_phase=frozen_untouched)
     assert checked == results["phases"]
+    # one batch shape per phase here, so one compilation of its train step (a state that mixes an earlier
+    # phase's outputs with fresh leaves used to compile it again at the second step)
+    compiled = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(train_step)")]
+    assert len(compiled) == len(results["phases"]), f"{len(compiled)} train step compilations for {results['phases']}"
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["method"] == method and saved["config"]["train"]["method"] == method
     for part in ("all", "warm", "cold"):

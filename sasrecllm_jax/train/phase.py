@@ -115,6 +115,9 @@ class PhaseRunner:
             state, stopping, earlier = self._resume(phase, ckpt, state, it, stopping)
             if plan.mesh is not None:
                 state = sharding.place(state, sharding.param_shardings(state, plan.mesh, t.sharding))
+            else:  # commit every leaf: a state mixing an earlier phase's (committed) outputs with new
+                # (uncommitted) leaves would compile the step twice, for the first step and the second
+                state = jax.device_put(state, jax.devices()[0])
             self.progress = PhaseProgress(phase.name, plan.total, int(state.step))
             loop = PhaseLoop(self, plan, it, state, stopping, ckpt, earlier)
             loop.run()
