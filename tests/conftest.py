@@ -13,6 +13,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     atexit.register(shutil.rmtree, _cache, True)
+# The tests run tiny models, so XLA's compile time is most of their time: LLVM optimisation level 0 compiles
+# about 45% faster here and runs these shapes no slower. Every comparison in a test is made in one process,
+# under the same flag. Set before jax loads; a caller's own XLA_FLAGS come after and win.
+os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0 " + os.environ.get("XLA_FLAGS", "")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
