@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import ROOT, synthetic_dataset
+from helpers import ONE_SHAPE, ROOT, TEST_PROMPTS, synthetic_dataset
 from sasrecllm_jax.cli import train_main
 from sasrecllm_jax.config import load_config
 from sasrecllm_jax.errors import TrainingError
@@ -30,7 +30,7 @@ from sasrecllm_jax.train.checkpoint import Store, load_raw
 from sasrecllm_jax.train.run import train_and_evaluate
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
-FAST = ["data.pad_multiple=256", "data.max_rows={train: 64, eval: 64}", "train.log_every=2"]
+FAST = [ONE_SHAPE, "data.max_rows={train: 64, eval: 64}", "train.log_every=2"]
 # two short SASRec phases (5 steps per epoch): a evaluates once, at its last step; b every 2 steps
 PHASES = json.dumps([
     {"name": "a", "trainable": ["sasrec"], "prompt": "none", "epochs": 10, "max_steps": 4, "eval_every": 4,
@@ -48,8 +48,7 @@ class Kill(Exception):
 
 
 def sets(dataset, *extra) -> list[str]:
-    return [f"data.dataset={dataset}", f"data.prompt_hybrid={ROOT / 'configs/prompts/hybrid.txt'}",
-            f"data.prompt_text={ROOT / 'configs/prompts/text.txt'}", *FAST, *extra]
+    return [f"data.dataset={dataset}", *TEST_PROMPTS, *FAST, *extra]
 
 
 def cfg_of(dataset, *extra):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import smoke_config, synthetic_dataset
+from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
 from sasrecllm_jax.plots import curves, warm_cold
 from sasrecllm_jax.experiments import __main__ as experiments_cli, claims as claims_lib, grid as grid_lib, seeds
 from sasrecllm_jax.experiments import summary as summary_lib
@@ -22,11 +22,11 @@ def runs(tmp_path_factory):
     dataset = synthetic_dataset(root / "data")
     out = root / "results"
     for method in ("sasrec", "icl"):  # 30 items, 12 per user: rank each test positive among 10 candidates
-        train_and_evaluate(smoke_config(dataset, f"train.method={method}", "data.pad_multiple=256",
+        train_and_evaluate(smoke_config(dataset, f"train.method={method}", ONE_SHAPE,
                                         "eval.ranking_negatives=9", "eval.ranking_ks=[1, 3]"), out / "runs" / method)
     one_phase = "[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 3, lr: {mapper: 0.01}}]"
     train_and_evaluate(smoke_config(dataset, "train.method=sasrecllm", f"train.phases={one_phase}",
-                                    "data.pad_multiple=256"), root / "hybrid")  # a hybrid run, quickly
+                                    ONE_SHAPE), root / "hybrid")  # a hybrid run, quickly
     return dataset, out
 
 

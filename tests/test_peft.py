@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -284,18 +286,16 @@ def test_smollm2_export_matches_transformers_and_peft(smollm2_gguf, tmp_path):
 
 
 # --------------------------------------------------------------------------- the export CLI on a finished run
-RUN = ["data.pad_multiple=256", "train.enc_epochs=1", "train.llm_epochs=1", "data.max_rows={train: 32, eval: 32}",
+RUN = [ONE_SHAPE, "train.enc_epochs=1", "train.llm_epochs=1", "data.max_rows={train: 32, eval: 32}",
        "train.log_every=100", "model.encoder=mf", "model.mf.dim=16"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from helpers import synthetic_dataset
     return synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
 
 
 def finish_run(dataset, workdir, method):
-    from helpers import smoke_config
     from sasrecllm_jax.train.run import train_and_evaluate
     train_and_evaluate(smoke_config(dataset, *RUN, f"train.method={method}"), workdir)
     return workdir
@@ -379,7 +379,6 @@ def test_a_phase_starts_from_a_peft_adapter(dataset, tmp_path):
     """train.phases[*].restore: {lora: peft:DIR}: the phase starts from the adapter's values exactly; a
     restore of another group from a PEFT folder is refused before anything runs."""
     import json as json_lib
-    from helpers import smoke_config
     from sasrecllm_jax.errors import ConfigError
     from sasrecllm_jax.train import groups as partition
     from sasrecllm_jax.train.run import train_and_evaluate

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import smoke_config, synthetic_dataset
+from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.run_folder.metrics_log import read_metrics
 from sasrecllm_jax.train.checkpoint import Store, load_raw
@@ -15,7 +15,7 @@ from sasrecllm_jax.train.run import train_and_evaluate
 from sasrecllm_jax.train.phase_cache import enabled_reason, phase_key
 from sasrecllm_jax.train.strategies import resolve_phases
 
-FAST = ["data.pad_multiple=256", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=2",
+FAST = [ONE_SHAPE, "train.eval_every=8", "train.log_every=2", "train.enc_epochs=2",
         "data.max_rows={train: 64, eval: 64}"]  # 4 steps per LLM phase: equality needs no more
 
 

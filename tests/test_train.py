@@ -7,15 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import ROOT, smoke_config, synthetic_dataset
+from helpers import ONE_SHAPE, ROOT, smoke_config, synthetic_dataset
 from sasrecllm_jax.cli import train_main
 from sasrecllm_jax.errors import CheckpointError, TrainingError
 from sasrecllm_jax.train import groups as partition
 from sasrecllm_jax.train.checkpoint import Store, load_raw
 from sasrecllm_jax.train.run import train_and_evaluate
 
-# the synthetic prompts are 119-208 tokens long: padded to 256, every batch has one shape (one compile)
-FAST = ["data.pad_multiple=256", "train.eval_every=8", "train.log_every=2", "train.enc_epochs=4"]
+FAST = [ONE_SHAPE, "train.eval_every=8", "train.log_every=2", "train.enc_epochs=4"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,8 @@ def training_loss(cfg):
         if phase.prompt not in scorers:
             scorers[phase.prompt] = Scorer(comp.model(phase.prompt, deterministic=True))
         scorer = scorers[phase.prompt]
-        scores = score_split(scorer, {k: v for k, v in params.items() if k in used}, data, 64, 256, with_prompts)
+        scores = score_split(scorer, {k: v for k, v in params.items() if k in used}, data, 64, cfg.data.pad_multiple,
+                             with_prompts)
         return logloss(data.label, scores)
     return loss
 
