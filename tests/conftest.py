@@ -13,10 +13,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     atexit.register(shutil.rmtree, _cache, True)
-# The tests run tiny models, so XLA's compile time is most of their time: LLVM optimisation level 0 compiles
-# about 45% faster here and runs these shapes no slower. Every comparison in a test is made in one process,
-# under the same flag. Set before jax loads; a caller's own XLA_FLAGS come after and win.
-os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0 " + os.environ.get("XLA_FLAGS", "")
+# The tests run tiny models, so XLA's compile time is most of their time. LLVM optimisation level 0 and the
+# older element-wise emitters (instead of the MLIR fusion emitters) compile a DEBUG_TINY train step in 5 s
+# instead of 16 s here, and run these shapes no slower. Every comparison in a test is made in one process,
+# under the same flags. Set before jax loads; a caller's own XLA_FLAGS come after and win.
+os.environ["XLA_FLAGS"] = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                           + os.environ.get("XLA_FLAGS", ""))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
