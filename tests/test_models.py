@@ -310,12 +310,33 @@ def test_cheap_remat_redraws_the_same_dropout():
 def test_fused_dropout_mask_is_jax_bernoulli(shape):
     """The LoRA dropout draws its mask with a written-out Threefry (one fused pass on CPU): bit for bit
     jax.random.bernoulli's mask for the same key."""
-    from sasrecllm_jax.models.lora import bernoulli_threefry
+    from sasrecllm_jax.models.dropout import bernoulli_threefry
     for seed in range(3):
         key = jax.random.fold_in(jax.random.key(seed), 11)
         want = jax.random.bernoulli(key, 0.95, shape)
         got = jax.jit(bernoulli_threefry, static_argnums=(1, 2))(jax.random.key_data(key), 0.95, shape)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_sasrec_dropout_is_flax_dropout(monkeypatch):
+    """SASRec's dropouts draw their masks in one fused pass: in training mode (every dropout on) the scores
+    and gradients are bit for bit those of the same model built with flax.linen.Dropout."""
+    import sasrecllm_jax.models.sasrec as sasrec_module
+    cfg = SASRecConfig(hidden=16, num_blocks=2, num_heads=2, dropout=0.3, max_len=6)
+    rng = np.random.default_rng(0)
+    his = jnp.asarray(rng.integers(0, 12, (5, 6)), jnp.int32)
+    uid, iid = jnp.arange(1, 6, dtype=jnp.int32), jnp.asarray(rng.integers(1, 12, 5), jnp.int32)
+    params = SASRec(cfg, 11).init(jax.random.key(0), his, uid, iid)["params"]
+
+    def scores_and_grads():
+        model = SASRec(cfg, 11, deterministic=False)
+        f = lambda p: model.apply({"params": p}, his, uid, iid, rngs={"dropout": jax.random.key(7)})
+        return f(params), jax.grad(lambda p: f(p).sum())(params)
+    ours = scores_and_grads()
+    monkeypatch.setattr(sasrec_module, "Dropout", nn.Dropout)
+    flax_ = scores_and_grads()
+    assert not np.allclose(ours[0], SASRec(cfg, 11).apply({"params": params}, his, uid, iid))  # dropout was on
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ours, flax_)
 
 
 def test_lora_dropout_is_flax_dropout():

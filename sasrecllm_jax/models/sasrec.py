@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from sasrecllm_jax.config import SASRecConfig
+from sasrecllm_jax.models.dropout import Dropout
 from sasrecllm_jax.models.pop import COUNTS, CountTerms
 
 LN_EPS = 1e-8
@@ -40,7 +41,7 @@ class CausalSelfAttention(nn.Module):
         logits = q @ k.transpose(0, 1, 3, 2) / jnp.sqrt(D // H)
         causal = jnp.tril(jnp.ones((L, L), bool))
         weights = nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=self.deterministic)
+        weights = Dropout(self.dropout)(weights, deterministic=self.deterministic)
         out = (weights @ v).transpose(0, 2, 1, 3).reshape(B, L, D)
         return dense("out")(out)
 
@@ -57,7 +58,7 @@ class SASRec(nn.Module):
             raise ValueError(f"sasrec.hidden {c.hidden} is not divisible by sasrec.num_heads {c.num_heads}")
         self.item_emb = nn.Embed(self.num_items + 1, c.hidden, embedding_init=init)
         self.pos_emb = nn.Embed(c.max_len, c.hidden, embedding_init=init)
-        drop = lambda: nn.Dropout(c.dropout)
+        drop = lambda: Dropout(c.dropout)  # nn.Dropout's masks, drawn in one fused pass
         self.emb_dropout = drop()
         self.attention_layernorms = [nn.LayerNorm(LN_EPS) for _ in range(c.num_blocks)]
         self.attention_layers = [CausalSelfAttention(c.hidden, c.num_heads, c.dropout, self.deterministic)
