@@ -38,10 +38,15 @@ TEST_PROMPTS = [f"data.prompt_hybrid={ROOT / 'tests/prompts/hybrid.txt'}",
 ONE_SHAPE = "data.pad_multiple=128"
 
 
+def smoke_sets(dataset: Path) -> list[str]:
+    """The overrides that put configs/smoke.yaml on the synthetic dataset with the tests' short prompt
+    templates (as `--set` values; later overrides win)."""
+    return [f"data.dataset={dataset}", *TEST_PROMPTS, "data.max_rows={train: 256}"]
+
+
 def smoke_config(dataset: Path, *overrides: str):
     """configs/smoke.yaml on the synthetic dataset, with the tests' short prompt templates."""
-    return load_config(ROOT / "configs" / "smoke.yaml", [
-        f"data.dataset={dataset}", *TEST_PROMPTS, "data.max_rows={train: 256}", *overrides])
+    return load_config(ROOT / "configs" / "smoke.yaml", [*smoke_sets(dataset), *overrides])
 
 
 def run_ok(*argv):

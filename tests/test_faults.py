@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import ONE_SHAPE, ROOT, TEST_PROMPTS, synthetic_dataset
+from helpers import ONE_SHAPE, ROOT, smoke_sets, synthetic_dataset
 from sasrecllm_jax.cli import train_main
 from sasrecllm_jax.config import load_config
 from sasrecllm_jax.errors import TrainingError
@@ -48,7 +48,7 @@ class Kill(Exception):
 
 
 def sets(dataset, *extra) -> list[str]:
-    return [f"data.dataset={dataset}", *TEST_PROMPTS, *FAST, *extra]
+    return [*smoke_sets(dataset), *FAST, *extra]
 
 
 def cfg_of(dataset, *extra):
