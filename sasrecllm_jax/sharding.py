@@ -55,6 +55,15 @@ def check_batch(batch_size: int, mesh: Mesh, what: str) -> None:
                           f"choose a multiple of {n}")
 
 
+def jit_step(train_step, layout=None):
+    """train_step(state, batch) -> (state, metrics), jitted with the state donated. Under a mesh the new state
+    keeps the layout the old one came in (`layout`, from param_shardings): left to XLA, some leaves come out
+    laid out otherwise, and the second step, fed the first one's state, would compile again."""
+    if layout is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(layout, None))
+
+
 def place(tree, shardings):
     return jax.device_put(tree, shardings)
 

@@ -1,4 +1,5 @@
-"""Data-parallel and FSDP layouts give the single-device loss and update (4 emulated CPU devices)."""
+"""Data-parallel and FSDP layouts give the single-device loss and update, and compile their step once (4 emulated
+CPU devices)."""
 import os
 import subprocess
 import sys
@@ -30,23 +31,29 @@ SCRIPT = textwrap.dedent("""
     # of either sign, hiding what this test is about (the layout), so the update is kept linear
     import optax
     tx, sched = optax.sgd(0.5), {}
-    step = jax.jit(make_train_step(lambda p, b, r: model.apply({"params": p}, b, rngs=r), tx, sched))
-    fresh = lambda: TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable), jax.random.key_data(jax.random.key(1)))
+    train_step = make_train_step(lambda p, b, r: model.apply({"params": p}, b, rngs=r), tx, sched)
+    # a copy each time: the step donates the state it is given
+    fresh = lambda: TrainState(jnp.int32(0), *jax.tree_util.tree_map(jnp.array, (trainable, frozen)),
+                               tx.init(trainable), jax.random.key_data(jax.random.key(1)))
 
-    def two_steps(state, place_batch=lambda b: b):
+    def two_steps(state, layout=None, place_batch=lambda b: b):
+        step = sharding.jit_step(train_step, layout)  # what PhaseRunner runs
         for _ in range(2):
             state, m = step(state, place_batch(batch))
+        # the second step, fed the first one's state, reuses the first one's executable
+        assert step._cache_size() == 1, (layout is not None, step._cache_size())
         return state, float(m["loss"])
 
     ref_state, ref_loss = two_steps(jax.device_put(fresh(), jax.devices()[0]))
     for mode in ("data", "fsdp"):
         mesh = sharding.make_mesh(mode)
-        state = sharding.place(fresh(), sharding.param_shardings(fresh(), mesh, mode))
+        layout = sharding.param_shardings(fresh(), mesh, mode)
+        state = sharding.place(fresh(), layout)
         if mode == "fsdp":
             q = state.frozen["llm"]["model"]["layers"]["mlp"]["up_proj"]["kernel"]
             assert "fsdp" in str(q.sharding.spec), q.sharding
             assert len(q.addressable_shards) == 4 and q.addressable_shards[0].data.shape[-1] == q.shape[-1] // 4
-        state, loss = two_steps(state, lambda b: sharding.place_batch(b, mesh))
+        state, loss = two_steps(state, layout, lambda b: sharding.place_batch(b, mesh))
         assert abs(loss - ref_loss) < 1e-5, (mode, loss, ref_loss)
         for a, b in zip(jax.tree_util.tree_leaves(state.trainable), jax.tree_util.tree_leaves(ref_state.trainable)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -57,9 +57,10 @@ class PhasePlan:
     eval_every: int
     patience: int
     with_prompts: bool
-    step_fn: Callable                  # jitted train_step(state, batch) -> (state, metrics)
+    train_step: Callable               # train_step(state, batch) -> (state, metrics), pure
     scorer: Scorer
     mesh: object = None
+    step_fn: Callable | None = None    # train_step jitted for the state's layout (set once the state is placed)
 
 
 def phase_salt(name: str) -> int:
@@ -113,11 +114,14 @@ class PhaseRunner:
         ckpt = PhaseCheckpoints(self.workdir, phase.name)
         try:
             state, stopping, earlier = self._resume(phase, ckpt, state, it, stopping)
+            layout = None
             if plan.mesh is not None:
-                state = sharding.place(state, sharding.param_shardings(state, plan.mesh, t.sharding))
+                layout = sharding.param_shardings(state, plan.mesh, t.sharding)
+                state = sharding.place(state, layout)
             else:  # commit every leaf: a state mixing an earlier phase's (committed) outputs with new
                 # (uncommitted) leaves would compile the step twice, for the first step and the second
                 state = jax.device_put(state, jax.devices()[0])
+            plan = dataclasses.replace(plan, step_fn=sharding.jit_step(plan.train_step, layout))
             self.progress = PhaseProgress(phase.name, plan.total, int(state.step))
             loop = PhaseLoop(self, plan, it, state, stopping, ckpt, earlier)
             loop.run()
@@ -184,7 +188,7 @@ class PhaseRunner:
         plan = PhasePlan(phase, train_data, eval_data, bs, total,
                          eval_every=phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch,
                          patience=phase.patience or t.patience, with_prompts=with_prompts,
-                         step_fn=jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0),
+                         train_step=make_train_step(apply_fn, tx, schedules),
                          scorer=self.scorer(phase.prompt), mesh=mesh)
         return plan, it, tx
 
