@@ -12,6 +12,7 @@ import numpy as np
 
 from sasrecllm_jax import metrics
 from sasrecllm_jax.config import Config
+from sasrecllm_jax.data import packing
 from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
 from sasrecllm_jax.errors import TrainingError
 
@@ -73,25 +74,38 @@ class Scorer:
 
 
 def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int,
-                with_prompts: bool, collab: str = "on", progress=None) -> np.ndarray:
+                with_prompts: bool, collab: str = "on", progress=None, share_prefix: bool = False) -> np.ndarray:
     """Scores of every row. Batch b+1 is built on the host while the device scores batch b: the only
-    wait is for results, one batch behind."""
+    wait is for results, one batch behind. With `share_prefix` (prompts, no ablation), rows that share
+    their prompt's start are scored in packs of batch_size sequences (sasrecllm_jax.data.packing)."""
     scores = np.full(len(data), np.nan)
     scored = np.zeros(len(data), bool)
-    it = BatchIterator(data.lengths(), batch_size, seed=0, shuffle=False)
+    packs = None
+    if share_prefix and with_prompts and collab == "on" and len(data):
+        packs = packing.pack_rows(data, -(-int(data.lengths().max()) // pad_multiple) * pad_multiple)
+    it = BatchIterator(data.lengths() if packs is None else packs.lengths, batch_size, seed=0, shuffle=False)
     pending = None
 
     def collect(job):
         idx, out = job
-        scores[idx] = np.asarray(out)[: len(idx)]
-        scored[idx] = True
+        out = np.asarray(out)
+        if packs is None:
+            rows, got = idx, out[: len(idx)]
+        else:  # [batch, slots]: pack k's rows are its first slots
+            rows = np.concatenate([packs.rows[k] for k in idx])
+            got = np.concatenate([out[b, :len(packs.rows[k])] for b, k in enumerate(idx)])
+        scores[rows] = got
+        scored[rows] = True
         if progress is not None:
-            progress.update(len(idx))
+            progress.update(len(rows))
 
     for b in range(it.batches_per_epoch):
         idx = next(it)
-        batch = collab_inputs(make_batch(data, idx, batch_size, pad_multiple, with_prompts), collab, seed=b)
-        batch = {k: v for k, v in batch.items() if k not in ("row", "weight", "label")}
+        if packs is None:
+            batch = collab_inputs(make_batch(data, idx, batch_size, pad_multiple, with_prompts), collab, seed=b)
+            batch = {k: v for k, v in batch.items() if k not in ("row", "weight", "label")}
+        else:
+            batch = packing.make_pack_batch(data, packs, idx, batch_size, pad_multiple)
         job = (idx, scorer.dispatch(params, batch))
         if pending is not None:
             collect(pending)
@@ -110,5 +124,5 @@ def evaluate(scorer: Scorer, params, data: SplitData, cfg: Config, prompt: str, 
     "hybrid"), in batches of train.eval_batch_size padded to data.pad_multiple; collaborative inputs as
     train.collab unless `collab` says otherwise (test-time ablations)."""
     scores = score_split(scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
-                         collab or cfg.train.collab, progress)
+                         collab or cfg.train.collab, progress, cfg.eval.share_prefix)
     return metrics.report(data.uid, data.label, scores, data.parts()), scores

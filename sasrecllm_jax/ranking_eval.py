@@ -68,7 +68,7 @@ def rank_split(assembly: Assembly, scorer: Scorer, params: dict, data: SplitData
                           "not_cold": 1})
     rows = assembly.encoder.encode_rows(f"{data.name} candidates", table, prompt)
     scores = score_split(scorer, params, rows, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
-                         cfg.train.collab).reshape(len(positives), c)
+                         cfg.train.collab, share_prefix=cfg.eval.share_prefix).reshape(len(positives), c)
     parts = {k: v[positives] for k, v in data.parts().items()}
     return RankedRows(positives, parts, ranking_rows(scores, e.ranking_ks), skipped)
 

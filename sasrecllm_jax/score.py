@@ -81,7 +81,7 @@ class Recommender:
                            "timestamp": 0, "his": [np.asarray(h, np.int64) for h in histories], "not_cold": 1})
         data = self.assembly.encoder.encode_rows("request", df, self.prompt)
         return score_split(self.scorer, self.params, data, batch_size, self.cfg.data.pad_multiple,
-                           self.prompt != "none")
+                           self.prompt != "none", share_prefix=self.cfg.eval.share_prefix)
 
     def write_run_scores(self, run: Path) -> dict:
         """Evaluate the run's valid and test splits again (the rows its results.json counts) and write

@@ -188,6 +188,9 @@ class EvalConfig:
     # on the CPU backend, a run that scores with an LLM ranks only when this is true: 100 prompts per test
     # positive take hours on a CPU
     cpu_ranking_llm: bool = False
+    # score the rows that share their prompt's start (one user, one history: the target differs) in packs
+    # that compute that start once; each row's score is the one it gets alone (float rounding aside)
+    share_prefix: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,7 @@ class EncodedPrompts:
     user_pos: np.ndarray               # [N] first position of the user placeholder (-1: none)
     item_pos: np.ndarray
     shortened: int                     # rows whose oldest titles were dropped to fit max_tokens
+    num_soft_tokens: int = 0           # positions per placeholder (0: text prompts)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -101,7 +102,8 @@ def encode(template: Template, tokenizer, histories: list[np.ndarray], targets: 
             else:
                 out[r] = np.concatenate(pieces)
         todo = np.asarray(retry, dtype=np.int64)
-    return EncodedPrompts(out, user_pos, item_pos, len(shortened))  # type: ignore[arg-type]
+    return EncodedPrompts(out, user_pos, item_pos, len(shortened),  # type: ignore[arg-type]
+                          num_soft_tokens if template.markers else 0)
 
 
 def byte_tokenizer():

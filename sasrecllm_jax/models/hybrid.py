@@ -76,7 +76,9 @@ class Hybrid(_HasEncoder, nn.Module):
         return user, item, id_score
 
     def __call__(self, batch):
-        """Scores [B] for a batch of rendered prompts."""
+        """Scores [B] for a batch of rendered prompts (or [B, slots] for a batch of packs)."""
+        if "segment" in batch:
+            return self.packed(batch)
         chex.assert_rank(batch["tokens"], 2)
         chex.assert_equal_shape([batch["tokens"], batch["mask"]])
         embeds = self.llm.embed(batch["tokens"])
@@ -87,12 +89,45 @@ class Hybrid(_HasEncoder, nn.Module):
             embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=batch["mask"],
                           logits_at=last_positions(batch["mask"]), vocab_ids=jnp.asarray(self.answer_ids))
-        score = logits[:, 0] if self.cfg.score_head == "yes_logit" else logits[:, 0] - logits[:, 1]
+        return self.head(logits, id_score)
+
+    def head(self, logits, id_score):
+        """The score from the answer tokens' logits [..., 2] (and the encoder's score, for a fusion)."""
+        score = logits[..., 0] if self.cfg.score_head == "yes_logit" else logits[..., 0] - logits[..., 1]
         return score if id_score is None else self.mapper.fuse(score, id_score.astype(score.dtype))
+
+    def packed(self, batch):
+        """Scores [B, slots] of a batch of packs (sasrecllm_jax.data.packing): each slot's suffix attends
+        to its pack's prefix and to itself, at its own row's positions; every slot's row is scored as if
+        alone. The user's soft tokens sit in the prefix, each slot's item tokens in its suffix."""
+        tokens, segment = batch["tokens"], batch["segment"]
+        chex.assert_equal_shape([tokens, segment, batch["positions"]])
+        embeds = self.llm.embed(tokens)
+        id_score = None
+        if "user_pos" in batch:
+            B, S = batch["iid"].shape
+            rows = {"his": jnp.repeat(batch["his"], S, axis=0), "uid": jnp.repeat(batch["uid"], S),
+                    "iid": batch["iid"].reshape(-1)}
+            user, item, id_score = self.collaborative_inputs(rows)
+            embeds = splice(embeds, user.reshape(B, S, *user.shape[1:])[:, 0].astype(embeds.dtype), batch["user_pos"])
+            embeds = splice(embeds, item.reshape(B, S, *item.shape[1:]).astype(embeds.dtype), batch["item_pos"])
+            id_score = id_score.reshape(B, S)
+        T = tokens.shape[1]
+        key = segment[:, None, :]
+        sees = jnp.tril(jnp.ones((T, T), bool))[None] & (key >= 0) & ((key == 0) | (key == segment[:, :, None]))
+        logits = self.llm(inputs_embeds=embeds, attention_mask=sees, positions=batch["positions"],
+                          logits_at=batch["last"], vocab_ids=jnp.asarray(self.answer_ids))
+        return self.head(logits, id_score)
 
 
 def splice(embeds, vectors, start):
-    """Write vectors [B, k, D] into embeds [B, T, D] at rows start..start+k-1 of each batch row."""
+    """Write vectors [B, k, D] into embeds [B, T, D] at rows start..start+k-1 of each batch row; or, with
+    start [B, S], vectors [B, S, k, D] at each of S starts (a start of T or more writes nothing)."""
+    if start.ndim == 2:
+        B, S, k = vectors.shape[:3]
+        chex.assert_shape(start, (B, S))
+        rows = start[:, :, None] + jnp.arange(k)[None, None]
+        return embeds.at[jnp.arange(B)[:, None, None], rows].set(vectors, mode="drop")
     B, k = vectors.shape[:2]
     chex.assert_rank([embeds, vectors], 3)
     chex.assert_shape(start, (B,))

@@ -92,14 +92,17 @@ class Attention(nn.Module):
         inv = inv_frequencies(c)
         rope = _cheap(c, apply_rope)
         q, k = rope(q, positions, inv), rope(k, positions, inv)
-        if c.attention == "cudnn":  # right-padded rows: causal + key lengths, no mask tensor
+        if c.attention == "cudnn" and mask.ndim == 2:  # right-padded rows: causal + key lengths, no mask tensor
             lengths = mask.sum(-1).astype(jnp.int32)
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
                                                key_value_seq_lengths=lengths, implementation="cudnn")
         else:
             def attend(q, k, v, mask):  # under remat "cheap" the [B, heads, T, T] scores are recomputed
-                causal = jnp.tril(jnp.ones((T, T), bool))
-                full = causal[None, None] & mask[:, None, None, :].astype(bool)
+                if mask.ndim == 3:  # [B, T, T]: which keys each query sees, given whole
+                    full = mask[:, None].astype(bool)
+                else:
+                    causal = jnp.tril(jnp.ones((T, T), bool))
+                    full = causal[None, None] & mask[:, None, None, :].astype(bool)
                 return jax.nn.dot_product_attention(q, k, v, mask=full, implementation="xla")
             out = _cheap(c, attend)(q, k, v, mask)
         return proj("o_proj", c.hidden_size)(out.reshape(B, T, c.num_heads * c.head_dim))
@@ -183,13 +186,20 @@ class LlamaForCausalLM(nn.Module):
                  logits_at=None, vocab_ids=None):
         """Logits [B, T or P, V or len(vocab_ids)].
 
-        attention_mask [B, T] (1 = token); positions default to cumsum(mask) - 1, so padding on
-        either side leaves a row's numbers unchanged. logits_at [B] or [B, P] picks the positions
-        whose logits are computed; vocab_ids [V'] restricts the output head to those tokens.
+        attention_mask [B, T] (1 = token; attention is causal) or [B, T, T] (True where query t may
+        attend to key s, causality included: packed sequences); positions default to cumsum(mask) - 1,
+        so padding on either side leaves a row's numbers unchanged (a [B, T, T] mask needs them given).
+        logits_at [B] or [B, P] picks the positions whose logits are computed; vocab_ids [V'] restricts
+        the output head to those tokens.
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
-        mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask
+        if mask.ndim == 3:
+            if positions is None:
+                raise ValueError("a [B, T, T] attention_mask needs the tokens' positions")
+        else:
+            mask = mask.astype(jnp.int32)
         if positions is None:
             positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
         h = self.model(x, positions, mask)

@@ -1,0 +1,117 @@
+"""Shared-prefix packing for scoring: rows whose prompts agree up to the target are scored in one sequence.
+
+The rows of one user with one history render the same prompt up to the target: a split has about 1.5-2
+rows per (user, history), a ranking 100 (one positive and its 99 candidates). Scored one row per
+sequence, that common start is computed once per row. A pack holds it once, then each row's rest (its
+suffix) one after another; the model lets each suffix attend to the prefix and to itself only, at the
+positions its tokens have in its own prompt, so every row's score is the one it gets alone, up to float
+rounding (`eval.share_prefix`).
+
+A pack's length never exceeds the longest row of the split (rounded up to data.pad_multiple), so packing
+compiles no batch shape that unpacked scoring would not.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sasrecllm_jax.data.pipeline import SplitData
+
+MAX_SLOTS = 16  # rows per pack (the scorer's output is [batch, MAX_SLOTS])
+
+
+@dataclasses.dataclass
+class Packs:
+    rows: list[np.ndarray]             # per pack: the split's rows it scores, in slot order
+    prefix: np.ndarray                 # [P] tokens shared by the pack's rows
+    lengths: np.ndarray                # [P] the pack's tokens: prefix + every suffix
+
+
+def common_prefix(tokens: list[np.ndarray]) -> int:
+    """The number of leading tokens all of `tokens` share."""
+    n = min(len(t) for t in tokens)
+    first = tokens[0][:n]
+    same = np.ones(n, bool)
+    for t in tokens[1:]:
+        same &= t[:n] == first
+    return int(np.argmin(same)) if not same.all() else n
+
+
+def pack_rows(data: SplitData, cap: int, max_slots: int = MAX_SLOTS) -> Packs:
+    """Group the rows of `data` by (user, history) and pack each group into sequences of at most `cap` tokens.
+    A group's prefix stops before any row's last token (each row keeps a logit position of its own) and
+    before its target's placeholder; it must contain the user's placeholder, or its rows go alone."""
+    p = data.prompts
+    lengths = p.lengths
+    hybrid = len(data) > 0 and p.user_pos[0] >= 0
+    keys = np.concatenate([data.uid[:, None].astype(np.int64), data.his.astype(np.int64)], axis=1)
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    order = np.argsort(group.reshape(-1), kind="stable")
+    starts = np.flatnonzero(np.diff(np.concatenate([[-1], group.reshape(-1)[order]])))
+    rows_out, prefix_out, length_out = [], [], []
+
+    def emit(rows: list[int], prefix: int):
+        rows_out.append(np.asarray(rows, np.int64))
+        prefix_out.append(prefix)
+        length_out.append(prefix + int(sum(lengths[r] - prefix for r in rows)))
+
+    for members in np.split(order, starts[1:]):
+        members = [int(r) for r in members]
+        prefix = min(common_prefix([p.tokens[r] for r in members]), int(lengths[members].min()) - 1)
+        if hybrid:
+            prefix = min(prefix, int(p.item_pos[members].min()))
+            if prefix < p.user_pos[members[0]] + p.num_soft_tokens:  # e.g. histories cut to different lengths
+                for r in members:
+                    emit([r], min(int(lengths[r]) - 1, int(p.item_pos[r])))
+                continue
+        pack, used = [], prefix
+        for r in members:
+            suffix = int(lengths[r]) - prefix
+            if pack and (used + suffix > cap or len(pack) == max_slots):
+                emit(pack, prefix)
+                pack, used = [], prefix
+            pack.append(r)
+            used += suffix
+        emit(pack, prefix)
+    return Packs(rows_out, np.asarray(prefix_out, np.int64), np.asarray(length_out, np.int64))
+
+
+def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: int, pad_multiple: int,
+                    max_slots: int = MAX_SLOTS, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """A fixed-size batch of packs idx (filler packs repeat idx[0]). Per token: `tokens`, `positions` (in the
+    token's own row), `segment` (0 prefix, j + 1 the suffix of slot j, -1 padding). Per pack: `uid`, `his`
+    and `user_pos` (hybrid prompts). Per slot [batch, max_slots]: `iid`, `last` (the position whose logits
+    score the slot's row) and `item_pos` (hybrid; T for empty slots, so nothing is written)."""
+    p = data.prompts
+    full = np.concatenate([idx, np.full(batch_size - len(idx), idx[0], idx.dtype)]) if len(idx) < batch_size else idx
+    T = -(-int(packs.lengths[full].max()) // pad_multiple) * pad_multiple
+    tokens = np.full((batch_size, T), pad_id, np.int32)
+    positions = np.zeros((batch_size, T), np.int32)
+    segment = np.full((batch_size, T), -1, np.int32)
+    iid = np.zeros((batch_size, max_slots), np.int32)
+    last = np.zeros((batch_size, max_slots), np.int32)
+    item_pos = np.full((batch_size, max_slots), T, np.int32)
+    heads = np.array([packs.rows[k][0] for k in full])
+    for b, k in enumerate(full):
+        rows, pre = packs.rows[k], int(packs.prefix[k])
+        tokens[b, :pre] = p.tokens[rows[0]][:pre]
+        positions[b, :pre] = np.arange(pre)
+        segment[b, :pre] = 0
+        at = pre
+        for j, r in enumerate(rows):
+            suffix = p.tokens[r][pre:]
+            n = len(suffix)
+            tokens[b, at:at + n] = suffix
+            positions[b, at:at + n] = np.arange(pre, pre + n)
+            segment[b, at:at + n] = j + 1
+            last[b, j] = at + n - 1
+            iid[b, j] = data.iid[r]
+            if p.item_pos[r] >= 0:
+                item_pos[b, j] = at + p.item_pos[r] - pre
+            at += n
+    batch = {"tokens": tokens, "positions": positions, "segment": segment, "last": last, "iid": iid,
+             "uid": data.uid[heads], "his": data.his[heads]}
+    if p.user_pos[heads[0]] >= 0:
+        batch.update(user_pos=p.user_pos[heads].astype(np.int32), item_pos=item_pos)
+    return batch
