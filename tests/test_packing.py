@@ -61,3 +61,27 @@ def test_ranking_candidates_score_the_same_packed(built):
     alone, packed, packs = both_ways(cfg, comp, params, data, "hybrid", batch_size=4)
     assert min(map(len, packs.rows)) >= 4 and len(packs.rows) <= len(data) // 4
     np.testing.assert_allclose(packed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_pack_rows_by_hand():
+    """Rows of one (user, history) share their longest common start, up to the target's placeholder; a
+    group whose rows differ before the end of the user's placeholder goes row by row; a pack holds at
+    most `cap` tokens."""
+    from sasrecllm_jax.data.pipeline import SplitData
+    from sasrecllm_jax.data.prompts import EncodedPrompts
+    tok = lambda *ids: np.asarray(ids, np.int32)
+    rows = [tok(5, 6, 0, 7, 8, 0, 9),      # user 1: placeholders (0) at 2 and 5
+            tok(5, 6, 0, 7, 3, 0, 9),      # user 1, same history: common start 5, 6, 0, 7
+            tok(5, 6, 0, 7, 4, 4, 0, 9),   # user 1 again
+            tok(5, 0, 7, 1, 0, 9),         # user 2: the first of its group
+            tok(5, 4, 0, 7, 2, 0, 9)]      # user 2: differs before its user placeholder ends
+    uid = np.array([1, 1, 1, 2, 2], np.int32)
+    prompts = EncodedPrompts(rows, user_pos=np.array([2, 2, 2, 1, 2]), item_pos=np.array([5, 5, 6, 4, 5]),
+                             shortened=0, num_soft_tokens=1)
+    data = SplitData("hand", uid, np.arange(1, 6, dtype=np.int32), np.zeros(5, np.float32), np.ones(5, np.int8),
+                     np.zeros((5, 3), np.int32), [np.array([], np.int64)] * 5, prompts=prompts)
+    packs = packing.pack_rows(data, cap=16)
+    got = {tuple(r): (int(pre), int(n)) for r, pre, n in zip(packs.rows, packs.prefix, packs.lengths)}
+    assert got == {(0, 1, 2): (4, 4 + 3 + 3 + 4), (3,): (4, 6), (4,): (5, 7)}, got
+    packs = packing.pack_rows(data, cap=11)  # 4 + 3 + 3 fits, the third row's 4 more do not
+    assert [tuple(r) for r in packs.rows][:2] == [(0, 1), (2,)] and list(packs.lengths[:2]) == [10, 8]

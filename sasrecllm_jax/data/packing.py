@@ -61,7 +61,9 @@ def pack_rows(data: SplitData, cap: int, max_slots: int = MAX_SLOTS) -> Packs:
         prefix = min(common_prefix([p.tokens[r] for r in members]), int(lengths[members].min()) - 1)
         if hybrid:
             prefix = min(prefix, int(p.item_pos[members].min()))
-            if prefix < p.user_pos[members[0]] + p.num_soft_tokens:  # e.g. histories cut to different lengths
+            user_pos = p.user_pos[members]
+            if prefix < user_pos[0] + p.num_soft_tokens or (user_pos != user_pos[0]).any():
+                # the user's placeholder is not in a common start: e.g. histories cut to different lengths
                 for r in members:
                     emit([r], min(int(lengths[r]) - 1, int(p.item_pos[r])))
                 continue
