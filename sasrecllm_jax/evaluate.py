@@ -76,12 +76,13 @@ class Scorer:
 def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int,
                 with_prompts: bool, collab: str = "on", progress=None, share_prefix: bool = False) -> np.ndarray:
     """Scores of every row. Batch b+1 is built on the host while the device scores batch b: the only
-    wait is for results, one batch behind. With `share_prefix` (prompts, no ablation), rows that share
-    their prompt's start are scored in packs of batch_size sequences (sasrecllm_jax.data.packing)."""
+    wait is for results, one batch behind. With `share_prefix` (prompts; collaborative inputs kept or
+    dropped, not shuffled), rows that share their prompt's start are scored in packs of batch_size
+    sequences (sasrecllm_jax.data.packing)."""
     scores = np.full(len(data), np.nan)
     scored = np.zeros(len(data), bool)
     packs = None
-    if share_prefix and with_prompts and collab == "on" and len(data):
+    if share_prefix and with_prompts and collab in ("on", "drop") and len(data):  # shuffling mixes rows: not packed
         packs = packing.pack_rows(data, -(-int(data.lengths().max()) // pad_multiple) * pad_multiple)
     it = BatchIterator(data.lengths() if packs is None else packs.lengths, batch_size, seed=0, shuffle=False)
     pending = None
@@ -106,6 +107,8 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
             batch = {k: v for k, v in batch.items() if k not in ("row", "weight", "label")}
         else:
             batch = packing.make_pack_batch(data, packs, idx, batch_size, pad_multiple)
+            if collab == "drop" and "user_pos" in batch:
+                batch["collab_scale"] = np.zeros(batch_size, np.float32)
         job = (idx, scorer.dispatch(params, batch))
         if pending is not None:
             collect(pending)

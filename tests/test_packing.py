@@ -27,10 +27,10 @@ def built(tmp_path_factory):
     return cfg, comp, params
 
 
-def both_ways(cfg, comp, params, data, prompt, batch_size):
+def both_ways(cfg, comp, params, data, prompt, batch_size, collab="on"):
     scorer = Scorer(comp.model(prompt, deterministic=True))
-    alone = score_split(scorer, params, data, batch_size, cfg.data.pad_multiple, True)
-    packed = score_split(scorer, params, data, batch_size, cfg.data.pad_multiple, True, share_prefix=True)
+    alone = score_split(scorer, params, data, batch_size, cfg.data.pad_multiple, True, collab)
+    packed = score_split(scorer, params, data, batch_size, cfg.data.pad_multiple, True, collab, share_prefix=True)
     cap = -(-int(data.lengths().max()) // cfg.data.pad_multiple) * cfg.data.pad_multiple
     packs = packing.pack_rows(data, cap)
     assert sorted(np.concatenate(packs.rows)) == list(range(len(data)))  # every row in exactly one pack
@@ -46,6 +46,10 @@ def test_a_split_scores_the_same_packed(built, prompt):
     assert len(packs.rows) < len(data), "no two rows shared a prefix: the test data lost its point"
     assert np.isfinite(alone).all() and alone.std() > 0
     np.testing.assert_allclose(packed, alone, rtol=1e-5, atol=1e-5)
+    if prompt == "hybrid":  # the drop ablation packs too: the soft tokens and the ID score are zeroed
+        dropped, packed_dropped, _ = both_ways(cfg, comp, params, data, prompt, batch_size=8, collab="drop")
+        assert np.abs(dropped - alone).max() > 1e-3
+        np.testing.assert_allclose(packed_dropped, dropped, rtol=1e-5, atol=1e-5)
 
 
 def test_ranking_candidates_score_the_same_packed(built):

@@ -108,6 +108,8 @@ class Hybrid(_HasEncoder, nn.Module):
             B, S = batch["iid"].shape
             rows = {"his": jnp.repeat(batch["his"], S, axis=0), "uid": jnp.repeat(batch["uid"], S),
                     "iid": batch["iid"].reshape(-1)}
+            if "collab_scale" in batch:  # [B]: a pack's rows are kept or dropped together
+                rows["collab_scale"] = jnp.repeat(batch["collab_scale"], S)
             user, item, id_score = self.collaborative_inputs(rows)
             embeds = splice(embeds, user.reshape(B, S, *user.shape[1:])[:, 0].astype(embeds.dtype), batch["user_pos"])
             embeds = splice(embeds, item.reshape(B, S, *item.shape[1:]).astype(embeds.dtype), batch["item_pos"])
