@@ -13,7 +13,7 @@ import numpy as np
 from sasrecllm_jax import metrics
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data import packing
-from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
+from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch, padded_length
 from sasrecllm_jax.errors import TrainingError
 
 
@@ -83,7 +83,7 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
     scored = np.zeros(len(data), bool)
     packs = None
     if share_prefix and with_prompts and collab in ("on", "drop") and len(data):  # shuffling mixes rows: not packed
-        packs = packing.pack_rows(data, -(-int(data.lengths().max()) // pad_multiple) * pad_multiple)
+        packs = packing.pack_rows(data, padded_length(data.lengths().max(), pad_multiple))
     it = BatchIterator(data.lengths() if packs is None else packs.lengths, batch_size, seed=0, shuffle=False)
     pending = None
 

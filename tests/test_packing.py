@@ -8,6 +8,7 @@ import pytest
 from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.data import packing
+from sasrecllm_jax.data.pipeline import padded_length
 from sasrecllm_jax.evaluate import Scorer, score_split
 
 
@@ -31,7 +32,7 @@ def both_ways(cfg, comp, params, data, prompt, batch_size, collab="on"):
     scorer = Scorer(comp.model(prompt, deterministic=True))
     alone = score_split(scorer, params, data, batch_size, cfg.data.pad_multiple, True, collab)
     packed = score_split(scorer, params, data, batch_size, cfg.data.pad_multiple, True, collab, share_prefix=True)
-    cap = -(-int(data.lengths().max()) // cfg.data.pad_multiple) * cfg.data.pad_multiple
+    cap = padded_length(data.lengths().max(), cfg.data.pad_multiple)
     packs = packing.pack_rows(data, cap)
     assert sorted(np.concatenate(packs.rows)) == list(range(len(data)))  # every row in exactly one pack
     assert packs.lengths.max() <= cap

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from sasrecllm_jax.data.pipeline import SplitData
+from sasrecllm_jax.data.pipeline import SplitData, padded_length
 
 MAX_SLOTS = 16  # rows per pack (the scorer's output is [batch, MAX_SLOTS])
 
@@ -87,7 +87,7 @@ def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: 
     score the slot's row) and `item_pos` (hybrid; T for empty slots, so nothing is written)."""
     p = data.prompts
     full = np.concatenate([idx, np.full(batch_size - len(idx), idx[0], idx.dtype)]) if len(idx) < batch_size else idx
-    T = -(-int(packs.lengths[full].max()) // pad_multiple) * pad_multiple
+    T = padded_length(packs.lengths[full].max(), pad_multiple)
     tokens = np.full((batch_size, T), pad_id, np.int32)
     positions = np.zeros((batch_size, T), np.int32)
     segment = np.full((batch_size, T), -1, np.int32)

@@ -134,6 +134,11 @@ class BatchIterator:
         self._order = self._epoch_batches(self.epoch)
 
 
+def padded_length(n: int, multiple: int) -> int:
+    """n tokens rounded up to a multiple of data.pad_multiple: the length a batch is padded to."""
+    return -(-int(n) // multiple) * multiple
+
+
 def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad_multiple: int,
                with_prompts: bool, pad_id: int = 0) -> dict[str, np.ndarray]:
     """A fixed-size batch: rows idx (filler rows repeat row idx[0] with weight 0)."""
@@ -144,7 +149,7 @@ def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad_multiple: 
     if with_prompts:
         p = data.prompts
         T = max(len(p.tokens[i]) for i in full)
-        T = -(-T // pad_multiple) * pad_multiple
+        T = padded_length(T, pad_multiple)
         tokens = np.full((batch_size, T), pad_id, np.int32)
         mask = np.zeros((batch_size, T), np.int32)
         for r, i in enumerate(full):
