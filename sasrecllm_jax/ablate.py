@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from sasrecllm_jax import compile_cache
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.evaluate import evaluate
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def body():
+        compile_cache.enable()
         out = ablate(args.run, args.modes, args.split, args.masks)[args.split]
         rows = {"as trained": as_trained(args.run, args.split, out),
                 **{k: v for k, v in out.items() if k != "on" and (k in args.modes or k[5:] in args.masks)}}

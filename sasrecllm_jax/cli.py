@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from sasrecllm_jax import compile_cache
 from sasrecllm_jax.config import load_config
 from sasrecllm_jax.errors import run_command
 from sasrecllm_jax.train.run import RESULT_NEUTRAL_KEYS, train_and_evaluate
@@ -31,6 +32,7 @@ def train_main(argv=None) -> int:
 
     def body():
         cfg = load_config(args.config, args.overrides)
+        compile_cache.enable()
         train_and_evaluate(cfg, workdir, resume=args.resume, config_path=str(args.config), restart=args.restart,
                            allow_config_change=args.allow_config_change)
 

@@ -84,6 +84,10 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
     packs = None
     if share_prefix and with_prompts and collab in ("on", "drop") and len(data):  # shuffling mixes rows: not packed
         packs = packing.pack_rows(data, padded_length(data.lengths().max(), pad_multiple))
+    n = len(data) if packs is None else len(packs.rows)
+    # a request smaller than a batch (`score`, `recommend` on a few candidates) gets a batch of the next power of
+    # two, not batch_size rows of which all but a few are padding: few extra shapes, each compiled once
+    batch_size = min(batch_size, 1 << max(n - 1, 0).bit_length())
     it = BatchIterator(data.lengths() if packs is None else packs.lengths, batch_size, seed=0, shuffle=False)
     pending = None
 

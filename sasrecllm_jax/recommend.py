@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sasrecllm_jax import compile_cache
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, score_split
 from sasrecllm_jax.score import Recommender
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def body():
+        compile_cache.enable()
         history, candidates = _ids(args.history, "--history"), _ids(args.candidates, "--candidates")
         table = recommend(Recommender(args.run), history, args.k, args.user, args.retrieve, candidates or None)
         if args.out:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sasrecllm_jax import compile_cache
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, from_dict, load_yaml
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
 
     def body():
         Recommender.check_run(args.run)
+        compile_cache.enable()
         rows = request = None  # the inputs, read and checked before the model is built
         if args.write_run_scores:
             pass

@@ -90,3 +90,18 @@ def test_pack_rows_by_hand():
     assert got == {(0, 1, 2): (4, 4 + 3 + 3 + 4), (3,): (4, 6), (4,): (5, 7)}, got
     packs = packing.pack_rows(data, cap=11)  # 4 + 3 + 3 fits, the third row's 4 more do not
     assert [tuple(r) for r in packs.rows][:2] == [(0, 1), (2,)] and list(packs.lengths[:2]) == [10, 8]
+
+
+def test_a_small_request_gets_a_small_batch(built):
+    """Three rows are scored in a batch of 4 (the next power of two), not of batch_size, with the scores
+    they get among 64 rows."""
+    cfg, comp, params = built
+    test = comp.dataset.splits["test"]
+    assert len(test) >= 64
+    many, few = (comp.encoder.encode_rows(name, test.head(n), "hybrid") for name, n in (("many", 64), ("few", 3)))
+    big, small = (Scorer(comp.model("hybrid", deterministic=True)) for _ in range(2))
+    full = score_split(big, params, many, 64, cfg.data.pad_multiple, True)
+    got = score_split(small, params, few, 64, cfg.data.pad_multiple, True)
+    assert {dict(shape)["tokens"][0] for shape in big.compile.shapes} == {64}
+    assert {dict(shape)["tokens"][0] for shape in small.compile.shapes} == {4}
+    np.testing.assert_allclose(got, full[:3], rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sasrecllm_jax import compile_cache
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.experiments.grid import METHODS, ROOT, config_path, run_grid
 from sasrecllm_jax.experiments.summary import summarise
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
         if unknown:
             raise ConfigError(f"no config for {unknown} in configs/experiments/{args.dataset}/")
         if not args.summary_only:
+            compile_cache.enable()
             run_grid(args.dataset, args.methods, args.seeds, out, args.overrides, args.tag, args.ablate,
                      not args.no_phase_cache)
         if not args.no_summary:

@@ -1,0 +1,61 @@
+"""The persistent compilation cache of the commands: where it lives, that it can be turned off, and that a
+second process loads what the first compiled instead of compiling it again."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sasrecllm_jax import compile_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, jax, jax.numpy as jnp
+from jax import monitoring
+from sasrecllm_jax import compile_cache
+hits = []
+monitoring.register_event_listener(lambda name, **kw: hits.append(name) if name.endswith("/cache_hits") else None)
+folder = compile_cache.enable(min_compile_secs=0)
+f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0) * 3.0)
+value = float(f(jnp.arange(12.0).reshape(3, 4) / 10).sum())
+print(json.dumps({"folder": None if folder is None else str(folder), "hits": len(hits), "value": value}))
+"""
+
+
+def _probe(tmp_path, **env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE",
+                                                                        "SASRECLLM_COMPILE_CACHE"))}
+    clean.update(SASRECLLM_CACHE=str(tmp_path / "home-cache"), JAX_PLATFORMS="cpu", **env)
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_loads_what_the_first_compiled(tmp_path):
+    first = _probe(tmp_path)
+    folder = Path(first["folder"])
+    assert folder.parent == tmp_path / "home-cache" / "xla" and folder.name == compile_cache.host_tag()
+    assert first["hits"] == 0 and any(p.name.endswith("-cache") for p in folder.iterdir())
+    second = _probe(tmp_path)
+    assert second["folder"] == first["folder"] and second["hits"] >= 1
+    assert second["value"] == first["value"]
+
+
+def test_off_and_explicit_folders(tmp_path):
+    off = _probe(tmp_path, SASRECLLM_COMPILE_CACHE="off")
+    assert off["folder"] is None and not (tmp_path / "home-cache" / "xla").exists()
+    mine = _probe(tmp_path, SASRECLLM_COMPILE_CACHE=str(tmp_path / "mine"))
+    assert mine["folder"] == str(tmp_path / "mine") and any((tmp_path / "mine").iterdir())
+    # JAX's own setting wins over ours
+    jaxs = _probe(tmp_path, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-own"), SASRECLLM_COMPILE_CACHE="off")
+    assert jaxs["folder"] == str(tmp_path / "jax-own")
+
+
+def test_host_tag_separates_cpus():
+    avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2\n"
+    avx512 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 avx512f avx512_bf16\n"
+    assert compile_cache.host_tag(avx2) == compile_cache.host_tag(avx2 + "processor\t: 1\nflags\t\t: other\n")
+    assert compile_cache.host_tag(avx2) != compile_cache.host_tag(avx512)
+    import jax
+    assert compile_cache.host_tag(avx2).startswith(f"jax{jax.__version__}-")
