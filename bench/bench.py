@@ -76,8 +76,7 @@ def timed(fn, steps, warmup):
     jax.block_until_ready(fn())
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
-        out = fn()
-    jax.block_until_ready(out)
+        jax.block_until_ready(fn())
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

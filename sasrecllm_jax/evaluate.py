@@ -32,9 +32,23 @@ def batch_shape(batch: dict) -> str:
     return "x".join(map(str, np.shape(batch["tokens"]))) if "tokens" in batch else f"{len(batch['uid'])} rows"
 
 
+# jax's own timings of tracing, lowering and XLA compilation, summed while a CompileTimer times a first call
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compiling = {"on": False, "s": 0.0}
+
+
+def _on_duration(event: str, duration: float, **_):
+    if _compiling["on"] and event in _COMPILE_EVENTS:
+        _compiling["s"] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
 class CompileTimer:
     """Times the first call of a jitted function at each batch shape (compilation plus one run) apart
-    from the other calls, which stay asynchronous. The batch is the last argument. `notify(text)`, when
+    from the other calls, which stay asynchronous; the notice gives the compilation's share too. The batch is the last argument. `notify(text)`, when
     set, hears of each compilation before it starts and when it ends, so a long silence has a reason."""
 
     def __init__(self, what: str = "step", notify=None):
@@ -51,12 +65,16 @@ class CompileTimer:
         if self.notify is not None:
             self.notify(f"compiling the {self.what} for batches of {size} ...")
         t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
+        _compiling.update(on=True, s=0.0)
+        try:
+            out = jax.block_until_ready(fn(*args))
+        finally:
+            _compiling["on"] = False
         took = time.perf_counter() - t0
         self.seconds += took
         self.shapes.add(shape)
         if self.notify is not None:
-            self.notify(f"compiled the {self.what} for {size} in {took:.1f} s")
+            self.notify(f"compiled the {self.what} for {size} in {_compiling['s']:.1f} s (with its first batch {took:.1f} s)")
         return out
 
 

@@ -59,3 +59,26 @@ def test_host_tag_separates_cpus():
     assert compile_cache.host_tag(avx2) != compile_cache.host_tag(avx512)
     import jax
     assert compile_cache.host_tag(avx2).startswith(f"jax{jax.__version__}-")
+
+
+def test_compile_notice_separates_compiling_from_the_first_batch():
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from sasrecllm_jax.evaluate import CompileTimer
+    said = []
+    timer = CompileTimer("probe", notify=said.append)
+    def probe(batch):  # a few hundred operations: a compilation long enough to be seen at 0.1 s
+        x = batch["tokens"]
+        for i in range(300):
+            x = jnp.sin(x * (1 + i % 7)) @ jnp.ones((96, 96)) / 96
+        return x.sum()
+    fn = jax.jit(probe)
+    timer(fn, {"tokens": jnp.ones((64, 96))})
+    timer(fn, {"tokens": jnp.zeros((64, 96))})  # the same shape: no second notice
+    assert said[0] == "compiling the probe for batches of 64x96 ..." and len(said) == 2
+    compiling, first = map(float, re.fullmatch(r"compiled the probe for 64x96 in ([\d.]+) s \(with its first batch "
+                                               r"([\d.]+) s\)", said[1]).groups())
+    assert 0 < compiling <= first + 0.05 and timer.seconds >= first - 0.05
