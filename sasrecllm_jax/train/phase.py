@@ -60,7 +60,6 @@ class PhasePlan:
     train_step: Callable               # train_step(state, batch) -> (state, metrics), pure
     scorer: Scorer
     mesh: object = None
-    step_fn: Callable | None = None    # train_step jitted for the state's layout (set once the state is placed)
 
 
 def phase_salt(name: str) -> int:
@@ -121,9 +120,8 @@ class PhaseRunner:
             else:  # commit every leaf: a state mixing an earlier phase's (committed) outputs with new
                 # (uncommitted) leaves would compile the step twice, for the first step and the second
                 state = jax.device_put(state, jax.devices()[0])
-            plan = dataclasses.replace(plan, step_fn=sharding.jit_step(plan.train_step, layout))
             self.progress = PhaseProgress(phase.name, plan.total, int(state.step))
-            loop = PhaseLoop(self, plan, it, state, stopping, ckpt, earlier)
+            loop = PhaseLoop(self, plan, sharding.jit_step(plan.train_step, layout), it, state, stopping, ckpt, earlier)
             loop.run()
             self.progress.close()
             final = merge(loop.state.trainable, loop.state.frozen)
@@ -197,9 +195,10 @@ class PhaseLoop:
     """The steps of one phase. The device runs step n while the host builds batch n+1: nothing waits on
     the device except the log steps (every train.log_every), the evaluations and the checkpoints."""
 
-    def __init__(self, runner: PhaseRunner, plan: PhasePlan, it: BatchIterator, state: TrainState,
+    def __init__(self, runner: PhaseRunner, plan: PhasePlan, step_fn: Callable, it: BatchIterator, state: TrainState,
                  stopping: EarlyStopping, ckpt: PhaseCheckpoints, earlier: dict | None = None):
         self.runner, self.plan, self.it, self.state = runner, plan, it, state
+        self.step_fn = step_fn         # plan.train_step jitted for the state's layout
         self.stopping, self.ckpt = stopping, ckpt
         self.earlier = earlier or {}   # the time earlier processes spent on this phase (the latest checkpoint's)
         self.start = time.perf_counter()
@@ -271,7 +270,7 @@ class PhaseLoop:
             batch.pop("row")
             if p.mesh is not None:
                 batch = sharding.place_batch(batch, p.mesh)
-            self.state, m = self.compile_timer(p.step_fn, self.state, batch)
+            self.state, m = self.compile_timer(self.step_fn, self.state, batch)
             step += 1
             self.steps += 1
             losses.append(m["loss"])
