@@ -5,6 +5,7 @@ scores batch b. The ablation masks (`collab_inputs`) drop or shuffle the collabo
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import jax
@@ -35,11 +36,11 @@ def batch_shape(batch: dict) -> str:
 # jax's own timings of tracing, lowering and XLA compilation, summed while a CompileTimer times a first call
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
-_compiling = {"on": False, "s": 0.0}
+_compiling = {"thread": None, "s": 0.0}  # the thread whose compilations are being summed
 
 
 def _on_duration(event: str, duration: float, **_):
-    if _compiling["on"] and event in _COMPILE_EVENTS:
+    if _compiling["thread"] == threading.get_ident() and event in _COMPILE_EVENTS:
         _compiling["s"] += duration
 
 
@@ -65,11 +66,11 @@ class CompileTimer:
         if self.notify is not None:
             self.notify(f"compiling the {self.what} for batches of {size} ...")
         t0 = time.perf_counter()
-        _compiling.update(on=True, s=0.0)
+        _compiling.update(thread=threading.get_ident(), s=0.0)
         try:
             out = jax.block_until_ready(fn(*args))
         finally:
-            _compiling["on"] = False
+            _compiling["thread"] = None
         took = time.perf_counter() - t0
         self.seconds += took
         self.shapes.add(shape)

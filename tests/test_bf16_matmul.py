@@ -4,6 +4,7 @@ dot: the same values, float rounding aside, and the form every Linear takes on t
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sasrecllm_jax.config import LoraConfig
 from sasrecllm_jax.models.lora import Linear, f32_accumulating_matmul
@@ -33,6 +34,7 @@ def test_values_and_gradients_are_the_float32_ones_rounded():
         np.testing.assert_allclose(np.asarray(a, np.float32) / scale, np.asarray(b) / scale, atol=1e-2)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the form is the CPU's; other backends keep x @ kernel")
 def test_a_bf16_linear_on_the_cpu_takes_that_form():
     x, _ = operands()
     for dtype, expect in (("bfloat16", True), ("float32", False)):
@@ -40,7 +42,6 @@ def test_a_bf16_linear_on_the_cpu_takes_that_form():
         params = layer.init(jax.random.key(1), x)
         jaxpr = str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
         assert ("custom_vjp_call" in jaxpr) is expect, dtype
-        kernel = params["params"]["kernel"]
-        base = layer.apply(params, x) - Linear(40, None, dtype=dtype, param_dtype=dtype).apply(
-            {"params": {"kernel": kernel}}, x)
-        assert float(jnp.abs(base.astype(jnp.float32)).max()) < 1e-6  # LoRA's b starts at zero: the base alone
+        kernel = params["params"]["kernel"]  # LoRA's b starts at zero: the output is the projection alone
+        want = x.astype(jnp.float32) @ kernel.astype(jnp.float32)
+        np.testing.assert_allclose(np.asarray(layer.apply(params, x), np.float32), np.asarray(want), rtol=2e-2, atol=2e-2)

@@ -105,3 +105,9 @@ def test_a_small_request_gets_a_small_batch(built):
     assert {dict(shape)["tokens"][0] for shape in big.compile.shapes} == {64}
     assert {dict(shape)["tokens"][0] for shape in small.compile.shapes} == {4}
     np.testing.assert_allclose(got, full[:3], rtol=1e-5, atol=1e-5)
+    # packed: a batch of as many packs as the next power of two above their count
+    packs = len(packing.pack_rows(few, padded_length(few.lengths().max(), cfg.data.pad_multiple)).rows)
+    in_packs = Scorer(comp.model("hybrid", deterministic=True))
+    got = score_split(in_packs, params, few, 64, cfg.data.pad_multiple, True, share_prefix=True)
+    assert {dict(shape)["tokens"][0] for shape in in_packs.compile.shapes} == {1 << max(packs - 1, 0).bit_length()}
+    np.testing.assert_allclose(got, full[:3], rtol=1e-5, atol=1e-5)

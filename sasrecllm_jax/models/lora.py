@@ -64,7 +64,7 @@ f32_accumulating_matmul.defvjp(_f32_acc_fwd, _f32_acc_bwd)
 
 def project(x, kernel):
     """x @ kernel; on the CPU, low-precision operands go through f32_accumulating_matmul."""
-    if x.dtype != jnp.float32 and x.dtype == kernel.dtype and jax.default_backend() == "cpu":
+    if x.dtype in (jnp.bfloat16, jnp.float16) and x.dtype == kernel.dtype and jax.default_backend() == "cpu":
         return f32_accumulating_matmul(x, kernel)
     return x @ kernel
 
