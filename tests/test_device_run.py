@@ -19,8 +19,8 @@ def _executable(path: Path, text: str) -> None:
 
 
 def test_grid_with_jobs_returns_when_its_grid_processes_do(tmp_path):
-    # The 2026-11-28 device run: with JOBS=2 both grid processes finished at 396 s, but a bare `wait`
-    # also waited for the nvidia-smi sampler (`-l 1` never ends) and held the call to its limit.
+    # With JOBS=2 a bare `wait` also waits for the nvidia-smi sampler (`-l 1` never ends): the call is held
+    # to its time limit long after both grid processes have finished.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.txt"
