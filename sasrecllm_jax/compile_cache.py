@@ -1,8 +1,8 @@
 """Compiled programs kept on disk (JAX's persistent compilation cache), so that a machine compiles each
 train step and scorer once: a second quickstart, `score`, `recommend` or `ablate` on a finished run, a
-resumed run and every seed of a grid load what an earlier command compiled. On 2 CPU cores the SmolLM2
-scorer takes 20-50 s to compile per prompt length and the train step 12-22 s; a cached one loads in
-about a second.
+resumed run and every seed of a grid load what an earlier command compiled. On 2 CPU cores a SmolLM2
+train step compiles in 4-6 s per prompt length and loads from the cache in under 2; an LLM phase on a GPU
+compiles for 7-52 s (bench/RESULTS.md).
 
 Where: $SASRECLLM_COMPILE_CACHE if set ("off" turns the cache off), else `xla/HOST` under the download
 cache ($SASRECLLM_CACHE, default ~/.cache/sasrecllm_jax), HOST naming the jax version and the CPU model

@@ -49,8 +49,9 @@ jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 class CompileTimer:
     """Times the first call of a jitted function at each batch shape (compilation plus one run) apart
-    from the other calls, which stay asynchronous; the notice gives the compilation's share too. The batch is the last argument. `notify(text)`, when
-    set, hears of each compilation before it starts and when it ends, so a long silence has a reason."""
+    from the other calls, which stay asynchronous; the notice gives the compilation's share too. The batch
+    is the last argument. `notify(text)`, when set, hears of each compilation before it starts and when it
+    ends, so a long silence has a reason."""
 
     def __init__(self, what: str = "step", notify=None):
         self.shapes: set = set()

@@ -2,11 +2,16 @@
 second process loads what the first compiled instead of compiling it again."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+
 from sasrecllm_jax import compile_cache
+from sasrecllm_jax.evaluate import CompileTimer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,17 +62,10 @@ def test_host_tag_separates_cpus():
     avx512 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 avx512f avx512_bf16\n"
     assert compile_cache.host_tag(avx2) == compile_cache.host_tag(avx2 + "processor\t: 1\nflags\t\t: other\n")
     assert compile_cache.host_tag(avx2) != compile_cache.host_tag(avx512)
-    import jax
     assert compile_cache.host_tag(avx2).startswith(f"jax{jax.__version__}-")
 
 
 def test_compile_notice_separates_compiling_from_the_first_batch():
-    import re
-
-    import jax
-    import jax.numpy as jnp
-
-    from sasrecllm_jax.evaluate import CompileTimer
     said = []
     timer = CompileTimer("probe", notify=said.append)
     def probe(batch):  # a few hundred operations: a compilation long enough to be seen at 0.1 s
