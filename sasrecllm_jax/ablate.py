@@ -8,7 +8,8 @@ gate or residual adds); `shuffle` gives every row another row's collaborative in
 unchanged (it equals the run's results.json).
 Parameters (--masks, by the partition's groups): `lora` puts every adapter back to its initial value
 (B = 0: the base model); `mapper` zeroes the mapper's layers (the soft tokens become zero vectors; a fusion
-gate keeps its value); `sasrec` / `mf` resets the encoder to its initialisation (the run's seed).
+gate and the item_seen flags keep their values); `sasrec` / `mf` resets the encoder to its initialisation
+(the run's seed).
 For an ablation in training as well, train with --set train.collab=drop or train.freeze.
 
 Writes RUN/ablation.json ({split: {mode or "mask:GROUP": metrics}}, merged with earlier calls) and prints
@@ -28,6 +29,7 @@ from sasrecllm_jax import compile_cache
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.evaluate import evaluate
+from sasrecllm_jax.models.pop import COUNTS
 from sasrecllm_jax.run_folder.files import write_whole
 from sasrecllm_jax.score import Recommender
 from sasrecllm_jax.train import groups
@@ -45,7 +47,8 @@ def masked(params: dict, group: str, initial: dict) -> dict:
         raise ConfigError(f"--masks {group}: this run has no {group!r} parameters (it has "
                           f"{sorted(groups.present_groups(params) - {'frozen', 'counts'})})")
     if group == "mapper":
-        zeroed = {k: (v if k in GATES else jax.tree_util.tree_map(jnp.zeros_like, v)) for k, v in params["mapper"].items()}
+        zeroed = {k: (v if k in GATES or k == COUNTS else jax.tree_util.tree_map(jnp.zeros_like, v))
+                  for k, v in params["mapper"].items()}
         return {**params, "mapper": zeroed}
     start, _ = groups.split(initial, [group])
     return groups.replace_groups(params, {group: start})

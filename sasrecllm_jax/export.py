@@ -109,7 +109,10 @@ def scoring_description(rec) -> dict:
                         f"text pieces; the input embeddings at those positions are replaced by the mapper's "
                         f"{k} output vector(s) of the user's (<UserID>) or the item's (<ItemID>) encoder vector",
         "placeholder_token_id": PLACEHOLDER_ID,
-        "encoder": {"kind": enc, "config": to_dict(getattr(m, enc)), **ENCODER_VECTORS[enc]},
+        "encoder": {"kind": enc, "config": to_dict(getattr(m, enc)), **ENCODER_VECTORS[enc],
+                    **({"item_vector": f"{ENCODER_VECTORS[enc]['item_vector']} if mapper/counts/item_seen[iid] "
+                                       f"is 1, else mapper/unknown_item (the item has no train row)"}
+                       if m.mapper.new_items == "unknown" else {})},
         "mapper": {"config": to_dict(m.mapper), "d_model": rec.assembly.backbone.llm_cfg.hidden_size,
                    "tokens": "reshape(relu(v @ mapper/fc1/kernel + mapper/fc1/bias) @ mapper/fc2/kernel "
                              "+ mapper/fc2/bias, [num_tokens, d_model])"},
@@ -209,6 +212,9 @@ def readme(rec, out: Path, desc: dict) -> str:
             "text = collab[\"template\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', target=\"Casino (1995)\")",
             'pieces = re.split("<UserID>|<ItemID>", text)',
             *EXAMPLE_VECTORS[desc["encoder"]["kind"]],
+            *(['if w["mapper/counts/item_seen"][7] == 0:  # an item without train rows: the shared unknown vector',
+               '    item_vector = w["mapper/unknown_item"]']
+              if desc["mapper"]["config"]["new_items"] == "unknown" else []),
             "print(score_hybrid(pieces, user_vector, item_vector))",
             "```",
         ]

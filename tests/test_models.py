@@ -189,6 +189,44 @@ def test_gate_adds_the_encoder_score():
                                2.5 * id_score[::-1], rtol=1e-4, atol=1e-5)
 
 
+def test_unknown_item_vector_replaces_items_without_train_rows():
+    """new_items: unknown: an item whose counts/item_seen flag is 0 enters the mapper (and the ID score) as the
+    learned unknown_item vector, a seen item as its own embedding; item_dropout shows the unknown vector for a
+    share of seen items in training only, and the unknown vector's gradient comes from those rows alone."""
+    plain = _hybrid()
+    cfg = dataclasses.replace(plain.cfg, mapper=dataclasses.replace(plain.cfg.mapper, new_items="unknown",
+                                                                    item_dropout=0.5))
+    model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    batch = _batch()  # iids 11, 12
+    params = model.init(jax.random.key(0), batch)["params"]
+    labels = partition.labels(params)
+    assert labels["mapper"]["unknown_item"] == "mapper" and labels["mapper"]["counts"]["item_seen"] == "counts"
+    assert params["mapper"]["counts"]["item_seen"].shape == (21,) and not np.any(params["mapper"]["unknown_item"])
+    unknown = jax.random.normal(jax.random.key(3), (cfg.sasrec.hidden,))
+    params["mapper"]["unknown_item"] = unknown
+    params["mapper"]["counts"]["item_seen"] = jnp.zeros(21).at[11].set(1.0)  # item 11 seen, item 12 not
+    inputs = lambda p, b, **kw: model.apply({"params": p}, b, method=lambda m, x: m.collaborative_inputs(x), **kw)
+    user, item, id_score = inputs(params, batch)
+    emb = params["sasrec"]["item_emb"]["embedding"]
+    mapped = lambda v: model.apply({"params": params}, v, method=lambda m, x: m.mapper(x))
+    np.testing.assert_allclose(item[0], mapped(emb[11][None])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(item[1], mapped(unknown[None])[0], rtol=1e-5, atol=1e-6)
+    u = model.apply({"params": params}, batch["his"], batch["uid"], method=lambda m, h, i: m.encoder.user_vector(h, i))
+    np.testing.assert_allclose(id_score, [u[0] @ emb[11], u[1] @ unknown], rtol=1e-5, atol=1e-6)
+    # training: each seen row shows the unknown vector with probability item_dropout; scoring never does
+    many = {"his": jnp.tile(batch["his"][:1], (256, 1)), "uid": jnp.ones(256, jnp.int32),
+            "iid": jnp.full(256, 11, jnp.int32)}
+    train_model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0), deterministic=False)
+    _, item_t, _ = train_model.apply({"params": params}, many, method=lambda m, x: m.collaborative_inputs(x),
+                                     rngs={"dropout": jax.random.key(1)})
+    shown_unknown = np.all(np.isclose(item_t, mapped(unknown[None])[0], rtol=1e-5, atol=1e-6), axis=(1, 2))
+    assert 90 < shown_unknown.sum() < 166  # Binomial(256, 0.5): 128 +- 4.6 sd
+    _, item_e, _ = inputs(params, many)
+    assert not np.any(np.all(np.isclose(item_e, mapped(unknown[None])[0], rtol=1e-5, atol=1e-6), axis=(1, 2)))
+    grad = jax.grad(lambda p: inputs(p, {**batch, "iid": jnp.array([11, 11])})[1].sum())(params)
+    assert not np.any(grad["mapper"]["unknown_item"])  # no unseen row, no dropout: no gradient
+
+
 def test_count_logits_by_hand():
     """Smoothed log-odds of each user's and item's positive rate on train; absent ones get the global rate."""
     import pandas as pd

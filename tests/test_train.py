@@ -282,6 +282,9 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "model.llm_overrides={scan_unroll: 0}"], "scan_unroll = 0; use 1"),
     (["--set", "train.phase_overrides={hybird: {epochs: 2}}"], "this run has no phase 'hybird'"),
     (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
+    (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown"),
+    (["--set", "model.mapper.new_items=unknown", "--set", "model.mapper.item_dropout=1.0"],
+     "model.mapper.item_dropout = 1.0: must be in [0, 1)"),
 ])
 def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -374,3 +377,43 @@ def test_held_out_items_get_no_gradient_and_are_reported_apart(dataset, tmp_path
     kept = load_scores(tmp_path / "run")["test"]
     np.testing.assert_array_equal(kept["new_item"].astype(bool), new_item)
     assert res["test"]["new_item"]["auc"] == auc(test["label"][new_item], kept["score"][new_item])
+
+
+def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_path):
+    """model.mapper.new_items: unknown on a dataset with held-out items: the final model flags exactly the
+    train split's items as seen (group counts, never trained), the shared unknown vector left zero because
+    item_dropout showed it in training, and every new-item test row is scored with it: two rows of one user
+    differ only through their titles, so swapping a new item's id for another new item's changes nothing
+    that the encoder contributes."""
+    import pandas as pd
+
+    from data_tools.cold import hold_out_items
+    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
+    ds = load_dataset(dataset)
+    splits, info = hold_out_items(ds.splits, 0.3, seed=1)
+    cold = tmp_path / "cold"
+    write_dataset(cold, splits, ds.items, source="synthetic", recipe="30% of valid/test items held out")
+    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
+                       "model.mapper.new_items=unknown", "model.mapper.item_dropout=0.3")
+    phases = []
+    train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, b, a: phases.append((p.name, b, a)))
+    final = load_raw(tmp_path / "run" / "final")
+    train = pd.read_parquet(cold / "train.parquet")
+    seen = np.asarray(final["counts"]["mapper"]["counts"]["item_seen"])
+    np.testing.assert_array_equal(np.flatnonzero(seen), np.unique(train["iid"]))
+    assert not np.isin(np.asarray(info["iids"]), np.flatnonzero(seen)).any()
+    name, before, after = phases[-1]
+    assert name == "mapper" and not np.any(before["mapper"]["unknown_item"])
+    assert np.any(after["mapper"]["unknown_item"]) and "unknown_item" in final["mapper"]["mapper"]
+    np.testing.assert_array_equal(after["mapper"]["counts"]["item_seen"], seen)
+
+    from sasrecllm_jax.assembly import Assembly
+    comp, _ = Assembly.for_run(cfg)
+    model = comp.model("hybrid", True)
+    held = np.asarray(info["iids"])
+    batch = {"his": np.array([[0, 0, 0, 1, 2]] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
+             "iid": np.array([held[0], held[1], int(np.unique(train["iid"])[0])], np.int32)}
+    user, item, id_score = model.apply({"params": after}, batch, method=lambda m, b: m.collaborative_inputs(b))
+    np.testing.assert_array_equal(item[0], item[1])  # both new items: the one unknown token
+    assert not np.allclose(item[0], item[2])         # a train item: its own vector
+    np.testing.assert_array_equal(id_score[0], id_score[1])

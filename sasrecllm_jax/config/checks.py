@@ -49,6 +49,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.pop.prior": RATE,
     "model.mapper.hidden": POSITIVE,
     "model.mapper.num_tokens": AT_LEAST_1,
+    "model.mapper.item_dropout": DROPOUT,
     "model.lora.rank": POSITIVE,
     "model.lora.alpha": RATE,
     "model.lora.dropout": DROPOUT,
@@ -139,6 +140,9 @@ def validate(cfg: Config) -> None:
     s = cfg.model.sasrec
     if s.hidden % s.num_heads:
         _refuse("model.sasrec.num_heads", s.num_heads, f"must divide model.sasrec.hidden ({s.hidden})")
+    if cfg.model.mapper.item_dropout and cfg.model.mapper.new_items != "unknown":
+        _refuse("model.mapper.item_dropout", cfg.model.mapper.item_dropout,
+                "shows rows' items as unknown, so it needs model.mapper.new_items: unknown")
     if cfg.data.answer_yes == cfg.data.answer_no:
         _refuse("data.answer_no", cfg.data.answer_no, "must differ from data.answer_yes")
     bad = sorted(set(cfg.train.freeze) - set(TRAINABLE_GROUPS))

@@ -89,6 +89,12 @@ class MapperConfig:
     fusion: Literal["none", "gate", "residual"] = "none"
     # "zeros": the output layer starts at zero, so the soft tokens start as zero vectors
     out_init: Literal["default", "zeros"] = "default"
+    # what the item token shows for a target item with no train row: "id", its encoder vector as is (an
+    # untrained initialisation: noise); "unknown", one shared learned vector (mapper group, starting at
+    # zero), which training also puts in place of a random `item_dropout` share of the rows' items, so the
+    # LLM learns to answer from the title when the ID model knows nothing of the item
+    new_items: Literal["id", "unknown"] = "id"
+    item_dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,11 @@ from sasrecllm_jax.models.pop import Pop
 from sasrecllm_jax.models.sasrec import SASRec
 
 
+def encoder_width(cfg: ModelConfig) -> int:
+    """The width of the encoder's user and item vectors."""
+    return cfg.sasrec.hidden if cfg.encoder == "sasrec" else cfg.mf.dim
+
+
 def make_encoder(cfg: ModelConfig, num_users: int, num_items: int, deterministic: bool):
     if cfg.encoder == "sasrec":
         return SASRec(cfg.sasrec, num_items, deterministic, num_users)
@@ -57,14 +62,16 @@ class Hybrid(_HasEncoder, nn.Module):
     def setup(self):
         det = lambda group: self.deterministic or group in self.frozen
         self._set_encoder(make_encoder(self.cfg, self.num_users, self.num_items, det(self.cfg.encoder)))
-        self.mapper = Mapper(self.cfg.mapper, self.llm_cfg.hidden_size)
+        self.mapper = Mapper(self.cfg.mapper, self.llm_cfg.hidden_size, encoder_width(self.cfg), self.num_items,
+                             det("mapper"))
         self.llm = LlamaForCausalLM(self.llm_cfg, self.lora, det("lora"))
 
     def collaborative_inputs(self, batch):
         """The user's and the target item's soft tokens [B, k, d_model] and the encoder's own score [B],
-        with the ablation masks applied to all three."""
+        with the ablation masks applied to all three. An item the encoder has no train row for shows the
+        mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too)."""
         u = self.encoder.user_vector(batch["his"], batch["uid"])
-        i = self.encoder.item_vector(batch["iid"])
+        i = self.mapper.item_input(self.encoder.item_vector(batch["iid"]), batch["iid"])
         id_score = self.encoder.score(u, i, batch["uid"], batch["iid"])
         user, item = self.mapper(u), self.mapper(i)
         perm = batch.get("collab_perm")

@@ -1,14 +1,34 @@
-"""The mapper: one MLP shared by user and item vectors into k soft tokens of the LLM's width."""
+"""The mapper: one MLP shared by user and item vectors into k soft tokens of the LLM's width.
+
+With `new_items: unknown` it also holds what the item token shows for an item the encoder never
+trained on: one learned vector `unknown_item` [d_enc] (starting at zero), used for every target item
+whose `counts/item_seen` flag is 0 (no train row; counted from the train split, never trained) and, in
+training, for a random `item_dropout` share of rows.
+"""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import flax.linen as nn
 
 from sasrecllm_jax.config import MapperConfig
+from sasrecllm_jax.models.pop import COUNTS
+
+
+class SeenItems(nn.Module):
+    """item_seen[iid]: 1 for an item with a train row, 0 for one without (filled from the train split)."""
+    num_items: int
+
+    def setup(self):
+        self.item_seen = self.param("item_seen", nn.initializers.zeros, (self.num_items + 1,))
 
 
 class Mapper(nn.Module):
     cfg: MapperConfig
     d_model: int
+    d_enc: int = 0                     # the encoder's vector width (read with new_items: unknown)
+    num_items: int = 0                 # (read with new_items: unknown)
+    deterministic: bool = True         # False: item_dropout applies (draws from the "dropout" stream)
 
     def setup(self):
         self.fc1 = nn.Dense(self.cfg.hidden)
@@ -18,11 +38,25 @@ class Mapper(nn.Module):
             self.id_gate = self.param("id_gate", nn.initializers.ones, ())
         if self.cfg.fusion == "residual":
             self.llm_gate = self.param("llm_gate", nn.initializers.zeros, ())
+        if self.cfg.new_items == "unknown":
+            self.unknown_item = self.param("unknown_item", nn.initializers.zeros, (self.d_enc,))
+            setattr(self, COUNTS, SeenItems(self.num_items))
 
     def __call__(self, x):
         """[..., d_enc] -> [..., k, d_model]."""
         y = self.fc2(nn.relu(self.fc1(x)))
         return y.reshape(*x.shape[:-1], self.cfg.num_tokens, self.d_model)
+
+    def item_input(self, item_vector, iid):
+        """The encoder vector [B, d_enc] that stands for each target item iid [B]: its own, or with
+        `new_items: unknown` the shared unknown vector for an item without train rows (and, when not
+        deterministic, for each row with probability item_dropout)."""
+        if self.cfg.new_items != "unknown":
+            return item_vector
+        seen = getattr(self, COUNTS).item_seen[iid] > 0
+        if not self.deterministic and self.cfg.item_dropout > 0:
+            seen &= ~jax.random.bernoulli(self.make_rng("dropout"), self.cfg.item_dropout, iid.shape)
+        return jnp.where(seen[..., None], item_vector, self.unknown_item.astype(item_vector.dtype))
 
     def fuse(self, llm_score, id_score):
         """The hybrid's score: the LLM's ("none"), plus g x the ID score ("gate"), or the ID score plus

@@ -4,8 +4,8 @@
     frozen   the LLM's base weights
     sasrec   the SASRec encoder          mf       the MF encoder
     mapper   the mapper MLP
-    counts   any leaf under a `counts` subtree: counted terms (method pop, SASRec's bias counts),
-             which no phase lists, so they never train
+    counts   any leaf under a `counts` subtree: counted terms (method pop, SASRec's bias counts, the
+             mapper's item_seen flags), which no phase lists, so they never train
 
 A phase lists the groups it trains; the train step differentiates only their leaves, the optimizer
 gets one transform per group present (optax.multi_transform over these labels), and everything else
@@ -31,7 +31,7 @@ RULES: tuple[tuple[str, Callable[[tuple[str, ...]], bool]], ...] = (
     ("counts", lambda p: COUNTS in p),
     ("sasrec", lambda p: p[0] == "sasrec" and COUNTS not in p),
     ("mf", lambda p: p[0] == "mf"),
-    ("mapper", lambda p: p[0] == "mapper"),
+    ("mapper", lambda p: p[0] == "mapper" and COUNTS not in p),
 )
 
 __all__ = ["ENCODERS", "GROUPS", "TRAINABLE", "count", "frozen_groups", "group_trees", "labels", "merge",
