@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -101,6 +100,7 @@ def _placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
 def _paired_result(value_a: float, value_b: float, diff: float, se: float, n: int, df: int | None = None) -> dict:
     """A paired test's record: the two values, their difference, its standard error, the 95% interval
     and the two-sided p (NaN in, NaN out). Normal (df None) or Student t with df degrees of freedom."""
+    from scipy import stats  # a second to import: only the paired tests need it
     dist = stats.norm() if df is None else stats.t(df)
     if se > 0 or math.isnan(se):
         p = float(2 * dist.sf(abs(diff) / se))

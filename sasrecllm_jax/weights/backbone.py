@@ -20,7 +20,7 @@ from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.host_cache import HostCache, memo
 from sasrecllm_jax.models.llama import LlamaForCausalLM
 from sasrecllm_jax.weights.convert import hf_to_params
-from sasrecllm_jax.weights.gguf import read_gguf
+from sasrecllm_jax.weights.gguf import read_gguf_cached
 from sasrecllm_jax.weights.hf_folder import read_hf_folder
 from sasrecllm_jax.weights.tokenizer import answer_token, load_tokenizer
 
@@ -67,7 +67,7 @@ def load_backbone(cfg: Config, key, cache: HostCache | None = None) -> Backbone:
         path = weights_path(m.weights)
         source = weights_source(path)
         file_cfg, tensors = memo(cache, ("weights", source),
-                                 lambda: read_hf_folder(path) if path.is_dir() else read_gguf(path)[:2])
+                                 lambda: read_hf_folder(path) if path.is_dir() else read_gguf_cached(path))
         llm_cfg = dataclasses.replace(file_cfg, **{k: getattr(preset, k) for k in RUNTIME_FIELDS})
         _check_architecture(llm_cfg, preset, m.llm, path)
         tokenizer = memo(cache, ("tokenizer", source), lambda: load_tokenizer(path))

@@ -1,12 +1,26 @@
-"""A GGUF file (llama.cpp) -> (LlamaConfig, llm params): dequantized, q/k un-permuted, HF-named."""
+"""A GGUF file (llama.cpp) -> (LlamaConfig, llm params): dequantized, q/k un-permuted, HF-named.
+
+Parsing a GGUF's metadata and dequantizing its tensors takes seconds (about 5 s for SmolLM2-135M on two
+cores), on every process that loads it: `read_gguf_cached` keeps the result as a float32 safetensors
+file in the download cache ($SASRECLLM_CACHE/models/dequantized, about 4 bytes per weight: 540 MB for
+SmolLM2-135M), keyed by the GGUF's path, size and modification time, so later processes read it in
+a fraction of a second. One copy per file name; `SASRECLLM_WEIGHTS_CACHE=off` turns it off.
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from sasrecllm_jax import downloads
 from sasrecllm_jax.config import LlamaConfig
+from sasrecllm_jax.config.typecheck import from_dict
 from sasrecllm_jax.errors import WeightsError
 from sasrecllm_jax.weights.convert import hf_to_params
 
@@ -81,6 +95,48 @@ def read_gguf(path: str | Path):
             raise WeightsError(f"{path}: tensor {t.name} has no Hugging Face counterpart here")
         tensors[key] = w
     return cfg, tensors, reader
+
+
+CACHE_FORMAT = 1  # bump when read_gguf's output changes: older copies are then never read
+
+
+def dequantized_path(path: Path) -> Path:
+    """Where read_gguf_cached keeps the dequantized copy of the GGUF at `path`."""
+    st = path.stat()
+    tag = hashlib.sha256(repr((str(path.resolve()), st.st_size, st.st_mtime_ns, CACHE_FORMAT)).encode()).hexdigest()
+    return downloads.cache_dir() / "models" / "dequantized" / f"{path.stem}.{tag[:16]}.safetensors"
+
+
+def read_gguf_cached(path: str | Path) -> tuple[LlamaConfig, dict]:
+    """read_gguf's (config, tensors), from the dequantized copy when there is one, else from the GGUF
+    (then written as that copy, replacing older ones of the same file name)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    path = Path(path)
+    if os.environ.get("SASRECLLM_WEIGHTS_CACHE", "on") == "off":
+        return read_gguf(path)[:2]
+    cached = dequantized_path(path)
+    if cached.exists():
+        try:
+            with safe_open(str(cached), "np") as f:
+                cfg = from_dict(LlamaConfig, json.loads(f.metadata()["llama_config"]), "llama_config")
+                return cfg, {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # a damaged or foreign copy: read the GGUF again and rewrite it
+            print(f"{cached}: unreadable ({type(e).__name__}); reading {path} again", file=sys.stderr)
+    cfg, tensors, _ = read_gguf(path)
+    tmp = cached.with_name(cached.name + ".partial")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        for old in cached.parent.glob(f"{path.stem}.*.safetensors"):
+            old.unlink()
+        save_file(tensors, str(tmp), metadata={"llama_config": json.dumps(dataclasses.asdict(cfg))})
+        os.replace(tmp, cached)
+    except OSError as e:  # a full or read-only cache: the weights are read, only the copy is lost
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        print(f"could not keep the dequantized weights at {cached} ({e}); the next run parses the GGUF "
+              f"again", file=sys.stderr)
+    return cfg, tensors
 
 
 def load_gguf(path: str | Path, **config_overrides):
