@@ -36,7 +36,9 @@ def batch_shape(batch: dict) -> str:
 # jax's own timings of tracing, lowering and XLA compilation, summed while a CompileTimer times a first call
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
-_compiling = {"thread": None, "s": 0.0}  # the thread whose compilations are being summed
+# the thread whose compilations are being summed, and how many of its programs the persistent compilation
+# cache had (hits) or lacked (misses)
+_compiling = {"thread": None, "s": 0.0, "hits": 0, "misses": 0}
 
 
 def _on_duration(event: str, duration: float, **_):
@@ -44,12 +46,22 @@ def _on_duration(event: str, duration: float, **_):
         _compiling["s"] += duration
 
 
+def _on_event(event: str, **_):
+    if _compiling["thread"] == threading.get_ident():
+        if event == "/jax/compilation_cache/cache_hits":
+            _compiling["hits"] += 1
+        elif event == "/jax/compilation_cache/cache_misses":
+            _compiling["misses"] += 1
+
+
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
+jax.monitoring.register_event_listener(_on_event)
 
 
 class CompileTimer:
     """Times the first call of a jitted function at each batch shape (compilation plus one run) apart
-    from the other calls, which stay asynchronous; the notice gives the compilation's share too. The batch
+    from the other calls, which stay asynchronous; the notice gives the compilation's share too, and says
+when the program came from the persistent compilation cache instead (its share is then tracing and loading). The batch
     is the last argument. `notify(text)`, when set, hears of each compilation before it starts and when it
     ends, so a long silence has a reason."""
 
@@ -67,7 +79,7 @@ class CompileTimer:
         if self.notify is not None:
             self.notify(f"compiling the {self.what} for batches of {size} ...")
         t0 = time.perf_counter()
-        _compiling.update(thread=threading.get_ident(), s=0.0)
+        _compiling.update(thread=threading.get_ident(), s=0.0, hits=0, misses=0)
         try:
             out = jax.block_until_ready(fn(*args))
         finally:
@@ -76,7 +88,9 @@ class CompileTimer:
         self.seconds += took
         self.shapes.add(shape)
         if self.notify is not None:
-            self.notify(f"compiled the {self.what} for {size} in {_compiling['s']:.1f} s (with its first batch {took:.1f} s)")
+            done = ("loaded the {} for {} from the compilation cache" if _compiling["hits"] and not _compiling["misses"]
+                    else "compiled the {} for {}").format(self.what, size)
+            self.notify(f"{done} in {_compiling['s']:.1f} s (with its first batch {took:.1f} s)")
         return out
 
 

@@ -65,18 +65,39 @@ def test_host_tag_separates_cpus():
     assert compile_cache.host_tag(avx2).startswith(f"jax{jax.__version__}-")
 
 
-def test_compile_notice_separates_compiling_from_the_first_batch():
-    said = []
-    timer = CompileTimer("probe", notify=said.append)
+def _probe_fn(scale: float):
     def probe(batch):  # a few hundred operations: a compilation long enough to be seen at 0.1 s
         x = batch["tokens"]
         for i in range(300):
-            x = jnp.sin(x * (1 + i % 7)) @ jnp.ones((96, 96)) / 96
+            x = jnp.sin(x * (1 + i % 7)) @ jnp.ones((96, 96)) / scale
         return x.sum()
-    fn = jax.jit(probe)
+    return jax.jit(probe)
+
+
+def test_compile_notice_separates_compiling_from_the_first_batch(monkeypatch):
+    said = []
+    timer = CompileTimer("probe", notify=said.append)
+    fn = _probe_fn(96.0 + os.getpid() % 1000)  # a program no earlier test session compiled
     timer(fn, {"tokens": jnp.ones((64, 96))})
     timer(fn, {"tokens": jnp.zeros((64, 96))})  # the same shape: no second notice
     assert said[0] == "compiling the probe for batches of 64x96 ..." and len(said) == 2
     compiling, first = map(float, re.fullmatch(r"compiled the probe for 64x96 in ([\d.]+) s \(with its first batch "
                                                r"([\d.]+) s\)", said[1]).groups())
     assert 0 < compiling <= first + 0.05 and timer.seconds >= first - 0.05
+
+
+def test_compile_notice_says_when_the_program_came_from_the_cache(tmp_path):
+    """The same program traced again in a process whose persistent cache holds it: the notice says loaded."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        said = []
+        scale = 1000.0 + os.getpid() % 1000
+        CompileTimer("probe", notify=said.append)(_probe_fn(scale), {"tokens": jnp.ones((8, 96))})
+        CompileTimer("probe", notify=said.append)(_probe_fn(scale), {"tokens": jnp.ones((8, 96))})
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+    assert said[1].startswith("compiled the probe for 8x96 in ")
+    assert said[3].startswith("loaded the probe for 8x96 from the compilation cache in "), said
