@@ -16,6 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from helpers import ONE_SHAPE, ROOT, smoke_sets, synthetic_dataset
 from sasrecllm_jax.cli import train_main
@@ -207,6 +208,12 @@ def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_pat
     folder = tmp_path / "run"
     shutil.copytree(reference, folder)
     finished = (folder / "results.json").read_text()
+    # a run made before the schema grew a key (its config.yaml lacks it) resumes: the key reads as its default
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    del saved["model"]["mapper"]["item_dropout"], saved["train"]["eval_at_start"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert train_main(argv(dataset, folder, *TWO_PHASES, flags=["--resume"])) == 0
+    assert (folder / "results.json").read_text() == finished
     # a finished run: --resume with a different --set is refused, naming the key
     assert train_main(argv(dataset, folder, *TWO_PHASES, "train.batch_size=32", flags=["--resume"])) == 2
     line = one_error_line(capsys.readouterr().err)

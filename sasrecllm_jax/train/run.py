@@ -21,7 +21,7 @@ import yaml
 
 from sasrecllm_jax import sharding
 from sasrecllm_jax.assembly import Assembly
-from sasrecllm_jax.config import Config, PhaseConfig, load_yaml, to_dict
+from sasrecllm_jax.config import Config, PhaseConfig, from_dict, load_yaml, to_dict
 from sasrecllm_jax.errors import ConfigError, DamagedCheckpointError, TrainingError, check_stop
 from sasrecllm_jax.host_cache import HostCache
 from sasrecllm_jax.run_folder.files import (RunLock, code_version, phases_with_checkpoints, remove_run_files,
@@ -117,7 +117,12 @@ class Run:
         saved_cfg = self.workdir / "config.yaml"
         if not saved_cfg.exists():
             return
-        changes = config_changes(load_yaml(saved_cfg.read_text()) or {}, json.loads(json.dumps(to_dict(self.cfg))))
+        saved = load_yaml(saved_cfg.read_text()) or {}
+        try:  # keys added to the schema since the run started read as their defaults (the behaviour it ran with)
+            saved = to_dict(from_dict(Config, saved, str(saved_cfg)))
+        except ConfigError:  # a key the schema no longer has: compared as it is, and named below
+            pass
+        changes = config_changes(json.loads(json.dumps(saved)), json.loads(json.dumps(to_dict(self.cfg))))
         if not changes:
             return
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
