@@ -8,8 +8,8 @@ gate or residual adds); `shuffle` gives every row another row's collaborative in
 unchanged (it equals the run's results.json).
 Parameters (--masks, by the partition's groups): `lora` puts every adapter back to its initial value
 (B = 0: the base model); `mapper` zeroes the mapper's layers (the soft tokens become zero vectors; a fusion
-gate and the item_seen flags keep their values); `sasrec` / `mf` resets the encoder to its initialisation
-(the run's seed).
+gate, the unknown item's vector and the item_seen flags keep their values); `sasrec` / `mf` resets the
+encoder to its initialisation (the run's seed).
 For an ablation in training as well, train with --set train.collab=drop or train.freeze.
 
 Writes RUN/ablation.json ({split: {mode or "mask:GROUP": metrics}}, merged with earlier calls) and prints
@@ -37,7 +37,9 @@ from sasrecllm_jax.train.progress import row_bar
 
 MODES = ("on", "drop", "shuffle")
 MASKS = ("lora", "mapper", "sasrec", "mf")
-GATES = ("id_gate", "llm_gate")  # the fusion's weights: part of the mapper group, kept by the mapper mask
+# the mapper group's leaves that the mapper mask keeps: the fusion's weights and the unknown item's vector
+# (an input of the ID score too); the counted item_seen flags are group counts
+KEPT_BY_MAPPER_MASK = ("id_gate", "llm_gate", "unknown_item")
 
 
 def masked(params: dict, group: str, initial: dict) -> dict:
@@ -47,7 +49,7 @@ def masked(params: dict, group: str, initial: dict) -> dict:
         raise ConfigError(f"--masks {group}: this run has no {group!r} parameters (it has "
                           f"{sorted(groups.present_groups(params) - {'frozen', 'counts'})})")
     if group == "mapper":
-        zeroed = {k: (v if k in GATES or k == COUNTS else jax.tree_util.tree_map(jnp.zeros_like, v))
+        zeroed = {k: (v if k in KEPT_BY_MAPPER_MASK or k == COUNTS else jax.tree_util.tree_map(jnp.zeros_like, v))
                   for k, v in params["mapper"].items()}
         return {**params, "mapper": zeroed}
     start, _ = groups.split(initial, [group])

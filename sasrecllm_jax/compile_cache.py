@@ -21,10 +21,9 @@ from pathlib import Path
 
 import jax
 
-from sasrecllm_jax.downloads import cache_dir
+from sasrecllm_jax.downloads import OFF, cache_dir
 
 MAX_BYTES = 2 * 2**30
-OFF = ("off", "0", "false", "no", "")
 
 
 def host_tag(cpuinfo: str | None = None) -> str:
@@ -52,7 +51,8 @@ def default_dir() -> Path | None:
 
 def enable(min_compile_secs: float = 0.0) -> Path | None:
     """Turn the cache on for this process (programs that took at least min_compile_secs to compile are
-    kept: by default all); returns its folder, or None when it is off. Leaves JAX's own setting alone when there is one."""
+    kept: by default all); returns its folder, or None when it is off. Leaves JAX's own setting alone
+    when there is one."""
     if jax.config.jax_compilation_cache_dir:
         return Path(jax.config.jax_compilation_cache_dir)
     folder = default_dir()

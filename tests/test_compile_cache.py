@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import jax
@@ -74,10 +75,15 @@ def _probe_fn(scale: float):
     return jax.jit(probe)
 
 
-def test_compile_notice_separates_compiling_from_the_first_batch(monkeypatch):
+def _new_scale() -> float:
+    """A constant no other process put into a probe: a program no persistent cache holds yet."""
+    return 96.0 + uuid.uuid4().int % 10**6 / 10**3
+
+
+def test_compile_notice_separates_compiling_from_the_first_batch():
     said = []
     timer = CompileTimer("probe", notify=said.append)
-    fn = _probe_fn(96.0 + os.getpid() % 1000)  # a program no earlier test session compiled
+    fn = _probe_fn(_new_scale())
     timer(fn, {"tokens": jnp.ones((64, 96))})
     timer(fn, {"tokens": jnp.zeros((64, 96))})  # the same shape: no second notice
     assert said[0] == "compiling the probe for batches of 64x96 ..." and len(said) == 2
@@ -86,15 +92,15 @@ def test_compile_notice_separates_compiling_from_the_first_batch(monkeypatch):
     assert 0 < compiling <= first + 0.05 and timer.seconds >= first - 0.05
 
 
-def test_compile_notice_says_when_the_program_came_from_the_cache(tmp_path):
-    """The same program traced again in a process whose persistent cache holds it: the notice says loaded."""
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+def test_compile_notice_says_when_the_program_came_from_the_cache():
+    """The same program traced again (a new jit of it) in a process whose persistent cache holds it: the
+    notice says loaded. (The tests' conftest gives the session a persistent cache.)"""
+    assert jax.config.jax_compilation_cache_dir
     before = jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:
         said = []
-        scale = 1000.0 + os.getpid() % 1000
+        scale = _new_scale()
         CompileTimer("probe", notify=said.append)(_probe_fn(scale), {"tokens": jnp.ones((8, 96))})
         CompileTimer("probe", notify=said.append)(_probe_fn(scale), {"tokens": jnp.ones((8, 96))})
     finally:

@@ -195,7 +195,7 @@ def test_unknown_item_vector_replaces_items_without_train_rows():
     share of seen items in training only, and the unknown vector's gradient comes from those rows alone."""
     plain = _hybrid()
     cfg = dataclasses.replace(plain.cfg, mapper=dataclasses.replace(plain.cfg.mapper, new_items="unknown",
-                                                                    item_dropout=0.5))
+                                                                    item_dropout=0.2))
     model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
     batch = _batch()  # iids 11, 12
     params = model.init(jax.random.key(0), batch)["params"]
@@ -220,7 +220,7 @@ def test_unknown_item_vector_replaces_items_without_train_rows():
     _, item_t, _ = train_model.apply({"params": params}, many, method=lambda m, x: m.collaborative_inputs(x),
                                      rngs={"dropout": jax.random.key(1)})
     shown_unknown = np.all(np.isclose(item_t, mapped(unknown[None])[0], rtol=1e-5, atol=1e-6), axis=(1, 2))
-    assert 90 < shown_unknown.sum() < 166  # Binomial(256, 0.5): 128 +- 4.6 sd
+    assert 25 < shown_unknown.sum() < 80  # Binomial(256, 0.2): 51.2, sd 6.4 (0.8, the keep rate: 205)
     _, item_e, _ = inputs(params, many)
     assert not np.any(np.all(np.isclose(item_e, mapped(unknown[None])[0], rtol=1e-5, atol=1e-6), axis=(1, 2)))
     grad = jax.grad(lambda p: inputs(p, {**batch, "iid": jnp.array([11, 11])})[1].sum())(params)

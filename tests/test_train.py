@@ -285,6 +285,7 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown"),
     (["--set", "model.mapper.new_items=unknown", "--set", "model.mapper.item_dropout=1.0"],
      "model.mapper.item_dropout = 1.0: must be in [0, 1)"),
+    (["--set", "train.method=tallrec", "--set", "model.mapper.new_items=unknown"], "which method 'tallrec' does not use"),
 ])
 def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -381,10 +382,9 @@ def test_held_out_items_get_no_gradient_and_are_reported_apart(dataset, tmp_path
 
 def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_path):
     """model.mapper.new_items: unknown on a dataset with held-out items: the final model flags exactly the
-    train split's items as seen (group counts, never trained), the shared unknown vector left zero because
-    item_dropout showed it in training, and every new-item test row is scored with it: two rows of one user
-    differ only through their titles, so swapping a new item's id for another new item's changes nothing
-    that the encoder contributes."""
+    train split's items as seen (group counts, never trained), the shared unknown vector moved from zero
+    because item_dropout showed it in training, and every new-item row gets it: two new items of one user
+    have the same item token and ID score. The export describes and carries it."""
     import pandas as pd
 
     from data_tools.cold import hold_out_items
@@ -417,3 +417,14 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     np.testing.assert_array_equal(item[0], item[1])  # both new items: the one unknown token
     assert not np.allclose(item[0], item[2])         # a train item: its own vector
     np.testing.assert_array_equal(id_score[0], id_score[1])
+
+    from safetensors.numpy import load_file
+
+    from sasrecllm_jax.export import export_run
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    collab = json.loads((out / "collaborative" / "collaborative.json").read_text())
+    assert "else mapper/unknown_item" in collab["encoder"]["item_vector"]
+    weights = load_file(str(out / "collaborative" / "collaborative.safetensors"))
+    np.testing.assert_array_equal(weights["mapper/counts/item_seen"], seen)
+    np.testing.assert_array_equal(weights["mapper/unknown_item"], after["mapper"]["unknown_item"])
+    assert 'item_vector = w["mapper/unknown_item"]' in (out / "README.md").read_text()

@@ -17,7 +17,9 @@ def own_gguf(smollm2_gguf, tmp_path, monkeypatch):
     path = tmp_path / "w" / smollm2_gguf.name
     path.parent.mkdir()
     shutil.copyfile(smollm2_gguf, path)
-    return path
+    yield path
+    for folder in ("cache", "w"):  # 100 MB of GGUF and 540 MB per copy: not kept with pytest's tmp folders
+        shutil.rmtree(tmp_path / folder, ignore_errors=True)
 
 
 def _parses(monkeypatch):
@@ -43,18 +45,25 @@ def test_the_copy_reads_back_exactly_and_follows_the_file(own_gguf, monkeypatch,
     gguf_mod.read_gguf_cached(own_gguf)
     assert len(parses) == 2 and not copy.exists()
     assert list(copy.parent.iterdir()) == [gguf_mod.dequantized_path(own_gguf)]
+    # another GGUF whose name starts the same keeps its own copy beside this one
+    other = own_gguf.with_name(own_gguf.stem.split(".")[0] + ".gguf")
+    shutil.copyfile(own_gguf, other)
+    gguf_mod.read_gguf_cached(other)
+    assert len(parses) == 3 and len(list(copy.parent.iterdir())) == 2
+    other.unlink()
+    gguf_mod.dequantized_path(own_gguf).with_name("x").write_bytes(b"")  # (not a copy of either: left alone)
     # a damaged copy: said, parsed again and rewritten
     gguf_mod.dequantized_path(own_gguf).write_bytes(b"not a safetensors file")
     _, again = gguf_mod.read_gguf_cached(own_gguf)
-    assert len(parses) == 3 and "unreadable" in capsys.readouterr().err
+    assert len(parses) == 4 and "unreadable" in capsys.readouterr().err
     np.testing.assert_array_equal(again["model.embed_tokens.weight"], tensors["model.embed_tokens.weight"])
     gguf_mod.read_gguf_cached(own_gguf)
-    assert len(parses) == 3
+    assert len(parses) == 4 and (copy.parent / "x").exists()
 
 
 def test_no_copy_when_off_or_unwritable(own_gguf, tmp_path, monkeypatch, capsys):
     parses = _parses(monkeypatch)
-    monkeypatch.setenv("SASRECLLM_WEIGHTS_CACHE", "off")
+    monkeypatch.setenv("SASRECLLM_WEIGHTS_CACHE", "OFF")
     gguf_mod.read_gguf_cached(own_gguf)
     assert not gguf_mod.dequantized_path(own_gguf).parent.exists()
     monkeypatch.delenv("SASRECLLM_WEIGHTS_CACHE")
@@ -64,3 +73,8 @@ def test_no_copy_when_off_or_unwritable(own_gguf, tmp_path, monkeypatch, capsys)
     cfg, tensors = gguf_mod.read_gguf_cached(own_gguf)
     assert len(parses) == 2 and cfg.num_layers == 30 and "model.embed_tokens.weight" in tensors
     assert "could not keep the dequantized weights" in capsys.readouterr().err
+    assert not list(folder.parent.glob("*.partial"))
+    # no cache folder at all (a read-only home): parsed, said, nothing raised
+    monkeypatch.setenv("SASRECLLM_CACHE", str(folder / "below-a-file"))
+    gguf_mod.read_gguf_cached(own_gguf)
+    assert len(parses) == 3 and "no download cache for the dequantized weights" in capsys.readouterr().err

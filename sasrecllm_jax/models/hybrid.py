@@ -62,8 +62,9 @@ class Hybrid(_HasEncoder, nn.Module):
     def setup(self):
         det = lambda group: self.deterministic or group in self.frozen
         self._set_encoder(make_encoder(self.cfg, self.num_users, self.num_items, det(self.cfg.encoder)))
+        # item_dropout is part of training the hybrid, whichever of its groups the phase trains
         self.mapper = Mapper(self.cfg.mapper, self.llm_cfg.hidden_size, encoder_width(self.cfg), self.num_items,
-                             det("mapper"))
+                             self.deterministic)
         self.llm = LlamaForCausalLM(self.llm_cfg, self.lora, det("lora"))
 
     def collaborative_inputs(self, batch):

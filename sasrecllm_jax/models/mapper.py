@@ -26,9 +26,9 @@ class SeenItems(nn.Module):
 class Mapper(nn.Module):
     cfg: MapperConfig
     d_model: int
-    d_enc: int = 0                     # the encoder's vector width (read with new_items: unknown)
-    num_items: int = 0                 # (read with new_items: unknown)
-    deterministic: bool = True         # False: item_dropout applies (draws from the "dropout" stream)
+    d_enc: int                         # the encoder's vector width (read with new_items: unknown)
+    num_items: int                     # (read with new_items: unknown)
+    deterministic: bool = True         # False (training): item_dropout applies, drawn from the "dropout" stream
 
     def setup(self):
         self.fc1 = nn.Dense(self.cfg.hidden)

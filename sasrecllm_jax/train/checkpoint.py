@@ -223,7 +223,8 @@ class Store:
                 detail = (f"missing {missing[:3]} " if missing else "") + (f"unexpected {extra[:3]} " if extra else "") + \
                          (f"shape of {wrong[0]}: checkpoint {have[wrong[0]]}, model {want[wrong[0]]}" if wrong else "")
                 raise CheckpointError(f"{self.where(step)}: '{name}' does not match this model ({detail.strip()}); "
-                                      f"it was written by a run with another model config")
+                                      f"it was written by a run with another model config (compare the model "
+                                      f"section of that run's config.yaml with this one's)")
         digests = meta.get("digests", {}).get("arrays", {})
         dtypes = {name: {p: d.split(":")[0] for p, d in digests.get(name, {}).items()} for name in like}
         try:

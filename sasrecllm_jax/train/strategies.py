@@ -68,6 +68,9 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
         raise ConfigError(f"{config_path}: method pop and model.encoder: pop go together (pop counts rating "
                           f"tendencies and has no vectors for a prompt); got method {t.method!r} with encoder "
                           f"{cfg.model.encoder!r}")
+    if cfg.model.mapper.new_items != "id" and not any(ph.prompt == "hybrid" for ph in phases):
+        raise ConfigError(f"{config_path}: model.mapper.new_items = {cfg.model.mapper.new_items!r} changes the item "
+                          f"token of hybrid prompts, which method {t.method!r} does not use; leave it at 'id'")
     names = [ph.name for ph in phases]
     for name, fields in t.phase_overrides.items():
         where = f"{config_path}: train.phase_overrides.{name}"

@@ -4,12 +4,14 @@ Parsing a GGUF's metadata and dequantizing its tensors takes seconds (about 5 s 
 cores), on every process that loads it: `read_gguf_cached` keeps the result as a float32 safetensors
 file in the download cache ($SASRECLLM_CACHE/models/dequantized, about 4 bytes per weight: 540 MB for
 SmolLM2-135M), keyed by the GGUF's path, size and modification time, so later processes read it in
-a fraction of a second. One copy per file name; `SASRECLLM_WEIGHTS_CACHE=off` turns it off.
+a fraction of a second. One copy per GGUF file; none for models over 4 GiB in float32;
+`SASRECLLM_WEIGHTS_CACHE=off` turns it off.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -17,6 +19,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from sasrecllm_jax import downloads
 from sasrecllm_jax.config import LlamaConfig
@@ -97,25 +101,36 @@ def read_gguf(path: str | Path):
     return cfg, tensors, reader
 
 
-CACHE_FORMAT = 1  # bump when read_gguf's output changes: older copies are then never read
+MAX_COPY_BYTES = 4 * 2**30  # larger models are parsed each time: writing the copy would double peak memory
+
+
+def _copy_name(path: Path) -> str:
+    """The copies of the GGUF at `path` are named FILE-PATHDIGEST.KEY.safetensors: this is FILE-PATHDIGEST."""
+    return f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
 
 
 def dequantized_path(path: Path) -> Path:
-    """Where read_gguf_cached keeps the dequantized copy of the GGUF at `path`."""
+    """Where read_gguf_cached keeps the dequantized copy of the GGUF at `path`, keyed by the file's size and
+    modification time, this module's source and the gguf package's version (a change to the conversion
+    never serves an old copy)."""
+    import gguf
     st = path.stat()
-    tag = hashlib.sha256(repr((str(path.resolve()), st.st_size, st.st_mtime_ns, CACHE_FORMAT)).encode()).hexdigest()
-    return downloads.cache_dir() / "models" / "dequantized" / f"{path.stem}.{tag[:16]}.safetensors"
+    key = hashlib.sha256(repr((st.st_size, st.st_mtime_ns, Path(__file__).read_bytes(),
+                               getattr(gguf, "__version__", ""))).encode()).hexdigest()[:12]
+    return downloads.cache_dir() / "models" / "dequantized" / f"{_copy_name(path)}.{key}.safetensors"
 
 
 def read_gguf_cached(path: str | Path) -> tuple[LlamaConfig, dict]:
     """read_gguf's (config, tensors), from the dequantized copy when there is one, else from the GGUF
-    (then written as that copy, replacing older ones of the same file name)."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
+    (then written as that copy, replacing older copies of the same file)."""
     path = Path(path)
-    if os.environ.get("SASRECLLM_WEIGHTS_CACHE", "on") == "off":
+    if os.environ.get("SASRECLLM_WEIGHTS_CACHE", "on").strip().lower() in downloads.OFF:
         return read_gguf(path)[:2]
-    cached = dequantized_path(path)
+    try:
+        cached = dequantized_path(path)
+    except OSError as e:  # no cache folder can be made (a read-only home): parse the file each time
+        print(f"no download cache for the dequantized weights ({e}); parsing {path}", file=sys.stderr)
+        return read_gguf(path)[:2]
     if cached.exists():
         try:
             with safe_open(str(cached), "np") as f:
@@ -124,13 +139,16 @@ def read_gguf_cached(path: str | Path) -> tuple[LlamaConfig, dict]:
         except Exception as e:  # a damaged or foreign copy: read the GGUF again and rewrite it
             print(f"{cached}: unreadable ({type(e).__name__}); reading {path} again", file=sys.stderr)
     cfg, tensors, _ = read_gguf(path)
-    tmp = cached.with_name(cached.name + ".partial")
+    if sum(t.nbytes for t in tensors.values()) > MAX_COPY_BYTES:
+        return cfg, tensors
+    tmp = cached.with_name(f"{cached.name}.{os.getpid()}.partial")  # one per process: two writers never share it
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        for old in cached.parent.glob(f"{path.stem}.*.safetensors"):
-            old.unlink()
         save_file(tensors, str(tmp), metadata={"llama_config": json.dumps(dataclasses.asdict(cfg))})
         os.replace(tmp, cached)
+        for old in cached.parent.glob(glob.escape(_copy_name(path)) + ".*.safetensors"):
+            if old != cached:
+                old.unlink(missing_ok=True)
     except OSError as e:  # a full or read-only cache: the weights are read, only the copy is lost
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
