@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -113,10 +114,13 @@ def dequantized_path(path: Path) -> Path:
     """Where read_gguf_cached keeps the dequantized copy of the GGUF at `path`, keyed by the file's size and
     modification time, this module's source and the gguf package's version (a change to the conversion
     never serves an old copy)."""
-    import gguf
+    try:
+        gguf_version = importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:  # (read_gguf says what to install)
+        gguf_version = ""
     st = path.stat()
     key = hashlib.sha256(repr((st.st_size, st.st_mtime_ns, Path(__file__).read_bytes(),
-                               getattr(gguf, "__version__", ""))).encode()).hexdigest()[:12]
+                               gguf_version)).encode()).hexdigest()[:12]
     return downloads.cache_dir() / "models" / "dequantized" / f"{_copy_name(path)}.{key}.safetensors"
 
 
