@@ -6,26 +6,33 @@ import shutil
 import numpy as np
 import pytest
 
+from sasrecllm_jax.config import DEBUG_TINY
 from sasrecllm_jax.weights import gguf as gguf_mod
 
 
 @pytest.fixture
-def own_gguf(smollm2_gguf, tmp_path, monkeypatch):
-    """A copy of the SmolLM2 GGUF (its times are ours to change) and an empty download cache."""
+def own_gguf(tmp_path, monkeypatch):
+    """A stand-in GGUF file (its bytes and times are ours to change) and an empty download cache. The
+    parse itself is faked below: what is under test is the copy, not the conversion (tests/test_gguf.py)."""
     monkeypatch.setenv("SASRECLLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SASRECLLM_WEIGHTS_CACHE", raising=False)
-    path = tmp_path / "w" / smollm2_gguf.name
+    path = tmp_path / "w" / "Tiny-Model.Q4_1.gguf"
     path.parent.mkdir()
-    shutil.copyfile(smollm2_gguf, path)
-    yield path
-    for folder in ("cache", "w"):  # 100 MB of GGUF and 540 MB per copy: not kept with pytest's tmp folders
-        shutil.rmtree(tmp_path / folder, ignore_errors=True)
+    path.write_bytes(b"GGUF stand-in")
+    return path
 
 
 def _parses(monkeypatch):
-    """A list that records each time the GGUF itself is parsed."""
-    calls, real = [], gguf_mod.read_gguf
-    monkeypatch.setattr(gguf_mod, "read_gguf", lambda p: calls.append(p) or real(p))
+    """A list that records each time the GGUF itself is parsed; the parse returns fixed float32 tensors."""
+    calls = []
+    rng = np.random.default_rng(0)
+    tensors = {"model.embed_tokens.weight": rng.normal(size=(256, 64)).astype(np.float32),
+               "model.norm.weight": rng.normal(size=(64,)).astype(np.float32)}
+
+    def parse(p):
+        calls.append(p)
+        return DEBUG_TINY, {k: v.copy() for k, v in tensors.items()}, None
+    monkeypatch.setattr(gguf_mod, "read_gguf", parse)
     return calls
 
 
@@ -71,7 +78,7 @@ def test_no_copy_when_off_or_unwritable(own_gguf, tmp_path, monkeypatch, capsys)
     folder.parent.mkdir(parents=True)
     folder.write_text("a file where the folder should be")  # mkdir fails: the weights still load
     cfg, tensors = gguf_mod.read_gguf_cached(own_gguf)
-    assert len(parses) == 2 and cfg.num_layers == 30 and "model.embed_tokens.weight" in tensors
+    assert len(parses) == 2 and cfg == DEBUG_TINY and "model.embed_tokens.weight" in tensors
     assert "could not keep the dequantized weights" in capsys.readouterr().err
     assert not list(folder.parent.glob("*.partial"))
     # no cache folder at all (a read-only home): parsed, said, nothing raised
