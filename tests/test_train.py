@@ -350,21 +350,26 @@ def test_dotted_override_adds_to_a_mapping():
     assert (replaced.remat, replaced.attention) == ("none", "cudnn")
 
 
+def held_out_copy(dataset, out):
+    """The synthetic dataset with 30% of its valid/test items held out of training (prepare --cold-items),
+    written to out: (out, the held-out item ids)."""
+    from data_tools.cold import hold_out_items
+    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
+    ds = load_dataset(dataset)
+    splits, info = hold_out_items(ds.splits, 0.3, seed=1)
+    write_dataset(out, splits, ds.items, source="synthetic", recipe="30% of valid/test items held out")
+    return out, np.asarray(info["iids"])
+
+
 def test_held_out_items_get_no_gradient_and_are_reported_apart(dataset, tmp_path):
     """A dataset prepared with held-out items (prepare --cold-items): SASRec's training leaves their
     embedding rows bit-identical (no train row names them; with no weight decay nothing else moves them),
     and results.json reports the rows on new items apart: their n, and their AUC from the kept scores."""
     import pandas as pd
 
-    from data_tools.cold import hold_out_items
-    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
     from sasrecllm_jax.metrics import auc
     from sasrecllm_jax.run_folder.scores import load_scores
-    ds = load_dataset(dataset)
-    splits, info = hold_out_items(ds.splits, 0.3, seed=1)
-    cold = tmp_path / "cold"
-    write_dataset(cold, splits, ds.items, source="synthetic", recipe="30% of valid/test items held out")
-    held = np.asarray(info["iids"])
+    cold, held = held_out_copy(dataset, tmp_path / "cold")
     seen = {}
     res = train_and_evaluate(smoke_config(cold, *FAST, "train.method=sasrec", "train.encoder_weight_decay=0"),
                              tmp_path / "run", on_phase=lambda p, b, a: seen.update(before=b, after=a))
@@ -389,10 +394,7 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
 
     from data_tools.cold import hold_out_items
     from sasrecllm_jax.data.dataset import load_dataset, write_dataset
-    ds = load_dataset(dataset)
-    splits, info = hold_out_items(ds.splits, 0.3, seed=1)
-    cold = tmp_path / "cold"
-    write_dataset(cold, splits, ds.items, source="synthetic", recipe="30% of valid/test items held out")
+    cold, held = held_out_copy(dataset, tmp_path / "cold")
     cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
                        "model.mapper.new_items=unknown", "model.mapper.item_dropout=0.3")
     phases = []
@@ -401,7 +403,7 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     train = pd.read_parquet(cold / "train.parquet")
     seen = np.asarray(final["counts"]["mapper"]["counts"]["item_seen"])
     np.testing.assert_array_equal(np.flatnonzero(seen), np.unique(train["iid"]))
-    assert not np.isin(np.asarray(info["iids"]), np.flatnonzero(seen)).any()
+    assert not np.isin(held, np.flatnonzero(seen)).any()
     name, before, after = phases[-1]
     assert name == "mapper" and not np.any(before["mapper"]["unknown_item"])
     assert np.any(after["mapper"]["unknown_item"]) and "unknown_item" in final["mapper"]["mapper"]
@@ -410,7 +412,6 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     from sasrecllm_jax.assembly import Assembly
     comp, _ = Assembly.for_run(cfg)
     model = comp.model("hybrid", True)
-    held = np.asarray(info["iids"])
     batch = {"his": np.array([[0, 0, 0, 1, 2]] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
              "iid": np.array([held[0], held[1], int(np.unique(train["iid"])[0])], np.int32)}
     user, item, id_score = model.apply({"params": after}, batch, method=lambda m, b: m.collaborative_inputs(b))
