@@ -11,15 +11,14 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pandas as pd
 
 from sasrecllm_jax.config import ModelConfig
 from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.models.hybrid import EncoderScorer, Hybrid, encoder_width, make_encoder
 from sasrecllm_jax.models.lora import init_adapters
-from sasrecllm_jax.models.mapper import Mapper
-from sasrecllm_jax.models.pop import COUNTS, counted_params
+from sasrecllm_jax.models.mapper import Mapper, counted_seen_items
+from sasrecllm_jax.models.pop import counted_params
 from sasrecllm_jax.trees import merge
 from sasrecllm_jax.weights.backbone import Backbone
 
@@ -53,11 +52,8 @@ class ModelFactory:
             return params
         d_enc = encoder_width(m)
         mapper = Mapper(m.mapper, self.backbone.llm_cfg.hidden_size, d_enc, self.num_items)
-        params["mapper"] = jax.jit(mapper.init)(k_map, jnp.zeros((1, d_enc)))["params"]
-        if m.mapper.new_items == "unknown":  # which items the encoder has train rows for (group counts)
-            seen = np.zeros(self.num_items + 1, np.float32)
-            seen[train["iid"].to_numpy()] = 1.0
-            params["mapper"][COUNTS] = {"item_seen": jnp.asarray(seen)}
+        params["mapper"] = {**jax.jit(mapper.init)(k_map, jnp.zeros((1, d_enc)))["params"],
+                            **counted_seen_items(m.mapper, train, self.num_items)}
         batch = {"tokens": jnp.zeros((1, 8), jnp.int32), "mask": jnp.ones((1, 8), jnp.int32),
                  "user_pos": jnp.zeros((1,), jnp.int32), "item_pos": jnp.full((1,), 2, jnp.int32),
                  "his": dummy[0], "uid": dummy[1], "iid": dummy[2]}

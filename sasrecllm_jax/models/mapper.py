@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
 
 from sasrecllm_jax.config import MapperConfig
 from sasrecllm_jax.models.pop import COUNTS
@@ -21,6 +22,16 @@ class SeenItems(nn.Module):
 
     def setup(self):
         self.item_seen = self.param("item_seen", nn.initializers.zeros, (self.num_items + 1,))
+
+
+def counted_seen_items(cfg: MapperConfig, train, num_items: int) -> dict:
+    """The mapper's counted subtree, to merge into its freshly initialised params: with `new_items: unknown`
+    the item_seen flags of the items that `train` (a table with iid) names, else none."""
+    if cfg.new_items != "unknown":
+        return {}
+    seen = np.zeros(num_items + 1, np.float32)
+    seen[train["iid"].to_numpy()] = 1.0
+    return {COUNTS: {"item_seen": jnp.asarray(seen)}}
 
 
 class Mapper(nn.Module):
