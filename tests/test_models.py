@@ -371,10 +371,63 @@ def test_sasrec_dropout_is_flax_dropout(monkeypatch):
         f = lambda p: model.apply({"params": p}, his, uid, iid, rngs={"dropout": jax.random.key(7)})
         return f(params), jax.grad(lambda p: f(p).sum())(params)
     ours = scores_and_grads()
-    monkeypatch.setattr(sasrec_module, "Dropout", nn.Dropout)
+
+    class Dropout(nn.Dropout):  # nn.Dropout (and its name); a block of a `whole` array: the whole array's, cut
+        @nn.compact
+        def __call__(self, x, deterministic=None, *, whole=None):
+            if whole is None:
+                return super().__call__(x, deterministic)
+            block = tuple(slice(w - n, None) for n, w in zip(x.shape, whole))
+            return super().__call__(jnp.zeros(whole, x.dtype).at[block].set(x), deterministic)[block]
+    monkeypatch.setattr(sasrec_module, "Dropout", Dropout)
     flax_ = scores_and_grads()
     assert not np.allclose(ours[0], SASRec(cfg, 11).apply({"params": params}, his, uid, iid))  # dropout was on
     jax.tree_util.tree_map(np.testing.assert_array_equal, ours, flax_)
+
+
+def test_sasrec_last_block_computes_the_last_position_alone():
+    """Only the last position's output is read, so the last block computes it alone: with every dropout on,
+    scores and gradients are those of SASRec run through every position of every block (the reference)."""
+    class EveryPosition(SASRec):  # the reference code's loop: every position through every block
+        def user_vector(self, his, uid=None):
+            c, det = self.cfg, self.deterministic
+            keep = (his != 0)[..., None]
+            x = self.item_vector(his) * jnp.sqrt(c.hidden) + self.pos_emb(jnp.arange(his.shape[1]))[None]
+            x = self.emb_dropout(x, deterministic=det) * keep
+            for i in range(c.num_blocks):
+                q = self.attention_layernorms[i](x)
+                x = q + self.attention_layers[i](q, x)
+                x = self.forward_layernorms[i](x)
+                d1, d2 = self.forward_dropout[i]
+                x = (x + d2(self.forward_fc2[i](d1(nn.relu(self.forward_fc1[i](x)), deterministic=det)),
+                            deterministic=det)) * keep
+            return self.last_layernorm(x)[:, -1]
+
+    cfg = SASRecConfig(hidden=16, num_blocks=3, num_heads=2, dropout=0.3, max_len=7)
+    rng = np.random.default_rng(1)
+    his = rng.integers(1, 12, (6, 7))
+    his[:2, :4] = 0  # short histories, left-padded
+    his, iid = jnp.asarray(his, jnp.int32), jnp.asarray(rng.integers(1, 12, 6), jnp.int32)
+    params = SASRec(cfg, 11).init(jax.random.key(0), his, None, iid)["params"]
+
+    def scores_and_grads(cls, key=7):
+        f = lambda p: cls(cfg, 11, deterministic=False).apply({"params": p}, his, None, iid,
+                                                              rngs={"dropout": jax.random.key(key)})
+        return f(params), jax.grad(lambda p: (f(p) * jnp.arange(6)).sum())(params)
+    ours, reference = scores_and_grads(SASRec), scores_and_grads(EveryPosition)
+    assert not np.allclose(ours[0], scores_and_grads(SASRec, key=8)[0])  # the dropout is live
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5), ours, reference)
+
+
+def test_dropout_of_a_block_is_the_whole_arrays():
+    """Dropout(x_block, whole=shape) gives the block the mask entries dropout of the whole array gives it;
+    a block that is not a trailing block of that shape is refused."""
+    from sasrecllm_jax.models.dropout import Dropout
+    x = jax.random.normal(jax.random.key(0), (4, 5, 6))
+    run = lambda x, **kw: Dropout(0.5).apply({}, x, False, rngs={"dropout": jax.random.key(3)}, **kw)
+    np.testing.assert_array_equal(run(x[:, -2:, 1:], whole=x.shape), run(x)[:, -2:, 1:])
+    with pytest.raises(ValueError, match="not a trailing block"):
+        run(x, whole=(4, 5))
 
 
 def test_lora_dropout_is_flax_dropout():

@@ -63,7 +63,9 @@ class Dropout(nn.Module):
     deterministic: bool | None = None
 
     @nn.compact
-    def __call__(self, x, deterministic: bool | None = None):
+    def __call__(self, x, deterministic: bool | None = None, *, whole: tuple[int, ...] | None = None):
+        """With `whole` (a shape), x is the trailing block of an array of that shape (its last x.shape[i]
+        entries along each axis) and gets the mask entries that dropout of the whole array gives them."""
         det = self.deterministic if deterministic is None else deterministic
         if det is None:
             raise ValueError("Dropout needs `deterministic`, as an attribute or at the call")
@@ -71,9 +73,13 @@ class Dropout(nn.Module):
             return x
         rng = self.make_rng("dropout")
         keep_prob = 1.0 - self.rate
+        shape = x.shape if whole is None else tuple(whole)
+        if len(shape) != x.ndim or any(n > w for n, w in zip(x.shape, shape)):
+            raise ValueError(f"dropout of a {x.shape} block of a {shape} array: not a trailing block")
         if fused_dropout_ok(rng):
             data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-            keep = bernoulli_threefry(data, keep_prob, x.shape)
+            keep = bernoulli_threefry(data, keep_prob, shape)
         else:  # what nn.Dropout does
-            keep = jax.random.bernoulli(rng, p=keep_prob, shape=x.shape)
+            keep = jax.random.bernoulli(rng, p=keep_prob, shape=shape)
+        keep = keep[tuple(slice(w - n, None) for n, w in zip(x.shape, shape))]  # fused: only the block is drawn
         return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))

@@ -2,7 +2,8 @@
 
     x = item_emb(seq) * sqrt(d) + pos_emb(0..L-1); dropout; pads zeroed
     per block: Q = LN(x); x = Q + MHA(Q, x, x, causal); x = LN(x); x = x + FFN(x); pads zeroed
-    user vector = LN(x)[:, -1]      (left-padded: the last position is the most recent item)
+    user vector = LN(x)[:, -1]      (left-padded: the last position is the most recent item; the last
+                                     block computes only that position, with the same dropout masks)
     item vector = item_emb(item)    (raw, unscaled)
     score = <user vector, item vector>  (not in the reference: + user_bias[uid] + item_bias[iid] with
                                          `bias: learned`, + counts/user[uid] + counts/item[iid] with
@@ -33,16 +34,18 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, q_in, kv_in):
-        B, L, D = q_in.shape
+        """q_in [B, Lq, D]: the last Lq positions of kv_in [B, L, D] (Lq = L: every position)."""
+        B, Lq, D = q_in.shape
+        L = kv_in.shape[1]
         H = self.num_heads
         dense = lambda n: nn.Dense(D, kernel_init=init, name=n)
-        split = lambda t: t.reshape(B, L, H, D // H).transpose(0, 2, 1, 3)
+        split = lambda t: t.reshape(B, t.shape[1], H, D // H).transpose(0, 2, 1, 3)
         q, k, v = split(dense("q")(q_in)), split(dense("k")(kv_in)), split(dense("v")(kv_in))
         logits = q @ k.transpose(0, 1, 3, 2) / jnp.sqrt(D // H)
-        causal = jnp.tril(jnp.ones((L, L), bool))
+        causal = jnp.tril(jnp.ones((L, L), bool))[L - Lq:]
         weights = nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
-        weights = Dropout(self.dropout)(weights, deterministic=self.deterministic)
-        out = (weights @ v).transpose(0, 2, 1, 3).reshape(B, L, D)
+        weights = Dropout(self.dropout)(weights, deterministic=self.deterministic, whole=(B, H, L, L))
+        out = (weights @ v).transpose(0, 2, 1, 3).reshape(B, Lq, D)
         return dense("out")(out)
 
 
@@ -92,15 +95,19 @@ class SASRec(nn.Module):
         keep = (his != 0)[..., None]
         x = self.item_vector(his) * jnp.sqrt(c.hidden) + self.pos_emb(jnp.arange(his.shape[1]))[None]
         x = self.emb_dropout(x, deterministic=det) * keep
+        whole = x.shape
         for i in range(c.num_blocks):
-            q = self.attention_layernorms[i](x)
+            # only the last position is read: the last block computes it alone (its keys and values still
+            # span the history), with the dropout masks it gets when every position is computed
+            rows = x[:, -1:] if i == c.num_blocks - 1 else x
+            q = self.attention_layernorms[i](rows)
             x = q + self.attention_layers[i](q, x)
             x = self.forward_layernorms[i](x)
             d1, d2 = self.forward_dropout[i]
-            h = d1(nn.relu(self.forward_fc1[i](x)), deterministic=det)
-            x = x + d2(self.forward_fc2[i](h), deterministic=det)
-            x = x * keep
-        return self.last_layernorm(x)[:, -1]
+            h = d1(nn.relu(self.forward_fc1[i](x)), deterministic=det, whole=whole)
+            x = x + d2(self.forward_fc2[i](h), deterministic=det, whole=whole)
+            x = x * keep[:, -x.shape[1]:]
+        return self.last_layernorm(x[:, -1])
 
     def score(self, user, item, uid, iid):
         """The encoder's score of user and item vectors [B, d] -> [B]."""
