@@ -385,7 +385,8 @@ def test_sasrec_dropout_is_flax_dropout(monkeypatch):
     jax.tree_util.tree_map(np.testing.assert_array_equal, ours, flax_)
 
 
-def test_sasrec_last_block_computes_the_last_position_alone():
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_sasrec_last_block_computes_the_last_position_alone(blocks):
     """Only the last position's output is read, so the last block computes it alone: with every dropout on,
     scores and gradients are those of SASRec run through every position of every block (the reference)."""
     class EveryPosition(SASRec):  # the reference code's loop: every position through every block
@@ -403,10 +404,11 @@ def test_sasrec_last_block_computes_the_last_position_alone():
                             deterministic=det)) * keep
             return self.last_layernorm(x)[:, -1]
 
-    cfg = SASRecConfig(hidden=16, num_blocks=3, num_heads=2, dropout=0.3, max_len=7)
+    cfg = SASRecConfig(hidden=16, num_blocks=blocks, num_heads=2, dropout=0.3, max_len=7)
     rng = np.random.default_rng(1)
     his = rng.integers(1, 12, (6, 7))
     his[:2, :4] = 0  # short histories, left-padded
+    his[2] = 0       # no history at all
     his, iid = jnp.asarray(his, jnp.int32), jnp.asarray(rng.integers(1, 12, 6), jnp.int32)
     params = SASRec(cfg, 11).init(jax.random.key(0), his, None, iid)["params"]
 
@@ -426,8 +428,9 @@ def test_dropout_of_a_block_is_the_whole_arrays():
     x = jax.random.normal(jax.random.key(0), (4, 5, 6))
     run = lambda x, **kw: Dropout(0.5).apply({}, x, False, rngs={"dropout": jax.random.key(3)}, **kw)
     np.testing.assert_array_equal(run(x[:, -2:, 1:], whole=x.shape), run(x)[:, -2:, 1:])
-    with pytest.raises(ValueError, match="not a trailing block"):
-        run(x, whole=(4, 5))
+    for whole in [(4, 5), (4, 4, 6)]:  # another rank; a block larger than the whole
+        with pytest.raises(ValueError, match="not a trailing block"):
+            run(x, whole=whole)
 
 
 def test_lora_dropout_is_flax_dropout():

@@ -1,4 +1,5 @@
-"""Dropout whose mask is one fused element-wise pass: bit for bit flax.linen.Dropout's.
+"""Dropout whose mask is one fused element-wise pass: bit for bit flax.linen.Dropout's (for a block of a
+larger array, `whole=`: that array's mask, cut to the block).
 
 jax draws `bernoulli` masks with Threefry, which it lowers on CPU as a 5-trip loop that reads and
 writes the whole array every trip; written out round by round, the same hash fuses into the op that
@@ -69,13 +70,13 @@ class Dropout(nn.Module):
         det = self.deterministic if deterministic is None else deterministic
         if det is None:
             raise ValueError("Dropout needs `deterministic`, as an attribute or at the call")
+        shape = x.shape if whole is None else tuple(whole)
+        if len(shape) != x.ndim or any(n > w for n, w in zip(x.shape, shape)):
+            raise ValueError(f"dropout of a {x.shape} block of a {shape} array: not a trailing block")
         if self.rate == 0.0 or det:
             return x
         rng = self.make_rng("dropout")
         keep_prob = 1.0 - self.rate
-        shape = x.shape if whole is None else tuple(whole)
-        if len(shape) != x.ndim or any(n > w for n, w in zip(x.shape, shape)):
-            raise ValueError(f"dropout of a {x.shape} block of a {shape} array: not a trailing block")
         if fused_dropout_ok(rng):
             data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
             keep = bernoulli_threefry(data, keep_prob, shape)

@@ -34,7 +34,7 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, q_in, kv_in):
-        """q_in [B, Lq, D]: the last Lq positions of kv_in [B, L, D] (Lq = L: every position)."""
+        """q_in [B, Lq, D]: the queries of the last Lq positions of kv_in [B, L, D] (Lq = L: every position)."""
         B, Lq, D = q_in.shape
         L = kv_in.shape[1]
         H = self.num_heads
@@ -95,7 +95,8 @@ class SASRec(nn.Module):
         keep = (his != 0)[..., None]
         x = self.item_vector(his) * jnp.sqrt(c.hidden) + self.pos_emb(jnp.arange(his.shape[1]))[None]
         x = self.emb_dropout(x, deterministic=det) * keep
-        whole = x.shape
+        B, L = his.shape
+        rows_of = lambda t: (B, L, t.shape[-1])  # the shape of t with every position computed
         for i in range(c.num_blocks):
             # only the last position is read: the last block computes it alone (its keys and values still
             # span the history), with the dropout masks it gets when every position is computed
@@ -104,8 +105,10 @@ class SASRec(nn.Module):
             x = q + self.attention_layers[i](q, x)
             x = self.forward_layernorms[i](x)
             d1, d2 = self.forward_dropout[i]
-            h = d1(nn.relu(self.forward_fc1[i](x)), deterministic=det, whole=whole)
-            x = x + d2(self.forward_fc2[i](h), deterministic=det, whole=whole)
+            h = nn.relu(self.forward_fc1[i](x))
+            h = d1(h, deterministic=det, whole=rows_of(h))
+            f = self.forward_fc2[i](h)
+            x = x + d2(f, deterministic=det, whole=rows_of(f))
             x = x * keep[:, -x.shape[1]:]
         return self.last_layernorm(x[:, -1])
 
