@@ -392,8 +392,6 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     have the same item token and ID score. The export describes and carries it."""
     import pandas as pd
 
-    from data_tools.cold import hold_out_items
-    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
     cold, held = held_out_copy(dataset, tmp_path / "cold")
     cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
                        "model.mapper.new_items=unknown", "model.mapper.item_dropout=0.3")
