@@ -123,7 +123,9 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     valid_auc = [auc(va["label"], mix(w, va, vb)) for w in weights]
     w = float(weights[int(np.argmax(valid_auc))])
     fused = mix(w, ta, tb)
-    return {"weight_b": w, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
+    # the same ranking as a + gate x b (a residual fusion's llm_gate); none when the fusion drops a
+    gate = w / (1 - w) * (va["score"].std() or 1.0) / (vb["score"].std() or 1.0) if w < 1 else None
+    return {"weight_b": w, "gate_b": gate, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
 
 
@@ -183,6 +185,9 @@ def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None) -> list[str
     f = late_fusion(run_a, run_b, valid)
     lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), w = {f['weight_b']:.2f} "
              f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
+    if f["gate_b"] is not None:
+        lines[0:0] = [f"(as {name_a} + a x {name_b}: a = {f['gate_b']:.3g}, a residual hybrid's "
+                      f"model.mapper.llm_gate_init to start there)"]
     lines += format_rows("fusion", f["test"])
     lines += ["", *header(name_b)]
     lines += format_rows("fusion", f["test_vs_b"])

@@ -1,6 +1,7 @@
 """SASRec vs NumPy, LoRA identities, the partition, and the hybrid's splice / padding / gradients."""
 import dataclasses
 
+import chex
 import jax
 import flax.linen as nn
 import jax.numpy as jnp
@@ -291,6 +292,13 @@ def test_residual_fusion_starts_as_the_encoder():
     without = {**params, "mapper": {k: v for k, v in params["mapper"].items() if k != "llm_gate"}}
     np.testing.assert_allclose(res.apply({"params": params}, batch),
                                id_score + 0.5 * plain.apply({"params": without}, batch), rtol=1e-5, atol=1e-6)
+    # llm_gate_init: a starts there (a late fusion's weight), the rest of the initialisation unchanged
+    started = Hybrid(dataclasses.replace(res.cfg, mapper=dataclasses.replace(res.cfg.mapper, llm_gate_init=0.5)),
+                     DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    init = started.init(jax.random.key(0), batch)["params"]
+    assert init["mapper"]["llm_gate"] == 0.5
+    chex.assert_trees_all_equal({**init, "mapper": {**init["mapper"], "llm_gate": 0.0}},
+                                res.init(jax.random.key(0), batch)["params"])
 
 
 def test_padding_does_not_change_a_score():

@@ -283,6 +283,7 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "train.phase_overrides={hybird: {epochs: 2}}"], "this run has no phase 'hybird'"),
     (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
     (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown"),
+    (["--set", "model.mapper.llm_gate_init=3.0"], "needs model.mapper.fusion: residual"),
     (["--set", "model.mapper.new_items=unknown", "--set", "model.mapper.item_dropout=1.0"],
      "model.mapper.item_dropout = 1.0: must be in [0, 1)"),
     (["--set", "train.method=tallrec", "--set", "model.mapper.new_items=unknown"], "which method 'tallrec' does not use"),

@@ -84,9 +84,11 @@ class MapperConfig:
     hidden: int = 320
     num_tokens: int = 1                # soft tokens per ID placeholder
     # "gate": score = LLM log-odds + g x the encoder's own score, g learned (mapper group), starting at 1;
-    # "residual": score = the encoder's score + a x LLM log-odds, a learned, starting at 0 (the hybrid
-    # starts as the ID model exactly)
+    # "residual": score = the encoder's score + a x LLM log-odds, a learned, starting at llm_gate_init: at 0
+    # the hybrid starts as the ID model exactly; at the weight of a late fusion of the two (`python -m
+    # sasrecllm_jax.compare ENCODER_RUN LLM_RUN --fuse` prints it) it starts where that fusion is
     fusion: Literal["none", "gate", "residual"] = "none"
+    llm_gate_init: float = 0.0
     # "zeros": the output layer starts at zero, so the soft tokens start as zero vectors
     out_init: Literal["default", "zeros"] = "default"
     # what the item token shows for a target item with no train row: "id", its encoder vector as is (an

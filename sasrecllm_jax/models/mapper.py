@@ -48,7 +48,7 @@ class Mapper(nn.Module):
         if self.cfg.fusion == "gate":
             self.id_gate = self.param("id_gate", nn.initializers.ones, ())
         if self.cfg.fusion == "residual":
-            self.llm_gate = self.param("llm_gate", nn.initializers.zeros, ())
+            self.llm_gate = self.param("llm_gate", nn.initializers.constant(self.cfg.llm_gate_init), ())
         if self.cfg.new_items == "unknown":
             self.unknown_item = self.param("unknown_item", nn.initializers.zeros, (self.d_enc,))
             setattr(self, COUNTS, SeenItems(self.num_items))
@@ -71,7 +71,7 @@ class Mapper(nn.Module):
 
     def fuse(self, llm_score, id_score):
         """The hybrid's score: the LLM's ("none"), plus g x the ID score ("gate"), or the ID score plus
-        a x the LLM's ("residual"; a starts at 0, so the first step moves only a: ReZero's start)."""
+        a x the LLM's ("residual"; a starts at llm_gate_init: from 0, the first step moves only a, ReZero's start)."""
         if self.cfg.fusion == "gate":
             return llm_score + self.id_gate * id_score
         if self.cfg.fusion == "residual":
