@@ -8,7 +8,7 @@ import jax
 
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.dataset import Dataset
-from sasrecllm_jax.data.encode import SplitEncoder, row_limit
+from sasrecllm_jax.data.encode import SplitEncoder, row_limit, train_rows
 from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.data.registry import resolve_dataset
 from sasrecllm_jax.host_cache import HostCache
@@ -46,13 +46,15 @@ class Assembly:
         return built, built.init_params(jax.random.fold_in(key, 1))
 
     def init_params(self, key) -> dict:
-        return self.models.init_params(key, self.dataset.splits["train"], f"{self.dataset.path}/train.parquet")
+        """Counted terms from the train rows the ID side learns from (the early rows with data.late_rows)."""
+        train = train_rows(self.dataset.splits["train"], "early", self.cfg.data.late_rows)
+        return self.models.init_params(key, train, f"{self.dataset.path}/train.parquet")
 
     def model(self, prompt: str, deterministic: bool, frozen=()):
         return self.models.build(prompt, deterministic, frozen)
 
-    def split(self, name: str, prompt: str, max_rows: int = 0) -> SplitData:
-        return self.encoder.split(name, prompt, max_rows)
+    def split(self, name: str, prompt: str, max_rows: int = 0, rows: str = "all") -> SplitData:
+        return self.encoder.split(name, prompt, max_rows, rows)
 
     def row_limit(self, kind: str) -> int:
         return row_limit(self.cfg, kind)

@@ -284,6 +284,8 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
     (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown"),
     (["--set", "model.mapper.llm_gate_init=3.0"], "needs model.mapper.fusion: residual"),
+    (["--set", "train.phase_overrides={sasrec: {rows: early}}"], "splits the train rows at data.late_rows, which is 0"),
+    (["--set", "data.late_rows=1.0"], "data.late_rows = 1.0: must be in [0, 1)"),
     (["--set", "model.mapper.new_items=unknown", "--set", "model.mapper.item_dropout=1.0"],
      "model.mapper.item_dropout = 1.0: must be in [0, 1)"),
     (["--set", "train.method=tallrec", "--set", "model.mapper.new_items=unknown"], "which method 'tallrec' does not use"),
@@ -428,3 +430,61 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     np.testing.assert_array_equal(weights["mapper/counts/item_seen"], seen)
     np.testing.assert_array_equal(weights["mapper/unknown_item"], after["mapper"]["unknown_item"])
     assert 'item_vector = w["mapper/unknown_item"]' in (out / "README.md").read_text()
+
+
+def test_late_rows_split_the_train_rows_between_the_encoder_and_the_hybrid(dataset, tmp_path, capsys):
+    """data.late_rows: a phase with rows: early trains exactly as on a dataset whose train split is the
+    early rows alone (SASRec's params bit-identical), a phase with rows: late sees the late rows alone, and
+    the mapper's item_seen flags count the early rows: an item that only late rows name is new to the
+    encoder (its embedding never moves) and shows the unknown vector. The latest quarter by time is late."""
+    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
+    from sasrecllm_jax.data.encode import late_mask
+    ds = load_dataset(dataset)
+    train = ds.splits["train"]
+    cut = lambda t: late_mask(t["timestamp"].to_numpy(), 0.25)
+    late = cut(train)
+    assert late.sum() == -(-len(train) // 4) and train["timestamp"][late].min() >= train["timestamp"][~late].max()
+    # a copy in which one item of the late rows loses its early rows: only late rows name it (as a target, or
+    # in a history, as in a log where an item first appears late)
+    for item in train["iid"][late]:
+        kept = train[~((train["iid"] == item).to_numpy() & ~late)]
+        early = kept[~cut(kept)]
+        if (kept["iid"][cut(kept)] == item).any() and not (early["iid"] == item).any() \
+                and not any(item in h for h in early["his"]):
+            break
+    else:
+        raise AssertionError("no item of the late rows can be made late-only")
+    late_item = tmp_path / "late-item"
+    write_dataset(late_item, {**ds.splits, "train": kept}, ds.items, source="synthetic", recipe="late-only item")
+    train, late = kept.reset_index(drop=True), cut(kept)
+    early_only = tmp_path / "early"
+    write_dataset(early_only, {**ds.splits, "train": train[~late]}, ds.items, source="synthetic", recipe="early rows")
+    trained = {}
+    sasrec = [*FAST, "train.method=sasrec", "train.encoder_weight_decay=0"]
+    train_and_evaluate(smoke_config(late_item, *sasrec, "data.late_rows=0.25", "train.phase_overrides={sasrec: {rows: early}}"),
+                       tmp_path / "split", on_phase=lambda p, b, a: trained.update(split=(b, a)))
+    train_and_evaluate(smoke_config(early_only, *sasrec), tmp_path / "alone", on_phase=lambda p, b, a: trained.update(alone=a))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, trained["split"][1], trained["alone"])
+    emb = lambda p: np.asarray(p["sasrec"]["item_emb"]["embedding"])
+    np.testing.assert_array_equal(emb(trained["split"][1])[item], emb(trained["split"][0])[item])
+
+    capsys.readouterr()
+    cfg = smoke_config(late_item, *FAST, "train.method=sasrecllm", "data.late_rows=0.25", "model.mapper.new_items=unknown",
+                       "train.phase_overrides={sasrec: {rows: early}, hybrid: {rows: late}}")
+    train_and_evaluate(cfg, tmp_path / "hybrid")
+    printed = capsys.readouterr().out
+    cap = 256  # smoke_sets caps the prompted phases' rows at 256
+    assert f"({min(int(late.sum()), cap):,} late rows," in printed and f"({int((~late).sum()):,} early rows," in printed
+    assert f"({min(len(train), cap):,} rows," in printed  # the text phase: every row
+    seen = np.asarray(load_raw(tmp_path / "hybrid" / "final")["counts"]["mapper"]["counts"]["item_seen"])
+    np.testing.assert_array_equal(np.flatnonzero(seen), np.unique(train["iid"][~late]))
+    assert not seen[item]
+
+
+def test_late_mask_takes_the_latest_rows_by_time_then_table_order():
+    from sasrecllm_jax.data.encode import late_mask
+    ts = np.array([5, 1, 3, 3, 9])
+    assert late_mask(ts, 0.4).tolist() == [True, False, False, False, True]
+    assert late_mask(ts, 0.5).tolist() == [True, False, False, True, True]   # ceil(2.5): the later of the two 3s
+    assert late_mask(ts, 0.8).tolist() == [True, False, True, True, True]
+    assert not late_mask(ts, 0.0).any()

@@ -133,6 +133,12 @@ class DataConfig:
     # [new_item], to test every new-item row and a sample of the rest
     eval_always: tuple[Literal["warm", "cold", "new_user", "new_item"], ...] = ()
     eval_split: Literal["valid_small", "valid"] = "valid_small"
+    # the latest share of the train rows (by timestamp) held out of what the ID side learns or counts: a phase
+    # with `rows: early` trains on the rest, one with `rows: late` on these alone, and the counted terms and
+    # the mapper's item_seen flags come from the early rows. A hybrid phase on the late rows then sees the
+    # encoder's scores on rows it never fit (on its own train rows SASRec is near-perfect, which teaches a
+    # fusion to ignore the LLM), and items that only the late rows name as new items
+    late_rows: float = 0.0
 
 
 # --------------------------------------------------------------------------- training
@@ -149,6 +155,7 @@ class PhaseConfig:
     eval_every: int = 0                # steps between evaluations; 0: train.eval_every for prompted
                                        # phases, once per epoch for encoder phases
     patience: int = 0                  # evaluations without improvement before stopping; 0: train.patience
+    rows: Literal["all", "early", "late"] = "all"  # which train rows: early / late split them at data.late_rows
 
 
 @dataclasses.dataclass(frozen=True)

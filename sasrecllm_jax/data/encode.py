@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import numpy as np
 import pandas as pd
 
 from sasrecllm_jax.config import Config
@@ -30,6 +31,25 @@ def row_limit(cfg: Config, kind: str) -> int:
     return int(limits.get(kind, 0))
 
 
+def late_mask(timestamps: np.ndarray, share: float) -> np.ndarray:
+    """[N] bool: the latest `share` of the rows by timestamp (ceil of share x N; among equal timestamps the
+    later rows of the table count as later)."""
+    n = len(timestamps)
+    late = np.zeros(n, bool)
+    n_late = int(np.ceil(share * n))
+    if n_late:
+        late[np.lexsort((np.arange(n), timestamps))[n - n_late:]] = True
+    return late
+
+
+def train_rows(train: pd.DataFrame, rows: str, late_share: float) -> pd.DataFrame:
+    """The train rows a phase sees: all, or with data.late_rows the early or the late ones."""
+    if rows == "all" or not late_share:
+        return train
+    late = late_mask(train["timestamp"].to_numpy(), late_share)
+    return train[late if rows == "late" else ~late]
+
+
 @dataclasses.dataclass
 class SplitEncoder:
     cfg: Config
@@ -39,19 +59,25 @@ class SplitEncoder:
     host_cache: HostCache | None = None
     _splits: dict = dataclasses.field(default_factory=dict)
 
-    def split(self, name: str, prompt: str, max_rows: int = 0) -> SplitData:
-        """A split of the dataset, encoded for this prompt kind (cached)."""
-        key = (name, prompt, max_rows)
+    def split(self, name: str, prompt: str, max_rows: int = 0, rows: str = "all") -> SplitData:
+        """A split of the dataset, encoded for this prompt kind (cached); of the train split, the `rows`
+        of a phase (all, early, late: data.late_rows)."""
+        if name != "train" or not self.cfg.data.late_rows:
+            rows = "all"
+        key = (name, prompt, max_rows, rows)
         if key not in self._splits:
-            make = lambda: self.encode_rows(name, self.dataset.splits[name], prompt, max_rows)
-            self._splits[key] = memo(self.host_cache, self._key(name, prompt, max_rows), make)
+            df = self.dataset.splits[name]
+            if name == "train":
+                df = train_rows(df, rows, self.cfg.data.late_rows)
+            make = lambda: self.encode_rows(name, df, prompt, max_rows)
+            self._splits[key] = memo(self.host_cache, self._key(name, prompt, max_rows, rows), make)
         return self._splits[key]
 
-    def _key(self, name: str, prompt: str, max_rows: int) -> tuple:
+    def _key(self, name: str, prompt: str, max_rows: int, rows: str = "all") -> tuple:
         """Everything an encoded split depends on (for sharing it between runs of one process)."""
         d, m = self.cfg.data, self.cfg.model
         base = ("split", str(Path(self.dataset.path).resolve()), name, max_rows, m.sasrec.max_len, prompt,
-                d.eval_always if name != "train" else ())
+                d.eval_always if name != "train" else (), (rows, d.late_rows) if rows != "all" else ())
         if prompt == "none":
             return base
         template = Path(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text)

@@ -167,7 +167,7 @@ class PhaseRunner:
     def _plan(self, phase: PhaseConfig, trainable: dict) -> tuple[PhasePlan, BatchIterator, object]:
         t, a = self.cfg.train, self.assembly
         with_prompts = phase.prompt != "none"
-        train_data = a.split("train", phase.prompt, a.row_limit("train") if with_prompts else 0)
+        train_data = a.split("train", phase.prompt, a.row_limit("train") if with_prompts else 0, phase.rows)
         eval_data = a.split(self.cfg.data.eval_split, phase.prompt, a.row_limit("eval"))
         bs = t.batch_size if with_prompts else t.encoder_batch_size
         it = BatchIterator(train_data.lengths(), bs, seed=t.seed * 2**31 + phase_salt(phase.name))
@@ -175,7 +175,8 @@ class PhaseRunner:
         total = min(total, phase.max_steps) if phase.max_steps > 0 else total
         tx, schedules = make_optimizer(phase, trainable, total, t)
         print(f"[{phase.name}] {phase.prompt} prompts, training {list(phase.trainable)}: "
-              f"{groups.count(trainable):,} parameters, {total} steps of {bs} rows ({len(train_data):,} rows, "
+              f"{groups.count(trainable):,} parameters, {total} steps of {bs} rows ({len(train_data):,} "
+              f"{'' if phase.rows == 'all' else phase.rows + ' '}rows, "
               f"{it.batches_per_epoch} steps/epoch)")
         train_model = a.model(phase.prompt, deterministic=False, frozen=groups.frozen_groups(phase.trainable))
         apply_fn = lambda p, b, rngs: train_model.apply({"params": p}, b, rngs=rngs)

@@ -111,5 +111,8 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
             raise ConfigError(f"{where}: patience must be >= 0 (0: train.patience)")
         if ph.epochs <= 0 and ph.max_steps <= 0:
             raise ConfigError(f"{where}: set epochs > 0 or max_steps > 0")
+        if ph.rows != "all" and not cfg.data.late_rows:
+            raise ConfigError(f"{where}: rows = {ph.rows!r} splits the train rows at data.late_rows, which is 0; "
+                              f"set data.late_rows (e.g. 0.2: the latest fifth are the late rows)")
         out.append(dataclasses.replace(ph, trainable=groups))
     return tuple(out)
