@@ -482,9 +482,17 @@ def test_late_rows_split_the_train_rows_between_the_encoder_and_the_hybrid(datas
 
 
 def test_late_mask_takes_the_latest_rows_by_time_then_table_order():
+    import pandas as pd
+
     from sasrecllm_jax.data.encode import late_mask
+    from sasrecllm_jax.errors import ConfigError
     ts = np.array([5, 1, 3, 3, 9])
     assert late_mask(ts, 0.4).tolist() == [True, False, False, False, True]
     assert late_mask(ts, 0.5).tolist() == [True, False, False, True, True]   # ceil(2.5): the later of the two 3s
     assert late_mask(ts, 0.8).tolist() == [True, False, True, True, True]
     assert not late_mask(ts, 0.0).any()
+    from sasrecllm_jax.data.encode import train_rows
+    table = pd.DataFrame({"timestamp": ts})
+    assert train_rows(table, "early", 0.4).index.tolist() == [1, 2, 3] and train_rows(table, "all", 0.4) is table
+    with pytest.raises(ConfigError, match="leaves no early rows of the 5 train rows"):
+        train_rows(table, "early", 0.9)  # ceil(4.5): every row is late

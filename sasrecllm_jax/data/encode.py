@@ -47,7 +47,11 @@ def train_rows(train: pd.DataFrame, rows: str, late_share: float) -> pd.DataFram
     if rows == "all" or not late_share:
         return train
     late = late_mask(train["timestamp"].to_numpy(), late_share)
-    return train[late if rows == "late" else ~late]
+    picked = train[late if rows == "late" else ~late]
+    if picked.empty:
+        raise ConfigError(f"data.late_rows = {late_share} leaves no {rows} rows of the {len(train):,} train rows; "
+                          f"choose a share that leaves some on both sides", key="data.late_rows")
+    return picked
 
 
 @dataclasses.dataclass
