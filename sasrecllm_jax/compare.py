@@ -186,8 +186,8 @@ def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None) -> list[str
     lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), w = {f['weight_b']:.2f} "
              f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
     if f["gate_b"] is not None:
-        lines[0:0] = [f"(as {name_a} + a x {name_b}: a = {f['gate_b']:.3g}, a residual hybrid's "
-                      f"model.mapper.llm_gate_init to start there)"]
+        lines.insert(1, f"(the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g}: a residual "
+                        f"hybrid's model.mapper.llm_gate_init to start near it)")
     lines += format_rows("fusion", f["test"])
     lines += ["", *header(name_b)]
     lines += format_rows("fusion", f["test_vs_b"])

@@ -111,7 +111,7 @@ def scoring_description(rec) -> dict:
         "placeholder_token_id": PLACEHOLDER_ID,
         "encoder": {"kind": enc, "config": to_dict(getattr(m, enc)), **ENCODER_VECTORS[enc],
                     **({"item_vector": f"{ENCODER_VECTORS[enc]['item_vector']} if mapper/counts/item_seen[iid] "
-                                       f"is 1, else mapper/unknown_item (the item has no train row)"}
+                                       f"is 1, else mapper/unknown_item (the item has no train row the encoder learned from)"}
                        if m.mapper.new_items == "unknown" else {})},
         "mapper": {"config": to_dict(m.mapper), "d_model": rec.assembly.backbone.llm_cfg.hidden_size,
                    "tokens": "reshape(relu(v @ mapper/fc1/kernel + mapper/fc1/bias) @ mapper/fc2/kernel "

@@ -286,6 +286,8 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "model.mapper.llm_gate_init=3.0"], "needs model.mapper.fusion: residual"),
     (["--set", "train.phase_overrides={sasrec: {rows: early}}"], "splits the train rows at data.late_rows, which is 0"),
     (["--set", "data.late_rows=1.0"], "data.late_rows = 1.0: must be in [0, 1)"),
+    (["--set", "data.late_rows=0.2"], "no phase trains on rows: early or late"),
+    (["--set", "model.mapper.fusion=residual", "--set", "model.mapper.llm_gate_init=.nan"], "must be a finite number"),
     (["--set", "model.mapper.new_items=unknown", "--set", "model.mapper.item_dropout=1.0"],
      "model.mapper.item_dropout = 1.0: must be in [0, 1)"),
     (["--set", "train.method=tallrec", "--set", "model.mapper.new_items=unknown"], "which method 'tallrec' does not use"),

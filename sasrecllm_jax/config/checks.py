@@ -51,6 +51,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.mapper.hidden": POSITIVE,
     "model.mapper.num_tokens": AT_LEAST_1,
     "model.mapper.item_dropout": DROPOUT,
+    "model.mapper.llm_gate_init": (_finite, "must be a finite number"),
     "model.lora.rank": POSITIVE,
     "model.lora.alpha": RATE,
     "model.lora.dropout": DROPOUT,

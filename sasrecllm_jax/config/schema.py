@@ -86,7 +86,8 @@ class MapperConfig:
     # "gate": score = LLM log-odds + g x the encoder's own score, g learned (mapper group), starting at 1;
     # "residual": score = the encoder's score + a x LLM log-odds, a learned, starting at llm_gate_init: at 0
     # the hybrid starts as the ID model exactly; at the weight of a late fusion of the two (`python -m
-    # sasrecllm_jax.compare ENCODER_RUN LLM_RUN --fuse` prints it) it starts where that fusion is
+    # sasrecllm_jax.compare ENCODER_RUN LLM_RUN --fuse` prints it) it starts near that fusion (its LLM term
+    # reads hybrid prompts, whose soft tokens start untrained: out_init zeros starts them at zero)
     fusion: Literal["none", "gate", "residual"] = "none"
     llm_gate_init: float = 0.0
     # "zeros": the output layer starts at zero, so the soft tokens start as zero vectors

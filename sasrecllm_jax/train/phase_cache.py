@@ -86,7 +86,9 @@ def phase_key(cfg: Config, phase: PhaseConfig, inputs: dict, dataset_dir: Path) 
     head = {
         "code": code_version(), "backend": jax.default_backend(),
         "devices": [d.device_kind for d in jax.devices()],
-        "data": to_dict(cfg.data), "model": _model_fields(cfg, phase.prompt), "weights_files": stat,
+        # late_rows reaches a phase on every row through its inputs alone (the counted terms it restores)
+        "data": {k: v for k, v in to_dict(cfg.data).items() if k != "late_rows" or phase.rows != "all"},
+        "model": _model_fields(cfg, phase.prompt), "weights_files": stat,
         "train": {k: v for k, v in to_dict(cfg.train).items() if k not in _PHASE_SOURCES + ("phase_cache",)},
         "phase": phase_fields,
     }

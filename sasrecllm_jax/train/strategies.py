@@ -115,4 +115,9 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
             raise ConfigError(f"{where}: rows = {ph.rows!r} splits the train rows at data.late_rows, which is 0; "
                               f"set data.late_rows (e.g. 0.2: the latest fifth are the late rows)")
         out.append(dataclasses.replace(ph, trainable=groups))
+    if cfg.data.late_rows and all(ph.rows == "all" for ph in out):
+        raise ConfigError(f"{config_path}: data.late_rows = {cfg.data.late_rows} holds the late rows out of the encoder "
+                          f"and its counts, but no phase trains on rows: early or late (phases "
+                          f"{[ph.name for ph in out]}); set them, e.g. train.phase_overrides.hybrid.rows=late (a "
+                          f"whole --set train.phase_overrides={{...}} replaces the config's), or drop data.late_rows")
     return tuple(out)
