@@ -101,7 +101,8 @@ class Recommender:
     def rank(self, uid: int, history, candidates) -> pd.DataFrame:
         scores = self.score([uid] * len(candidates), [history] * len(candidates), candidates)
         titles = self.assembly.dataset.titles()
-        out = pd.DataFrame({"iid": candidates, "title": titles[np.asarray(candidates)], "score": scores})
+        out = pd.DataFrame({"iid": candidates, "title": titles[np.asarray(candidates)], "score": scores,
+                            "p_like": 1 / (1 + np.exp(-np.asarray(scores)))})
         return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 

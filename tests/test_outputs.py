@@ -43,6 +43,7 @@ def test_scoring_a_run_matches_its_evaluation(runs, method):
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     ranked = rec.rank(int(test["uid"].iloc[0]), list(test["his"].iloc[0]), [1, 2, 3])
     assert list(ranked["score"]) == sorted(ranked["score"], reverse=True) and set(ranked["iid"]) == {1, 2, 3}
+    np.testing.assert_allclose(ranked["p_like"], 1 / (1 + np.exp(-ranked["score"])))
 
 
 def test_ranking_metrics_match_scoring_the_candidates(runs):
