@@ -117,14 +117,15 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     valid = valid or valid_split(run_a, loaded[0])
     va, vb = paired_scores(run_a, run_b, valid, loaded)
     ta, tb = paired_scores(run_a, run_b, "test", loaded)
-    z = lambda s, ref: (s - ref.mean()) / (ref.std() or 1.0)  # in units of the run's valid scores
+    unit = lambda ref: ref.std() or 1.0  # scores are standardised in units of the run's valid scores
+    z = lambda s, ref: (s - ref.mean()) / unit(ref)
     mix = lambda w, a, b: (1 - w) * z(a["score"], va["score"]) + w * z(b["score"], vb["score"])
     weights = np.linspace(0.0, 1.0, grid)
     valid_auc = [auc(va["label"], mix(w, va, vb)) for w in weights]
     w = float(weights[int(np.argmax(valid_auc))])
     fused = mix(w, ta, tb)
     # the same ranking as a + gate x b (a residual fusion's llm_gate); none when the fusion drops a
-    gate = w / (1 - w) * (va["score"].std() or 1.0) / (vb["score"].std() or 1.0) if w < 1 else None
+    gate = w / (1 - w) * unit(va["score"]) / unit(vb["score"]) if w < 1 else None
     return {"weight_b": w, "gate_b": gate, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
 

@@ -22,7 +22,7 @@ import pandas as pd
 from sasrecllm_jax import compile_cache
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, score_split
-from sasrecllm_jax.score import Recommender
+from sasrecllm_jax.score import Recommender, p_like
 from sasrecllm_jax.train import groups
 
 
@@ -70,7 +70,7 @@ def recommend(rec: Recommender, history: list[int], k: int = 10, user: int = 0, 
         out["score"] = rec.score([user] * len(pool), [history] * len(pool), pool)
     else:
         out["score"] = first
-    out["p_like"] = 1.0 / (1.0 + np.exp(-out["score"]))
+    out["p_like"] = p_like(out["score"])
     out = out.sort_values("score", ascending=False, kind="stable").head(k).reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out

@@ -31,6 +31,11 @@ from sasrecllm_jax.train.checkpoint import Store
 from sasrecllm_jax.train.strategies import resolve_phases, scoring_prompt
 
 
+def p_like(scores) -> np.ndarray:
+    """sigmoid(score): the probability of a like that a score stands for."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(scores)))
+
+
 class Recommender:
     """A run folder's final model, ready to score."""
 
@@ -102,7 +107,7 @@ class Recommender:
         scores = self.score([uid] * len(candidates), [history] * len(candidates), candidates)
         titles = self.assembly.dataset.titles()
         out = pd.DataFrame({"iid": candidates, "title": titles[np.asarray(candidates)], "score": scores,
-                            "p_like": 1 / (1 + np.exp(-np.asarray(scores)))})
+                            "p_like": p_like(scores)})
         return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
             histories = [_ids(h, "history") for h in rows["history"]]
             rec.check_ids(rows["uid"], histories, rows["iid"], where=str(args.rows))
             rows["score"] = rec.score(rows["uid"], histories, rows["iid"])
-            rows["p_like"] = 1 / (1 + np.exp(-rows["score"]))
+            rows["p_like"] = p_like(rows["score"])
             out = rows
         else:
             uid, history, candidates = request
