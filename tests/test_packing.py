@@ -9,7 +9,7 @@ from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.data import packing
 from sasrecllm_jax.data.pipeline import padded_length
-from sasrecllm_jax.evaluate import Scorer, score_split
+from sasrecllm_jax.evaluate import Scorer, in_chunks, score_split
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,28 @@ def test_a_small_request_gets_a_small_batch(built):
     next_power_of_two = {1: 1, 2: 2, 3: 4}[packs]  # three rows make one, two or three packs
     assert {dict(shape)["tokens"][0] for shape in in_packs.compile.shapes} == {next_power_of_two}
     np.testing.assert_allclose(got, full[:3], rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_scored_in_chunks_scores_as_a_whole(built):
+    """The CPU scorer runs a batch 16 rows at a time (evaluate.in_chunks): the scores of the whole batch, for
+    rows, for packs and for the drop ablation; a shuffle ablation (rows swap tokens across the batch) and a
+    batch that 16 does not divide run whole."""
+    cfg, comp, params = built
+    test = comp.dataset.splits["test"]
+    data = comp.encoder.encode_rows("chunks", test.head(64), "hybrid")
+    whole, chunked = (Scorer(comp.model("hybrid", deterministic=True), chunk_rows=rows) for rows in (0, 16))
+    pad = cfg.data.pad_multiple
+    for kw in ({}, {"share_prefix": True}, {"collab": "drop"}, {"collab": "shuffle"}):
+        want = score_split(whole, params, data, 64, pad, True, **kw)
+        got = score_split(chunked, params, data, 64, pad, True, **kw)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    odd = comp.encoder.encode_rows("odd", test.head(24), "hybrid")  # a batch of 24: 16 does not divide it
+    np.testing.assert_allclose(score_split(chunked, params, odd, 24, pad, True),
+                               score_split(whole, params, odd, 24, pad, True), rtol=1e-5, atol=1e-5)
+    # the chunks are what runs: apply sees 16 rows at a time, or the whole batch when it shuffles
+    seen = []
+    record = lambda params, batch: (seen.append(batch["tokens"].shape), batch["tokens"].sum(-1))[1]
+    tokens = np.arange(64 * 3).reshape(64, 3)
+    np.testing.assert_array_equal(jax.jit(in_chunks(record, 16))(None, {"tokens": tokens}), tokens.sum(-1))
+    jax.jit(in_chunks(record, 16))(None, {"tokens": tokens, "collab_perm": np.arange(64)})
+    assert seen == [(16, 3), (64, 3)]

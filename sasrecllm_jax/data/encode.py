@@ -101,6 +101,7 @@ class SplitEncoder:
                 max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
                 where=f"{self.dataset.path}/{name}")
             if data.prompts.shortened:
-                print(f"{name}: {data.prompts.shortened} prompts over data.max_tokens={d.max_tokens} "
-                      f"show fewer history titles")
+                n = data.prompts.shortened
+                print(f"{name}: {n} prompt{'s' if n != 1 else ''} over data.max_tokens={d.max_tokens} "
+                      f"show{'s' if n == 1 else ''} fewer history titles")
         return data
