@@ -2,9 +2,11 @@
 NaN handling, ablations, and the errors a user sees for bad configs and checkpoints."""
 import json
 import logging
+from types import SimpleNamespace
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import ONE_SHAPE, ROOT, smoke_config, synthetic_dataset
@@ -12,6 +14,7 @@ from sasrecllm_jax.cli import train_main
 from sasrecllm_jax.errors import CheckpointError, TrainingError
 from sasrecllm_jax.train import groups as partition
 from sasrecllm_jax.train.checkpoint import Store, load_raw
+from sasrecllm_jax.train.final import next_steps
 from sasrecllm_jax.train.run import train_and_evaluate
 
 FAST = [ONE_SHAPE, "train.eval_every=8", "train.log_every=2", "train.enc_epochs=4"]
@@ -498,3 +501,16 @@ def test_late_mask_takes_the_latest_rows_by_time_then_table_order():
     assert train_rows(table, "early", 0.4).index.tolist() == [1, 2, 3] and train_rows(table, "all", 0.4) is table
     with pytest.raises(ConfigError, match="leaves no early rows of the 5 train rows"):
         train_rows(table, "early", 0.9)  # ceil(4.5): every row is late
+
+
+def test_next_steps_name_the_run_folder_as_the_user_would_type_it(tmp_path, monkeypatch):
+    """Under the working directory the printed commands use the relative path (runs/quickstart, as in the
+    README); elsewhere the path as it is."""
+    assembly = SimpleNamespace(dataset=SimpleNamespace(splits={"test": pd.DataFrame({"his": [[0, 5, 7, 9]]})}))
+    monkeypatch.chdir(tmp_path)
+    text = next_steps(tmp_path / "runs" / "quickstart", assembly, "hybrid")
+    assert "python -m sasrecllm_jax.report runs/quickstart --out runs/quickstart/curves.png" in text
+    assert 'recommend --run runs/quickstart --history "5 7 9"' in text
+    assert str(tmp_path) not in text
+    elsewhere = tmp_path.parent / "other-run"
+    assert f"--logdir {elsewhere}/tensorboard" in next_steps(elsewhere, assembly, "text")

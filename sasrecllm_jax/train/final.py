@@ -83,7 +83,12 @@ def encoder_alone(cfg: Config, assembly: Assembly, params: dict, prompt: str, da
 
 
 def next_steps(workdir: Path, assembly: Assembly, prompt: str) -> str:
-    """The commands a user runs next on a finished run."""
+    """The commands a user runs next on a finished run (the run folder as given relative to the working
+    directory when it lies under it: runs/quickstart, as the user would type it)."""
+    try:
+        workdir = Path(workdir).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
     history = " ".join(str(i) for i in assembly.dataset.splits["test"]["his"].iloc[0][-3:]) or "1"
     lines = ["next:", f"  python -m sasrecllm_jax.report {workdir} --out {workdir}/curves.png     # training curves"]
     if prompt != "text":
