@@ -29,6 +29,7 @@ from sasrecllm_jax import compile_cache
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.evaluate import evaluate
+from sasrecllm_jax.models.mapper import FUSION_NUMBERS
 from sasrecllm_jax.models.pop import COUNTS
 from sasrecllm_jax.run_folder.files import write_whole
 from sasrecllm_jax.score import Recommender
@@ -37,9 +38,9 @@ from sasrecllm_jax.train.progress import row_bar
 
 MODES = ("on", "drop", "shuffle")
 MASKS = ("lora", "mapper", "sasrec", "mf")
-# the mapper group's leaves that the mapper mask keeps: the fusion's weights and the unknown item's vector
-# (an input of the ID score too); the counted item_seen flags are group counts
-KEPT_BY_MAPPER_MASK = ("id_gate", "llm_gate", "unknown_item")
+# the mapper group's leaves that the mapper mask keeps: the fusion's weights, the unknown item's vector
+# (an input of the ID score too) and its ID score; the counted item_seen flags are group counts
+KEPT_BY_MAPPER_MASK = (*FUSION_NUMBERS, "unknown_item")
 
 
 def masked(params: dict, group: str, initial: dict) -> dict:

@@ -28,6 +28,7 @@ from safetensors.numpy import save_file
 from sasrecllm_jax.config import to_dict
 from sasrecllm_jax.data import prompts as prompts_lib
 from sasrecllm_jax.errors import ConfigError, run_command
+from sasrecllm_jax.models.mapper import FUSION_NUMBERS
 from sasrecllm_jax.score import Recommender
 from sasrecllm_jax.weights.hf_export import write_hf_folder
 from sasrecllm_jax.weights.peft_adapter import write_peft_adapter
@@ -77,6 +78,8 @@ FUSION = {
                 "(+ the encoder's user and item terms when sasrec.bias is not none)",
 }
 
+UNKNOWN_ID_SCORE = "; id_score = mapper/unknown_score instead when mapper/counts/item_seen[iid] is 0"
+
 
 def scoring_description(rec) -> dict:
     """collaborative.json: everything besides the weights that scoring a row with the export needs."""
@@ -116,8 +119,9 @@ def scoring_description(rec) -> dict:
         "mapper": {"config": to_dict(m.mapper), "d_model": rec.assembly.backbone.llm_cfg.hidden_size,
                    "tokens": "reshape(relu(v @ mapper/fc1/kernel + mapper/fc1/bias) @ mapper/fc2/kernel "
                              "+ mapper/fc2/bias, [num_tokens, d_model])"},
-        "fusion": {"kind": m.mapper.fusion, "score": FUSION[m.mapper.fusion],
-                   **{g: float(np.asarray(mapper[g])) for g in ("id_gate", "llm_gate") if g in mapper}},
+        "fusion": {"kind": m.mapper.fusion, "score": FUSION[m.mapper.fusion] + (
+                       UNKNOWN_ID_SCORE if m.mapper.unknown_id_score == "learned" else ""),
+                   **{g: float(np.asarray(mapper[g])) for g in FUSION_NUMBERS if g in mapper}},
         "params_file": COLLAB_WEIGHTS,
         "param_layout": "Flax: a Dense kernel is [in, out] (y = x @ kernel + bias); an Embed table is "
                         "[count + 1, dim] indexed by id (ids start at 1)",

@@ -228,6 +228,44 @@ def test_unknown_item_vector_replaces_items_without_train_rows():
     assert not np.any(grad["mapper"]["unknown_item"])  # no unseen row, no dropout: no gradient
 
 
+def test_learned_unknown_id_score_stands_in_for_the_encoder_on_unknown_items():
+    """unknown_id_score: learned: a row whose item is shown as unknown (no train row, or item_dropout in
+    training) gets the mapper's unknown_score as its ID score instead of <user, unknown vector>; rows with a
+    known item keep the encoder's score, and the number learns from the unknown rows alone."""
+    plain = _hybrid()
+    cfg = dataclasses.replace(plain.cfg, mapper=dataclasses.replace(
+        plain.cfg.mapper, new_items="unknown", item_dropout=0.2, fusion="residual", unknown_id_score="learned"))
+    model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    batch = _batch()  # iids 11, 12
+    params = model.init(jax.random.key(0), batch)["params"]
+    assert params["mapper"]["unknown_score"] == 0.0 and partition.labels(params)["mapper"]["unknown_score"] == "mapper"
+    params["mapper"]["unknown_item"] = jax.random.normal(jax.random.key(3), (cfg.sasrec.hidden,))
+    params["mapper"]["unknown_score"] = jnp.float32(1.7)
+    params["mapper"]["counts"]["item_seen"] = jnp.zeros(21).at[11].set(1.0)  # item 11 seen, item 12 not
+    inputs = lambda p, b, m=model, **kw: m.apply({"params": p}, b, method=lambda m, x: m.collaborative_inputs(x), **kw)
+    _, _, id_score = inputs(params, batch)
+    u = model.apply({"params": params}, batch["his"], batch["uid"], method=lambda m, h, i: m.encoder.user_vector(h, i))
+    emb = params["sasrec"]["item_emb"]["embedding"]
+    np.testing.assert_allclose(id_score, [u[0] @ emb[11], 1.7], rtol=1e-5, atol=1e-6)
+    # the fused score moves with unknown_score on the unknown row only
+    moved = {**params, "mapper": {**params["mapper"], "unknown_score": jnp.float32(-0.3)}}
+    np.testing.assert_allclose(model.apply({"params": moved}, batch) - model.apply({"params": params}, batch),
+                               [0.0, -2.0], atol=1e-5)
+    # training: the rows item_dropout shows as unknown are exactly the rows scored with unknown_score
+    many = {"his": jnp.tile(batch["his"][:1], (256, 1)), "uid": jnp.ones(256, jnp.int32),
+            "iid": jnp.full(256, 11, jnp.int32)}
+    train_model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0), deterministic=False)
+    _, item_t, score_t = inputs(params, many, train_model, rngs={"dropout": jax.random.key(1)})
+    mapped = lambda v: model.apply({"params": params}, v, method=lambda m, x: m.mapper(x))
+    unknown_token = mapped(params["mapper"]["unknown_item"][None])[0]
+    shown_unknown = np.all(np.isclose(item_t, unknown_token, rtol=1e-5, atol=1e-6), axis=(1, 2))
+    assert 25 < shown_unknown.sum() < 80  # Binomial(256, 0.2)
+    assert np.all(score_t[shown_unknown] == np.float32(1.7)) and not np.any(score_t[~shown_unknown] == np.float32(1.7))
+    grad = lambda iid: jax.grad(lambda p: inputs(p, {**batch, "iid": jnp.array(iid)})[2].sum())(params)
+    assert grad([11, 11])["mapper"]["unknown_score"] == 0.0  # every item known: no gradient
+    assert grad([11, 12])["mapper"]["unknown_score"] == 1.0
+
+
 def test_count_logits_by_hand():
     """Smoothed log-odds of each user's and item's positive rate on train; absent ones get the global rate."""
     import pandas as pd

@@ -145,6 +145,11 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.item_dropout and cfg.model.mapper.new_items != "unknown":
         _refuse("model.mapper.item_dropout", cfg.model.mapper.item_dropout,
                 "shows rows' items as unknown, so it needs model.mapper.new_items: unknown")
+    if cfg.model.mapper.unknown_id_score != "encoder" and (cfg.model.mapper.new_items != "unknown"
+                                                            or cfg.model.mapper.fusion == "none"):
+        _refuse("model.mapper.unknown_id_score", cfg.model.mapper.unknown_id_score,
+                "replaces the ID score of rows whose item is shown as unknown, so it needs "
+                "model.mapper.new_items: unknown and model.mapper.fusion: gate or residual")
     if cfg.model.mapper.llm_gate_init and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.llm_gate_init", cfg.model.mapper.llm_gate_init,
                 "is the residual fusion's starting weight, so it needs model.mapper.fusion: residual")

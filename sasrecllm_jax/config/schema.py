@@ -98,6 +98,11 @@ class MapperConfig:
     # LLM learns to answer from the title when the ID model knows nothing of the item
     new_items: Literal["id", "unknown"] = "id"
     item_dropout: float = 0.0
+    # with new_items: unknown and a fusion (gate, residual), the ID score of a row whose item is shown as
+    # unknown: "encoder", the encoder's score of the unknown vector (a per-user offset); "learned", one
+    # learned number (mapper group, starting at 0): the ID model abstains on items it knows nothing of, so
+    # among those rows the ranking is the LLM's, and the number places them against the other rows
+    unknown_id_score: Literal["encoder", "learned"] = "encoder"
 
 
 @dataclasses.dataclass(frozen=True)

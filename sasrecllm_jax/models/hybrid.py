@@ -70,10 +70,11 @@ class Hybrid(_HasEncoder, nn.Module):
     def collaborative_inputs(self, batch):
         """The user's and the target item's soft tokens [B, k, d_model] and the encoder's own score [B],
         with the ablation masks applied to all three. An item the encoder has no train row for shows the
-        mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too)."""
+        mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too, or with
+        `unknown_id_score: learned` is the mapper's unknown_score)."""
         u = self.encoder.user_vector(batch["his"], batch["uid"])
-        i = self.mapper.item_input(self.encoder.item_vector(batch["iid"]), batch["iid"])
-        id_score = self.encoder.score(u, i, batch["uid"], batch["iid"])
+        i, known = self.mapper.item_input(self.encoder.item_vector(batch["iid"]), batch["iid"])
+        id_score = self.mapper.id_score(self.encoder.score(u, i, batch["uid"], batch["iid"]), known)
         user, item = self.mapper(u), self.mapper(i)
         perm = batch.get("collab_perm")
         if perm is not None:

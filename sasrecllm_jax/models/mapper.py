@@ -3,7 +3,8 @@
 With `new_items: unknown` it also holds what the item token shows for an item the encoder never
 trained on: one learned vector `unknown_item` [d_enc] (starting at zero), used for every target item
 whose `counts/item_seen` flag is 0 (no train row; counted from the train split, never trained) and, in
-training, for a random `item_dropout` share of rows.
+training, for a random `item_dropout` share of rows; with `unknown_id_score: learned`, also one learned
+number `unknown_score` that stands for the ID score of those rows.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 
 from sasrecllm_jax.config import MapperConfig
 from sasrecllm_jax.models.pop import COUNTS
+
+# the mapper's learned numbers that fuse the LLM's score with the ID score (each present with its option)
+FUSION_NUMBERS = ("id_gate", "llm_gate", "unknown_score")
 
 
 class SeenItems(nn.Module):
@@ -51,6 +55,8 @@ class Mapper(nn.Module):
             self.llm_gate = self.param("llm_gate", nn.initializers.constant(self.cfg.llm_gate_init), ())
         if self.cfg.new_items == "unknown":
             self.unknown_item = self.param("unknown_item", nn.initializers.zeros, (self.d_enc,))
+            if self.cfg.unknown_id_score == "learned":
+                self.unknown_score = self.param("unknown_score", nn.initializers.zeros, ())
             setattr(self, COUNTS, SeenItems(self.num_items))
 
     def __call__(self, x):
@@ -59,15 +65,22 @@ class Mapper(nn.Module):
         return y.reshape(*x.shape[:-1], self.cfg.num_tokens, self.d_model)
 
     def item_input(self, item_vector, iid):
-        """The encoder vector [B, d_enc] that stands for each target item iid [B]: its own, or with
-        `new_items: unknown` the shared unknown vector for an item without train rows (and, when not
-        deterministic, for each row with probability item_dropout)."""
+        """(vector [B, d_enc], known [B] bool): the encoder vector that stands for each target item iid [B]
+        and whether it is the item's own. With `new_items: unknown` an item without train rows (and, when
+        not deterministic, each row with probability item_dropout) shows the shared unknown vector."""
         if self.cfg.new_items != "unknown":
-            return item_vector
+            return item_vector, jnp.ones(iid.shape, bool)
         seen = getattr(self, COUNTS).item_seen[iid] > 0
         if not self.deterministic and self.cfg.item_dropout > 0:
             seen &= ~jax.random.bernoulli(self.make_rng("dropout"), self.cfg.item_dropout, iid.shape)
-        return jnp.where(seen[..., None], item_vector, self.unknown_item.astype(item_vector.dtype))
+        return jnp.where(seen[..., None], item_vector, self.unknown_item.astype(item_vector.dtype)), seen
+
+    def id_score(self, encoder_score, known):
+        """The ID score [B] the fusion adds: the encoder's, or with `unknown_id_score: learned` the learned
+        unknown_score on rows whose item is shown as unknown."""
+        if self.cfg.unknown_id_score != "learned":
+            return encoder_score
+        return jnp.where(known, encoder_score, self.unknown_score.astype(encoder_score.dtype))
 
     def fuse(self, llm_score, id_score):
         """The hybrid's score: the LLM's ("none"), plus g x the ID score ("gate"), or the ID score plus

@@ -12,6 +12,7 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, to_dict
 from sasrecllm_jax.evaluate import Scorer, evaluate
 from sasrecllm_jax.metrics import PARTS, paired_auc_test
+from sasrecllm_jax.models.mapper import FUSION_NUMBERS
 from sasrecllm_jax.ranking_eval import rank_split, ranked_arrays, ranking_report, skip_reason
 from sasrecllm_jax.run_folder.environment import environment
 from sasrecllm_jax.run_folder.files import code_version, write_whole
@@ -57,8 +58,9 @@ def final_evaluation(cfg: Config, assembly: Assembly, scorer: Scorer, params: di
                "reused_phases": reused,
                "timing": timing,
                # the fusion's learned weight (model.mapper.fusion): on the ID model's score (gate:
-               # id_gate) or on the LLM's (residual: llm_gate), how much of the final score is whose
-               **{g: float(params["mapper"][g]) for g in ("id_gate", "llm_gate") if g in params.get("mapper", {})},
+               # id_gate) or on the LLM's (residual: llm_gate), how much of the final score is whose; the ID
+               # score of rows whose item is unknown (unknown_id_score: learned: unknown_score)
+               **{g: float(params["mapper"][g]) for g in FUSION_NUMBERS if g in params.get("mapper", {})},
                "device": jax.devices()[0].device_kind, "environment": environment(),
                "dataset": assembly.dataset.card.get("source"),
                "commit": code_version(), "date": time.strftime("%Y-%m-%d")}
