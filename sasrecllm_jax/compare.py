@@ -3,7 +3,7 @@ cold rows.
 
     python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/sasrecllm_dual_stage
     python -m sasrecllm_jax.compare BASE RUN [RUN ...] --split valid_small
-    python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/tallrec --fuse
+    python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/tallrec --fuse [--abstain]
 
 Reads each run's scores.npz (every evaluated row's score, kept by every run) and applies DeLong's test
 (metrics.paired_auc_test): the difference AUC(run) - AUC(base), its standard error, a 95% interval and
@@ -108,25 +108,41 @@ def valid_split(run: Path, scores: dict) -> str:
     return others[0]
 
 
-def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 21) -> dict:
+ABSTAIN_GRID = np.round(np.linspace(-5.0, 5.0, 101), 2)  # a's stand-in on new-item rows, in a's valid units
+
+
+def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 21, abstain: bool = False) -> dict:
     """The control for a hybrid: two runs' scores mixed after the fact, (1 - w) z_a + w z_b, each score
     standardised by its valid mean and deviation, w in [0, 1] picked by valid AUC (the first best of
-    `grid` evenly spaced values). Returns w, the valid AUC, and the fused test scores with the test AUCs
-    of the fusion and of each run, and the paired tests fusion - a and fusion - b."""
+    `grid` evenly spaced values). With `abstain`, a abstains on new-item rows: z_a there is one constant
+    c picked on valid with w (ABSTAIN_GRID), so those rows rank by b alone and c places them against the
+    rest (the control for a hybrid with model.mapper.unknown_id_score: learned). Returns w (and c), the
+    valid AUC, and the fused test scores with the test AUCs of the fusion and of each run, and the paired
+    tests fusion - a and fusion - b."""
     loaded = load_scores(run_a), load_scores(run_b)
     valid = valid or valid_split(run_a, loaded[0])
     va, vb = paired_scores(run_a, run_b, valid, loaded)
     ta, tb = paired_scores(run_a, run_b, "test", loaded)
+    if abstain and not all("new_item" in rows for rows in (va, ta)):
+        raise ConfigError(f"{run_a}: its scores.npz has no new_item column to abstain on; "
+                          f"`python -m sasrecllm_jax.score --run RUN --write-run-scores` writes it again")
     unit = lambda ref: ref.std() or 1.0  # scores are standardised in units of the run's valid scores
     z = lambda s, ref: (s - ref.mean()) / unit(ref)
-    mix = lambda w, a, b: (1 - w) * z(a["score"], va["score"]) + w * z(b["score"], vb["score"])
-    weights = np.linspace(0.0, 1.0, grid)
-    valid_auc = [auc(va["label"], mix(w, va, vb)) for w in weights]
-    w = float(weights[int(np.argmax(valid_auc))])
-    fused = mix(w, ta, tb)
+
+    def mix(w, c, a, b):
+        za = z(a["score"], va["score"])
+        if c is not None:
+            za = np.where(a["new_item"].astype(bool), c, za)
+        return (1 - w) * za + w * z(b["score"], vb["score"])
+    choices = [(w, c) for w in np.linspace(0.0, 1.0, grid) for c in (ABSTAIN_GRID if abstain else [None])]
+    valid_auc = [auc(va["label"], mix(w, c, va, vb)) for w, c in choices]
+    w, c = choices[int(np.argmax(valid_auc))]
+    w = float(w)
+    fused = mix(w, c, ta, tb)
     # the same ranking as a + gate x b (a residual fusion's llm_gate); none when the fusion drops a
     gate = w / (1 - w) * unit(va["score"]) / unit(vb["score"]) if w < 1 else None
     return {"weight_b": w, "gate_b": gate, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
+            **({"abstain_c": float(c)} if abstain else {}),
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
 
 
@@ -181,12 +197,15 @@ def environment_warnings(base: Path, runs: list[Path]) -> list[str]:
     return lines
 
 
-def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None) -> list[str]:
+def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bool = False) -> list[str]:
     name_a, name_b = run_names([run_a, run_b])
-    f = late_fusion(run_a, run_b, valid)
-    lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), w = {f['weight_b']:.2f} "
+    f = late_fusion(run_a, run_b, valid, abstain=abstain)
+    picked = f"w = {f['weight_b']:.2f}" + (f" and c = {f['abstain_c']:+.2f}" if abstain else "")
+    lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), {picked} "
              f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
-    if f["gate_b"] is not None:
+    if abstain:
+        lines.insert(1, f"({name_a} abstains on new-item rows: z({name_a}) is c there, so they rank by {name_b} alone)")
+    elif f["gate_b"] is not None:
         lines.insert(1, f"(the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g}: a residual "
                         f"hybrid's model.mapper.llm_gate_init to start near it)")
     lines += format_rows("fusion", f["test"])
@@ -205,14 +224,18 @@ def main(argv=None) -> int:
                    "fact (weight picked on --valid) and test the mixture against each")
     p.add_argument("--valid", default=None, help="with --fuse: the split that picks the weight (default: the "
                    "runs' own validation split)")
+    p.add_argument("--abstain", action="store_true", help="with --fuse: BASE abstains on new-item rows (one "
+                   "constant, picked on --valid with the weight, stands for its score there)")
     args = p.parse_args(argv)
 
     def body():
         if args.fuse:
             if len(args.runs) != 1:
                 raise ConfigError("--fuse mixes two runs: give BASE and one RUN")
-            print("\n".join(fusion_lines(args.base, args.runs[0], args.valid)))
+            print("\n".join(fusion_lines(args.base, args.runs[0], args.valid, args.abstain)))
             return
+        if args.abstain:
+            raise ConfigError("--abstain is a kind of --fuse: add --fuse")
         lines = table(args.base, args.runs, args.split)
         for warning in environment_warnings(args.base, args.runs):
             print(warning, file=sys.stderr)

@@ -146,6 +146,38 @@ def test_late_fusion_picks_its_weight_on_valid(tmp_path):
     assert late_fusion(a, a)["weight_b"] == 0.0
 
 
+def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):
+    """--fuse --abstain: on new-item rows a's score (noise there) is one constant picked on valid, so those
+    rows rank by b alone (b's new-item AUC exactly) and the constant places them against the rest; it beats
+    the plain fusion, which keeps a's noise on them. Runs whose scores.npz have no new_item flags are refused."""
+    from sasrecllm_jax.compare import late_fusion
+    from sasrecllm_jax.errors import ConfigError
+    n = 4000
+
+    def split(seed):
+        r = np.random.default_rng(seed)
+        new = r.random(n) < 0.5
+        y = (r.random(n) < np.where(new, 0.8, 0.3)).astype(np.int8)  # new-item rows are mostly positives
+        a = np.where(new, r.normal(size=n), y + r.normal(size=n))  # a knows only the old items
+        b = 0.5 * y + r.normal(size=n)
+        return new.astype(np.int8), y, a, b
+    (nv, yv, av, bv), (nt, yt, at, bt) = split(1), split(2)
+    runs = {}
+    for name, v, t in (("a", av, at), ("b", bv, bt)):
+        runs[name] = _fake_run(tmp_path / name, v, t, yv, yt)
+        scores = dict(np.load(runs[name] / "scores.npz"))
+        np.savez(runs[name] / "scores.npz", **scores, **{"valid_small.new_item": nv, "test.new_item": nt})
+    plain, abstained = late_fusion(runs["a"], runs["b"]), late_fusion(runs["a"], runs["b"], abstain=True)
+    new = nt.astype(bool)
+    assert math.isclose(auc(yt[new], abstained["test_scores"][new]), auc(yt[new], bt[new]))
+    assert abstained["abstain_c"] > 0 and "abstain_c" not in plain  # new-item rows placed above the rest
+    assert abstained["valid_auc"] > plain["valid_auc"] + 0.02
+    assert abstained["test"]["all"]["AUC"]["auc_b"] > plain["test"]["all"]["AUC"]["auc_b"] + 0.02
+    with pytest.raises(ConfigError, match="no new_item column"):
+        late_fusion(_fake_run(tmp_path / "old_a", av, at, yv, yt), _fake_run(tmp_path / "old_b", bv, bt, yv, yt),
+                    abstain=True)
+
+
 def test_compare_rows_print_dashes_for_a_test_without_enough_labels():
     from sasrecllm_jax.compare import format_rows
     from sasrecllm_jax.metrics import paired_auc_test, paired_uauc_test

@@ -401,12 +401,14 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     """model.mapper.new_items: unknown on a dataset with held-out items: the final model flags exactly the
     train split's items as seen (group counts, never trained), the shared unknown vector moved from zero
     because item_dropout showed it in training, and every new-item row gets it: two new items of one user
-    have the same item token and ID score. The export describes and carries it."""
+    have the same item token and ID score, here (unknown_id_score: learned, in a gate fusion) the learned
+    unknown_score, which moved from zero too. The export and results.json describe and carry them."""
     import pandas as pd
 
     cold, held = held_out_copy(dataset, tmp_path / "cold")
     cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
-                       "model.mapper.new_items=unknown", "model.mapper.item_dropout=0.3")
+                       "model.mapper.new_items=unknown", "model.mapper.item_dropout=0.3",
+                       "model.mapper.fusion=gate", "model.mapper.unknown_id_score=learned")
     phases = []
     train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, b, a: phases.append((p.name, b, a)))
     final = load_raw(tmp_path / "run" / "final")
@@ -428,6 +430,10 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     np.testing.assert_array_equal(item[0], item[1])  # both new items: the one unknown token
     assert not np.allclose(item[0], item[2])         # a train item: its own vector
     np.testing.assert_array_equal(id_score[0], id_score[1])
+    assert before["mapper"]["unknown_score"] == 0.0 and id_score[0] == after["mapper"]["unknown_score"] != 0.0
+    assert id_score[2] != id_score[0]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["unknown_score"] == float(after["mapper"]["unknown_score"])
 
     from safetensors.numpy import load_file
 
@@ -438,6 +444,9 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     weights = load_file(str(out / "collaborative" / "collaborative.safetensors"))
     np.testing.assert_array_equal(weights["mapper/counts/item_seen"], seen)
     np.testing.assert_array_equal(weights["mapper/unknown_item"], after["mapper"]["unknown_item"])
+    np.testing.assert_array_equal(weights["mapper/unknown_score"], after["mapper"]["unknown_score"])
+    assert collab["fusion"]["unknown_score"] == float(after["mapper"]["unknown_score"])
+    assert "id_score = mapper/unknown_score instead" in collab["fusion"]["score"]
     assert 'item_vector = w["mapper/unknown_item"]' in (out / "README.md").read_text()
 
 
