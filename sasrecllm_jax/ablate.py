@@ -8,8 +8,8 @@ gate or residual adds); `shuffle` gives every row another row's collaborative in
 unchanged (it equals the run's results.json).
 Parameters (--masks, by the partition's groups): `lora` puts every adapter back to its initial value
 (B = 0: the base model); `mapper` zeroes the mapper's layers (the soft tokens become zero vectors; a fusion
-gate, the unknown item's vector and ID score, and the item_seen flags keep their values); `sasrec` / `mf` resets the
-encoder to its initialisation (the run's seed).
+gate, the unknown item's vector and ID score, and the item_seen flags keep their values); `sasrec` / `mf`
+resets the encoder to its initialisation (the run's seed).
 For an ablation in training as well, train with --set train.collab=drop or train.freeze.
 
 Writes RUN/ablation.json ({split: {mode or "mask:GROUP": metrics}}, merged with earlier calls) and prints
