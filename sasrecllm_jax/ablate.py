@@ -12,8 +12,10 @@ gate, the unknown item's vector and ID score, and the item_seen flags keep their
 resets the encoder to its initialisation (the run's seed).
 For an ablation in training as well, train with --set train.collab=drop or train.freeze.
 
-Writes RUN/ablation.json ({split: {mode or "mask:GROUP": metrics}}, merged with earlier calls) and prints
-a table whose first row is the run as trained.
+Writes RUN/ablation.json ({split: {mode or "mask:GROUP": metrics}}, merged with earlier calls; under
+"vs_trained", {split: {name: {part: {"AUC": ..., "UAUC": ...}}}}: each ablation paired against the run as
+trained on the same rows, difference = ablation - trained, as `python -m sasrecllm_jax.compare` tests) and
+prints a table whose first row is the run as trained, then the paired differences.
 """
 from __future__ import annotations
 
@@ -27,11 +29,14 @@ import jax.numpy as jnp
 
 from sasrecllm_jax import compile_cache
 from sasrecllm_jax.assembly import Assembly
+from sasrecllm_jax.compare import paired_parts
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.evaluate import evaluate
+from sasrecllm_jax.experiments.markdown import interval, signed
 from sasrecllm_jax.models.mapper import FUSION_NUMBERS
 from sasrecllm_jax.models.pop import COUNTS
 from sasrecllm_jax.run_folder.files import write_whole
+from sasrecllm_jax.run_folder.scores import SCORES_FILE, load_scores, rows_fingerprint
 from sasrecllm_jax.score import Recommender
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.progress import row_bar
@@ -57,6 +62,14 @@ def masked(params: dict, group: str, initial: dict) -> dict:
     return groups.replace_groups(params, {group: start})
 
 
+def trained_scores(run: Path, split: str, data) -> dict | None:
+    """The run's own scores of `split` (RUN/scores.npz) if they are of the rows `data` holds; else None."""
+    if not (run / SCORES_FILE).exists():
+        return None
+    scores = load_scores(run).get(split)
+    return scores if scores is not None and scores["rows"] == rows_fingerprint(data) else None
+
+
 def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", masks=()) -> dict:
     run = Path(run)
     bad = [m for m in modes if m not in MODES] + [m for m in masks if m not in MASKS]
@@ -74,12 +87,15 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", mask
     initial = Assembly.for_run(cfg)[1] if masks else None  # the run's own initial params (its seed)
     out_path = run / "ablation.json"
     out = json.loads(out_path.read_text()) if out_path.exists() else {}
+    trained = trained_scores(run, split, data)
     jobs = [(mode, mode, rec.params) for mode in modes]
     jobs += [(f"mask:{g}", "on", masked(rec.params, g, groups.select(initial, set(rec.params)))) for g in masks]
     for name, mode, params in jobs:
         with row_bar(len(data), f"{split}, {name}") as bar:
-            metrics, _ = evaluate(rec.scorer, params, data, cfg, "hybrid", mode, progress=bar)
+            metrics, scores = evaluate(rec.scorer, params, data, cfg, "hybrid", mode, progress=bar)
         out.setdefault(split, {})[name] = metrics
+        if trained is not None:
+            out.setdefault("vs_trained", {}).setdefault(split, {})[name] = paired_parts(trained, trained["score"], scores)
         write_whole(out_path, json.dumps(out, indent=2))  # a grid's summary may be reading it
     return out
 
@@ -94,6 +110,22 @@ def as_trained(run: Path, split: str, ablations: dict) -> dict | None:
     return results.get(key) if key else None
 
 
+def paired_lines(vs_trained: dict, names: list[str]) -> list[str]:
+    """The AUC differences ablation - trained with their 95% intervals, a line per ablation (none without the
+    run's own scores of these rows)."""
+    if not vs_trained:
+        return ["(no paired differences: the run's scores.npz does not hold these rows)"]
+    def one(part: str, r: dict) -> str:
+        label = part.replace("_", " ")
+        if r["diff"] != r["diff"]:  # nan: fewer than two rows of a label
+            return f"{label} -"
+        return f"{label} {signed(r['diff'])} {interval(*r['ci95'])}"
+    lines = ["AUC difference to the run as trained, paired on the same rows (DeLong, 95% interval):"]
+    lines += [f"  {name}: " + "; ".join(one(part, tests["AUC"]) for part, tests in vs_trained[name].items())
+              for name in names if name in vs_trained]
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,7 +137,8 @@ def main(argv=None) -> int:
 
     def body():
         compile_cache.enable()
-        out = ablate(args.run, args.modes, args.split, args.masks)[args.split]
+        ablations = ablate(args.run, args.modes, args.split, args.masks)
+        out = ablations[args.split]
         rows = {"as trained": as_trained(args.run, args.split, out),
                 **{k: v for k, v in out.items() if k != "on" and (k in args.modes or k[5:] in args.masks)}}
         fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8}"
@@ -115,6 +148,7 @@ def main(argv=None) -> int:
                 continue
             print(f"{name:<14}{fmt(m['all']['auc'])}{fmt(m['all']['uauc'])}{fmt(m['warm']['auc'])}"
                   f"{fmt(m['cold']['auc'])}{fmt(m.get('new_item', {}).get('auc')):>9}{m['all']['n']:>7}")
+        print("\n".join(paired_lines(ablations.get("vs_trained", {}).get(args.split, {}), list(rows)[1:])))
 
     return run_command(body)
 

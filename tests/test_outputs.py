@@ -126,6 +126,17 @@ def test_test_time_ablation(runs, capsys):
     assert ab["drop"]["all"]["auc"] != ab["on"]["all"]["auc"] != ab["shuffle"]["all"]["auc"]
     printed = capsys.readouterr().out
     assert printed.splitlines()[1].startswith("as trained") and "mask:lora" in printed
+    # each ablation is paired with the run's own test scores (scores.npz) on the same rows
+    vs = json.loads((run / "ablation.json").read_text())["vs_trained"]["test"]
+    assert set(vs) == set(ab)
+    for name in ab:
+        t = vs[name]["all"]["AUC"]
+        assert t["auc_a"] == pytest.approx(results["test"]["all"]["auc"], abs=1e-6)
+        assert t["auc_b"] == pytest.approx(ab[name]["all"]["auc"], abs=1e-6)
+        assert t["diff"] == pytest.approx(ab[name]["all"]["auc"] - results["test"]["all"]["auc"], abs=1e-6)
+    assert vs["on"]["all"]["AUC"]["diff"] == pytest.approx(0.0, abs=1e-6) and vs["drop"]["all"]["AUC"]["diff"] != 0
+    lo, hi = vs["drop"]["all"]["AUC"]["ci95"]
+    assert f"drop: all {vs['drop']['all']['AUC']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]" in printed
     # without a fusion, zeroing the mapper's layers makes the soft tokens zero vectors: the drop ablation
     assert ab["mask:mapper"]["all"] == ab["drop"]["all"] != ab["on"]["all"]
     # this run trained only its mapper: its LoRA and SASRec are still the initial ones (its seed's), so
@@ -140,6 +151,7 @@ def test_test_time_ablation(runs, capsys):
     summary_lib.summarise(table_dir)
     table = (table_dir / "SUMMARY.md").read_text()
     assert f"| hybrid | drop | {ab['drop']['all']['auc']:.4f} |" in table and "| hybrid | shuffle |" in table
+    assert f"| {vs['drop']['all']['AUC']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] |" in table
     # a grid stopped between the two ablations resumes the missing one only (a finished run is not retrained)
     (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}}))
     grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)
@@ -150,6 +162,26 @@ def test_test_time_ablation(runs, capsys):
     assert "has no collaborative tokens" in capsys.readouterr().err
     assert ablate_main([str(run), "--modes", "zero"]) == 2
     assert "unknown ablation mode" in capsys.readouterr().err
+
+
+def test_claims_read_the_drop_ablation_paired(tmp_path):
+    """The control row of the drop ablation reads ablation.json's paired test (stored as ablation - trained)
+    as trained - ablation: a hybrid 0.05 above its ablation with the interval [+0.03, +0.07] shows it; a part
+    whose test has too few labels (nan) gets no row; a run without ablation.json none at all."""
+    nan = float("nan")
+    drop = {"all": {"AUC": {"auc_a": 0.70, "auc_b": 0.65, "diff": -0.05, "ci95": [-0.07, -0.03]}},
+            "new_item": {"AUC": {"auc_a": 0.60, "auc_b": 0.61, "diff": 0.01, "ci95": [-0.01, 0.03]}}}
+    (tmp_path / "ablation.json").write_text(json.dumps({"test": {}, "vs_trained": {"test": {"drop": drop}}}))
+    rows = claims_lib.ablation_control(tmp_path)
+    assert rows == [
+        ["control: AUC > its collaborative inputs dropped (ablate --modes drop)", "0.7000", "0.6500", "+0.0500",
+         "[+0.0300, +0.0700]", "above", "shown"],
+        ["control: new-item AUC > its collaborative inputs dropped (ablate --modes drop)", "0.6000", "0.6100",
+         "-0.0100", "[-0.0300, +0.0100]", "covers", "not shown"]]
+    drop["new_item"]["AUC"] = {"auc_a": nan, "auc_b": nan, "diff": nan, "ci95": [nan, nan]}
+    (tmp_path / "ablation.json").write_text(json.dumps({"vs_trained": {"test": {"drop": drop}}}))
+    assert [r[0] for r in claims_lib.ablation_control(tmp_path)] == [rows[0][0]]
+    assert claims_lib.ablation_control(tmp_path / "elsewhere") == []
 
 
 def test_plot_and_summary(runs, tmp_path):

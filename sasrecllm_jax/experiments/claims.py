@@ -4,6 +4,7 @@ notes that keep a reader from misreading them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def claims_section(out: Path, summary: dict) -> list[str]:
         test = paired[base][part]["AUC"] if paired[base] else None
         interval, side = interval_vs_zero(test)
         rows.append([claim, num(b), num(a), signed(b - a), interval, side, verdict(test, rel)])
-    rows += fusion_control(out, summary, best)
+    rows += fusion_control(out, summary, best) + ablation_control(out / "runs" / best)
     lines = ["", f"The paper's claims, on the SASRecLLM run best on valid AUC: {best} (valid AUC "
                  f"{hybrids[best]['valid']['all']['auc']:.4f}, best of {len(hybrids)}); test split. A claim is "
                  f"shown only when its paired 95% interval lies on the claimed side (for no loss, above "
@@ -104,6 +105,25 @@ def fusion_control(out: Path, summary: dict, best: str) -> list[list[str]]:
     a, b = test["auc_a"], test["auc_b"]
     return [[f"control: AUC > late fusion of {encoder} + tallrec (w = {fused['weight_b']:.2f} on {fused['valid']})",
              num(b), num(a), signed(b - a), span, side, verdict(test, ">")]]
+
+
+def ablation_control(run: Path) -> list[list[str]]:
+    """Claims rows that are ours: the hybrid against itself with its collaborative inputs dropped (the drop
+    ablation of RUN/ablation.json, paired on the same test rows), on all rows and on new-item rows. If
+    dropping them costs nothing, the collaborative side adds nothing to the LLM's reading of the prompt."""
+    path = run / "ablation.json"
+    vs = json.loads(path.read_text()).get("vs_trained", {}).get("test", {}).get("drop") if path.exists() else None
+    rows = []
+    for part, claim in (("all", "AUC"), ("new_item", "new-item AUC")):
+        t = (vs or {}).get(part, {}).get("AUC")
+        if t is None or math.isnan(t["diff"]):
+            continue
+        # stored as ablation - trained; the claim reads trained - ablation
+        test = {**t, "diff": -t["diff"], "ci95": [-t["ci95"][1], -t["ci95"][0]]}
+        span, side = interval_vs_zero(test)
+        rows.append([f"control: {claim} > its collaborative inputs dropped (ablate --modes drop)", num(t["auc_a"]),
+                     num(t["auc_b"]), signed(test["diff"]), span, side, verdict(test, ">")])
+    return rows
 
 
 def seed_claims(summary: dict, best: str) -> list[str]:

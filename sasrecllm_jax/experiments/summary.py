@@ -10,7 +10,7 @@ from pathlib import Path
 from sasrecllm_jax.compare import compare, format_rows, fusion_lines, header
 from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.experiments.claims import claims_section
-from sasrecllm_jax.experiments.markdown import num, table
+from sasrecllm_jax.experiments.markdown import interval, num, signed, table
 from sasrecllm_jax.experiments.seeds import method_points, seeds_section
 from sasrecllm_jax.plots.curves import plot_runs
 from sasrecllm_jax.plots.warm_cold import plot_warm_cold
@@ -38,14 +38,19 @@ def summarise(out: Path) -> dict:
                      *(num(ranking_value(r, m)) for m in ("hr@10", "ndcg@10")),
                      num(r["valid"]["all"]["auc"]), r["test"]["all"]["n"], r["train_time_s"], r["device"],
                      r.get("commit", "unknown")] for name, r in summary.items()])
-    ablations = [(r.name, mode, m) for r in runs if (r / "ablation.json").exists()
-                 for mode, m in json.loads((r / "ablation.json").read_text()).get("test", {}).items() if mode != "on"]
+    ablations = [(r.name, mode, m, ab.get("vs_trained", {}).get("test", {}).get(mode))
+                 for r in runs if (r / "ablation.json").exists()
+                 for ab in [json.loads((r / "ablation.json").read_text())]
+                 for mode, m in ab.get("test", {}).items() if mode != "on"]
     if ablations:
         lines += ["", "Test-time ablations (`python -m sasrecllm_jax.ablate`; the trained model, collaborative inputs "
-                      "dropped or shuffled):", ""]
-        lines += table(["run", "collab", "AUC", "UAUC", "warm AUC", "cold AUC", "n test"],
+                      "dropped or shuffled, or a parameter group masked; differences to the run as trained are "
+                      "paired on the same rows):", ""]
+        lines += table(["run", "ablation", "AUC", "UAUC", "warm AUC", "cold AUC", "new-item AUC", "n test",
+                        "AUC - trained [95%]", "new-item AUC - trained [95%]"],
                        [[n, mode, num(m["all"]["auc"]), num(m["all"]["uauc"]), num(m["warm"]["auc"]),
-                         num(m["cold"]["auc"]), m["all"]["n"]] for n, mode, m in ablations])
+                         num(m["cold"]["auc"]), num(m.get("new_item", {}).get("auc")), m["all"]["n"],
+                         paired_cell(vs, "all"), paired_cell(vs, "new_item")] for n, mode, m, vs in ablations])
     lines += seeds_section(summary)
     lines += paired_section(out, runs)
     lines += claims_section(out, summary)
@@ -67,6 +72,14 @@ def summarise(out: Path) -> dict:
     plot_runs(runs, out / "curves.png")
     print("\n".join(lines))
     return summary
+
+
+def paired_cell(vs_trained: dict | None, part: str) -> str:
+    """"diff [lo, hi]" of a paired AUC test in ablation.json's vs_trained, or - where there is none."""
+    r = (vs_trained or {}).get(part, {}).get("AUC")
+    if r is None or r["diff"] != r["diff"]:
+        return "-"
+    return f"{signed(r['diff'])} {interval(*r['ci95'])}"
 
 
 def ranking_value(results: dict, metric: str, part: str = "all"):
