@@ -224,8 +224,30 @@ def readme(rec, out: Path, desc: dict) -> str:
         ]
         if desc["fusion"]["kind"] != "none":
             lines += ["", f"This run fuses the encoder's own score: {desc['fusion']['score']} "
-                          f"(values in `collaborative.json`, `fusion`)."]
+                          f"(values in `collaborative.json`, `fusion`). The run's score of a row:", "",
+                      *fusion_code(desc)]
     return "\n".join(lines) + "\n"
+
+
+def fusion_code(desc: dict) -> list[str]:
+    """README lines: the run's score of a hybrid row, score_hybrid's LLM score fused with the encoder's."""
+    unknown = desc["mapper"]["config"]["unknown_id_score"] == "learned"
+    biased = desc["encoder"]["kind"] == "sasrec" and desc["encoder"]["config"].get("bias", "none") != "none"
+    total = ('llm_score + w["mapper/id_gate"].item() * id_score' if desc["fusion"]["kind"] == "gate"
+             else 'id_score + w["mapper/llm_gate"].item() * llm_score')
+    return [
+        "```python",
+        "def fused_score(llm_score, user_vector, item_vector, iid):",
+        "    id_score = float(user_vector @ item_vector)" + (
+            "  # + the encoder's user and item terms (sasrec.bias)" if biased else ""),
+        *(['    if w["mapper/counts/item_seen"][iid] == 0:  # an item without train rows: one learned ID score',
+           '        id_score = w["mapper/unknown_score"].item()'] if unknown else []),
+        f"    return {total}",
+        "",
+        "",
+        "print(fused_score(score_hybrid(pieces, user_vector, item_vector), user_vector, item_vector, 7))",
+        "```",
+    ]
 
 
 def export_run(run: str | Path, out: str | Path) -> Path:

@@ -295,9 +295,9 @@ def dataset(tmp_path_factory):
     return synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
 
 
-def finish_run(dataset, workdir, method):
+def finish_run(dataset, workdir, method, *overrides):
     from sasrecllm_jax.train.run import train_and_evaluate
-    train_and_evaluate(smoke_config(dataset, *RUN, f"train.method={method}"), workdir)
+    train_and_evaluate(smoke_config(dataset, *RUN, f"train.method={method}", *overrides), workdir)
     return workdir
 
 
@@ -307,13 +307,15 @@ def readme_code(out):
 
 
 def test_export_cli_end_to_end(dataset, tmp_path, capsys):
-    """A CoLLM-MF run (an MF encoder, the mapper and LoRA on hybrid prompts) exported; the README's own code
-    scores text prompts like the run's LLM and hybrid rows like the run itself."""
+    """A CoLLM-MF run (an MF encoder, the mapper and LoRA on hybrid prompts, its MF score fused by a residual
+    gate that starts at 1) exported; the README's own code scores text prompts like the run's LLM and hybrid rows like the run
+    itself."""
     import re
     from sasrecllm_jax.data.prompts import history_text
     from sasrecllm_jax.export import main
     from sasrecllm_jax.score import Recommender
-    run = finish_run(dataset, tmp_path / "run", "collm_mf")
+    run = finish_run(dataset, tmp_path / "run", "collm_mf", "model.mapper.fusion=residual",
+                     "model.mapper.llm_gate_init=1.0")
     out = tmp_path / "export"
     assert main([str(run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter", "base", "collaborative"]
@@ -324,7 +326,7 @@ def test_export_cli_end_to_end(dataset, tmp_path, capsys):
     from safetensors.numpy import load_file
     weights = load_file(str(out / "collaborative" / "collaborative.safetensors"))
     assert sorted(weights) == ["mapper/fc1/bias", "mapper/fc1/kernel", "mapper/fc2/bias", "mapper/fc2/kernel",
-                               "mf/item_emb/embedding", "mf/user_emb/embedding"]
+                               "mapper/llm_gate", "mf/item_emb/embedding", "mf/user_emb/embedding"]
     np.testing.assert_array_equal(weights["mf/user_emb/embedding"], np.asarray(rec.params["mf"]["user_emb"]["embedding"]))
     lora, _ = read_peft_adapter(out / "adapter", rec.assembly.backbone.llm_cfg)
     assert lora == rec.cfg.model.lora
@@ -346,8 +348,9 @@ def test_export_cli_end_to_end(dataset, tmp_path, capsys):
     for u, i, h in zip(uids, iids, hists):
         text = collab["template"].format(history=history_text([titles[x] for x in h[-rec.cfg.data.max_titles:]]),
                                          target=titles[i])
-        theirs.append(readme["score_hybrid"](re.split("<UserID>|<ItemID>", text), weights["mf/user_emb/embedding"][u],
-                                             weights["mf/item_emb/embedding"][i]))
+        user_vector, item_vector = weights["mf/user_emb/embedding"][u], weights["mf/item_emb/embedding"][i]
+        llm_score = readme["score_hybrid"](re.split("<UserID>|<ItemID>", text), user_vector, item_vector)
+        theirs.append(readme["fused_score"](llm_score, user_vector, item_vector, i))
     hybrid = float(np.abs(np.asarray(theirs) - rec.score(uids, hists, iids)).max())
     with capsys.disabled():
         print(f"export: max |score diff| text {worst:.2e}, hybrid {hybrid:.2e}")

@@ -447,7 +447,10 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     np.testing.assert_array_equal(weights["mapper/unknown_score"], after["mapper"]["unknown_score"])
     assert collab["fusion"]["unknown_score"] == float(after["mapper"]["unknown_score"])
     assert "id_score = mapper/unknown_score instead" in collab["fusion"]["score"]
-    assert 'item_vector = w["mapper/unknown_item"]' in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert 'item_vector = w["mapper/unknown_item"]' in readme
+    assert ('id_score = w["mapper/unknown_score"].item()' in readme
+            and 'return llm_score + w["mapper/id_gate"].item() * id_score' in readme)
 
 
 def test_late_rows_split_the_train_rows_between_the_encoder_and_the_hybrid(dataset, tmp_path, capsys):
