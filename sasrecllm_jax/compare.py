@@ -128,17 +128,19 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
                           f"`python -m sasrecllm_jax.score --run RUN --write-run-scores` writes it again")
     unit = lambda ref: ref.std() or 1.0  # scores are standardised in units of the run's valid scores
     z = lambda s, ref: (s - ref.mean()) / unit(ref)
+    # each split's (z_a, z_b, new-item mask), standardised once for the whole grid
+    standard = {name: (z(a["score"], va["score"]), z(b["score"], vb["score"]),
+                       a["new_item"].astype(bool) if abstain else None)
+                for name, (a, b) in (("valid", (va, vb)), ("test", (ta, tb)))}
 
-    def mix(w, c, a, b):
-        za = z(a["score"], va["score"])
-        if c is not None:
-            za = np.where(a["new_item"].astype(bool), c, za)
-        return (1 - w) * za + w * z(b["score"], vb["score"])
+    def mix(w, c, split):
+        za, zb, new = standard[split]
+        return (1 - w) * (za if c is None else np.where(new, c, za)) + w * zb
     choices = [(w, c) for w in np.linspace(0.0, 1.0, grid) for c in (ABSTAIN_GRID if abstain else [None])]
-    valid_auc = [auc(va["label"], mix(w, c, va, vb)) for w, c in choices]
+    valid_auc = [auc(va["label"], mix(w, c, "valid")) for w, c in choices]
     w, c = choices[int(np.argmax(valid_auc))]
     w = float(w)
-    fused = mix(w, c, ta, tb)
+    fused = mix(w, c, "test")
     # the same ranking as a + gate x b (a residual fusion's llm_gate); none when the fusion drops a
     gate = w / (1 - w) * unit(va["score"]) / unit(vb["score"]) if w < 1 else None
     return {"weight_b": w, "gate_b": gate, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
