@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,10 +33,10 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.compare import paired_parts
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.evaluate import evaluate
-from sasrecllm_jax.experiments.markdown import interval, signed
+from sasrecllm_jax.experiments.markdown import paired_text
 from sasrecllm_jax.models.mapper import FUSION_NUMBERS
 from sasrecllm_jax.models.pop import COUNTS
-from sasrecllm_jax.run_folder.files import write_whole
+from sasrecllm_jax.run_folder.files import ABLATION_FILE, read_ablations, write_whole
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, load_scores, rows_fingerprint
 from sasrecllm_jax.score import Recommender
 from sasrecllm_jax.train import groups
@@ -85,8 +86,8 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", mask
     cfg = rec.cfg
     data = rec.assembly.split(split, "hybrid", rec.assembly.row_limit("eval"))
     initial = Assembly.for_run(cfg)[1] if masks else None  # the run's own initial params (its seed)
-    out_path = run / "ablation.json"
-    out = json.loads(out_path.read_text()) if out_path.exists() else {}
+    out_path = run / ABLATION_FILE
+    out = read_ablations(run)
     trained = trained_scores(run, split, data)
     jobs = [(mode, mode, rec.params) for mode in modes]
     jobs += [(f"mask:{g}", "on", masked(rec.params, g, groups.select(initial, set(rec.params)))) for g in masks]
@@ -94,8 +95,9 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", mask
         with row_bar(len(data), f"{split}, {name}") as bar:
             metrics, scores = evaluate(rec.scorer, params, data, cfg, "hybrid", mode, progress=bar)
         out.setdefault(split, {})[name] = metrics
-        if trained is not None:
-            out.setdefault("vs_trained", {}).setdefault(split, {})[name] = paired_parts(trained, trained["score"], scores)
+        # None where the run's own scores are of other rows: an older paired test must not stay beside new metrics
+        out.setdefault("vs_trained", {}).setdefault(split, {})[name] = None if trained is None else \
+            without_nan(paired_parts(trained, trained["score"], scores))
         write_whole(out_path, json.dumps(out, indent=2))  # a grid's summary may be reading it
     return out
 
@@ -110,19 +112,23 @@ def as_trained(run: Path, split: str, ablations: dict) -> dict | None:
     return results.get(key) if key else None
 
 
+def without_nan(tree):
+    """A JSON-safe copy: NaN (a test without two rows of each label) becomes None, as in results.json."""
+    if isinstance(tree, dict):
+        return {k: without_nan(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [without_nan(v) for v in tree]
+    return None if isinstance(tree, float) and math.isnan(tree) else tree
+
+
 def paired_lines(vs_trained: dict, names: list[str]) -> list[str]:
-    """The AUC differences ablation - trained with their 95% intervals, a line per ablation (none without the
-    run's own scores of these rows)."""
-    if not vs_trained:
-        return ["(no paired differences: the run's scores.npz does not hold these rows)"]
-    def one(part: str, r: dict) -> str:
-        label = part.replace("_", " ")
-        if r["diff"] != r["diff"]:  # nan: fewer than two rows of a label
-            return f"{label} -"
-        return f"{label} {signed(r['diff'])} {interval(*r['ci95'])}"
+    """The AUC differences ablation - trained with their 95% intervals, a line per ablation."""
     lines = ["AUC difference to the run as trained, paired on the same rows (DeLong, 95% interval):"]
-    lines += [f"  {name}: " + "; ".join(one(part, tests["AUC"]) for part, tests in vs_trained[name].items())
-              for name in names if name in vs_trained]
+    for name in names:
+        tests = vs_trained.get(name)
+        lines.append(f"  {name}: " + ("; ".join(f"{part.replace('_', ' ')} {paired_text(t['AUC'])}"
+                                                for part, t in tests.items()) if tests else
+                                      "- (the run's scores.npz does not hold these rows)"))
     return lines
 
 

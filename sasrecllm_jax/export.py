@@ -229,23 +229,31 @@ def readme(rec, out: Path, desc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+BIAS_TERMS = {  # README lines: SASRec's user and item terms (model.sasrec.bias), added to the ID score
+    "learned": '    id_score += w["sasrec/user_bias/embedding"][uid, 0] + w["sasrec/item_bias/embedding"][iid, 0]',
+    "counts": '    id_score += w["sasrec/counts/user"][uid] + w["sasrec/counts/item"][iid]',
+}
+
+
 def fusion_code(desc: dict) -> list[str]:
     """README lines: the run's score of a hybrid row, score_hybrid's LLM score fused with the encoder's."""
     unknown = desc["mapper"]["config"]["unknown_id_score"] == "learned"
-    biased = desc["encoder"]["kind"] == "sasrec" and desc["encoder"]["config"].get("bias", "none") != "none"
+    bias = desc["encoder"]["config"].get("bias", "none") if desc["encoder"]["kind"] == "sasrec" else "none"
     total = ('llm_score + w["mapper/id_gate"].item() * id_score' if desc["fusion"]["kind"] == "gate"
              else 'id_score + w["mapper/llm_gate"].item() * llm_score')
     return [
         "```python",
-        "def fused_score(llm_score, user_vector, item_vector, iid):",
-        "    id_score = float(user_vector @ item_vector)" + (
-            "  # + the encoder's user and item terms (sasrec.bias)" if biased else ""),
+        "def fused_score(llm_score, user_vector, item_vector, uid, iid):",
+        '    """item_vector as score_hybrid got it (mapper/unknown_item for an item without train rows, where',
+        '    the run shows it)."""',
+        "    id_score = float(user_vector @ item_vector)",
+        *([BIAS_TERMS[bias]] if bias != "none" else []),
         *(['    if w["mapper/counts/item_seen"][iid] == 0:  # an item without train rows: one learned ID score',
            '        id_score = w["mapper/unknown_score"].item()'] if unknown else []),
         f"    return {total}",
         "",
         "",
-        "print(fused_score(score_hybrid(pieces, user_vector, item_vector), user_vector, item_vector, 7))",
+        "print(fused_score(score_hybrid(pieces, user_vector, item_vector), user_vector, item_vector, 1, 7))",
         "```",
     ]
 

@@ -153,22 +153,43 @@ def test_test_time_ablation(runs, capsys):
     assert f"| hybrid | drop | {ab['drop']['all']['auc']:.4f} |" in table and "| hybrid | shuffle |" in table
     assert f"| {vs['drop']['all']['AUC']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] |" in table
     # a grid stopped between the two ablations resumes the missing one only (a finished run is not retrained)
-    (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}}))
+    (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}, "vs_trained": {"test": {"drop": vs["drop"]}}}))
     grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)
-    again = json.loads((run / "ablation.json").read_text())["test"]
-    assert again["drop"] == ab["drop"] and again["shuffle"]["all"]["auc"] == pytest.approx(ab["shuffle"]["all"]["auc"])
+    again = json.loads((run / "ablation.json").read_text())
+    assert again["test"]["drop"] == ab["drop"] and again["vs_trained"]["test"]["drop"] == vs["drop"]
+    assert again["test"]["shuffle"]["all"]["auc"] == pytest.approx(ab["shuffle"]["all"]["auc"])
+    assert again["vs_trained"]["test"]["shuffle"]["all"]["AUC"]["diff"] == pytest.approx(vs["shuffle"]["all"]["AUC"]["diff"])
     assert "hybrid: done, skipped" in capsys.readouterr().out
+    # ablations kept without their paired tests (an older ablation.json) are made again, with them
+    (run / "ablation.json").write_text(json.dumps({"test": again["test"]}))
+    grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)
+    assert set(json.loads((run / "ablation.json").read_text())["vs_trained"]["test"]) == {"drop", "shuffle"}
     assert ablate_main([str(out / "runs" / "icl")]) == 2
     assert "has no collaborative tokens" in capsys.readouterr().err
     assert ablate_main([str(run), "--modes", "zero"]) == 2
     assert "unknown ablation mode" in capsys.readouterr().err
 
 
+def test_ablation_json_is_strict_json_and_says_where_there_is_no_paired_test():
+    """A paired test of a part without two rows of each label (NaN) is stored as null, so ablation.json
+    parses anywhere; the printed lines show it as '-', and an ablation whose rows the run's own scores do
+    not hold says so."""
+    from sasrecllm_jax.ablate import paired_lines, without_nan
+    from sasrecllm_jax.metrics import paired_auc_test
+    tests = {"all": {"AUC": paired_auc_test([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3], [0.9, 0.1, 0.2, 0.3])},
+             "cold": {"AUC": paired_auc_test([1, 1], [0.5, 0.6], [0.4, 0.7])}}
+    stored = json.loads(json.dumps(without_nan(tests), allow_nan=False))  # raises on any NaN left
+    assert stored["cold"]["AUC"]["diff"] is None and stored["all"]["AUC"]["diff"] == -0.25
+    lines = paired_lines({"drop": stored, "shuffle": None}, ["drop", "shuffle"])
+    lo, hi = stored["all"]["AUC"]["ci95"]
+    assert lines[1] == f"  drop: all -0.2500 [{lo:+.4f}, {hi:+.4f}]; cold -"
+    assert lines[2] == "  shuffle: - (the run's scores.npz does not hold these rows)"
+
+
 def test_claims_read_the_drop_ablation_paired(tmp_path):
     """The control row of the drop ablation reads ablation.json's paired test (stored as ablation - trained)
     as trained - ablation: a hybrid 0.05 above its ablation with the interval [+0.03, +0.07] shows it; a part
-    whose test has too few labels (nan) gets no row; a run without ablation.json none at all."""
-    nan = float("nan")
+    whose test has too few labels (stored as null) gets no row; a run without ablation.json none at all."""
     drop = {"all": {"AUC": {"auc_a": 0.70, "auc_b": 0.65, "diff": -0.05, "ci95": [-0.07, -0.03]}},
             "new_item": {"AUC": {"auc_a": 0.60, "auc_b": 0.61, "diff": 0.01, "ci95": [-0.01, 0.03]}}}
     (tmp_path / "ablation.json").write_text(json.dumps({"test": {}, "vs_trained": {"test": {"drop": drop}}}))
@@ -178,7 +199,7 @@ def test_claims_read_the_drop_ablation_paired(tmp_path):
          "[+0.0300, +0.0700]", "above", "shown"],
         ["control: new-item AUC > its collaborative inputs dropped (ablate --modes drop)", "0.6000", "0.6100",
          "-0.0100", "[-0.0300, +0.0100]", "covers", "not shown"]]
-    drop["new_item"]["AUC"] = {"auc_a": nan, "auc_b": nan, "diff": nan, "ci95": [nan, nan]}
+    drop["new_item"]["AUC"] = {"auc_a": None, "auc_b": None, "diff": None, "ci95": [None, None]}  # as stored
     (tmp_path / "ablation.json").write_text(json.dumps({"vs_trained": {"test": {"drop": drop}}}))
     assert [r[0] for r in claims_lib.ablation_control(tmp_path)] == [rows[0][0]]
     assert claims_lib.ablation_control(tmp_path / "elsewhere") == []

@@ -308,14 +308,14 @@ def readme_code(out):
 
 def test_export_cli_end_to_end(dataset, tmp_path, capsys):
     """A CoLLM-MF run (an MF encoder, the mapper and LoRA on hybrid prompts, its MF score fused by a residual
-    gate that starts at 1) exported; the README's own code scores text prompts like the run's LLM and hybrid rows like the run
-    itself."""
+    gate that starts at 0.5) exported; the README's own code scores text prompts like the run's LLM and
+    hybrid rows like the run itself."""
     import re
     from sasrecllm_jax.data.prompts import history_text
     from sasrecllm_jax.export import main
     from sasrecllm_jax.score import Recommender
     run = finish_run(dataset, tmp_path / "run", "collm_mf", "model.mapper.fusion=residual",
-                     "model.mapper.llm_gate_init=1.0")
+                     "model.mapper.llm_gate_init=0.5")
     out = tmp_path / "export"
     assert main([str(run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter", "base", "collaborative"]
@@ -350,7 +350,7 @@ def test_export_cli_end_to_end(dataset, tmp_path, capsys):
                                          target=titles[i])
         user_vector, item_vector = weights["mf/user_emb/embedding"][u], weights["mf/item_emb/embedding"][i]
         llm_score = readme["score_hybrid"](re.split("<UserID>|<ItemID>", text), user_vector, item_vector)
-        theirs.append(readme["fused_score"](llm_score, user_vector, item_vector, i))
+        theirs.append(readme["fused_score"](llm_score, user_vector, item_vector, u, i))
     hybrid = float(np.abs(np.asarray(theirs) - rec.score(uids, hists, iids)).max())
     with capsys.disabled():
         print(f"export: max |score diff| text {worst:.2e}, hybrid {hybrid:.2e}")

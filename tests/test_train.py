@@ -402,13 +402,14 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     train split's items as seen (group counts, never trained), the shared unknown vector moved from zero
     because item_dropout showed it in training, and every new-item row gets it: two new items of one user
     have the same item token and ID score, here (unknown_id_score: learned, in a gate fusion) the learned
-    unknown_score, which moved from zero too. The export and results.json describe and carry them."""
+    unknown_score, which moved from zero too. The export and results.json describe and carry them, and
+    the export README's fused_score computes the run's ID score (SASRec's counted terms included)."""
     import pandas as pd
 
     cold, held = held_out_copy(dataset, tmp_path / "cold")
     cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
                        "model.mapper.new_items=unknown", "model.mapper.item_dropout=0.3",
-                       "model.mapper.fusion=gate", "model.mapper.unknown_id_score=learned")
+                       "model.mapper.fusion=gate", "model.mapper.unknown_id_score=learned", "model.sasrec.bias=counts")
     phases = []
     train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, b, a: phases.append((p.name, b, a)))
     final = load_raw(tmp_path / "run" / "final")
@@ -449,8 +450,16 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     assert "id_score = mapper/unknown_score instead" in collab["fusion"]["score"]
     readme = (out / "README.md").read_text()
     assert 'item_vector = w["mapper/unknown_item"]' in readme
-    assert ('id_score = w["mapper/unknown_score"].item()' in readme
-            and 'return llm_score + w["mapper/id_gate"].item() * id_score' in readme)
+    # the README's fused_score gives the run's ID part (SASRec's counted terms, the unknown score) exactly
+    import re
+    code = next(c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "def fused_score" in c)
+    snippet = {"w": weights}
+    exec(compile(code.split("\nprint(")[0], "README.md", "exec"), snippet)
+    vectors = model.apply({"params": after}, batch, method=lambda m, b: (
+        m.encoder.user_vector(b["his"], b["uid"]), m.mapper.item_input(m.encoder.item_vector(b["iid"]), b["iid"])[0]))
+    theirs = [snippet["fused_score"](0.0, np.asarray(u), np.asarray(i), 1, iid)
+              for u, i, iid in zip(*vectors, batch["iid"].tolist())]
+    np.testing.assert_allclose(theirs, float(after["mapper"]["id_gate"]) * np.asarray(id_score), rtol=1e-5, atol=1e-6)
 
 
 def test_late_rows_split_the_train_rows_between_the_encoder_and_the_hybrid(dataset, tmp_path, capsys):

@@ -4,7 +4,6 @@ notes that keep a reader from misreading them."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from sasrecllm_jax.config import SASRecConfig
 from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.experiments.markdown import interval, num, signed, table
 from sasrecllm_jax.experiments.seeds import mean_and_sd, mean_sd, seed_groups
+from sasrecllm_jax.run_folder.files import paired_ablation
 
 CLAIMS = [  # (claim, baseline run, rows, relation): the paper's claims against its baselines
     ("AUC > SASRec", "sasrec", "all", ">"), ("warm AUC >= SASRec", "sasrec", "warm", ">="),
@@ -111,12 +111,11 @@ def ablation_control(run: Path) -> list[list[str]]:
     """Claims rows that are ours: the hybrid against itself with its collaborative inputs dropped (the drop
     ablation of RUN/ablation.json, paired on the same test rows), on all rows and on new-item rows. If
     dropping them costs nothing, the collaborative side adds nothing to the LLM's reading of the prompt."""
-    path = run / "ablation.json"
-    vs = json.loads(path.read_text()).get("vs_trained", {}).get("test", {}).get("drop") if path.exists() else None
+    vs = paired_ablation(run, "test", "drop")
     rows = []
     for part, claim in (("all", "AUC"), ("new_item", "new-item AUC")):
         t = (vs or {}).get(part, {}).get("AUC")
-        if t is None or math.isnan(t["diff"]):
+        if t is None or t["diff"] is None:  # none stored, or too few rows of a label
             continue
         # stored as ablation - trained; the claim reads trained - ablation
         test = {**t, "diff": -t["diff"], "ci95": [-t["ci95"][1], -t["ci95"][0]]}

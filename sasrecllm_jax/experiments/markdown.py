@@ -23,3 +23,10 @@ def signed(value, digits: int = 4) -> str:
 
 def interval(lo: float, hi: float, digits: int = 4) -> str:
     return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def paired_text(test: dict | None) -> str:
+    """A paired test's "difference [lo, hi]", or '-' where there is none (no test, or too few rows of a label)."""
+    if test is None or test["diff"] is None or math.isnan(test["diff"]):
+        return "-"
+    return f"{signed(test['diff'])} {interval(*test['ci95'])}"

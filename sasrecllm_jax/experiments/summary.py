@@ -10,11 +10,11 @@ from pathlib import Path
 from sasrecllm_jax.compare import compare, format_rows, fusion_lines, header
 from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.experiments.claims import claims_section
-from sasrecllm_jax.experiments.markdown import interval, num, signed, table
+from sasrecllm_jax.experiments.markdown import num, paired_text, table
 from sasrecllm_jax.experiments.seeds import method_points, seeds_section
 from sasrecllm_jax.plots.curves import plot_runs
 from sasrecllm_jax.plots.warm_cold import plot_warm_cold
-from sasrecllm_jax.run_folder.files import code_version
+from sasrecllm_jax.run_folder.files import code_version, read_ablations
 from sasrecllm_jax.run_folder.scores import SCORES_FILE
 
 
@@ -39,9 +39,7 @@ def summarise(out: Path) -> dict:
                      num(r["valid"]["all"]["auc"]), r["test"]["all"]["n"], r["train_time_s"], r["device"],
                      r.get("commit", "unknown")] for name, r in summary.items()])
     ablations = [(r.name, mode, m, ab.get("vs_trained", {}).get("test", {}).get(mode))
-                 for r in runs if (r / "ablation.json").exists()
-                 for ab in [json.loads((r / "ablation.json").read_text())]
-                 for mode, m in ab.get("test", {}).items() if mode != "on"]
+                 for r in runs for ab in [read_ablations(r)] for mode, m in ab.get("test", {}).items() if mode != "on"]
     if ablations:
         lines += ["", "Test-time ablations (`python -m sasrecllm_jax.ablate`; the trained model, collaborative inputs "
                       "dropped or shuffled, or a parameter group masked; differences to the run as trained are "
@@ -50,7 +48,8 @@ def summarise(out: Path) -> dict:
                         "AUC - trained [95%]", "new-item AUC - trained [95%]"],
                        [[n, mode, num(m["all"]["auc"]), num(m["all"]["uauc"]), num(m["warm"]["auc"]),
                          num(m["cold"]["auc"]), num(m.get("new_item", {}).get("auc")), m["all"]["n"],
-                         paired_cell(vs, "all"), paired_cell(vs, "new_item")] for n, mode, m, vs in ablations])
+                         *(paired_text((vs or {}).get(part, {}).get("AUC")) for part in ("all", "new_item"))]
+                        for n, mode, m, vs in ablations])
     lines += seeds_section(summary)
     lines += paired_section(out, runs)
     lines += claims_section(out, summary)
@@ -72,14 +71,6 @@ def summarise(out: Path) -> dict:
     plot_runs(runs, out / "curves.png")
     print("\n".join(lines))
     return summary
-
-
-def paired_cell(vs_trained: dict | None, part: str) -> str:
-    """"diff [lo, hi]" of a paired AUC test in ablation.json's vs_trained, or - where there is none."""
-    r = (vs_trained or {}).get(part, {}).get("AUC")
-    if r is None or r["diff"] != r["diff"]:
-        return "-"
-    return f"{signed(r['diff'])} {interval(*r['ci95'])}"
 
 
 def ranking_value(results: dict, metric: str, part: str = "all"):

@@ -9,8 +9,8 @@ and the ablation inputs `collab_scale` [B] (1 keeps, 0 drops the collaborative t
 last prompt position, or the Yes-minus-No log-odds; with `model.mapper.fusion: gate` the mapper adds a
 learned multiple of the encoder's own score (<user, item>, plus SASRec's user and item terms if it has
 them) to it, and with `fusion: residual` the score is the encoder's plus a learned multiple (starting at
-0) of the LLM's. With `new_items: unknown` and `unknown_id_score: learned`, a row whose item is shown as
-unknown adds one learned number in place of the encoder's score.
+llm_gate_init) of the LLM's. With `new_items: unknown` and `unknown_id_score: learned`, a row whose item
+is shown as unknown adds one learned number in place of the encoder's score.
 """
 from __future__ import annotations
 

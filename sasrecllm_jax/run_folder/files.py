@@ -53,10 +53,23 @@ def write_whole(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+ABLATION_FILE = "ablation.json"
 # what a run writes into its folder (RUN/ablation.json is made from a finished run by the ablations)
 RUN_FILES = ("config.yaml", "run_state.json", "metrics.jsonl", "tensorboard", "checkpoints", "final", "results.json",
-             "scores.npz", "ablation.json")
+             "scores.npz", ABLATION_FILE)
 LOCK_FILE = "lock"
+
+
+def read_ablations(run: Path) -> dict:
+    """RUN/ablation.json: {split: {ablation: metrics}, "vs_trained": {split: {ablation: paired tests, or None
+    where the run's own scores were not of the ablated rows}}}; {} for a run never ablated."""
+    path = Path(run) / ABLATION_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def paired_ablation(run: Path, split: str, ablation: str) -> dict | None:
+    """One ablation's paired tests against the run as trained ({part: {"AUC": ..., "UAUC": ...}}), or None."""
+    return read_ablations(run).get("vs_trained", {}).get(split, {}).get(ablation)
 
 
 def saved_work(workdir: Path) -> list[str]:
