@@ -4,6 +4,7 @@ cold rows.
     python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/sasrecllm_dual_stage
     python -m sasrecllm_jax.compare BASE RUN [RUN ...] --split valid_small
     python -m sasrecllm_jax.compare results/ml1m/runs/sasrec results/ml1m/runs/tallrec --fuse [--abstain]
+    python -m sasrecllm_jax.compare SASREC TALLREC HYBRID --fuse     # the hybrid against the fusion of its parts
 
 Reads each run's scores.npz (every evaluated row's score, kept by every run) and applies DeLong's test
 (metrics.paired_auc_test): the difference AUC(run) - AUC(base), its standard error, a 95% interval and
@@ -199,8 +200,11 @@ def environment_warnings(base: Path, runs: list[Path]) -> list[str]:
     return lines
 
 
-def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bool = False) -> list[str]:
-    name_a, name_b = run_names([run_a, run_b])
+def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bool = False,
+                 against: list[Path] = ()) -> list[str]:
+    """The late fusion of run_a and run_b tested against each of them, then each run of `against` (a hybrid
+    made of the two, say) tested against the fusion, paired on the same test rows."""
+    name_a, name_b, *names = run_names([run_a, run_b, *against])
     f = late_fusion(run_a, run_b, valid, abstain=abstain)
     picked = f"w = {f['weight_b']:.2f}" + (f" and c = {f['abstain_c']:+.2f}" if abstain else "")
     lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), {picked} "
@@ -213,6 +217,11 @@ def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bo
     lines += format_rows("fusion", f["test"])
     lines += ["", *header(name_b)]
     lines += format_rows("fusion", f["test_vs_b"])
+    if against:
+        lines += ["", *header("fusion")]
+        for run, name in zip(against, names):
+            rows, theirs = paired_scores(run_a, run, "test")
+            lines += format_rows(name, paired_parts(rows, f["test_scores"], theirs["score"]))
     return lines
 
 
@@ -222,8 +231,9 @@ def main(argv=None) -> int:
     p.add_argument("base", type=Path, help="the run to compare against (e.g. results/ml1m/runs/sasrec)")
     p.add_argument("runs", type=Path, nargs="+", help="finished runs scored on the same rows")
     p.add_argument("--split", default="test")
-    p.add_argument("--fuse", action="store_true", help="instead: mix the scores of BASE and one RUN after the "
-                   "fact (weight picked on --valid) and test the mixture against each")
+    p.add_argument("--fuse", action="store_true", help="instead: mix the scores of BASE and the first RUN after "
+                   "the fact (weight picked on --valid) and test the mixture against each; every further RUN (a "
+                   "hybrid of the two) is tested against the mixture")
     p.add_argument("--valid", default=None, help="with --fuse: the split that picks the weight (default: the "
                    "runs' own validation split)")
     p.add_argument("--abstain", action="store_true", help="with --fuse: BASE abstains on new-item rows (one "
@@ -232,9 +242,7 @@ def main(argv=None) -> int:
 
     def body():
         if args.fuse:
-            if len(args.runs) != 1:
-                raise ConfigError("--fuse mixes two runs: give BASE and one RUN")
-            print("\n".join(fusion_lines(args.base, args.runs[0], args.valid, args.abstain)))
+            print("\n".join(fusion_lines(args.base, args.runs[0], args.valid, args.abstain, args.runs[1:])))
             return
         if args.abstain:
             raise ConfigError("--abstain is a kind of --fuse: add --fuse")

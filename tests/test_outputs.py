@@ -278,8 +278,18 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     fused = capsys.readouterr().out
     assert "Late fusion of sasrec and icl" in fused and fused.count("| fusion | all | AUC | 96 |") == 2
     assert fused.count("| fusion | all | UAUC |") == 2
+    # a further run (a hybrid of the two, say) is tested against the fusion, paired on the same rows
+    from sasrecllm_jax.compare import late_fusion
+    from sasrecllm_jax.metrics import paired_auc_test
+    hybrid = out.parent / "hybrid"
+    assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), str(hybrid), "--fuse"]) == 0
+    fusion = late_fusion(out / "runs" / "sasrec", out / "runs" / "icl")
+    rows = load_scores(hybrid)["test"]
+    t = paired_auc_test(rows["label"], fusion["test_scores"], rows["score"])
+    assert (f"| hybrid | all | AUC | 96 | {t['auc_a']:.4f} | {t['auc_b']:.4f} | {t['diff']:+.4f} | "
+            f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}] |") in capsys.readouterr().out
     assert compare_main([str(out / "runs" / "sasrec"), str(out / "runs" / "icl"), str(other), "--fuse"]) == 2
-    assert "give BASE and one RUN" in capsys.readouterr().err
+    assert "no scores.npz" in capsys.readouterr().err
     grid = tmp_path / "grid"  # the summary adds the SASRec + TALLRec fusion when both have scores
     (grid / "runs").mkdir(parents=True)
     (grid / "runs" / "sasrec").symlink_to(out / "runs" / "sasrec")
