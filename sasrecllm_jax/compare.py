@@ -142,10 +142,12 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     w, c = choices[int(np.argmax(valid_auc))]
     w = float(w)
     fused = mix(w, c, "test")
-    # the same ranking as a + gate x b (a residual fusion's llm_gate); none when the fusion drops a
+    # the same ranking as a + gate x b (a residual fusion's llm_gate), where a abstains with a's score
+    # mean + c x deviation (its unknown_score); none when the fusion drops a
     gate = w / (1 - w) * unit(va["score"]) / unit(vb["score"]) if w < 1 else None
     return {"weight_b": w, "gate_b": gate, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
-            **({"abstain_c": float(c)} if abstain else {}),
+            **({"abstain_c": float(c), "abstain_score": float(va["score"].mean() + c * unit(va["score"]))}
+               if abstain else {}),
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
 
 
@@ -210,7 +212,11 @@ def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bo
     lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), {picked} "
              f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
     if abstain:
-        lines.insert(1, f"({name_a} abstains on new-item rows: z({name_a}) is c there, so they rank by {name_b} alone)")
+        lines.insert(1, f"({name_a} abstains on new-item rows: z({name_a}) is c there, so they rank by {name_b} alone)"
+                     + (f"; the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g} and {name_a}'s "
+                        f"score {f['abstain_score']:.3g} on new-item rows: a residual hybrid's "
+                        f"model.mapper.llm_gate_init and unknown_score_init to start near it"
+                        if f["gate_b"] is not None else ""))
     elif f["gate_b"] is not None:
         lines.insert(1, f"(the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g}: a residual "
                         f"hybrid's model.mapper.llm_gate_init to start near it)")

@@ -171,6 +171,11 @@ def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):
     new = nt.astype(bool)
     assert math.isclose(auc(yt[new], abstained["test_scores"][new]), auc(yt[new], bt[new]))
     assert abstained["abstain_c"] > 0 and "abstain_c" not in plain  # new-item rows placed above the rest
+    # a residual hybrid started at llm_gate_init = gate_b and unknown_score_init = abstain_score ranks alike:
+    # a's own score on known rows, abstain_score on new ones, plus gate_b x b
+    residual = np.where(new, abstained["abstain_score"], at) + abstained["gate_b"] * bt
+    (slope, shift), *_ = np.linalg.lstsq(np.stack([residual, np.ones(n)], 1), abstained["test_scores"], rcond=None)
+    assert slope > 0 and np.allclose(slope * residual + shift, abstained["test_scores"], rtol=0, atol=1e-9)
     assert abstained["valid_auc"] > plain["valid_auc"] + 0.02
     assert abstained["test"]["all"]["AUC"]["auc_b"] > plain["test"]["all"]["AUC"]["auc_b"] + 0.02
     with pytest.raises(ConfigError, match="no new_item column"):

@@ -239,6 +239,12 @@ def test_learned_unknown_id_score_stands_in_for_the_encoder_on_unknown_items():
     batch = _batch()  # iids 11, 12
     params = model.init(jax.random.key(0), batch)["params"]
     assert params["mapper"]["unknown_score"] == 0.0 and partition.labels(params)["mapper"]["unknown_score"] == "mapper"
+    # unknown_score_init: the number starts there (an abstaining late fusion's score), nothing else moves
+    started = Hybrid(dataclasses.replace(cfg, mapper=dataclasses.replace(cfg.mapper, unknown_score_init=2.5)),
+                     DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    init = started.init(jax.random.key(0), batch)["params"]
+    assert init["mapper"]["unknown_score"] == 2.5
+    chex.assert_trees_all_equal({**init, "mapper": {**init["mapper"], "unknown_score": 0.0}}, params)
     params["mapper"]["unknown_item"] = jax.random.normal(jax.random.key(3), (cfg.sasrec.hidden,))
     params["mapper"]["unknown_score"] = jnp.float32(1.7)
     params["mapper"]["counts"]["item_seen"] = jnp.zeros(21).at[11].set(1.0)  # item 11 seen, item 12 not

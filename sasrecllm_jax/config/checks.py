@@ -52,6 +52,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.mapper.num_tokens": AT_LEAST_1,
     "model.mapper.item_dropout": DROPOUT,
     "model.mapper.llm_gate_init": (_finite, "must be a finite number"),
+    "model.mapper.unknown_score_init": (_finite, "must be a finite number"),
     "model.lora.rank": POSITIVE,
     "model.lora.alpha": RATE,
     "model.lora.dropout": DROPOUT,
@@ -150,6 +151,9 @@ def validate(cfg: Config) -> None:
         _refuse("model.mapper.unknown_id_score", cfg.model.mapper.unknown_id_score,
                 "replaces the ID score of rows whose item is shown as unknown, so it needs "
                 "model.mapper.new_items: unknown and model.mapper.fusion: gate or residual")
+    if cfg.model.mapper.unknown_score_init and cfg.model.mapper.unknown_id_score != "learned":
+        _refuse("model.mapper.unknown_score_init", cfg.model.mapper.unknown_score_init,
+                "is the learned unknown-item ID score's start, so it needs model.mapper.unknown_id_score: learned")
     if cfg.model.mapper.llm_gate_init and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.llm_gate_init", cfg.model.mapper.llm_gate_init,
                 "is the residual fusion's starting weight, so it needs model.mapper.fusion: residual")

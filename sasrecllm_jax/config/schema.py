@@ -100,9 +100,12 @@ class MapperConfig:
     item_dropout: float = 0.0
     # with new_items: unknown and a fusion (gate, residual), the ID score of a row whose item is shown as
     # unknown: "encoder", the encoder's score of the unknown vector (a per-user offset); "learned", one
-    # learned number (mapper group, starting at 0): the ID model abstains on items it knows nothing of, so
-    # among those rows the ranking is the LLM's, and the number places them against the other rows
+    # learned number (mapper group, starting at unknown_score_init): the ID model abstains on items it knows
+    # nothing of, so among those rows the ranking is the LLM's, and the number places them against the
+    # other rows. `python -m sasrecllm_jax.compare ENCODER_RUN LLM_RUN --fuse --abstain` prints the start
+    # (with llm_gate_init) at which a residual hybrid ranks like that abstaining fusion
     unknown_id_score: Literal["encoder", "learned"] = "encoder"
+    unknown_score_init: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

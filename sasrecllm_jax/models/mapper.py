@@ -56,7 +56,7 @@ class Mapper(nn.Module):
         if self.cfg.new_items == "unknown":
             self.unknown_item = self.param("unknown_item", nn.initializers.zeros, (self.d_enc,))
             if self.cfg.unknown_id_score == "learned":
-                self.unknown_score = self.param("unknown_score", nn.initializers.zeros, ())
+                self.unknown_score = self.param("unknown_score", nn.initializers.constant(self.cfg.unknown_score_init), ())
             setattr(self, COUNTS, SeenItems(self.num_items))
 
     def __call__(self, x):
