@@ -36,7 +36,7 @@ from sasrecllm_jax.evaluate import evaluate
 from sasrecllm_jax.experiments.markdown import paired_text
 from sasrecllm_jax.models.mapper import FUSION_NUMBERS
 from sasrecllm_jax.models.pop import COUNTS
-from sasrecllm_jax.run_folder.files import ABLATION_FILE, read_ablations, write_whole
+from sasrecllm_jax.run_folder.files import ABLATION_FILE, PAIRED_KEY, paired_tests, read_ablations, write_whole
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, load_scores, rows_fingerprint
 from sasrecllm_jax.score import Recommender
 from sasrecllm_jax.train import groups
@@ -96,7 +96,7 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", mask
             metrics, scores = evaluate(rec.scorer, params, data, cfg, "hybrid", mode, progress=bar)
         out.setdefault(split, {})[name] = metrics
         # None where the run's own scores are of other rows: an older paired test must not stay beside new metrics
-        out.setdefault("vs_trained", {}).setdefault(split, {})[name] = None if trained is None else \
+        out.setdefault(PAIRED_KEY, {}).setdefault(split, {})[name] = None if trained is None else \
             without_nan(paired_parts(trained, trained["score"], scores))
         write_whole(out_path, json.dumps(out, indent=2))  # a grid's summary may be reading it
     return out
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                 continue
             print(f"{name:<14}{fmt(m['all']['auc'])}{fmt(m['all']['uauc'])}{fmt(m['warm']['auc'])}"
                   f"{fmt(m['cold']['auc'])}{fmt(m.get('new_item', {}).get('auc')):>9}{m['all']['n']:>7}")
-        print("\n".join(paired_lines(ablations.get("vs_trained", {}).get(args.split, {}), list(rows)[1:])))
+        print("\n".join(paired_lines(paired_tests(ablations, args.split), list(rows)[1:])))
 
     return run_command(body)
 

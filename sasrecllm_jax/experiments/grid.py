@@ -13,7 +13,7 @@ from pathlib import Path
 from sasrecllm_jax.ablate import ablate as run_ablation
 from sasrecllm_jax.config import load_config
 from sasrecllm_jax.host_cache import HostCache
-from sasrecllm_jax.run_folder.files import read_ablations
+from sasrecllm_jax.run_folder.files import paired_tests, read_ablations
 from sasrecllm_jax.train.run import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
             done = read_ablations(workdir)
             # a stopped grid resumes them; an ablation made before its paired test was kept is made again
             missing = [mode for mode in ("drop", "shuffle")
-                       if mode not in done.get("test", {}) or mode not in done.get("vs_trained", {}).get("test", {})]
+                       if mode not in done.get("test", {}) or mode not in paired_tests(done, "test")]
             if ablate and missing and (workdir / "results.json").exists() and json.loads(
                     (workdir / "results.json").read_text())["config"]["train"]["method"] in HYBRID_METHODS:
                 run_ablation(workdir, tuple(missing), "test")

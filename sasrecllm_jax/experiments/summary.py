@@ -14,7 +14,7 @@ from sasrecllm_jax.experiments.markdown import num, paired_text, table
 from sasrecllm_jax.experiments.seeds import method_points, seeds_section
 from sasrecllm_jax.plots.curves import plot_runs
 from sasrecllm_jax.plots.warm_cold import plot_warm_cold
-from sasrecllm_jax.run_folder.files import code_version, read_ablations
+from sasrecllm_jax.run_folder.files import code_version, paired_tests, read_ablations
 from sasrecllm_jax.run_folder.scores import SCORES_FILE
 
 
@@ -38,7 +38,7 @@ def summarise(out: Path) -> dict:
                      *(num(ranking_value(r, m)) for m in ("hr@10", "ndcg@10")),
                      num(r["valid"]["all"]["auc"]), r["test"]["all"]["n"], r["train_time_s"], r["device"],
                      r.get("commit", "unknown")] for name, r in summary.items()])
-    ablations = [(r.name, mode, m, ab.get("vs_trained", {}).get("test", {}).get(mode))
+    ablations = [(r.name, mode, m, paired_tests(ab, "test").get(mode))
                  for r in runs for ab in [read_ablations(r)] for mode, m in ab.get("test", {}).items() if mode != "on"]
     if ablations:
         lines += ["", "Test-time ablations (`python -m sasrecllm_jax.ablate`; the trained model, collaborative inputs "

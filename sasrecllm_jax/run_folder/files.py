@@ -54,6 +54,7 @@ def write_whole(path: Path, data: str | bytes) -> None:
 
 
 ABLATION_FILE = "ablation.json"
+PAIRED_KEY = "vs_trained"  # ablation.json's paired tests, beside its splits
 # what a run writes into its folder (RUN/ablation.json is made from a finished run by the ablations)
 RUN_FILES = ("config.yaml", "run_state.json", "metrics.jsonl", "tensorboard", "checkpoints", "final", "results.json",
              "scores.npz", ABLATION_FILE)
@@ -67,9 +68,15 @@ def read_ablations(run: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def paired_tests(ablations: dict, split: str) -> dict:
+    """{ablation: its paired tests against the run as trained ({part: {"AUC": ..., "UAUC": ...}}) or None} of
+    one split of read_ablations; {} where none were kept."""
+    return ablations.get(PAIRED_KEY, {}).get(split, {})
+
+
 def paired_ablation(run: Path, split: str, ablation: str) -> dict | None:
-    """One ablation's paired tests against the run as trained ({part: {"AUC": ..., "UAUC": ...}}), or None."""
-    return read_ablations(run).get("vs_trained", {}).get(split, {}).get(ablation)
+    """One ablation's paired tests against the run as trained, or None."""
+    return paired_tests(read_ablations(run), split).get(ablation)
 
 
 def saved_work(workdir: Path) -> list[str]:
