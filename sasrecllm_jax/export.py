@@ -105,6 +105,9 @@ def scoring_description(rec) -> dict:
     k = m.mapper.num_tokens
     enc = m.encoder
     mapper = rec.params["mapper"]
+    if d.prompt_hybrid_unknown_item:
+        out["template_unknown_item"] = template_text(prompts_lib.Template.load(d.prompt_hybrid_unknown_item,
+                                                                              "unknown_item"))
     out.update({
         "markers": {"<UserID>": "user", "<ItemID>": "item"},
         "num_tokens": k,
@@ -178,7 +181,10 @@ def readme(rec, out: Path, desc: dict) -> str:
             f"The prompt template (`collaborative.json`, `template`) has the markers `<UserID>` and `<ItemID>`; each "
             f"becomes {k} placeholder position(s) whose input embeddings are replaced by the mapper's output for the "
             f"user's or the item's vector from the {desc['encoder']['kind']} encoder "
-            f"(user: {desc['encoder']['user_vector']}; item: {desc['encoder']['item_vector']}).",
+            f"(user: {desc['encoder']['user_vector']}; item: {desc['encoder']['item_vector']})."
+            + (" A row whose item has no train row (`mapper/counts/item_seen` is 0) is rendered with "
+               "`template_unknown_item` instead, which shows the item by its title alone." if "template_unknown_item"
+               in desc else ""),
             "",
             "```python",
             "import json",
@@ -219,6 +225,11 @@ def readme(rec, out: Path, desc: dict) -> str:
             *(['if w["mapper/counts/item_seen"][7] == 0:  # an item without train rows: the shared unknown vector',
                '    item_vector = w["mapper/unknown_item"]']
               if desc["mapper"]["config"]["new_items"] == "unknown" else []),
+            *(['if w["mapper/counts/item_seen"][7] == 0:  # ... shown by its title alone: the other template',
+               "    text = collab[\"template_unknown_item\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', "
+               "target=\"Casino (1995)\")",
+               '    pieces = re.split("<UserID>|<ItemID>", text)']
+              if "template_unknown_item" in desc else []),
             "print(score_hybrid(pieces, user_vector, item_vector))",
             "```",
         ]

@@ -137,3 +137,45 @@ def test_a_batch_scored_in_chunks_scores_as_a_whole(built):
     np.testing.assert_array_equal(jax.jit(in_chunks(record, 16))(None, {"tokens": tokens}), tokens.sum(-1))
     jax.jit(in_chunks(record, 16))(None, {"tokens": tokens, "collab_perm": np.arange(64)})
     assert seen == [(16, 3), (64, 3)]
+
+
+@pytest.mark.parametrize("template", ["text.txt", "user_only.txt"])
+def test_rows_of_unknown_items_read_their_own_template(tmp_path_factory, monkeypatch, template):
+    """data.prompt_hybrid_unknown_item: rows whose item has no train row (here: odd items, for the prompts and
+    the mapper's item_seen flags alike) render the other template. With the text template and no fusion their
+    score is the text model's; rows of known items score as without the option; packing scores every row as
+    alone."""
+    from helpers import ROOT
+    dataset = synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+    cfg = smoke_config(dataset, "model.mapper.new_items=unknown", ONE_SHAPE,
+                       f"data.prompt_hybrid_unknown_item={ROOT / 'tests/prompts' / template}")
+    comp = Assembly.build(cfg, needs_llm=True, key=jax.random.key(0))
+    params = comp.init_params(jax.random.key(1))
+    seen = np.arange(comp.dataset.num_items + 1) % 2 == 0
+    monkeypatch.setattr(comp.encoder, "seen_items", lambda: np.flatnonzero(seen))
+    params["mapper"]["counts"]["item_seen"] = seen.astype(np.float32)
+    params["mapper"] = jax.tree_util.tree_map_with_path(
+        lambda path, x: x if "counts" in str(path) else x + 0.05 * jax.random.normal(jax.random.key(7), x.shape, x.dtype),
+        params["mapper"])
+    hybrid, text = comp.split("test", "hybrid"), comp.split("test", "text")
+    unknown = ~seen[hybrid.iid]
+    assert 0 < unknown.sum() < len(hybrid)
+    p = hybrid.prompts
+    assert (p.item_pos[unknown] == -1).all() and (p.item_pos[~unknown] >= 0).all()
+    assert ((p.user_pos[unknown] >= 0) == (template == "user_only.txt")).all() and (p.user_pos[~unknown] >= 0).all()
+    alone, packed, packs = both_ways(cfg, comp, params, hybrid, "hybrid", batch_size=8)
+    np.testing.assert_allclose(packed, alone, rtol=1e-5, atol=1e-5)
+    assert len(packs.rows) < len(hybrid)
+    as_text = score_split(Scorer(comp.model("text", deterministic=True)), params, text, 8, cfg.data.pad_multiple, True)
+    if template == "text.txt":
+        assert all(np.array_equal(p.tokens[r], text.prompts.tokens[r]) for r in np.flatnonzero(unknown))
+        np.testing.assert_allclose(alone[unknown], as_text[unknown], rtol=1e-5, atol=1e-5)
+    else:
+        assert np.abs(alone[unknown] - as_text[unknown]).max() > 1e-3  # the user's soft token is read
+    # rows of known items score as without the option
+    plain_cfg = smoke_config(dataset, "model.mapper.new_items=unknown", ONE_SHAPE)
+    plain = Assembly.build(plain_cfg, needs_llm=True, key=jax.random.key(0))
+    as_before = score_split(Scorer(plain.model("hybrid", deterministic=True)), params, plain.split("test", "hybrid"),
+                            8, cfg.data.pad_multiple, True)
+    np.testing.assert_allclose(alone[~unknown], as_before[~unknown], rtol=1e-5, atol=1e-5)
+    assert np.abs(alone[unknown] - as_before[unknown]).max() > 1e-3

@@ -49,6 +49,10 @@ def test_template_errors(tmp_path):
     bad.write_text("no fields <UserID> <ItemID>")
     with pytest.raises(DataError, match="no {history} field"):
         Template.load(bad, "hybrid")
+    bad.write_text("History {history} <UserID>. Target {target} <ItemID>?")
+    with pytest.raises(DataError, match=r"holds <UserID> or no marker, found \['<UserID>', '<ItemID>'\]"):
+        Template.load(bad, "unknown_item")
+    assert Template.load(ROOT / "configs/prompts/hybrid_unknown_item.txt", "unknown_item").markers == ("<UserID>",)
 
 
 def test_iterator_deterministic_resumable_and_complete():

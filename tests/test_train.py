@@ -287,6 +287,7 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
     (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown"),
     (["--set", "model.mapper.llm_gate_init=3.0"], "needs model.mapper.fusion: residual"),
+    (["--set", "data.prompt_hybrid_unknown_item=configs/prompts/text.txt"], "needs model.mapper.new_items: unknown"),
     (["--set", "model.mapper.unknown_score_init=2.0"], "needs model.mapper.unknown_id_score: learned"),
     (["--set", "model.mapper.unknown_id_score=learned", "--set", "model.mapper.fusion=residual"],
      "needs model.mapper.new_items: unknown and model.mapper.fusion: gate or residual"),

@@ -157,6 +157,9 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.llm_gate_init and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.llm_gate_init", cfg.model.mapper.llm_gate_init,
                 "is the residual fusion's starting weight, so it needs model.mapper.fusion: residual")
+    if cfg.data.prompt_hybrid_unknown_item and cfg.model.mapper.new_items != "unknown":
+        _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
+                "renders rows whose item the mapper shows as unknown, so it needs model.mapper.new_items: unknown")
     if cfg.data.answer_yes == cfg.data.answer_no:
         _refuse("data.answer_no", cfg.data.answer_no, "must differ from data.answer_yes")
     bad = sorted(set(cfg.train.freeze) - set(TRAINABLE_GROUPS))

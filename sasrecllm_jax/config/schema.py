@@ -129,6 +129,11 @@ class DataConfig:
     data_dir: str = "data"             # where named datasets are prepared
     prompt_hybrid: str = "configs/prompts/hybrid.txt"
     prompt_text: str = "configs/prompts/text.txt"
+    # hybrid prompts of rows whose target item the ID model has no train row for (model.mapper.new_items:
+    # unknown; mapper/counts/item_seen 0): "" renders them with prompt_hybrid (the item token shows the
+    # unknown vector); a template with <UserID> alone or no marker (e.g. configs/prompts/text.txt) shows such
+    # an item by its title alone, so the LLM reads these rows as a text prompt instead of an empty profile
+    prompt_hybrid_unknown_item: str = ""
     answer_yes: str = " Yes"
     answer_no: str = " No"
     max_titles: int = 10               # most recent liked titles shown in the prompt

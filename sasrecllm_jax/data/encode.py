@@ -77,6 +77,11 @@ class SplitEncoder:
             self._splits[key] = memo(self.host_cache, self._key(name, prompt, max_rows, rows), make)
         return self._splits[key]
 
+    def seen_items(self) -> np.ndarray:
+        """The items the ID side has a train row for (the early rows with data.late_rows): the mapper's
+        item_seen flags (models/mapper.py) count the same rows."""
+        return np.unique(train_rows(self.dataset.splits["train"], "early", self.cfg.data.late_rows)["iid"])
+
     def _key(self, name: str, prompt: str, max_rows: int, rows: str = "all") -> tuple:
         """Everything an encoded split depends on (for sharing it between runs of one process)."""
         d, m = self.cfg.data, self.cfg.model
@@ -84,9 +89,10 @@ class SplitEncoder:
                 d.eval_always if name != "train" else (), (rows, d.late_rows) if rows != "all" else ())
         if prompt == "none":
             return base
-        template = Path(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text)
-        return base + (template.read_text() if template.exists() else str(template), self.tokenizer_source,
-                       d.max_titles, d.max_tokens, m.mapper.num_tokens)
+        templates = [d.prompt_hybrid, d.prompt_hybrid_unknown_item] if prompt == "hybrid" else [d.prompt_text]
+        texts = tuple(Path(t).read_text() if Path(t).exists() else str(t) for t in templates if t)
+        return base + (texts, self.tokenizer_source, d.max_titles, d.max_tokens, m.mapper.num_tokens,
+                       d.late_rows if prompt == "hybrid" and d.prompt_hybrid_unknown_item else None)
 
     def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
         """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""
@@ -96,10 +102,14 @@ class SplitEncoder:
                                     always=always)
         if prompt != "none":
             template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
+            unknown_item = None
+            if prompt == "hybrid" and d.prompt_hybrid_unknown_item:
+                unknown_item = (prompts_lib.Template.load(d.prompt_hybrid_unknown_item, "unknown_item"),
+                                ~np.isin(data.iid, self.seen_items()))
             data.prompts = prompts_lib.encode(
                 template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
                 max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
-                where=f"{self.dataset.path}/{name}")
+                where=f"{self.dataset.path}/{name}", unknown_item=unknown_item)
             if data.prompts.shortened:
                 n = data.prompts.shortened
                 print(f"{name}: {n} prompt{'s' if n != 1 else ''} over data.max_tokens={d.max_tokens} "

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from sasrecllm_jax.data.pipeline import SplitData, padded_length
+from sasrecllm_jax.data.pipeline import SplitData, padded_length, placeholder_starts
 
 MAX_SLOTS = 16  # rows per pack (the scorer's output is [batch, MAX_SLOTS])
 
@@ -44,8 +44,11 @@ def pack_rows(data: SplitData, cap: int, max_slots: int = MAX_SLOTS) -> Packs:
     before its target's placeholder; it must contain the user's placeholder, or its rows go alone."""
     p = data.prompts
     lengths = p.lengths
-    hybrid = len(data) > 0 and p.user_pos[0] >= 0
-    keys = np.concatenate([data.uid[:, None].astype(np.int64), data.his.astype(np.int64)], axis=1)
+    hybrid = p.num_soft_tokens > 0
+    # a row whose item shows no placeholder (data.prompt_hybrid_unknown_item) renders another template: its own group
+    keys = np.concatenate([data.uid[:, None].astype(np.int64), data.his.astype(np.int64),
+                           (p.item_pos < 0)[:, None].astype(np.int64)], axis=1)
+    item_end = np.where(p.item_pos >= 0, p.item_pos, lengths - 1)  # where a row's own tokens start at the latest
     _, group = np.unique(keys, axis=0, return_inverse=True)
     order = np.argsort(group.reshape(-1), kind="stable")
     starts = np.flatnonzero(np.diff(np.concatenate([[-1], group.reshape(-1)[order]])))
@@ -60,12 +63,12 @@ def pack_rows(data: SplitData, cap: int, max_slots: int = MAX_SLOTS) -> Packs:
         members = [int(r) for r in members]
         prefix = min(common_prefix([p.tokens[r] for r in members]), int(lengths[members].min()) - 1)
         if hybrid:
-            prefix = min(prefix, int(p.item_pos[members].min()))
+            prefix = min(prefix, int(item_end[members].min()))
             user_pos = p.user_pos[members]
-            if prefix < user_pos[0] + p.num_soft_tokens or (user_pos != user_pos[0]).any():
+            if (user_pos != user_pos[0]).any() or (user_pos[0] >= 0 and prefix < user_pos[0] + p.num_soft_tokens):
                 # the user's placeholder is not in a common start: e.g. histories cut to different lengths
                 for r in members:
-                    emit([r], min(int(lengths[r]) - 1, int(p.item_pos[r])))
+                    emit([r], min(int(lengths[r]) - 1, int(item_end[r])))
                 continue
         pack, used = [], prefix
         for r in members:
@@ -114,6 +117,6 @@ def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: 
             at += n
     batch = {"tokens": tokens, "positions": positions, "segment": segment, "last": last, "iid": iid,
              "uid": data.uid[heads], "his": data.his[heads]}
-    if p.user_pos[heads[0]] >= 0:
-        batch.update(user_pos=p.user_pos[heads].astype(np.int32), item_pos=item_pos)
+    if p.num_soft_tokens:
+        batch.update(user_pos=placeholder_starts(p.user_pos[heads], T), item_pos=item_pos)
     return batch

@@ -156,6 +156,11 @@ def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad_multiple: 
             tokens[r, :len(p.tokens[i])] = p.tokens[i]
             mask[r, :len(p.tokens[i])] = 1
         batch.update(tokens=tokens, mask=mask)
-        if p.user_pos[full[0]] >= 0:
-            batch.update(user_pos=p.user_pos[full].astype(np.int32), item_pos=p.item_pos[full].astype(np.int32))
+        if p.num_soft_tokens:  # hybrid prompts; a row without a placeholder gets position T: nothing is written
+            batch.update(user_pos=placeholder_starts(p.user_pos[full], T), item_pos=placeholder_starts(p.item_pos[full], T))
     return batch
+
+
+def placeholder_starts(pos: np.ndarray, T: int) -> np.ndarray:
+    """Placeholder positions for a batch of T tokens: a row without the placeholder (-1) gets T."""
+    return np.where(pos >= 0, pos, T).astype(np.int32)

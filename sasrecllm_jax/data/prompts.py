@@ -2,7 +2,8 @@
 
 A template is a text file with `{history}` (the most recent liked titles, quoted, oldest first),
 `{target}` (the target title) and, for hybrid prompts, the markers `<UserID>` and `<ItemID>`, each of
-which becomes k placeholder positions whose embeddings the model replaces with mapped vectors.
+which becomes k placeholder positions whose embeddings the model replaces with mapped vectors. Rows whose
+target item the ID model knows nothing of may use a second hybrid template (`<UserID>` alone, or none).
 Text segments are tokenized separately, so a marker never merges with its neighbours.
 """
 from __future__ import annotations
@@ -39,6 +40,11 @@ class Template:
         for field in ("{history}", "{target}"):
             if field not in text:
                 raise DataError(f"{path}: the template has no {field} field")
+        if kind == "unknown_item":  # data.prompt_hybrid_unknown_item: the item is shown by its title alone
+            if markers not in ((), MARKERS[:1]):
+                raise DataError(f"{path}: a template for rows whose item is unknown (data.prompt_hybrid_unknown_item) "
+                                f"holds {MARKERS[0]} or no marker, found {list(markers)}")
+            return Template(segments, markers)
         want = MARKERS if kind == "hybrid" else ()
         if markers != want:
             raise DataError(f"{path}: a {kind} template needs the markers {list(want)} in this order, "
@@ -54,7 +60,7 @@ def history_text(titles: list[str]) -> str:
 class EncodedPrompts:
     """Token ids of every row's prompt, ragged, plus where the placeholders start."""
     tokens: list[np.ndarray]
-    user_pos: np.ndarray               # [N] first position of the user placeholder (-1: none)
+    user_pos: np.ndarray               # [N] first position of the user placeholder (-1: the row has none)
     item_pos: np.ndarray
     shortened: int                     # rows whose oldest titles were dropped to fit max_tokens
     num_soft_tokens: int = 0           # positions per placeholder (0: text prompts)
@@ -66,15 +72,31 @@ class EncodedPrompts:
 
 def encode(template: Template, tokenizer, histories: list[np.ndarray], targets: np.ndarray, titles: np.ndarray,
            *, max_titles: int, max_tokens: int, num_soft_tokens: int, placeholder_id: int = 0,
-           where: str = "prompts") -> EncodedPrompts:
-    """Render and tokenize every row. A row over max_tokens drops its oldest titles until it fits."""
+           where: str = "prompts", unknown_item: tuple[Template, np.ndarray] | None = None) -> EncodedPrompts:
+    """Render and tokenize every row. A row over max_tokens drops its oldest titles until it fits. With
+    `unknown_item` = (template, rows [N] bool), those rows are rendered with that template instead (a row
+    without a marker has position -1 for it)."""
     n = len(targets)
     shown = [min(len(h), max_titles) for h in histories]
     out: list[np.ndarray | None] = [None] * n
     user_pos = np.full(n, -1, np.int64)
     item_pos = np.full(n, -1, np.int64)
-    todo = np.arange(n)
-    shortened = set()
+    shortened: set[int] = set()
+    groups = [(template, np.arange(n))]
+    if unknown_item is not None:
+        other, rows = unknown_item
+        groups = [(template, np.flatnonzero(~rows)), (other, np.flatnonzero(rows))]
+    for tmpl, todo in groups:
+        _render(tmpl, tokenizer, histories, targets, titles, todo, shown, out, user_pos, item_pos, shortened,
+                max_tokens=max_tokens, num_soft_tokens=num_soft_tokens, placeholder_id=placeholder_id, where=where)
+    return EncodedPrompts(out, user_pos, item_pos, len(shortened),  # type: ignore[arg-type]
+                          num_soft_tokens if template.markers else 0)
+
+
+def _render(template: Template, tokenizer, histories, targets, titles, todo: np.ndarray, shown: list[int],
+            out: list, user_pos: np.ndarray, item_pos: np.ndarray, shortened: set[int], *, max_tokens: int,
+            num_soft_tokens: int, placeholder_id: int, where: str) -> None:
+    """Render and tokenize rows `todo` with one template into out / user_pos / item_pos (in place)."""
     while len(todo):
         rendered = [[seg.format(history=history_text([titles[i] for i in histories[r][len(histories[r]) - shown[r]:]]),
                                 target=titles[targets[r]]) if "{" in seg else seg
@@ -102,8 +124,6 @@ def encode(template: Template, tokenizer, histories: list[np.ndarray], targets: 
             else:
                 out[r] = np.concatenate(pieces)
         todo = np.asarray(retry, dtype=np.int64)
-    return EncodedPrompts(out, user_pos, item_pos, len(shortened),  # type: ignore[arg-type]
-                          num_soft_tokens if template.markers else 0)
 
 
 def byte_tokenizer():

@@ -134,7 +134,7 @@ class Hybrid(_HasEncoder, nn.Module):
 
 def splice(embeds, vectors, start):
     """Write vectors [B, k, D] into embeds [B, T, D] at rows start..start+k-1 of each batch row; or, with
-    start [B, S], vectors [B, S, k, D] at each of S starts (a start of T or more writes nothing)."""
+    start [B, S], vectors [B, S, k, D] at each of S starts. A start of T or more writes nothing."""
     if start.ndim == 2:
         B, S, k = vectors.shape[:3]
         chex.assert_shape(start, (B, S))
@@ -145,7 +145,7 @@ def splice(embeds, vectors, start):
     chex.assert_shape(start, (B,))
     chex.assert_axis_dimension(embeds, 2, vectors.shape[2])
     rows = start[:, None] + jnp.arange(k)[None]
-    return embeds.at[jnp.arange(B)[:, None], rows].set(vectors)
+    return embeds.at[jnp.arange(B)[:, None], rows].set(vectors, mode="drop")
 
 
 class EncoderScorer(_HasEncoder, nn.Module):
