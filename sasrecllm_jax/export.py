@@ -203,7 +203,7 @@ def readme(rec, out: Path, desc: dict) -> str:
             "",
             "",
             "def score_hybrid(pieces, user_vector, item_vector):",
-            '    """pieces: the filled-in template split at <UserID> and <ItemID> (three strings)."""',
+            '    """pieces: the filled-in template split at its markers (<UserID>, <ItemID>: three strings)."""',
             "    ids, starts = [], []",
             "    for i, piece in enumerate(pieces):",
             '        ids += tok(piece, add_special_tokens=(i == 0))["input_ids"]',

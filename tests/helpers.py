@@ -1,4 +1,5 @@
 """Shared test fixtures: a small synthetic dataset with learnable structure, and config helpers."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,8 @@ def run_fails(capsys, out, *argv, match, out_was_there=False):
     assert out_was_there or not out.exists()
     assert not list(out.parent.glob(f".{out.name}.tmp-*")), "a temporary folder was left behind"
     return err
+
+
+def readme_code(out: Path) -> str:
+    """The python blocks of an export's README.md, as one program (as a user would run them)."""
+    return "\n".join(re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S))

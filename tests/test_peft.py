@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
+from helpers import ONE_SHAPE, readme_code, smoke_config, synthetic_dataset
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -299,11 +299,6 @@ def finish_run(dataset, workdir, method, *overrides):
     from sasrecllm_jax.train.run import train_and_evaluate
     train_and_evaluate(smoke_config(dataset, *RUN, f"train.method={method}", *overrides), workdir)
     return workdir
-
-
-def readme_code(out):
-    import re
-    return "\n".join(re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S))
 
 
 def test_export_cli_end_to_end(dataset, tmp_path, capsys):

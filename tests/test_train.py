@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ONE_SHAPE, ROOT, smoke_config, synthetic_dataset
+from helpers import ONE_SHAPE, ROOT, readme_code, smoke_config, synthetic_dataset
 from sasrecllm_jax.cli import train_main
 from sasrecllm_jax.errors import CheckpointError, TrainingError
 from sasrecllm_jax.train import groups as partition
@@ -411,7 +411,8 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     cold, held = held_out_copy(dataset, tmp_path / "cold")
     cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
                        "model.mapper.new_items=unknown", "model.mapper.item_dropout=0.3",
-                       "model.mapper.fusion=gate", "model.mapper.unknown_id_score=learned", "model.sasrec.bias=counts")
+                       "model.mapper.fusion=gate", "model.mapper.unknown_id_score=learned", "model.sasrec.bias=counts",
+                       f"data.prompt_hybrid_unknown_item={ROOT / 'tests/prompts/user_only.txt'}")
     phases = []
     train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, b, a: phases.append((p.name, b, a)))
     final = load_raw(tmp_path / "run" / "final")
@@ -462,6 +463,31 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     theirs = [snippet["fused_score"](0.0, np.asarray(u), np.asarray(i), 1, iid)
               for u, i, iid in zip(*vectors, batch["iid"].tolist())]
     np.testing.assert_allclose(theirs, float(after["mapper"]["id_gate"]) * np.asarray(id_score), rtol=1e-5, atol=1e-6)
+
+    # data.prompt_hybrid_unknown_item: the README renders a new item's row with template_unknown_item
+    # (<UserID> alone) and scores new and known items' rows as the run does
+    from sasrecllm_jax.data.pipeline import SplitData
+    from sasrecllm_jax.data.prompts import history_text
+    from sasrecllm_jax.score import Recommender
+    assert collab["template_unknown_item"] == (ROOT / "tests/prompts/user_only.txt").read_text().rstrip("\n")
+    user_code = {}
+    # (its examples' print lines left out: the SASRec user vector is left to the user there)
+    program = "\n".join(line for line in readme_code(out).splitlines() if not line.startswith("print("))
+    exec(compile(program, str(out / "README.md"), "exec"), user_code)
+    rec = Recommender(tmp_path / "run")
+    test = pd.read_parquet(cold / "test.parquet")
+    rows = pd.concat([test[test.iid.isin(held)].head(2), test[~test.iid.isin(held)].head(2)])
+    data = SplitData.from_frame("rows", rows, cfg.model.sasrec.max_len)
+    vectors = model.apply({"params": rec.params}, {"his": data.his, "uid": data.uid, "iid": data.iid}, method=lambda m, b: (
+        m.encoder.user_vector(b["his"], b["uid"]), m.mapper.item_input(m.encoder.item_vector(b["iid"]), b["iid"])[0]))
+    titles, theirs = rec.assembly.dataset.titles(), []
+    for u, i, h, uv, iv in zip(data.uid.tolist(), data.iid.tolist(), data.histories, *map(np.asarray, vectors)):
+        template = collab["template"] if seen[i] else collab["template_unknown_item"]
+        text = template.format(history=history_text([titles[x] for x in h[-cfg.data.max_titles:]]), target=titles[i])
+        theirs.append(user_code["fused_score"](user_code["score_hybrid"](re.split("<UserID>|<ItemID>", text), uv, iv),
+                                               uv, iv, u, i))
+    ours = rec.score(data.uid.tolist(), [list(h) for h in data.histories], data.iid.tolist())
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
 def test_late_rows_split_the_train_rows_between_the_encoder_and_the_hybrid(dataset, tmp_path, capsys):
