@@ -84,7 +84,9 @@ UNKNOWN_ID_SCORE = "; id_score = mapper/unknown_score instead when mapper/counts
 def scoring_description(rec) -> dict:
     """collaborative.json: everything besides the weights that scoring a row with the export needs."""
     cfg, d, m = rec.cfg, rec.cfg.data, rec.cfg.model
-    template = prompts_lib.Template.load(d.prompt_hybrid if rec.prompt == "hybrid" else d.prompt_text, rec.prompt)
+    at_last = rec.prompt == "hybrid" and m.mapper.inject == "last"  # the text template takes the vectors
+    template = (prompts_lib.Template.load(d.prompt_hybrid, "hybrid") if rec.prompt == "hybrid" and not at_last
+                else prompts_lib.Template.load(d.prompt_text, "text"))
     yes, no = (int(i) for i in rec.assembly.backbone.answer_ids)
     head = ("llm_score = logit[yes] - logit[no] at the last prompt token" if m.score_head == "log_odds"
             else "llm_score = logit[yes] at the last prompt token")
@@ -108,13 +110,16 @@ def scoring_description(rec) -> dict:
     if d.prompt_hybrid_unknown_item:
         out["template_unknown_item"] = template_text(prompts_lib.Template.load(d.prompt_hybrid_unknown_item,
                                                                               "unknown_item"))
-    out.update({
+    out.update({"inject": "last", "num_tokens": 1,
+                "added": "the template has no markers; the mapper's output vectors of the user's and of the item's "
+                         "encoder vector are added to the input embedding of the prompt's last token"} if at_last else {
         "markers": {"<UserID>": "user", "<ItemID>": "item"},
         "num_tokens": k,
         "placeholders": f"each marker becomes {k} placeholder position(s) (token id {PLACEHOLDER_ID}) between the "
                         f"text pieces; the input embeddings at those positions are replaced by the mapper's "
                         f"{k} output vector(s) of the user's (<UserID>) or the item's (<ItemID>) encoder vector",
-        "placeholder_token_id": PLACEHOLDER_ID,
+        "placeholder_token_id": PLACEHOLDER_ID})
+    out.update({
         "encoder": {"kind": enc, "config": to_dict(getattr(m, enc)), **ENCODER_VECTORS[enc],
                     **({"item_vector": f"{ENCODER_VECTORS[enc]['item_vector']} if mapper/counts/item_seen[iid] "
                                        f"is 1, else mapper/unknown_item (the item has no train row the encoder learned from)"}
@@ -174,14 +179,18 @@ def readme(rec, out: Path, desc: dict) -> str:
     ]
     if desc["prompt"] == "hybrid":
         k = desc["num_tokens"]
+        at_last = desc.get("inject") == "last"
         lines += [
             "",
             "## Scoring a hybrid prompt",
             "",
-            f"The prompt template (`collaborative.json`, `template`) has the markers `<UserID>` and `<ItemID>`; each "
-            f"becomes {k} placeholder position(s) whose input embeddings are replaced by the mapper's output for the "
-            f"user's or the item's vector from the {desc['encoder']['kind']} encoder "
-            f"(user: {desc['encoder']['user_vector']}; item: {desc['encoder']['item_vector']})."
+            (f"The prompt template (`collaborative.json`, `template`) is the text prompt; the mapper's outputs for "
+             f"the user's and the item's vector from the {desc['encoder']['kind']} encoder are added to the input "
+             f"embedding of its last token" if at_last else
+             f"The prompt template (`collaborative.json`, `template`) has the markers `<UserID>` and `<ItemID>`; each "
+             f"becomes {k} placeholder position(s) whose input embeddings are replaced by the mapper's output for the "
+             f"user's or the item's vector from the {desc['encoder']['kind']} encoder")
+            + f" (user: {desc['encoder']['user_vector']}; item: {desc['encoder']['item_vector']})."
             + (" A row whose item has no train row (`mapper/counts/item_seen` is 0) is rendered with "
                "`template_unknown_item` instead, which shows the item by its title alone." if "template_unknown_item"
                in desc else ""),
@@ -202,18 +211,7 @@ def readme(rec, out: Path, desc: dict) -> str:
             '    return (h @ w["mapper/fc2/kernel"] + w["mapper/fc2/bias"]).reshape(K, D)',
             "",
             "",
-            "def score_hybrid(pieces, user_vector, item_vector):",
-            '    """pieces: the filled-in template split at its markers (<UserID>, <ItemID>: three strings)."""',
-            "    ids, starts = [], []",
-            "    for i, piece in enumerate(pieces):",
-            '        ids += tok(piece, add_special_tokens=(i == 0))["input_ids"]',
-            "        if i < len(pieces) - 1:",
-            "            starts.append(len(ids))",
-            f"            ids += [{PLACEHOLDER_ID}] * K",
-            "    with torch.no_grad():",
-            "        embeds = model.get_input_embeddings()(torch.tensor([ids]))",
-            "        for start, v in zip(starts, (user_vector, item_vector)):",
-            "            embeds[0, start:start + K] = torch.from_numpy(soft_tokens(v)).to(embeds.dtype)",
+            *(SCORE_AT_LAST if at_last else SCORE_PLACEHOLDERS),
             "        logits = model(inputs_embeds=embeds).logits[0, -1]",
             f"    return {ret}",
             "",
@@ -239,6 +237,29 @@ def readme(rec, out: Path, desc: dict) -> str:
                       *fusion_code(desc)]
     return "\n".join(lines) + "\n"
 
+
+SCORE_PLACEHOLDERS = [  # README lines: score_hybrid's start for soft tokens at the template's placeholders
+    "def score_hybrid(pieces, user_vector, item_vector):",
+    '    """pieces: the filled-in template split at its markers (<UserID>, <ItemID>: three strings)."""',
+    "    ids, starts = [], []",
+    "    for i, piece in enumerate(pieces):",
+    '        ids += tok(piece, add_special_tokens=(i == 0))["input_ids"]',
+    "        if i < len(pieces) - 1:",
+    "            starts.append(len(ids))",
+    f"            ids += [{PLACEHOLDER_ID}] * K",
+    "    with torch.no_grad():",
+    "        embeds = model.get_input_embeddings()(torch.tensor([ids]))",
+    "        for start, v in zip(starts, (user_vector, item_vector)):",
+    "            embeds[0, start:start + K] = torch.from_numpy(soft_tokens(v)).to(embeds.dtype)",
+]
+SCORE_AT_LAST = [  # ... and for model.mapper.inject: last
+    "def score_hybrid(pieces, user_vector, item_vector):",
+    '    """pieces: [the filled-in template] (no markers: the vectors are added at its last token)."""',
+    '    ids = tok(pieces[0])["input_ids"]',
+    "    with torch.no_grad():",
+    "        embeds = model.get_input_embeddings()(torch.tensor([ids]))",
+    "        embeds[0, -1] += torch.from_numpy(soft_tokens(user_vector)[0] + soft_tokens(item_vector)[0]).to(embeds.dtype)",
+]
 
 BIAS_TERMS = {  # README lines: SASRec's user and item terms (model.sasrec.bias), added to the ID score
     "learned": '    id_score += w["sasrec/user_bias/embedding"][uid, 0] + w["sasrec/item_bias/embedding"][iid, 0]',

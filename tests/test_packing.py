@@ -179,3 +179,31 @@ def test_rows_of_unknown_items_read_their_own_template(tmp_path_factory, monkeyp
                             8, cfg.data.pad_multiple, True)
     np.testing.assert_allclose(alone[~unknown], as_before[~unknown], rtol=1e-5, atol=1e-5)
     assert np.abs(alone[unknown] - as_before[unknown]).max() > 1e-3
+
+
+def test_vectors_added_at_the_last_position_start_as_the_text_model(tmp_path_factory):
+    """model.mapper.inject: last. Hybrid rows read the text template; the mapped vectors are added to the last
+    position's input embedding, so a zero-output mapper scores every row as the text model does, exactly;
+    a trained one moves every score, packs score as alone, and the drop ablation is the text model again."""
+    dataset = synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+    cfg = smoke_config(dataset, "model.mapper.inject=last", "model.mapper.out_init=zeros", ONE_SHAPE)
+    comp = Assembly.build(cfg, needs_llm=True, key=jax.random.key(0))
+    params = comp.init_params(jax.random.key(1))
+    params["llm"] = jax.tree_util.tree_map_with_path(  # adapters that change the text model's scores
+        lambda path, x: x + 0.05 * jax.random.normal(jax.random.key(len(str(path))), x.shape, x.dtype)
+        if "'b'" in str(path) else x, params["llm"])
+    hybrid, text = comp.split("test", "hybrid"), comp.split("test", "text")
+    assert all(np.array_equal(a, b) for a, b in zip(hybrid.prompts.tokens, text.prompts.tokens))
+    assert (hybrid.prompts.item_pos == hybrid.prompts.lengths - 1).all() and (hybrid.prompts.user_pos == -1).all()
+    as_text = score_split(Scorer(comp.model("text", deterministic=True)), params, text, 8, cfg.data.pad_multiple, True)
+    start, _, _ = both_ways(cfg, comp, params, hybrid, "hybrid", batch_size=8)
+    np.testing.assert_array_equal(start, as_text)
+    params["mapper"] = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape, x.dtype), params["mapper"])
+    alone, packed, packs = both_ways(cfg, comp, params, hybrid, "hybrid", batch_size=8)
+    assert len(packs.rows) < len(hybrid)
+    np.testing.assert_allclose(packed, alone, rtol=1e-5, atol=1e-5)
+    assert np.abs(alone - as_text).min() > 1e-6
+    dropped, packed_dropped, _ = both_ways(cfg, comp, params, hybrid, "hybrid", batch_size=8, collab="drop")
+    np.testing.assert_allclose(dropped, as_text, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(packed_dropped, as_text, rtol=1e-5, atol=1e-5)

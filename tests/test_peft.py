@@ -301,22 +301,24 @@ def finish_run(dataset, workdir, method, *overrides):
     return workdir
 
 
-def test_export_cli_end_to_end(dataset, tmp_path, capsys):
+@pytest.mark.parametrize("inject", ["tokens", "last"])
+def test_export_cli_end_to_end(dataset, tmp_path, capsys, inject):
     """A CoLLM-MF run (an MF encoder, the mapper and LoRA on hybrid prompts, its MF score fused by a residual
-    gate that starts at 0.5) exported; the README's own code scores text prompts like the run's LLM and
-    hybrid rows like the run itself."""
+    gate that starts at 0.5; its vectors as soft tokens, or added at the text prompt's last position) exported;
+    the README's own code scores text prompts like the run's LLM and hybrid rows like the run itself."""
     import re
     from sasrecllm_jax.data.prompts import history_text
     from sasrecllm_jax.export import main
     from sasrecllm_jax.score import Recommender
     run = finish_run(dataset, tmp_path / "run", "collm_mf", "model.mapper.fusion=residual",
-                     "model.mapper.llm_gate_init=0.5")
+                     "model.mapper.llm_gate_init=0.5", f"model.mapper.inject={inject}")
     out = tmp_path / "export"
     assert main([str(run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter", "base", "collaborative"]
     collab = json.loads((out / "collaborative" / "collaborative.json").read_text())
     rec = Recommender(run)
     assert (collab["prompt"], collab["encoder"]["kind"], collab["num_tokens"]) == ("hybrid", "mf", 1)
+    assert ("<UserID>" in collab["template"]) == (inject == "tokens") and ("markers" in collab) == (inject == "tokens")
     assert [collab["answer"][a]["token_id"] for a in ("yes", "no")] == list(rec.assembly.backbone.answer_ids)
     from safetensors.numpy import load_file
     weights = load_file(str(out / "collaborative" / "collaborative.safetensors"))

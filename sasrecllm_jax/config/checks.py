@@ -157,6 +157,12 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.llm_gate_init and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.llm_gate_init", cfg.model.mapper.llm_gate_init,
                 "is the residual fusion's starting weight, so it needs model.mapper.fusion: residual")
+    if cfg.model.mapper.inject == "last" and cfg.model.mapper.num_tokens != 1:
+        _refuse("model.mapper.num_tokens", cfg.model.mapper.num_tokens,
+                "must be 1 with model.mapper.inject: last (one vector is added to the last position)")
+    if cfg.model.mapper.inject == "last" and cfg.data.prompt_hybrid_unknown_item:
+        _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
+                "renders hybrid templates; with model.mapper.inject: last every row reads data.prompt_text")
     if cfg.data.prompt_hybrid_unknown_item and cfg.model.mapper.new_items != "unknown":
         _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
                 "renders rows whose item the mapper shows as unknown, so it needs model.mapper.new_items: unknown")

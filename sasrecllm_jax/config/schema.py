@@ -92,6 +92,11 @@ class MapperConfig:
     llm_gate_init: float = 0.0
     # "zeros": the output layer starts at zero, so the soft tokens start as zero vectors
     out_init: Literal["default", "zeros"] = "default"
+    # where the mapped vectors enter the LLM: "tokens", as soft tokens at the hybrid template's placeholders;
+    # "last", added (user + item, num_tokens 1) to the input embedding of the last prompt position of the
+    # text template (data.prompt_text): no placeholder, so with out_init zeros a hybrid phase starts as the
+    # text model reading the text prompt, exactly
+    inject: Literal["tokens", "last"] = "tokens"
     # what the item token shows for a target item with no train row: "id", its encoder vector as is (an
     # untrained initialisation: noise); "unknown", one shared learned vector (mapper group, starting at
     # zero), which training also puts in place of a random `item_dropout` share of the rows' items, so the

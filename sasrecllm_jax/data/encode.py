@@ -89,9 +89,11 @@ class SplitEncoder:
                 d.eval_always if name != "train" else (), (rows, d.late_rows) if rows != "all" else ())
         if prompt == "none":
             return base
-        templates = [d.prompt_hybrid, d.prompt_hybrid_unknown_item] if prompt == "hybrid" else [d.prompt_text]
+        at_last = prompt == "hybrid" and m.mapper.inject == "last"
+        templates = [d.prompt_hybrid, d.prompt_hybrid_unknown_item] if prompt == "hybrid" and not at_last \
+            else [d.prompt_text]
         texts = tuple(Path(t).read_text() if Path(t).exists() else str(t) for t in templates if t)
-        return base + (texts, self.tokenizer_source, d.max_titles, d.max_tokens, m.mapper.num_tokens,
+        return base + (texts, at_last, self.tokenizer_source, d.max_titles, d.max_tokens, m.mapper.num_tokens,
                        d.late_rows if prompt == "hybrid" and d.prompt_hybrid_unknown_item else None)
 
     def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
@@ -101,7 +103,9 @@ class SplitEncoder:
         data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows, train=self.dataset.splits["train"],
                                     always=always)
         if prompt != "none":
-            template = prompts_lib.Template.load(d.prompt_hybrid if prompt == "hybrid" else d.prompt_text, prompt)
+            at_last = prompt == "hybrid" and m.mapper.inject == "last"  # the text template takes the vectors
+            template = (prompts_lib.Template.load(d.prompt_text, "text") if at_last or prompt == "text" else
+                        prompts_lib.Template.load(d.prompt_hybrid, "hybrid"))
             unknown_item = None
             if prompt == "hybrid" and d.prompt_hybrid_unknown_item:
                 unknown_item = (prompts_lib.Template.load(d.prompt_hybrid_unknown_item, "unknown_item"),
@@ -110,6 +114,8 @@ class SplitEncoder:
                 template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
                 max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
                 where=f"{self.dataset.path}/{name}", unknown_item=unknown_item)
+            if at_last:
+                data.prompts = prompts_lib.at_last_position(data.prompts)
             if data.prompts.shortened:
                 n = data.prompts.shortened
                 print(f"{name}: {n} prompt{'s' if n != 1 else ''} over data.max_tokens={d.max_tokens} "

@@ -63,7 +63,8 @@ class EncodedPrompts:
     user_pos: np.ndarray               # [N] first position of the user placeholder (-1: the row has none)
     item_pos: np.ndarray
     shortened: int                     # rows whose oldest titles were dropped to fit max_tokens
-    num_soft_tokens: int = 0           # positions per placeholder (0: text prompts)
+    num_soft_tokens: int = 0           # positions per placeholder (0: text prompts; 1 and no placeholder
+                                       # tokens: text prompts whose last position takes the vectors)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -91,6 +92,13 @@ def encode(template: Template, tokenizer, histories: list[np.ndarray], targets: 
                 max_tokens=max_tokens, num_soft_tokens=num_soft_tokens, placeholder_id=placeholder_id, where=where)
     return EncodedPrompts(out, user_pos, item_pos, len(shortened),  # type: ignore[arg-type]
                           num_soft_tokens if template.markers else 0)
+
+
+def at_last_position(prompts: EncodedPrompts) -> EncodedPrompts:
+    """Text prompts marked for model.mapper.inject: last: the collaborative vectors are added at each row's
+    last position (item_pos; no user position, no placeholder token)."""
+    return dataclasses.replace(prompts, user_pos=np.full(len(prompts.tokens), -1, np.int64),
+                               item_pos=prompts.lengths - 1, num_soft_tokens=1)
 
 
 def _render(template: Template, tokenizer, histories, targets, titles, todo: np.ndarray, shown: list[int],

@@ -10,7 +10,9 @@ last prompt position, or the Yes-minus-No log-odds; with `model.mapper.fusion: g
 learned multiple of the encoder's own score (<user, item>, plus SASRec's user and item terms if it has
 them) to it, and with `fusion: residual` the score is the encoder's plus a learned multiple (starting at
 llm_gate_init) of the LLM's. With `new_items: unknown` and `unknown_id_score: learned`, a row whose item
-is shown as unknown adds one learned number in place of the encoder's score.
+is shown as unknown adds one learned number in place of the encoder's score. With `model.mapper.inject:
+last` the prompt is the text template and the user's and item's vectors are added to the input embedding
+at `item_pos`, the last position, instead of filling placeholders.
 """
 from __future__ import annotations
 
@@ -95,8 +97,11 @@ class Hybrid(_HasEncoder, nn.Module):
         id_score = None
         if "user_pos" in batch:
             user, item, id_score = self.collaborative_inputs(batch)
-            embeds = splice(embeds, user.astype(embeds.dtype), batch["user_pos"])
-            embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
+            if self.cfg.mapper.inject == "last":  # item_pos is the last position: both vectors added there
+                embeds = splice(embeds, (user + item).astype(embeds.dtype), batch["item_pos"], add=True)
+            else:
+                embeds = splice(embeds, user.astype(embeds.dtype), batch["user_pos"])
+                embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=batch["mask"],
                           logits_at=last_positions(batch["mask"]), vocab_ids=jnp.asarray(self.answer_ids))
         return self.head(logits, id_score)
@@ -121,8 +126,12 @@ class Hybrid(_HasEncoder, nn.Module):
             if "collab_scale" in batch:  # [B]: a pack's rows are kept or dropped together
                 rows["collab_scale"] = jnp.repeat(batch["collab_scale"], S)
             user, item, id_score = self.collaborative_inputs(rows)
-            embeds = splice(embeds, user.reshape(B, S, *user.shape[1:])[:, 0].astype(embeds.dtype), batch["user_pos"])
-            embeds = splice(embeds, item.reshape(B, S, *item.shape[1:]).astype(embeds.dtype), batch["item_pos"])
+            user, item = user.reshape(B, S, *user.shape[1:]), item.reshape(B, S, *item.shape[1:])
+            if self.cfg.mapper.inject == "last":  # each slot's item_pos is its last position
+                embeds = splice(embeds, (user + item).astype(embeds.dtype), batch["item_pos"], add=True)
+            else:
+                embeds = splice(embeds, user[:, 0].astype(embeds.dtype), batch["user_pos"])
+                embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
             id_score = id_score.reshape(B, S)
         T = tokens.shape[1]
         key = segment[:, None, :]
@@ -132,20 +141,21 @@ class Hybrid(_HasEncoder, nn.Module):
         return self.head(logits, id_score)
 
 
-def splice(embeds, vectors, start):
-    """Write vectors [B, k, D] into embeds [B, T, D] at rows start..start+k-1 of each batch row; or, with
-    start [B, S], vectors [B, S, k, D] at each of S starts. A start of T or more writes nothing."""
+def splice(embeds, vectors, start, add: bool = False):
+    """Write vectors [B, k, D] into embeds [B, T, D] at rows start..start+k-1 of each batch row (or, with
+    `add`, add them there); or, with start [B, S], vectors [B, S, k, D] at each of S starts. A start of T or
+    more writes nothing."""
     if start.ndim == 2:
         B, S, k = vectors.shape[:3]
         chex.assert_shape(start, (B, S))
-        rows = start[:, :, None] + jnp.arange(k)[None, None]
-        return embeds.at[jnp.arange(B)[:, None, None], rows].set(vectors, mode="drop")
-    B, k = vectors.shape[:2]
-    chex.assert_rank([embeds, vectors], 3)
-    chex.assert_shape(start, (B,))
-    chex.assert_axis_dimension(embeds, 2, vectors.shape[2])
-    rows = start[:, None] + jnp.arange(k)[None]
-    return embeds.at[jnp.arange(B)[:, None], rows].set(vectors, mode="drop")
+        at = embeds.at[jnp.arange(B)[:, None, None], start[:, :, None] + jnp.arange(k)[None, None]]
+    else:
+        B, k = vectors.shape[:2]
+        chex.assert_rank([embeds, vectors], 3)
+        chex.assert_shape(start, (B,))
+        chex.assert_axis_dimension(embeds, 2, vectors.shape[2])
+        at = embeds.at[jnp.arange(B)[:, None], start[:, None] + jnp.arange(k)[None]]
+    return at.add(vectors, mode="drop") if add else at.set(vectors, mode="drop")
 
 
 class EncoderScorer(_HasEncoder, nn.Module):

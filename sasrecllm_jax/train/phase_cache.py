@@ -96,8 +96,8 @@ def phase_key(cfg: Config, phase: PhaseConfig, inputs: dict, dataset_dir: Path) 
     _hash_files(h, [f for f in Path(dataset_dir).iterdir() if f.is_file()])
     if phase.prompt != "none":
         d = cfg.data
-        _hash_files(h, [d.prompt_text] if phase.prompt == "text" else
-                    [t for t in (d.prompt_hybrid, d.prompt_hybrid_unknown_item) if t])
+        text = phase.prompt == "text" or cfg.model.mapper.inject == "last"
+        _hash_files(h, [d.prompt_text] if text else [t for t in (d.prompt_hybrid, d.prompt_hybrid_unknown_item) if t])
     for group in sorted(inputs):
         h.update(f"group {group}|".encode())
         _hash_tree(h, inputs[group])
