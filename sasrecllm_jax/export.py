@@ -27,6 +27,7 @@ from safetensors.numpy import save_file
 
 from sasrecllm_jax.config import to_dict
 from sasrecllm_jax.data import prompts as prompts_lib
+from sasrecllm_jax.data.encode import prompt_templates
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.models.mapper import FUSION_NUMBERS
 from sasrecllm_jax.score import Recommender
@@ -85,8 +86,7 @@ def scoring_description(rec) -> dict:
     """collaborative.json: everything besides the weights that scoring a row with the export needs."""
     cfg, d, m = rec.cfg, rec.cfg.data, rec.cfg.model
     at_last = rec.prompt == "hybrid" and m.mapper.inject == "last"  # the text template takes the vectors
-    template = (prompts_lib.Template.load(d.prompt_hybrid, "hybrid") if rec.prompt == "hybrid" and not at_last
-                else prompts_lib.Template.load(d.prompt_text, "text"))
+    template, *unknown = [prompts_lib.Template.load(path, kind) for path, kind in prompt_templates(cfg, rec.prompt)]
     yes, no = (int(i) for i in rec.assembly.backbone.answer_ids)
     head = ("llm_score = logit[yes] - logit[no] at the last prompt token" if m.score_head == "log_odds"
             else "llm_score = logit[yes] at the last prompt token")
@@ -107,9 +107,8 @@ def scoring_description(rec) -> dict:
     k = m.mapper.num_tokens
     enc = m.encoder
     mapper = rec.params["mapper"]
-    if d.prompt_hybrid_unknown_item:
-        out["template_unknown_item"] = template_text(prompts_lib.Template.load(d.prompt_hybrid_unknown_item,
-                                                                              "unknown_item"))
+    if unknown:
+        out["template_unknown_item"] = template_text(unknown[0])
     out.update({"inject": "last", "num_tokens": 1,
                 "added": "the template has no markers; the mapper's output vectors of the user's and of the item's "
                          "encoder vector are added to the input embedding of the prompt's last token"} if at_last else {

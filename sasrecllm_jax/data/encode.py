@@ -31,6 +31,18 @@ def row_limit(cfg: Config, kind: str) -> int:
     return int(limits.get(kind, 0))
 
 
+def prompt_templates(cfg: Config, prompt: str) -> list[tuple[str, str]]:
+    """(path, prompts.Template kind) of every template the rows of a prompt kind ("text", "hybrid") render:
+    the text template, also for hybrid prompts with model.mapper.inject: last (the vectors go to its last
+    position); else the hybrid template, then data.prompt_hybrid_unknown_item's when set (rows whose item
+    the ID side has no train row for)."""
+    d = cfg.data
+    if prompt == "text" or cfg.model.mapper.inject == "last":
+        return [(d.prompt_text, "text")]
+    return [(d.prompt_hybrid, "hybrid")] + ([(d.prompt_hybrid_unknown_item, "unknown_item")]
+                                           if d.prompt_hybrid_unknown_item else [])
+
+
 def late_mask(timestamps: np.ndarray, share: float) -> np.ndarray:
     """[N] bool: the latest `share` of the rows by timestamp (ceil of share x N; among equal timestamps the
     later rows of the table count as later)."""
@@ -62,6 +74,7 @@ class SplitEncoder:
     tokenizer_source: tuple = ()       # which tokenizer encodes the prompts (part of a shared split's key)
     host_cache: HostCache | None = None
     _splits: dict = dataclasses.field(default_factory=dict)
+    _seen: np.ndarray | None = None
 
     def split(self, name: str, prompt: str, max_rows: int = 0, rows: str = "all") -> SplitData:
         """A split of the dataset, encoded for this prompt kind (cached); of the train split, the `rows`
@@ -79,8 +92,10 @@ class SplitEncoder:
 
     def seen_items(self) -> np.ndarray:
         """The items the ID side has a train row for (the early rows with data.late_rows): the mapper's
-        item_seen flags (models/mapper.py) count the same rows."""
-        return np.unique(train_rows(self.dataset.splits["train"], "early", self.cfg.data.late_rows)["iid"])
+        item_seen flags (models/mapper.py) count the same rows. Counted once per encoder."""
+        if self._seen is None:
+            self._seen = np.unique(train_rows(self.dataset.splits["train"], "early", self.cfg.data.late_rows)["iid"])
+        return self._seen
 
     def _key(self, name: str, prompt: str, max_rows: int, rows: str = "all") -> tuple:
         """Everything an encoded split depends on (for sharing it between runs of one process)."""
@@ -90,9 +105,7 @@ class SplitEncoder:
         if prompt == "none":
             return base
         at_last = prompt == "hybrid" and m.mapper.inject == "last"
-        templates = [d.prompt_hybrid, d.prompt_hybrid_unknown_item] if prompt == "hybrid" and not at_last \
-            else [d.prompt_text]
-        texts = tuple(Path(t).read_text() if Path(t).exists() else str(t) for t in templates if t)
+        texts = tuple(Path(t).read_text() if Path(t).exists() else str(t) for t, _ in prompt_templates(self.cfg, prompt))
         return base + (texts, at_last, self.tokenizer_source, d.max_titles, d.max_tokens, m.mapper.num_tokens,
                        d.late_rows if prompt == "hybrid" and d.prompt_hybrid_unknown_item else None)
 
@@ -103,18 +116,13 @@ class SplitEncoder:
         data = SplitData.from_frame(name, df, m.sasrec.max_len, max_rows, train=self.dataset.splits["train"],
                                     always=always)
         if prompt != "none":
-            at_last = prompt == "hybrid" and m.mapper.inject == "last"  # the text template takes the vectors
-            template = (prompts_lib.Template.load(d.prompt_text, "text") if at_last or prompt == "text" else
-                        prompts_lib.Template.load(d.prompt_hybrid, "hybrid"))
-            unknown_item = None
-            if prompt == "hybrid" and d.prompt_hybrid_unknown_item:
-                unknown_item = (prompts_lib.Template.load(d.prompt_hybrid_unknown_item, "unknown_item"),
-                                ~np.isin(data.iid, self.seen_items()))
+            template, *unknown = [prompts_lib.Template.load(path, kind) for path, kind in prompt_templates(self.cfg, prompt)]
+            unknown_item = (unknown[0], ~np.isin(data.iid, self.seen_items())) if unknown else None
             data.prompts = prompts_lib.encode(
                 template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
                 max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
                 where=f"{self.dataset.path}/{name}", unknown_item=unknown_item)
-            if at_last:
+            if prompt == "hybrid" and m.mapper.inject == "last":  # the text template takes the vectors
                 data.prompts = prompts_lib.at_last_position(data.prompts)
             if data.prompts.shortened:
                 n = data.prompts.shortened

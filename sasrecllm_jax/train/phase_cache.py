@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from sasrecllm_jax.config import Config, PhaseConfig, to_dict
+from sasrecllm_jax.data.encode import prompt_templates
 from sasrecllm_jax.run_folder.files import code_version
 from sasrecllm_jax.train.checkpoint import Store
 from sasrecllm_jax.weights.backbone import weights_source
@@ -95,9 +96,7 @@ def phase_key(cfg: Config, phase: PhaseConfig, inputs: dict, dataset_dir: Path) 
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     _hash_files(h, [f for f in Path(dataset_dir).iterdir() if f.is_file()])
     if phase.prompt != "none":
-        d = cfg.data
-        text = phase.prompt == "text" or cfg.model.mapper.inject == "last"
-        _hash_files(h, [d.prompt_text] if text else [t for t in (d.prompt_hybrid, d.prompt_hybrid_unknown_item) if t])
+        _hash_files(h, [path for path, _ in prompt_templates(cfg, phase.prompt)])
     for group in sorted(inputs):
         h.update(f"group {group}|".encode())
         _hash_tree(h, inputs[group])
