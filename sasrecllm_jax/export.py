@@ -111,7 +111,8 @@ def scoring_description(rec) -> dict:
         out["template_unknown_item"] = template_text(unknown[0])
     out.update({"inject": "last", "num_tokens": 1,
                 "added": "the template has no markers; the mapper's output vectors of the user's and of the item's "
-                         "encoder vector are added to the input embedding of the prompt's last token"} if at_last else {
+                         "encoder vector are added to the input embedding of the prompt's last token"
+                         + (NOTHING_FOR_UNKNOWN if m.mapper.unknown_item_vectors == "none" else "")} if at_last else {
         "markers": {"<UserID>": "user", "<ItemID>": "item"},
         "num_tokens": k,
         "placeholders": f"each marker becomes {k} placeholder position(s) (token id {PLACEHOLDER_ID}) between the "
@@ -210,7 +211,7 @@ def readme(rec, out: Path, desc: dict) -> str:
             '    return (h @ w["mapper/fc2/kernel"] + w["mapper/fc2/bias"]).reshape(K, D)',
             "",
             "",
-            *(SCORE_AT_LAST if at_last else SCORE_PLACEHOLDERS),
+            *(score_at_last(desc) if at_last else SCORE_PLACEHOLDERS),
             "        logits = model(inputs_embeds=embeds).logits[0, -1]",
             f"    return {ret}",
             "",
@@ -227,7 +228,7 @@ def readme(rec, out: Path, desc: dict) -> str:
                "target=\"Casino (1995)\")",
                '    pieces = re.split("<UserID>|<ItemID>", text)']
               if "template_unknown_item" in desc else []),
-            "print(score_hybrid(pieces, user_vector, item_vector))",
+            f"print({hybrid_call(desc)})",
             "```",
         ]
         if desc["fusion"]["kind"] != "none":
@@ -251,14 +252,31 @@ SCORE_PLACEHOLDERS = [  # README lines: score_hybrid's start for soft tokens at 
     "        for start, v in zip(starts, (user_vector, item_vector)):",
     "            embeds[0, start:start + K] = torch.from_numpy(soft_tokens(v)).to(embeds.dtype)",
 ]
-SCORE_AT_LAST = [  # ... and for model.mapper.inject: last
-    "def score_hybrid(pieces, user_vector, item_vector):",
-    '    """pieces: [the filled-in template] (no markers: the vectors are added at its last token)."""',
-    '    ids = tok(pieces[0])["input_ids"]',
-    "    with torch.no_grad():",
-    "        embeds = model.get_input_embeddings()(torch.tensor([ids]))",
-    "        embeds[0, -1] += torch.from_numpy(soft_tokens(user_vector)[0] + soft_tokens(item_vector)[0]).to(embeds.dtype)",
-]
+ADD_AT_LAST = "embeds[0, -1] += torch.from_numpy(soft_tokens(user_vector)[0] + soft_tokens(item_vector)[0]).to(embeds.dtype)"
+NOTHING_FOR_UNKNOWN = " (nothing is added for an item whose mapper/counts/item_seen is 0: the LLM reads its row as a text prompt)"
+
+
+def score_at_last(desc: dict) -> list[str]:
+    """README lines: score_hybrid for model.mapper.inject: last (and unknown_item_vectors: none: `known`)."""
+    unknown_none = desc["mapper"]["config"].get("unknown_item_vectors") == "none"
+    return [
+        f"def score_hybrid(pieces, user_vector, item_vector{', known=True' if unknown_none else ''}):",
+        '    """pieces: [the filled-in template] (no markers: the vectors are added at its last token)' + (
+            '; known:\n    mapper/counts/item_seen[iid] == 1 (for an item without train rows nothing is added)."""'
+            if unknown_none else '."""'),
+        '    ids = tok(pieces[0])["input_ids"]',
+        "    with torch.no_grad():",
+        "        embeds = model.get_input_embeddings()(torch.tensor([ids]))",
+        *(["        if known:", f"            {ADD_AT_LAST}"] if unknown_none else [f"        {ADD_AT_LAST}"]),
+    ]
+
+
+def hybrid_call(desc: dict) -> str:
+    """README: the example's call of score_hybrid (item 7)."""
+    known = desc.get("inject") == "last" and desc["mapper"]["config"].get("unknown_item_vectors") == "none"
+    return "score_hybrid(pieces, user_vector, item_vector" + (
+        ', known=w["mapper/counts/item_seen"][7] == 1)' if known else ")")
+
 
 BIAS_TERMS = {  # README lines: SASRec's user and item terms (model.sasrec.bias), added to the ID score
     "learned": '    id_score += w["sasrec/user_bias/embedding"][uid, 0] + w["sasrec/item_bias/embedding"][iid, 0]',
@@ -284,7 +302,7 @@ def fusion_code(desc: dict) -> list[str]:
         f"    return {total}",
         "",
         "",
-        "print(fused_score(score_hybrid(pieces, user_vector, item_vector), user_vector, item_vector, 1, 7))",
+        f"print(fused_score({hybrid_call(desc)}, user_vector, item_vector, 1, 7))",
         "```",
     ]
 

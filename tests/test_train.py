@@ -292,6 +292,8 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "model.mapper.inject=last", "--set", "model.mapper.new_items=unknown", "--set",
       "data.prompt_hybrid_unknown_item=configs/prompts/text.txt"], "with model.mapper.inject: last every row reads"),
     (["--set", "model.mapper.unknown_score_init=2.0"], "needs model.mapper.unknown_id_score: learned"),
+    (["--set", "model.mapper.unknown_item_vectors=none", "--set", "model.mapper.new_items=unknown"],
+     "needs model.mapper.new_items: unknown and model.mapper.inject: last"),
     (["--set", "model.mapper.unknown_id_score=learned", "--set", "model.mapper.fusion=residual"],
      "needs model.mapper.new_items: unknown and model.mapper.fusion: gate or residual"),
     (["--set", "model.mapper.unknown_id_score=learned", "--set", "model.mapper.new_items=unknown"],
@@ -570,3 +572,57 @@ def test_next_steps_name_the_run_folder_as_the_user_would_type_it(tmp_path, monk
     assert str(tmp_path) not in text
     elsewhere = tmp_path.parent / "other-run"
     assert f"--logdir {elsewhere}/tensorboard" in next_steps(elsewhere, assembly, "text")
+
+
+def test_unknown_items_get_no_vectors_at_the_last_position(dataset, tmp_path):
+    """model.mapper.unknown_item_vectors: none (inject: last, new_items: unknown): a row whose item has no
+    train row gets nothing added at its last position, so its LLM term is the text model's exactly, while a
+    known item's row gets its vectors; the export's README scores both kinds of rows as the run does."""
+    import re
+
+    import pandas as pd
+    from safetensors.numpy import load_file
+
+    from sasrecllm_jax.data.pipeline import SplitData
+    from sasrecllm_jax.data.prompts import history_text
+    from sasrecllm_jax.export import export_run
+    from sasrecllm_jax.score import Recommender
+    cold, held = held_out_copy(dataset, tmp_path / "cold")
+    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
+                       "model.mapper.inject=last", "model.mapper.new_items=unknown", "model.mapper.fusion=residual",
+                       "model.mapper.llm_gate_init=0.5", "model.mapper.unknown_id_score=learned",
+                       "model.mapper.unknown_item_vectors=none")
+    train_and_evaluate(cfg, tmp_path / "run")
+    rec = Recommender(tmp_path / "run")
+    test = pd.read_parquet(cold / "test.parquet")
+    rows = pd.concat([test[test.iid.isin(held)].head(2), test[~test.iid.isin(held)].head(2)])
+    data = SplitData.from_frame("rows", rows, cfg.model.sasrec.max_len)
+    batch = {"his": data.his, "uid": data.uid, "iid": data.iid}
+    model = rec.assembly.model("hybrid", True)
+    user, item, _ = model.apply({"params": rec.params}, batch, method=lambda m, b: m.collaborative_inputs(b))
+    assert not np.any(user[:2]) and not np.any(item[:2])     # new items: nothing to add
+    assert np.all(np.abs(user[2:] + item[2:]).max(axis=(1, 2)) > 0)
+
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    collab = json.loads((out / "collaborative" / "collaborative.json").read_text())
+    assert "nothing is added for an item whose mapper/counts/item_seen is 0" in collab["added"]
+    weights = load_file(str(out / "collaborative" / "collaborative.safetensors"))
+    user_code = {}
+    program = "\n".join(line for line in readme_code(out).splitlines() if not line.startswith("print("))
+    exec(compile(program, str(out / "README.md"), "exec"), user_code)
+    vectors = model.apply({"params": rec.params}, batch, method=lambda m, b: (
+        m.encoder.user_vector(b["his"], b["uid"]), m.mapper.item_input(m.encoder.item_vector(b["iid"]), b["iid"])[0]))
+    titles, theirs, text_only = rec.assembly.dataset.titles(), [], []
+    for u, i, h, uv, iv in zip(data.uid.tolist(), data.iid.tolist(), data.histories, *map(np.asarray, vectors)):
+        text = collab["template"].format(history=history_text([titles[x] for x in h[-cfg.data.max_titles:]]),
+                                         target=titles[i])
+        known = weights["mapper/counts/item_seen"][i] == 1
+        llm = user_code["score_hybrid"](re.split("<UserID>|<ItemID>", text), uv, iv, known=known)
+        theirs.append(user_code["fused_score"](llm, uv, iv, u, i))
+        text_only.append(user_code["score"](text))
+    assert [weights["mapper/counts/item_seen"][i] for i in data.iid.tolist()] == [0, 0, 1, 1]
+    ours = rec.score(data.uid.tolist(), [list(h) for h in data.histories], data.iid.tolist())
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
+    gate, unknown_score = weights["mapper/llm_gate"].item(), weights["mapper/unknown_score"].item()
+    np.testing.assert_allclose(ours[:2], unknown_score + gate * np.asarray(text_only[:2]), rtol=1e-4, atol=1e-4)
+    assert np.abs(ours[2:] - (unknown_score + gate * np.asarray(text_only[2:]))).min() > 1e-3

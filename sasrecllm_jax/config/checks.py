@@ -163,6 +163,11 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.inject == "last" and cfg.data.prompt_hybrid_unknown_item:
         _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
                 "renders hybrid templates; with model.mapper.inject: last every row reads data.prompt_text")
+    if cfg.model.mapper.unknown_item_vectors != "add" and (cfg.model.mapper.new_items != "unknown"
+                                                            or cfg.model.mapper.inject != "last"):
+        _refuse("model.mapper.unknown_item_vectors", cfg.model.mapper.unknown_item_vectors,
+                "leaves out the vectors of rows whose item is shown as unknown, so it needs "
+                "model.mapper.new_items: unknown and model.mapper.inject: last")
     if cfg.data.prompt_hybrid_unknown_item and cfg.model.mapper.new_items != "unknown":
         _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
                 "renders rows whose item the mapper shows as unknown, so it needs model.mapper.new_items: unknown")

@@ -111,6 +111,11 @@ class MapperConfig:
     # (with llm_gate_init) at which a residual hybrid ranks like that abstaining fusion
     unknown_id_score: Literal["encoder", "learned"] = "encoder"
     unknown_score_init: float = 0.0
+    # with new_items: unknown and inject: last, what a row whose item is shown as unknown gets at its last
+    # position: "add", the mapped user and unknown vectors like any row; "none", nothing: the LLM reads it as
+    # the text model does, so training the mapper cannot move how the LLM reads new items' titles (with
+    # unknown_id_score: learned the mapper then only places those rows, through unknown_score and the gate)
+    unknown_item_vectors: Literal["add", "none"] = "add"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,8 @@ last prompt position, or the Yes-minus-No log-odds; with `model.mapper.fusion: g
 learned multiple of the encoder's own score (<user, item>, plus SASRec's user and item terms if it has
 them) to it, and with `fusion: residual` the score is the encoder's plus a learned multiple (starting at
 llm_gate_init) of the LLM's. With `new_items: unknown` and `unknown_id_score: learned`, a row whose item
-is shown as unknown adds one learned number in place of the encoder's score. With `model.mapper.inject:
+is shown as unknown adds one learned number in place of the encoder's score (and with
+`unknown_item_vectors: none` gets no vectors). With `model.mapper.inject:
 last` the prompt is the text template and the user's and item's vectors are added to the input embedding
 at `item_pos`, the last position, instead of filling placeholders.
 """
@@ -74,11 +75,14 @@ class Hybrid(_HasEncoder, nn.Module):
         """The user's and the target item's soft tokens [B, k, d_model] and the encoder's own score [B],
         with the ablation masks applied to all three. An item the encoder has no train row for shows the
         mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too, or with
-        `unknown_id_score: learned` is the mapper's unknown_score)."""
+        `unknown_id_score: learned` is the mapper's unknown_score; with `unknown_item_vectors: none` such a
+        row's user and item vectors are zero)."""
         u = self.encoder.user_vector(batch["his"], batch["uid"])
         i, known = self.mapper.item_input(self.encoder.item_vector(batch["iid"]), batch["iid"])
         id_score = self.mapper.id_score(self.encoder.score(u, i, batch["uid"], batch["iid"]), known)
         user, item = self.mapper(u), self.mapper(i)
+        if self.cfg.mapper.unknown_item_vectors == "none":  # (inject: last) nothing is added on these rows
+            user, item = user * known[:, None, None], item * known[:, None, None]
         perm = batch.get("collab_perm")
         if perm is not None:
             user, item, id_score = user[perm], item[perm], id_score[perm]
