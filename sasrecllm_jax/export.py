@@ -191,6 +191,9 @@ def readme(rec, out: Path, desc: dict) -> str:
              f"becomes {k} placeholder position(s) whose input embeddings are replaced by the mapper's output for the "
              f"user's or the item's vector from the {desc['encoder']['kind']} encoder")
             + f" (user: {desc['encoder']['user_vector']}; item: {desc['encoder']['item_vector']})."
+            + (" For a row whose item has no train row (`mapper/counts/item_seen` is 0) nothing is added: "
+               "`score_hybrid(..., known=False)`." if at_last and desc["mapper"]["config"].get("unknown_item_vectors")
+               == "none" else "")
             + (" A row whose item has no train row (`mapper/counts/item_seen` is 0) is rendered with "
                "`template_unknown_item` instead, which shows the item by its title alone." if "template_unknown_item"
                in desc else ""),
