@@ -192,8 +192,7 @@ def readme(rec, out: Path, desc: dict) -> str:
              f"user's or the item's vector from the {desc['encoder']['kind']} encoder")
             + f" (user: {desc['encoder']['user_vector']}; item: {desc['encoder']['item_vector']})."
             + (" For a row whose item has no train row (`mapper/counts/item_seen` is 0) nothing is added: "
-               "`score_hybrid(..., known=False)`." if at_last and desc["mapper"]["config"].get("unknown_item_vectors")
-               == "none" else "")
+               "`score_hybrid(..., known=False)`." if adds_nothing_for_unknown(desc) else "")
             + (" A row whose item has no train row (`mapper/counts/item_seen` is 0) is rendered with "
                "`template_unknown_item` instead, which shows the item by its title alone." if "template_unknown_item"
                in desc else ""),
@@ -259,9 +258,14 @@ ADD_AT_LAST = "embeds[0, -1] += torch.from_numpy(soft_tokens(user_vector)[0] + s
 NOTHING_FOR_UNKNOWN = " (nothing is added for an item whose mapper/counts/item_seen is 0: the LLM reads its row as a text prompt)"
 
 
+def adds_nothing_for_unknown(desc: dict) -> bool:
+    """Whether the export's score_hybrid takes `known` (model.mapper.inject: last, unknown_item_vectors: none)."""
+    return desc.get("inject") == "last" and desc["mapper"]["config"]["unknown_item_vectors"] == "none"
+
+
 def score_at_last(desc: dict) -> list[str]:
     """README lines: score_hybrid for model.mapper.inject: last (and unknown_item_vectors: none: `known`)."""
-    unknown_none = desc["mapper"]["config"].get("unknown_item_vectors") == "none"
+    unknown_none = adds_nothing_for_unknown(desc)
     return [
         f"def score_hybrid(pieces, user_vector, item_vector{', known=True' if unknown_none else ''}):",
         '    """pieces: [the filled-in template] (no markers: the vectors are added at its last token)' + (
@@ -276,9 +280,8 @@ def score_at_last(desc: dict) -> list[str]:
 
 def hybrid_call(desc: dict) -> str:
     """README: the example's call of score_hybrid (item 7)."""
-    known = desc.get("inject") == "last" and desc["mapper"]["config"].get("unknown_item_vectors") == "none"
     return "score_hybrid(pieces, user_vector, item_vector" + (
-        ', known=w["mapper/counts/item_seen"][7] == 1)' if known else ")")
+        ', known=w["mapper/counts/item_seen"][7] == 1)' if adds_nothing_for_unknown(desc) else ")")
 
 
 BIAS_TERMS = {  # README lines: SASRec's user and item terms (model.sasrec.bias), added to the ID score
