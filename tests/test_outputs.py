@@ -13,6 +13,7 @@ from sasrecllm_jax.run_folder import files as run_files
 from sasrecllm_jax.run_folder.metrics_log import read_metrics
 from sasrecllm_jax.run_folder.scores import load_scores
 from sasrecllm_jax.score import Recommender, main as score_main
+from sasrecllm_jax.train.phase import token_counts
 from sasrecllm_jax.train.run import train_and_evaluate
 
 
@@ -168,6 +169,23 @@ def test_test_time_ablation(runs, capsys):
     assert "has no collaborative tokens" in capsys.readouterr().err
     assert ablate_main([str(run), "--modes", "zero"]) == 2
     assert "unknown ablation mode" in capsys.readouterr().err
+
+
+def test_prompt_phases_report_real_tokens_and_padding(runs):
+    # the batch's real rows' tokens count, its filler row (weight 0, a copy of row 0) and the padding do not
+    batch = {"mask": np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]]), "weight": np.array([1.0, 1.0, 0.0])}
+    assert token_counts(batch) == (5, 12)
+    assert token_counts({"uid": np.arange(3), "weight": np.ones(3)}) == (0, 0)  # an encoder batch: no prompts
+    dataset, out = runs
+    run = out.parent / "hybrid"
+    h = json.loads((run / "results.json").read_text())["timing"]["h"]
+    assert h["token_slots"] == 3 * 16 * 128  # 3 steps of 16 rows, every prompt padded to 128 (ONE_SHAPE)
+    assert 0 < h["steady_real_tokens"] < h["real_tokens"] < h["token_slots"]  # the first step compiled
+    assert h["padding_share"] == round(1 - h["real_tokens"] / h["token_slots"], 4)
+    last = [r for r in read_metrics(run) if r["kind"] == "train" and r["phase"] == "h"][-1]
+    assert last["padding"] == pytest.approx(1 - h["real_tokens"] / h["token_slots"])  # one record: all 3 steps
+    sasrec = json.loads((out / "runs" / "sasrec" / "results.json").read_text())["timing"]
+    assert not any("real_tokens" in t for t in sasrec.values())  # phases without prompts count no tokens
 
 
 def test_ablation_json_is_strict_json_and_says_where_there_is_no_paired_test():

@@ -210,6 +210,9 @@ class PhaseLoop:
         self.compile_timer = CompileTimer("train step", notify=self.progress.say)
         self.eval_s = 0.0
         self.steps = 0                 # steps taken in this process
+        # prompt tokens in this process's steps: real ones, every slot computed (padding included), and the
+        # real ones of the steps that compiled nothing (what the steady rate counts)
+        self.tokens = {"real_tokens": 0, "token_slots": 0, "steady_real_tokens": 0}
         self.timing: dict = {}
 
     def evaluate(self, step: int) -> bool:
@@ -262,20 +265,26 @@ class PhaseLoop:
             step = p.total
         if t.eval_at_start and p.with_prompts and step == 0:
             self.evaluate(0)  # where the phase starts (step 0 can be its best: then it hands on its input)
-        tick, rows_since, losses = time.perf_counter(), 0, []
+        tick, rows_since, tokens_since, slots_since, losses = time.perf_counter(), 0, 0, 0, []
         while step < p.total:
             check_stop()
             idx = next(self.it)
             batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, d.pad_multiple, p.with_prompts),
                                   t.collab, seed=step)
             batch.pop("row")
+            real, slots = token_counts(batch)
             if p.mesh is not None:
                 batch = sharding.place_batch(batch, p.mesh)
+            shapes = len(self.compile_timer.shapes)
             self.state, m = self.compile_timer(self.step_fn, self.state, batch)
             step += 1
             self.steps += 1
             losses.append(m["loss"])
-            rows_since += len(idx)
+            rows_since, tokens_since, slots_since = rows_since + len(idx), tokens_since + real, slots_since + slots
+            self.tokens["real_tokens"] += real
+            self.tokens["token_slots"] += slots
+            if len(self.compile_timer.shapes) == shapes:
+                self.tokens["steady_real_tokens"] += real
             is_eval = step % p.eval_every == 0 or step == p.total
             if step % t.log_every == 0 or is_eval:
                 self.check_finite(step, losses)
@@ -284,7 +293,10 @@ class PhaseLoop:
                     now = time.perf_counter()
                     values = {k: float(v) for k, v in m.items()}
                     values["samples_per_s"] = rows_since / max(now - tick, 1e-9)
-                    tick, rows_since = now, 0
+                    if slots_since:  # prompts: the rate of real tokens, and the share of padding computed
+                        values["tokens_per_s"] = tokens_since / max(now - tick, 1e-9)
+                        values["padding"] = 1.0 - tokens_since / slots_since
+                    tick, rows_since, tokens_since, slots_since = now, 0, 0, 0
                     self.runner.reporter.log("train", p.phase.name, step, values)
                     self.progress.train_record(values)
             self.progress.step()
@@ -309,6 +321,8 @@ class PhaseLoop:
         compile_s = self.compile_timer.seconds + e.get("compile_s", 0.0)
         eval_s = self.eval_s + e.get("eval_and_checkpoint_s", 0.0)
         steady_steps = steps - shapes
+        steady_s = wall - compile_s - eval_s
+        tokens = {k: v + e.get(k, 0) for k, v in self.tokens.items()}
         return {
             "steps": steps, "wall_s": round(wall, 2), "batch_shapes": shapes,
             "compile_s": round(compile_s, 2),  # first step at each shape, compilation included
@@ -317,8 +331,23 @@ class PhaseLoop:
             # a phase with restore_best off hands on its last step)
             "best_step": self.stopping.best_step if self.plan.phase.restore_best else step,
             # the other steps: what an epoch costs once every shape is compiled
-            "steady_s_per_step": round((wall - compile_s - eval_s) / steady_steps, 5) if steady_steps > 0 else None,
+            "steady_s_per_step": round(steady_s / steady_steps, 5) if steady_steps > 0 else None,
+            # prompt phases: real (non-padding) tokens per second of those steps, and padding's share of all
+            # the token slots the steps computed
+            **({**tokens, "steady_real_tokens_per_s": round(tokens["steady_real_tokens"] / steady_s, 1)
+                if steady_steps > 0 and steady_s > 0 else None,
+                "padding_share": round(1.0 - tokens["real_tokens"] / tokens["token_slots"], 4)}
+               if tokens["token_slots"] else {}),
             **({"processes": e.get("processes", 1) + 1} if e else {})}
+
+
+def token_counts(batch: dict) -> tuple[int, int]:
+    """(real tokens, token slots) of a batch of prompts: the tokens of its real rows ([B, T] mask, 1 = token;
+    filler rows, weight 0, repeat a real one) and all B x T; (0, 0) without prompts."""
+    mask = batch.get("mask")
+    if mask is None:
+        return 0, 0
+    return int(np.sum(np.asarray(mask) * (np.asarray(batch["weight"])[:, None] > 0))), int(np.size(mask))
 
 
 class StoppableScorer:

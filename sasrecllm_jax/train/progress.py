@@ -1,5 +1,5 @@
 """What a phase prints while it trains: a progress bar with the loss, the learning rate, samples per
-second and the time left; a line when a new batch shape compiles (and how long it took); a bar for every
+second (with prompts: real tokens per second and padding's share of the batches) and the time left; a line when a new batch shape compiles (and how long it took); a bar for every
 evaluation; one line per evaluation's result. Lines go through the bar, so they never tear it."""
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ class PhaseProgress:
 
     def train_record(self, values: dict) -> None:
         lr = max(v for k, v in values.items() if k.startswith("lr/"))
-        self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=two_digits(values["samples_per_s"]))
+        tokens = {"tok/s": two_digits(values["tokens_per_s"]), "pad": f"{values['padding']:.0%}"} \
+            if "tokens_per_s" in values else {}
+        self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=two_digits(values["samples_per_s"]),
+                             **tokens)
 
     def say(self, text: str) -> None:
         self.bar.write(f"[{self.phase}] {text}")
