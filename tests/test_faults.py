@@ -135,6 +135,7 @@ def resumed(dataset, tmp_path_factory):
     ("train.log_every=0", "train.log_every = 0: must be > 0"),
     ("model.lora.dropout=1.0", "model.lora.dropout = 1.0: must be in [0, 1)"),
     ("model.lora.rank=0", "model.lora.rank = 0: must be > 0"),
+    ("data.pad_lengths=-2", "data.pad_lengths = -2: must be >= 0"),
     ("model.mapper.num_tokens=0", "model.mapper.num_tokens = 0: must be >= 1"),
     ("model.sasrec.num_heads=3", "model.sasrec.num_heads = 3: must divide model.sasrec.hidden (64)"),
     ("data.max_rows={train:64}", "data.max_rows: unknown key 'train:64'"),

@@ -8,7 +8,7 @@ import pytest
 from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.data import packing
-from sasrecllm_jax.data.pipeline import padded_length
+from sasrecllm_jax.data.pipeline import Padding, length_buckets, padded_length
 from sasrecllm_jax.evaluate import Scorer, in_chunks, score_split
 
 
@@ -51,6 +51,31 @@ def test_a_split_scores_the_same_packed(built, prompt):
         dropped, packed_dropped, _ = both_ways(cfg, comp, params, data, prompt, batch_size=8, collab="drop")
         assert np.abs(dropped - alone).max() > 1e-3
         np.testing.assert_allclose(packed_dropped, dropped, rtol=1e-5, atol=1e-5)
+
+
+def test_pad_lengths_change_the_shapes_not_the_scores(built):
+    """data.pad_lengths: batches padded to a few lengths chosen from the split's prompts score every row as
+    multiples of pad_multiple do, unpacked and packed, in at most that many shapes and fewer token slots."""
+    cfg, comp, params = built
+    data = comp.split("test", "hybrid")
+    scorer = Scorer(comp.model("hybrid", deterministic=True))
+    shapes = []
+    real = scorer.dispatch
+    scorer.dispatch = lambda p, batch: (shapes.append(batch["tokens"].shape), real(p, batch))[1]
+    multiples = Padding(32)
+    chosen = Padding(32, 2)
+    want = score_split(scorer, params, data, 8, multiples, True)
+    lengths_multiples = [t for _, t in shapes]
+    shapes.clear()
+    got = score_split(scorer, params, data, 8, chosen, True)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    buckets = length_buckets(data.lengths(), 2)
+    assert {t for _, t in shapes} == set(buckets) and len(buckets) == 2 and buckets[-1] <= max(lengths_multiples)
+    assert sum(t for _, t in shapes) < sum(lengths_multiples)  # fewer token slots than multiples of 32
+    shapes.clear()
+    packed = score_split(scorer, params, data, 8, chosen, True, share_prefix=True)
+    np.testing.assert_allclose(packed, want, rtol=1e-5, atol=1e-5)
+    assert {t for _, t in shapes} <= set(buckets)
 
 
 def test_ranking_candidates_score_the_same_packed(built):

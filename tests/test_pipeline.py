@@ -1,11 +1,13 @@
 """Input pipeline: prompt rendering and placeholders, shortening, iterator determinism and resume, padding."""
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from helpers import ROOT
 from sasrecllm_jax.errors import DataError
-from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
+from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, length_buckets, make_batch
 from sasrecllm_jax.data.prompts import Template, byte_tokenizer, encode
 
 TITLES = np.array(["", "Alpha (1990)", "Beta (1991)", "Gamma (1992)", "Delta (1993)"], dtype=object)
@@ -74,6 +76,27 @@ def test_iterator_deterministic_resumable_and_complete():
     padded = lambda batches: sum(lengths[x].max() * len(x) for x in batches) / lengths.sum() - 1
     random_batches = np.array_split(np.random.default_rng(1).permutation(1000), 63)
     assert padded(first) < 0.1 < padded(random_batches)
+
+
+def test_length_buckets_pad_as_little_as_their_count_allows():
+    # rounded up to 8: 8, 8, 16, 24, 24, 24, 40. Two lengths: {24, 40} costs 6 x 24 + 40 = 184 slots,
+    # {8, 40} 2 x 8 + 5 x 40 = 216, {16, 40} 3 x 16 + 4 x 40 = 208; three: {8, 24, 40} 16 + 96 + 40 = 152
+    lengths = np.array([3, 8, 9, 17, 20, 24, 33])
+    assert length_buckets(lengths, 1) == (40,)
+    assert length_buckets(lengths, 2) == (24, 40)
+    assert length_buckets(lengths, 3) == (8, 24, 40)
+    assert length_buckets(lengths, 9) == (8, 16, 24, 40)  # never more lengths than the rows have
+    # against every choice of lengths, on random splits
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        lengths = rng.integers(1, 100, rng.integers(1, 20))
+        n = int(rng.integers(1, 4))
+        rounded = -(-lengths // 8) * 8
+        cost = lambda b: sum(min(x for x in b if x >= v) for v in rounded)
+        cands = sorted(set(rounded.tolist()))
+        best = min(cost([*c, cands[-1]]) for k in range(n) for c in itertools.combinations(cands[:-1], k))
+        got = length_buckets(lengths, n)
+        assert len(got) <= n and got[-1] == rounded.max() and cost(got) == best
 
 
 def test_history_left_padding_and_filler_rows():

@@ -40,6 +40,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_titles": AT_LEAST_0,
     "data.max_tokens": POSITIVE,
     "data.pad_multiple": POSITIVE,
+    "data.pad_lengths": AT_LEAST_0,
     "data.late_rows": DROPOUT,
     "model.sasrec.hidden": POSITIVE,
     "model.sasrec.num_blocks": POSITIVE,

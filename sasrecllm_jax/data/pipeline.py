@@ -3,8 +3,9 @@
 `SplitData` holds one split's arrays (ids, labels, left-padded SASRec histories and, when the phase
 uses prompts, the tokenized prompts). `BatchIterator` yields index batches: shuffled by (seed, epoch),
 grouped by prompt length so padding stays small, resumable from `state()`. `make_batch` pads a
-batch to a fixed row count (filler rows have weight 0) and to a multiple of `pad_multiple` tokens,
-right-padded, so only a few shapes are ever compiled.
+batch to a fixed row count (filler rows have weight 0) and right-pads its prompts to one of a few
+lengths (`Padding`: multiples of data.pad_multiple, or data.pad_lengths lengths chosen from the split's
+prompts), so only a few shapes are ever compiled.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class SplitData:
     new_user: np.ndarray | None = None  # [N] bool: the row's user has no train row
     new_item: np.ndarray | None = None  # [N] bool: the row's item has no train row
     prompts: EncodedPrompts | None = None
+    memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # derived values (Padding)
 
     def __len__(self) -> int:
         return len(self.uid)
@@ -139,9 +141,67 @@ def padded_length(n: int, multiple: int) -> int:
     return -(-int(n) // multiple) * multiple
 
 
-def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad_multiple: int,
+BUCKET_ALIGN = 8  # data.pad_lengths chooses multiples of this
+
+
+def length_buckets(lengths: np.ndarray, n: int, align: int = BUCKET_ALIGN) -> tuple[int, ...]:
+    """At most n padded lengths (multiples of align, the longest holding max(lengths)) that minimise the
+    token slots of padding every row to the shortest of them that holds it: an exact dynamic programme
+    over the rows' lengths rounded up to align."""
+    rounded = -(-np.asarray(lengths, np.int64) // align) * align
+    cand, counts = np.unique(rounded, return_counts=True)
+    below = np.concatenate([[0], np.cumsum(counts)])  # below[j]: rows whose rounded length is < cand[j]
+    m, n = len(cand), max(1, min(n, len(cand)))
+    # cost[k][j]: fewest slots for the rows up to cand[j] with k + 1 lengths, the longest cand[j]
+    cost = np.full((n, m), np.inf)
+    back = np.zeros((n, m), np.int64)
+    cost[0] = below[1:] * cand
+    for k in range(1, n):
+        for j in range(k, m):
+            options = cost[k - 1, :j] + (below[j + 1] - below[1:j + 1]) * cand[j]
+            back[k, j] = int(np.argmin(options))
+            cost[k, j] = options[back[k, j]]
+    k = int(np.argmin(cost[:, m - 1]))
+    out, j = [], m - 1
+    while True:
+        out.append(int(cand[j]))
+        if k == 0:
+            break
+        j, k = int(back[k, j]), k - 1
+    return tuple(sorted(out))
+
+
+@dataclasses.dataclass(frozen=True)
+class Padding:
+    """The length a batch of prompts is padded to: a multiple of `multiple` (data.pad_multiple) or, with
+    `lengths` > 0 (data.pad_lengths), the shortest of that many lengths chosen from the split's prompts."""
+    multiple: int
+    lengths: int = 0
+
+    @staticmethod
+    def of(data_cfg) -> "Padding":
+        return Padding(data_cfg.pad_multiple, data_cfg.pad_lengths)
+
+    def length(self, data: SplitData, n: int) -> int:
+        """The padded length of a batch of `data` whose longest row (or pack) has n tokens."""
+        if not self.lengths or data.prompts is None:
+            return padded_length(n, self.multiple)
+        lengths = data.prompts.lengths
+        key = ("pad_lengths", self.lengths, len(lengths), int(np.sum(lengths)))  # the prompts it was chosen for
+        if key not in data.memo:
+            data.memo[key] = length_buckets(lengths, self.lengths)
+        fits = [b for b in data.memo[key] if b >= n]
+        return fits[0] if fits else padded_length(n, self.multiple)
+
+
+def as_padding(pad: "Padding | int") -> Padding:
+    return pad if isinstance(pad, Padding) else Padding(int(pad))
+
+
+def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad: Padding | int,
                with_prompts: bool, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """A fixed-size batch: rows idx (filler rows repeat row idx[0] with weight 0)."""
+    """A fixed-size batch: rows idx (filler rows repeat row idx[0] with weight 0), its prompts padded as
+    `pad` says (a Padding, or an int: data.pad_multiple)."""
     n = len(idx)
     full = np.concatenate([idx, np.full(batch_size - n, idx[0], idx.dtype)]) if n < batch_size else idx
     batch = {"uid": data.uid[full], "iid": data.iid[full], "his": data.his[full], "label": data.label[full],
@@ -149,7 +209,7 @@ def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad_multiple: 
     if with_prompts:
         p = data.prompts
         T = max(len(p.tokens[i]) for i in full)
-        T = padded_length(T, pad_multiple)
+        T = as_padding(pad).length(data, T)
         tokens = np.full((batch_size, T), pad_id, np.int32)
         mask = np.zeros((batch_size, T), np.int32)
         for r, i in enumerate(full):

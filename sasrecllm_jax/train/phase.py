@@ -22,7 +22,7 @@ import numpy as np
 from sasrecllm_jax import sharding
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig
-from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
+from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, make_batch
 from sasrecllm_jax.errors import ConfigError, TrainingError, check_stop
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
 from sasrecllm_jax.run_folder.metrics_log import Reporter
@@ -269,7 +269,7 @@ class PhaseLoop:
         while step < p.total:
             check_stop()
             idx = next(self.it)
-            batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, d.pad_multiple, p.with_prompts),
+            batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, Padding.of(d), p.with_prompts),
                                   t.collab, seed=step)
             batch.pop("row")
             real, slots = token_counts(batch)
