@@ -1,6 +1,7 @@
 """What a phase prints while it trains: a progress bar with the loss, the learning rate, samples per
-second (with prompts: real tokens per second and padding's share of the batches) and the time left; a line when a new batch shape compiles (and how long it took); a bar for every
-evaluation; one line per evaluation's result. Lines go through the bar, so they never tear it."""
+second (with prompts: real tokens per second and padding's share of the batches) and the time left; a
+line when a new batch shape compiles (and how long it took); a bar for every evaluation; one line per
+evaluation's result. Lines go through the bar, so they never tear it."""
 from __future__ import annotations
 
 import math
