@@ -499,7 +499,8 @@ def main():
             print(f"- ML-1M epoch: {e['epoch_s_steady']} s once compiled ({e['steps']} steps; {e['epoch_wall_s']} s "
                   f"wall with {e['compile_s']} s compiling {e['batch_shapes']} batch shapes) (target < 20 s): "
                   f"{'met' if e['epoch_s_steady'] < 20 else 'NOT met'}; {e['steady_samples_per_s']} samples/s, "
-                  f"{e['steady_real_tokens_per_s']} real tokens/s, padding {e['padding_share']} of the token slots")
+                  f"{e['steady_real_tokens_per_s'] or '-'} real tokens/s, padding {e['padding_share'] or '-'} of "
+                  f"the token slots")
             print(f"- test evaluation: {e['test_eval_s']} s once compiled for {e['test_rows']} rows ({e['test_eval_wall_s']} s "
                   f"wall) (target < 1 s): {'met' if e['test_eval_s'] < 1 else 'NOT met'}")
 

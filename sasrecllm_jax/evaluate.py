@@ -14,7 +14,7 @@ import numpy as np
 from sasrecllm_jax import metrics
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data import packing
-from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, as_padding, make_batch
+from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch, padded_length
 from sasrecllm_jax.errors import TrainingError
 
 
@@ -128,19 +128,17 @@ class Scorer:
         return self.compile(self._fn, params, batch)
 
 
-def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad: Padding | int,
+def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int,
                 with_prompts: bool, collab: str = "on", progress=None, share_prefix: bool = False) -> np.ndarray:
     """Scores of every row. Batch b+1 is built on the host while the device scores batch b: the only
     wait is for results, one batch behind. With `share_prefix` (prompts; collaborative inputs kept or
     dropped, not shuffled), rows that share their prompt's start are scored in packs of batch_size
-    sequences (sasrecllm_jax.data.packing). `pad`: how prompts are padded (Padding.of(cfg.data); an int is
-    data.pad_multiple)."""
-    pad = as_padding(pad)
+    sequences (sasrecllm_jax.data.packing)."""
     scores = np.full(len(data), np.nan)
     scored = np.zeros(len(data), bool)
     packs = None
     if share_prefix and with_prompts and collab in ("on", "drop") and len(data):  # shuffling mixes rows: not packed
-        packs = packing.pack_rows(data, pad.length(data, data.lengths().max()))
+        packs = packing.pack_rows(data, padded_length(data.lengths().max(), pad_multiple))
     n = len(data) if packs is None else len(packs.rows)
     # a request smaller than a batch (`score`, `recommend` on a few candidates) gets a batch of the next power of
     # two, not batch_size rows of which all but a few are padding: few extra shapes, each compiled once
@@ -164,10 +162,10 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad: P
     for b in range(it.batches_per_epoch):
         idx = next(it)
         if packs is None:
-            batch = collab_inputs(make_batch(data, idx, batch_size, pad, with_prompts), collab, seed=b)
+            batch = collab_inputs(make_batch(data, idx, batch_size, pad_multiple, with_prompts), collab, seed=b)
             batch = {k: v for k, v in batch.items() if k not in ("row", "weight", "label")}
         else:
-            batch = packing.make_pack_batch(data, packs, idx, batch_size, pad)
+            batch = packing.make_pack_batch(data, packs, idx, batch_size, pad_multiple)
             if collab == "drop" and "user_pos" in batch:
                 batch["collab_scale"] = np.zeros(batch_size, np.float32)
         job = (idx, scorer.dispatch(params, batch))
@@ -185,8 +183,8 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad: P
 def evaluate(scorer: Scorer, params, data: SplitData, cfg: Config, prompt: str, collab: str | None = None,
              progress=None) -> tuple[dict, np.ndarray]:
     """(metrics for each of data.parts(), every row's score) of `data` rendered with `prompt` ("none", "text",
-    "hybrid"), in batches of train.eval_batch_size padded as data.pad_multiple and data.pad_lengths say;
-    collaborative inputs as train.collab unless `collab` says otherwise (test-time ablations)."""
-    scores = score_split(scorer, params, data, cfg.train.eval_batch_size, Padding.of(cfg.data), prompt != "none",
+    "hybrid"), in batches of train.eval_batch_size padded to data.pad_multiple; collaborative inputs as
+    train.collab unless `collab` says otherwise (test-time ablations)."""
+    scores = score_split(scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
                          collab or cfg.train.collab, progress, cfg.eval.share_prefix)
     return metrics.report(data.uid, data.label, scores, data.parts()), scores

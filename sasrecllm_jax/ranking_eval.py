@@ -17,7 +17,7 @@ import pandas as pd
 
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config
-from sasrecllm_jax.data.pipeline import Padding, SplitData
+from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.evaluate import Scorer, score_split
 from sasrecllm_jax.ranking import ranking_rows, sample_candidates
 from sasrecllm_jax.run_folder.scores import rows_fingerprint
@@ -67,7 +67,7 @@ def rank_split(assembly: Assembly, scorer: Scorer, params: dict, data: SplitData
                           "his": [np.asarray(data.histories[r], np.int64) for r in positives for _ in range(c)],
                           "not_cold": 1})
     rows = assembly.encoder.encode_rows(f"{data.name} candidates", table, prompt)
-    scores = score_split(scorer, params, rows, cfg.train.eval_batch_size, Padding.of(cfg.data), prompt != "none",
+    scores = score_split(scorer, params, rows, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
                          cfg.train.collab, share_prefix=cfg.eval.share_prefix).reshape(len(positives), c)
     parts = {k: v[positives] for k, v in data.parts().items()}
     return RankedRows(positives, parts, ranking_rows(scores, e.ranking_ks), skipped)

@@ -205,6 +205,29 @@ def test_timing_counts_every_phase_of_every_process(resumed, reference):
     assert timing["b"]["best_step"] == reference_timing["b"]["best_step"]
 
 
+def test_a_resumed_prompt_phase_counts_the_tokens_of_every_step_it_kept(dataset, tmp_path):
+    """A hybrid phase killed at step 3 resumes from its step-2 checkpoint: its timing counts the tokens of
+    steps 1-2 (saved with that checkpoint) and 3-4 (the resumed process), as the run that was not killed."""
+    hybrid = ["train.method=sasrecllm", "train.phases=[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 4, "
+              "eval_every: 2, lr: {mapper: 0.001}}]"]
+    cfg = cfg_of(dataset, *hybrid)
+    train_and_evaluate(cfg, tmp_path / "whole")
+
+    def kill(phase, step):
+        if step == 3:
+            raise Kill()
+
+    with pytest.raises(Kill):
+        train_and_evaluate(cfg, tmp_path / "killed", on_step=kill)
+    train_and_evaluate(cfg, tmp_path / "killed", resume=True)
+    whole, killed = (json.loads((tmp_path / r / "results.json").read_text())["timing"]["h"] for r in ("whole", "killed"))
+    assert killed["processes"] == 2 and killed["steps"] == 4
+    assert killed["token_slots"] == whole["token_slots"] == 4 * 16 * 128  # 4 steps of 16 rows padded to 128
+    assert killed["real_tokens"] == whole["real_tokens"]
+    # each process's first step compiles: the steady count leaves out steps 1 and 3, the whole run's step 1
+    assert killed["steady_real_tokens"] < whole["steady_real_tokens"] < whole["real_tokens"]
+
+
 def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_path, capsys):
     folder = tmp_path / "run"
     shutil.copytree(reference, folder)

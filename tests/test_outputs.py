@@ -183,7 +183,7 @@ def test_prompt_phases_report_real_tokens_and_padding(runs):
     assert 0 < h["steady_real_tokens"] < h["real_tokens"] < h["token_slots"]  # the first step compiled
     assert h["padding_share"] == round(1 - h["real_tokens"] / h["token_slots"], 4)
     last = [r for r in read_metrics(run) if r["kind"] == "train" and r["phase"] == "h"][-1]
-    assert last["padding"] == pytest.approx(1 - h["real_tokens"] / h["token_slots"])  # one record: all 3 steps
+    assert last["padding_share"] == pytest.approx(1 - h["real_tokens"] / h["token_slots"])  # one record: all 3 steps
     sasrec = json.loads((out / "runs" / "sasrec" / "results.json").read_text())["timing"]
     assert not any("real_tokens" in t for t in sasrec.values())  # phases without prompts count no tokens
 

@@ -1,5 +1,8 @@
 """Shared-prefix packing: every row's score in a pack is the score it gets alone, for the splits' rows and
-for ranking's candidates (one user, many targets); and the packs do share (fewer sequences than rows)."""
+for ranking's candidates (one user, many targets); and the packs do share (fewer sequences than rows).
+Padding train batches to lengths chosen from the prompts (data.pad_lengths) changes no score either."""
+import dataclasses
+
 import jax
 import numpy as np
 import pandas as pd
@@ -8,7 +11,7 @@ import pytest
 from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.data import packing
-from sasrecllm_jax.data.pipeline import Padding, length_buckets, padded_length
+from sasrecllm_jax.data.pipeline import BatchIterator, Padding, length_buckets, make_batch, padded_length
 from sasrecllm_jax.evaluate import Scorer, in_chunks, score_split
 
 
@@ -54,28 +57,29 @@ def test_a_split_scores_the_same_packed(built, prompt):
 
 
 def test_pad_lengths_change_the_shapes_not_the_scores(built):
-    """data.pad_lengths: batches padded to a few lengths chosen from the split's prompts score every row as
-    multiples of pad_multiple do, unpacked and packed, in at most that many shapes and fewer token slots."""
+    """data.pad_lengths: a phase's train batches padded to a few lengths chosen from its prompts score every
+    row as multiples of pad_multiple do, in at most that many shapes and fewer token slots."""
     cfg, comp, params = built
     data = comp.split("test", "hybrid")
+    chosen = Padding.for_training(data, dataclasses.replace(cfg.data, pad_multiple=32, pad_lengths=2))
+    assert chosen == Padding(32, length_buckets(data.lengths(), 2)) and len(chosen.lengths) == 2
+    assert chosen.lengths[-1] == -(-data.lengths().max() // 8) * 8  # the longest prompt, rounded up to 8
+    assert Padding.for_training(data, dataclasses.replace(cfg.data, pad_lengths=0)) == Padding(cfg.data.pad_multiple)
     scorer = Scorer(comp.model("hybrid", deterministic=True))
-    shapes = []
-    real = scorer.dispatch
-    scorer.dispatch = lambda p, batch: (shapes.append(batch["tokens"].shape), real(p, batch))[1]
-    multiples = Padding(32)
-    chosen = Padding(32, 2)
-    want = score_split(scorer, params, data, 8, multiples, True)
-    lengths_multiples = [t for _, t in shapes]
-    shapes.clear()
-    got = score_split(scorer, params, data, 8, chosen, True)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    buckets = length_buckets(data.lengths(), 2)
-    assert {t for _, t in shapes} == set(buckets) and len(buckets) == 2 and buckets[-1] <= max(lengths_multiples)
-    assert sum(t for _, t in shapes) < sum(lengths_multiples)  # fewer token slots than multiples of 32
-    shapes.clear()
-    packed = score_split(scorer, params, data, 8, chosen, True, share_prefix=True)
-    np.testing.assert_allclose(packed, want, rtol=1e-5, atol=1e-5)
-    assert {t for _, t in shapes} <= set(buckets)
+    it = BatchIterator(data.lengths(), 8, seed=0)
+    slots, shapes = {32: 0, 0: 0}, set()
+    for _ in range(it.batches_per_epoch):
+        idx = next(it)
+        scores = {}
+        for name, pad in ((32, Padding(32)), (0, chosen)):
+            batch = make_batch(data, idx, 8, pad, True)
+            slots[name] += batch["tokens"].size
+            if name == 0:
+                shapes.add(batch["tokens"].shape[1])
+            scores[name] = np.asarray(scorer.dispatch(params, {k: v for k, v in batch.items()
+                                                               if k not in ("row", "weight", "label")}))
+        np.testing.assert_allclose(scores[0], scores[32], rtol=1e-5, atol=1e-5)
+    assert shapes == set(chosen.lengths) and slots[0] < slots[32]  # both lengths used, fewer slots
 
 
 def test_ranking_candidates_score_the_same_packed(built):

@@ -149,9 +149,10 @@ class DataConfig:
     max_titles: int = 10               # most recent liked titles shown in the prompt
     max_tokens: int = 320              # longest prompt; longer ones show fewer titles, never cut silently
     pad_multiple: int = 16             # pad batch lengths to a multiple (fewer compilations)
-    # 0: pad to multiples of pad_multiple. N > 0: to one of N lengths chosen per split from its prompts'
-    # token counts (multiples of 8, the longest holding its longest prompt) to pad as little as N batch
-    # shapes allow (`python bench/padding.py --config FILE` prints the padding of each choice)
+    # N > 0: pad a phase's train batches to the shortest of N lengths chosen once from its train prompts'
+    # token counts (multiples of 8, the longest holding the longest prompt; they minimise the padding of the
+    # rows) instead of multiples of pad_multiple: as many train-step shapes, less padding. Evaluation keeps
+    # pad_multiple. `python bench/padding.py --config FILE` prints the padding of each choice
     pad_lengths: int = 0
     # Row caps (a seeded random subset, 0 = all): "train" caps the rows of prompted (LLM) phases,
     # "eval" the rows of every evaluation and of the final test. Encoder phases train on every row.

@@ -7,8 +7,8 @@ suffix) one after another; the model lets each suffix attend to the prefix and t
 positions its tokens have in its own prompt, so every row's score is the one it gets alone, up to float
 rounding (`eval.share_prefix`).
 
-A pack's length never exceeds the longest row of the split padded (`Padding`), so packing compiles no
-batch shape that unpacked scoring would not.
+A pack's length never exceeds the longest row of the split (rounded up to data.pad_multiple), so packing
+compiles no batch shape that unpacked scoring would not.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from sasrecllm_jax.data.pipeline import Padding, SplitData, as_padding, placeholder_starts
+from sasrecllm_jax.data.pipeline import SplitData, padded_length, placeholder_starts
 
 MAX_SLOTS = 16  # rows per pack (the scorer's output is [batch, MAX_SLOTS])
 
@@ -82,7 +82,7 @@ def pack_rows(data: SplitData, cap: int, max_slots: int = MAX_SLOTS) -> Packs:
     return Packs(rows_out, np.asarray(prefix_out, np.int64), np.asarray(length_out, np.int64))
 
 
-def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: int, pad: Padding | int,
+def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: int, pad_multiple: int,
                     max_slots: int = MAX_SLOTS, pad_id: int = 0) -> dict[str, np.ndarray]:
     """A fixed-size batch of packs idx (filler packs repeat idx[0]). Per token: `tokens`, `positions` (in the
     token's own row), `segment` (0 prefix, j + 1 the suffix of slot j, -1 padding). Per pack: `uid`, `his`
@@ -90,7 +90,7 @@ def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: 
     score the slot's row) and `item_pos` (hybrid; T for empty slots, so nothing is written)."""
     p = data.prompts
     full = np.concatenate([idx, np.full(batch_size - len(idx), idx[0], idx.dtype)]) if len(idx) < batch_size else idx
-    T = as_padding(pad).length(data, packs.lengths[full].max())
+    T = padded_length(packs.lengths[full].max(), pad_multiple)
     tokens = np.full((batch_size, T), pad_id, np.int32)
     positions = np.zeros((batch_size, T), np.int32)
     segment = np.full((batch_size, T), -1, np.int32)

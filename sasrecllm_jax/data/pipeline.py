@@ -4,8 +4,8 @@
 uses prompts, the tokenized prompts). `BatchIterator` yields index batches: shuffled by (seed, epoch),
 grouped by prompt length so padding stays small, resumable from `state()`. `make_batch` pads a
 batch to a fixed row count (filler rows have weight 0) and right-pads its prompts to one of a few
-lengths (`Padding`: multiples of data.pad_multiple, or data.pad_lengths lengths chosen from the split's
-prompts), so only a few shapes are ever compiled.
+lengths (`Padding`: multiples of data.pad_multiple or, for training with data.pad_lengths, lengths chosen
+from the phase's prompts), so only a few shapes are ever compiled.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ class SplitData:
     new_user: np.ndarray | None = None  # [N] bool: the row's user has no train row
     new_item: np.ndarray | None = None  # [N] bool: the row's item has no train row
     prompts: EncodedPrompts | None = None
-    memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # derived values (Padding)
 
     def __len__(self) -> int:
         return len(self.uid)
@@ -144,19 +143,22 @@ def padded_length(n: int, multiple: int) -> int:
 BUCKET_ALIGN = 8  # data.pad_lengths chooses multiples of this
 
 
-def length_buckets(lengths: np.ndarray, n: int, align: int = BUCKET_ALIGN) -> tuple[int, ...]:
-    """At most n padded lengths (multiples of align, the longest holding max(lengths)) that minimise the
-    token slots of padding every row to the shortest of them that holds it: an exact dynamic programme
-    over the rows' lengths rounded up to align."""
+def length_buckets(lengths: np.ndarray, count: int, align: int = BUCKET_ALIGN) -> tuple[int, ...]:
+    """At most `count` lengths (multiples of align, the longest holding max(lengths)) that minimise the token
+    slots of padding every row, its length rounded up to align, to the shortest of them that holds it: an
+    exact dynamic programme. (A batch pads to its longest row; batches are grouped by length, so the rows'
+    padding is what a batch's comes to, up to that spread.)"""
     rounded = -(-np.asarray(lengths, np.int64) // align) * align
+    if not len(rounded):
+        return ()
     cand, counts = np.unique(rounded, return_counts=True)
     below = np.concatenate([[0], np.cumsum(counts)])  # below[j]: rows whose rounded length is < cand[j]
-    m, n = len(cand), max(1, min(n, len(cand)))
-    # cost[k][j]: fewest slots for the rows up to cand[j] with k + 1 lengths, the longest cand[j]
-    cost = np.full((n, m), np.inf)
-    back = np.zeros((n, m), np.int64)
+    m, k_max = len(cand), max(1, min(count, len(cand)))
+    # cost[k, j]: fewest slots for the rows up to cand[j] with k + 1 lengths, the longest cand[j]
+    cost = np.full((k_max, m), np.inf)
+    back = np.zeros((k_max, m), np.int64)
     cost[0] = below[1:] * cand
-    for k in range(1, n):
+    for k in range(1, k_max):
         for j in range(k, m):
             options = cost[k - 1, :j] + (below[j + 1] - below[1:j + 1]) * cand[j]
             back[k, j] = int(np.argmin(options))
@@ -173,35 +175,27 @@ def length_buckets(lengths: np.ndarray, n: int, align: int = BUCKET_ALIGN) -> tu
 
 @dataclasses.dataclass(frozen=True)
 class Padding:
-    """The length a batch of prompts is padded to: a multiple of `multiple` (data.pad_multiple) or, with
-    `lengths` > 0 (data.pad_lengths), the shortest of that many lengths chosen from the split's prompts."""
+    """The length a batch's prompts are padded to: the shortest of `lengths` that holds its longest row, else
+    (no lengths, or a longer row) the next multiple of `multiple` (data.pad_multiple)."""
     multiple: int
-    lengths: int = 0
+    lengths: tuple[int, ...] = ()
 
     @staticmethod
-    def of(data_cfg) -> "Padding":
-        return Padding(data_cfg.pad_multiple, data_cfg.pad_lengths)
+    def for_training(data: SplitData, data_cfg) -> "Padding":
+        """A phase's: with data.pad_lengths N, N lengths chosen once from its train rows' prompts."""
+        if not data_cfg.pad_lengths or data.prompts is None:
+            return Padding(data_cfg.pad_multiple)
+        return Padding(data_cfg.pad_multiple, length_buckets(data.lengths(), data_cfg.pad_lengths))
 
-    def length(self, data: SplitData, n: int) -> int:
-        """The padded length of a batch of `data` whose longest row (or pack) has n tokens."""
-        if not self.lengths or data.prompts is None:
-            return padded_length(n, self.multiple)
-        lengths = data.prompts.lengths
-        key = ("pad_lengths", self.lengths, len(lengths), int(np.sum(lengths)))  # the prompts it was chosen for
-        if key not in data.memo:
-            data.memo[key] = length_buckets(lengths, self.lengths)
-        fits = [b for b in data.memo[key] if b >= n]
+    def length(self, n: int) -> int:
+        fits = [b for b in self.lengths if b >= n]
         return fits[0] if fits else padded_length(n, self.multiple)
-
-
-def as_padding(pad: "Padding | int") -> Padding:
-    return pad if isinstance(pad, Padding) else Padding(int(pad))
 
 
 def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad: Padding | int,
                with_prompts: bool, pad_id: int = 0) -> dict[str, np.ndarray]:
     """A fixed-size batch: rows idx (filler rows repeat row idx[0] with weight 0), its prompts padded as
-    `pad` says (a Padding, or an int: data.pad_multiple)."""
+    `pad` says (a Padding; an int is data.pad_multiple)."""
     n = len(idx)
     full = np.concatenate([idx, np.full(batch_size - n, idx[0], idx.dtype)]) if n < batch_size else idx
     batch = {"uid": data.uid[full], "iid": data.iid[full], "his": data.his[full], "label": data.label[full],
@@ -209,7 +203,7 @@ def make_batch(data: SplitData, idx: np.ndarray, batch_size: int, pad: Padding |
     if with_prompts:
         p = data.prompts
         T = max(len(p.tokens[i]) for i in full)
-        T = as_padding(pad).length(data, T)
+        T = (pad if isinstance(pad, Padding) else Padding(pad)).length(T)
         tokens = np.full((batch_size, T), pad_id, np.int32)
         mask = np.zeros((batch_size, T), np.int32)
         for r, i in enumerate(full):

@@ -59,6 +59,7 @@ class PhasePlan:
     with_prompts: bool
     train_step: Callable               # train_step(state, batch) -> (state, metrics), pure
     scorer: Scorer
+    padding: Padding                   # how its train batches' prompts are padded (fixed: few shapes)
     mesh: object = None
 
 
@@ -188,7 +189,8 @@ class PhaseRunner:
                          eval_every=phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch,
                          patience=phase.patience or t.patience, with_prompts=with_prompts,
                          train_step=make_train_step(apply_fn, tx, schedules),
-                         scorer=self.scorer(phase.prompt), mesh=mesh)
+                         scorer=self.scorer(phase.prompt), padding=Padding.for_training(train_data, self.cfg.data),
+                         mesh=mesh)
         return plan, it, tx
 
 
@@ -258,7 +260,7 @@ class PhaseLoop:
                       self.ckpt)
 
     def run(self) -> None:
-        p, t, d = self.plan, self.cfg.train, self.cfg.data
+        p, t = self.plan, self.cfg.train
         step = int(self.state.step)
         self.start = time.perf_counter()
         if self.stopping.exhausted:  # resumed after its early stop: nothing left to do
@@ -269,7 +271,7 @@ class PhaseLoop:
         while step < p.total:
             check_stop()
             idx = next(self.it)
-            batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, Padding.of(d), p.with_prompts),
+            batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, p.padding, p.with_prompts),
                                   t.collab, seed=step)
             batch.pop("row")
             real, slots = token_counts(batch)
@@ -295,7 +297,7 @@ class PhaseLoop:
                     values["samples_per_s"] = rows_since / max(now - tick, 1e-9)
                     if slots_since:  # prompts: the rate of real tokens, and the share of padding computed
                         values["tokens_per_s"] = tokens_since / max(now - tick, 1e-9)
-                        values["padding"] = 1.0 - tokens_since / slots_since
+                        values["padding_share"] = 1.0 - tokens_since / slots_since
                     tick, rows_since, tokens_since, slots_since = now, 0, 0, 0
                     self.runner.reporter.log("train", p.phase.name, step, values)
                     self.progress.train_record(values)
@@ -304,7 +306,8 @@ class PhaseLoop:
                 self.runner.on_step(p.phase.name, step)
             if is_eval:
                 stop = self.evaluate(step)
-                tick = time.perf_counter()  # samples/s counts training only
+                # the rates count training only: the next record's, from the steps after this evaluation
+                tick, rows_since, tokens_since, slots_since = time.perf_counter(), 0, 0, 0
                 if stop:
                     break
         jax.block_until_ready(self.state.step)

@@ -32,7 +32,7 @@ class PhaseProgress:
 
     def train_record(self, values: dict) -> None:
         lr = max(v for k, v in values.items() if k.startswith("lr/"))
-        tokens = {"tok/s": two_digits(values["tokens_per_s"]), "pad": f"{values['padding']:.0%}"} \
+        tokens = {"tok/s": two_digits(values["tokens_per_s"]), "pad": f"{values['padding_share']:.0%}"} \
             if "tokens_per_s" in values else {}
         self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=two_digits(values["samples_per_s"]),
                              **tokens)
