@@ -318,7 +318,7 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     (grid / "runs" / "sasrecllm_x").symlink_to(out.parent / "hybrid")  # the claims, read on the hybrid
     summary_lib.summarise(grid)
     text = (grid / "SUMMARY.md").read_text()
-    assert "on the SASRecLLM run best on valid AUC: sasrecllm_x" in text
+    assert "on the SASRecLLM configuration best on valid AUC: sasrecllm_x" in text
     from sasrecllm_jax.compare import compare
     for claim, base, part, rel in claims_lib.CLAIMS:
         a, b = (json.loads((grid / "runs" / r / "results.json").read_text())["test"][part]["auc"]
@@ -469,6 +469,12 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     assert "| warm AUC >= SASRec | 0.7000 +- 0.0000 (2) | 0.7150 +- 0.0071 (2) | -0.0150 | lower |" in claims
     assert "cold AUC > SASRec" not in claims and "TALLRec" not in claims  # a seed without cold rows; one TALLRec seed
     assert claims_lib.seed_claims(summary, "tallrec") == []
+    # the claims read the configuration best on valid over its seeds, on its run of the baselines' seed (0)
+    assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_x", pytest.approx(0.695), 2, 1)
+    summary["sasrecllm_y"] = _result("sasrecllm", 0, 0.60, 0.60, 0.60, 0.698)  # one seed, above x's mean
+    assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_y", pytest.approx(0.698), 1, 2)
+    summary["sasrecllm_x-seed1"]["valid"]["all"]["auc"] = 0.72  # x's mean 0.71 leads: its seed-0 run, not seed 1's
+    assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_x", pytest.approx(0.71), 2, 2)
     assert experiments_cli.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no finished runs under" in capsys.readouterr().err
 
