@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from sasrecllm_jax.assembly import Assembly
     from sasrecllm_jax.config import load_config
     from sasrecllm_jax.data.pipeline import BatchIterator, Padding
-    from sasrecllm_jax.train.phase import phase_salt
+    from sasrecllm_jax.train.phase import batch_order_seed
     from sasrecllm_jax.train.strategies import resolve_phases
     root = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     built = Assembly.build(cfg, needs_llm=True)
     data = built.split("train", phase.prompt, built.row_limit("train"), phase.rows)
     bs = cfg.train.batch_size
-    it = BatchIterator(data.lengths(), bs, seed=cfg.train.seed * 2**31 + phase_salt(phase.name))
+    it = BatchIterator(data.lengths(), bs, seed=batch_order_seed(cfg.train.seed, phase.name))
     batches = [next(it) for _ in range(it.batches_per_epoch)]
     pads = [Padding(cfg.data.pad_multiple)] + [
         Padding.for_training(data, dataclasses.replace(cfg.data, pad_lengths=n)) for n in args.lengths]

@@ -11,7 +11,7 @@ from sasrecllm_jax.compare import compare, late_fusion, paired_parts, paired_sco
 from sasrecllm_jax.config import SASRecConfig
 from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.experiments.markdown import interval, num, signed, table
-from sasrecllm_jax.experiments.seeds import mean_and_sd, mean_sd, seed_groups
+from sasrecllm_jax.experiments.seeds import mean_and_sd, mean_sd, seed_group_of
 from sasrecllm_jax.run_folder.files import paired_ablation
 
 CLAIMS = [  # (claim, baseline run, rows, relation): the paper's claims against its baselines
@@ -41,7 +41,7 @@ def chosen_hybrid(summary: dict) -> tuple[str, float, int, int] | None:
     hybrids = {n: r for n, r in summary.items() if r.get("method") == "sasrecllm" and r["valid"]["all"]["auc"] is not None}
     if not hybrids:
         return None
-    group_of = {n: names for names in seed_groups(summary).values() for n in names}
+    group_of = seed_group_of(summary)
     valid = lambda n: hybrids[n]["valid"]["all"]["auc"]
     configs = {tuple(m for m in group_of.get(n, [n]) if m in hybrids) for n in hybrids}
     mean_valid = {names: sum(map(valid, names)) / len(names) for names in configs}
@@ -147,8 +147,7 @@ def ablation_control(run: Path) -> list[list[str]]:
 def seed_claims(summary: dict, best: str) -> list[str]:
     """The claims again on means over seeds, where the chosen hybrid's method and the baseline each ran
     with two or more: one seed's lead can be the seed's."""
-    groups = seed_groups(summary)
-    group_of = {n: names for names in groups.values() for n in names}
+    group_of = seed_group_of(summary)
     if best not in group_of:
         return []
     rows = []

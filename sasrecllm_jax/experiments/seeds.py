@@ -20,6 +20,11 @@ def seed_groups(summary: dict) -> dict[str, list[str]]:
     return {base: names for (base, _), names in groups.items() if len(names) > 1}
 
 
+def seed_group_of(summary: dict) -> dict[str, list[str]]:
+    """{run name: the names of its seed group} for every run in a group of seed_groups."""
+    return {n: names for names in seed_groups(summary).values() for n in names}
+
+
 def seeds_section(summary: dict) -> list[str]:
     """Mean and sample standard deviation over seeds of each method run with several: how much a reseed
     moves a method, which the paired test over test rows cannot say."""

@@ -70,6 +70,11 @@ def phase_salt(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
+def batch_order_seed(train_seed: int, phase_name: str) -> int:
+    """The seed of a phase's BatchIterator: its train batches' order (bench/padding.py rebuilds them)."""
+    return train_seed * 2**31 + phase_salt(phase_name)
+
+
 def state_tree(state: TrainState) -> dict:
     """What the latest checkpoint stores of a train state (the frozen params come from their sources)."""
     return {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "key": state.key}
@@ -171,7 +176,7 @@ class PhaseRunner:
         train_data = a.split("train", phase.prompt, a.row_limit("train") if with_prompts else 0, phase.rows)
         eval_data = a.split(self.cfg.data.eval_split, phase.prompt, a.row_limit("eval"))
         bs = t.batch_size if with_prompts else t.encoder_batch_size
-        it = BatchIterator(train_data.lengths(), bs, seed=t.seed * 2**31 + phase_salt(phase.name))
+        it = BatchIterator(train_data.lengths(), bs, seed=batch_order_seed(t.seed, phase.name))
         total = math.ceil(phase.epochs * it.batches_per_epoch) if phase.epochs > 0 else phase.max_steps
         total = min(total, phase.max_steps) if phase.max_steps > 0 else total
         tx, schedules = make_optimizer(phase, trainable, total, t)
