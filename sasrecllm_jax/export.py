@@ -222,14 +222,7 @@ def readme(rec, out: Path, desc: dict) -> str:
             "text = collab[\"template\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', target=\"Casino (1995)\")",
             'pieces = re.split("<UserID>|<ItemID>", text)',
             *EXAMPLE_VECTORS[desc["encoder"]["kind"]],
-            *(['if w["mapper/counts/item_seen"][7] == 0:  # an item without train rows: the shared unknown vector',
-               '    item_vector = w["mapper/unknown_item"]']
-              if desc["mapper"]["config"]["new_items"] == "unknown" else []),
-            *(['if w["mapper/counts/item_seen"][7] == 0:  # ... shown by its title alone: the other template',
-               "    text = collab[\"template_unknown_item\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', "
-               "target=\"Casino (1995)\")",
-               '    pieces = re.split("<UserID>|<ItemID>", text)']
-              if "template_unknown_item" in desc else []),
+            *unknown_item_example(desc),
             f"print({hybrid_call(desc)})",
             "```",
         ]
@@ -255,6 +248,21 @@ SCORE_PLACEHOLDERS = [  # README lines: score_hybrid's start for soft tokens at 
     "            embeds[0, start:start + K] = torch.from_numpy(soft_tokens(v)).to(embeds.dtype)",
 ]
 ADD_AT_LAST = "embeds[0, -1] += torch.from_numpy(soft_tokens(user_vector)[0] + soft_tokens(item_vector)[0]).to(embeds.dtype)"
+
+
+def unknown_item_example(desc: dict) -> list[str]:
+    """The README example's lines for an item without train rows: one `if` holding what changes for it (the
+    shared unknown vector, the template that shows the item by its title alone)."""
+    body = []
+    if desc["mapper"]["config"]["new_items"] == "unknown":
+        body += ['    item_vector = w["mapper/unknown_item"]  # the shared unknown vector']
+    if "template_unknown_item" in desc:
+        body += ["    text = collab[\"template_unknown_item\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', "
+                 "target=\"Casino (1995)\")  # shown by its title alone",
+                 '    pieces = re.split("<UserID>|<ItemID>", text)']
+    return ['if w["mapper/counts/item_seen"][7] == 0:  # an item without train rows', *body] if body else []
+
+
 NOTHING_FOR_UNKNOWN = " (nothing is added for an item whose mapper/counts/item_seen is 0: the LLM reads its row as a text prompt)"
 
 
