@@ -190,6 +190,26 @@ def test_gate_adds_the_encoder_score():
                                2.5 * id_score[::-1], rtol=1e-4, atol=1e-5)
 
 
+def test_dropped_collaborative_inputs_are_zero_whatever_they_held():
+    """Dropping the collaborative inputs (collab_scale 0) leaves the text prompt's score even when the encoder
+    gives a non-finite vector for the row's item: the tokens and the ID score are set to zero, not multiplied
+    by it (0 x NaN is NaN)."""
+    plain = _hybrid()
+    gated = Hybrid(dataclasses.replace(plain.cfg, mapper=dataclasses.replace(plain.cfg.mapper, fusion="gate")),
+                   DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    batch = _batch()
+    params = gated.init(jax.random.key(0), batch)["params"]
+    emb = params["sasrec"]["item_emb"]["embedding"]
+    broken = {**params, "sasrec": {**params["sasrec"], "item_emb": {"embedding": emb.at[batch["iid"][0]].set(jnp.nan)}}}
+    kept = gated.apply({"params": broken}, batch)
+    assert np.isnan(kept[0]) and np.isfinite(kept[1])  # the fault reaches the row that shows the item
+    dropped = {**batch, "collab_scale": jnp.array([0.0, 1.0])}
+    out = gated.apply({"params": broken}, dropped)
+    text_only = gated.apply({"params": params}, {**batch, "collab_scale": jnp.zeros(2)})
+    np.testing.assert_allclose(out[0], text_only[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[1], kept[1], rtol=1e-6, atol=1e-6)
+
+
 def test_unknown_item_vector_replaces_items_without_train_rows():
     """new_items: unknown: an item whose counts/item_seen flag is 0 enters the mapper (and the ID score) as the
     learned unknown_item vector, a seen item as its own embedding; item_dropout shows the unknown vector for a

@@ -53,6 +53,12 @@ class _HasEncoder:
         return getattr(self, self.cfg.encoder)
 
 
+def zeroed(x, keep):
+    """x with the rows where keep [B] is False set to exactly zero, whatever they held (a multiply by 0
+    would keep a non-finite value non-finite)."""
+    return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim)), x, jnp.zeros((), x.dtype))
+
+
 class Hybrid(_HasEncoder, nn.Module):
     cfg: ModelConfig
     llm_cfg: LlamaConfig
@@ -82,13 +88,15 @@ class Hybrid(_HasEncoder, nn.Module):
         id_score = self.mapper.id_score(self.encoder.score(u, i, batch["uid"], batch["iid"]), known)
         user, item = self.mapper(u), self.mapper(i)
         if self.cfg.mapper.unknown_item_vectors == "none":  # (inject: last) nothing is added on these rows
-            user, item = user * known[:, None, None], item * known[:, None, None]
+            user, item = zeroed(user, known), zeroed(item, known)
         perm = batch.get("collab_perm")
         if perm is not None:
             user, item, id_score = user[perm], item[perm], id_score[perm]
         scale = batch.get("collab_scale")
         if scale is not None:
-            user, item, id_score = user * scale[:, None, None], item * scale[:, None, None], id_score * scale
+            keep = scale != 0
+            user, item = zeroed(user * scale[:, None, None], keep), zeroed(item * scale[:, None, None], keep)
+            id_score = zeroed(id_score * scale, keep)
         return user, item, id_score
 
     def __call__(self, batch):
