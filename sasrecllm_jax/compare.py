@@ -225,8 +225,9 @@ def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bo
     lines += format_rows("fusion", f["test_vs_b"])
     if against:
         lines += ["", *header("fusion")]
+        base = load_scores(run_a)
         for run, name in zip(against, names):
-            rows, theirs = paired_scores(run_a, run, "test")
+            rows, theirs = paired_scores(run_a, run, "test", (base, load_scores(run)))
             lines += format_rows(name, paired_parts(rows, f["test_scores"], theirs["score"]))
     return lines
 
