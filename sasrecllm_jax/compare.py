@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from sasrecllm_jax.errors import ConfigError, run_command
-from sasrecllm_jax.metrics import auc, paired_auc_test, paired_mean_test, paired_uauc_test, warm_cold
+from sasrecllm_jax.fusion import fit_late_fusion
+from sasrecllm_jax.metrics import paired_auc_test, paired_mean_test, paired_uauc_test, warm_cold
 from sasrecllm_jax.run_folder.environment import differences
 from sasrecllm_jax.run_folder.scores import load_scores
 
@@ -109,14 +110,11 @@ def valid_split(run: Path, scores: dict) -> str:
     return others[0]
 
 
-ABSTAIN_GRID = np.round(np.linspace(-5.0, 5.0, 101), 2)  # a's stand-in on new-item rows, in a's valid units
-
-
 def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 21, abstain: bool = False) -> dict:
     """The control for a hybrid: two runs' scores mixed after the fact, (1 - w) z_a + w z_b, each score
     standardised by its valid mean and deviation, w in [0, 1] picked by valid AUC (the first best of
     `grid` evenly spaced values). With `abstain`, a abstains on new-item rows: z_a there is one constant
-    c picked on valid with w (ABSTAIN_GRID), so those rows rank by b alone and c places them against the
+    c picked on valid with w (sasrecllm_jax.fusion.ABSTAIN_GRID), so those rows rank by b alone and c places them against the
     rest (the control for a hybrid with model.mapper.unknown_id_score: learned). Returns w (and c), the
     valid AUC, and the fused test scores with the test AUCs of the fusion and of each run, and the paired
     tests fusion - a and fusion - b."""
@@ -127,27 +125,10 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     if abstain and not all("new_item" in rows for rows in (va, ta)):
         raise ConfigError(f"{run_a}: its scores.npz has no new_item column to abstain on; "
                           f"`python -m sasrecllm_jax.score --run RUN --write-run-scores` writes it again")
-    unit = lambda ref: ref.std() or 1.0  # scores are standardised in units of the run's valid scores
-    z = lambda s, ref: (s - ref.mean()) / unit(ref)
-    # each split's (z_a, z_b, new-item mask), standardised once for the whole grid
-    standard = {name: (z(a["score"], va["score"]), z(b["score"], vb["score"]),
-                       a["new_item"].astype(bool) if abstain else None)
-                for name, (a, b) in (("valid", (va, vb)), ("test", (ta, tb)))}
-
-    def mix(w, c, split):
-        za, zb, new = standard[split]
-        return (1 - w) * (za if c is None else np.where(new, c, za)) + w * zb
-    choices = [(w, c) for w in np.linspace(0.0, 1.0, grid) for c in (ABSTAIN_GRID if abstain else [None])]
-    valid_auc = [auc(va["label"], mix(w, c, "valid")) for w, c in choices]
-    w, c = choices[int(np.argmax(valid_auc))]
-    w = float(w)
-    fused = mix(w, c, "test")
-    # the same ranking as a + gate x b (a residual fusion's llm_gate), where a abstains with a's score
-    # mean + c x deviation (its unknown_score); none when the fusion drops a
-    gate = w / (1 - w) * unit(va["score"]) / unit(vb["score"]) if w < 1 else None
-    return {"weight_b": w, "gate_b": gate, "valid": valid, "valid_auc": float(max(valid_auc)), "test_scores": fused,
-            **({"abstain_c": float(c), "abstain_score": float(va["score"].mean() + c * unit(va["score"]))}
-               if abstain else {}),
+    f = fit_late_fusion(va["label"], va["score"], vb["score"], va["new_item"].astype(bool) if abstain else None,
+                        grid)
+    fused = f["fuse"](ta["score"], tb["score"], ta["new_item"].astype(bool) if abstain else None)
+    return {**{k: v for k, v in f.items() if k != "fuse"}, "valid": valid, "test_scores": fused,
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
 
 
