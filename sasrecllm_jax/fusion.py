@@ -29,11 +29,11 @@ def standardiser(ref: np.ndarray):
 
 
 def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np.ndarray | None = None,
-                    grid: int = 21, ref_a: np.ndarray | None = None) -> dict:
+                    grid: int = 21, ref_a: np.ndarray | None = None, weights: np.ndarray | None = None) -> dict:
     """The late fusion of scorers a and b fitted on validation rows (labels `label`): weight_b (w), with
     `abstain` abstain_c (c) and abstain_score (a's score there in its own units), gate_b (None when w = 1:
     the fusion drops a), the validation AUC, and `fuse(a, b, abstain)`, which applies it to other rows.
-    a is standardised by `ref_a` (default: a itself), b by b."""
+    a is standardised by `ref_a` (default: a itself), b by b; `weights` replaces the grid of w."""
     za_of, zb_of = standardiser(a if ref_a is None else ref_a), standardiser(b)
     ref = a if ref_a is None else ref_a
     za, zb = za_of(a), zb_of(b)
@@ -41,7 +41,8 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
 
     def mix(w, c, za, zb, new):
         return (1 - w) * (za if c is None else np.where(new, c, za)) + w * zb
-    choices = [(float(w), c) for w in np.linspace(0.0, 1.0, grid) for c in cs]
+    ws = np.linspace(0.0, 1.0, grid) if weights is None else weights
+    choices = [(float(w), c) for w in ws for c in cs]
     scores = [auc(label, mix(w, c, za, zb, abstain)) for w, c in choices]
     w, c = choices[int(np.argmax(scores))]
     out = {"weight_b": w, "valid_auc": float(max(scores)),

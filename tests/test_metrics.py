@@ -146,6 +146,27 @@ def test_late_fusion_picks_its_weight_on_valid(tmp_path):
     assert late_fusion(a, a)["weight_b"] == 0.0
 
 
+def test_fitted_fusion_in_its_scorers_units_ranks_as_the_fusion():
+    """fit_late_fusion with a standardised on its known rows (ref_a) and w below 1 (the residual hybrid's
+    start): a on known rows, abstain_score on the rest, plus gate_b x b, is an increasing affine map of the
+    fused scores, and the fit's valid AUC is theirs."""
+    from sasrecllm_jax.fusion import fit_late_fusion
+    r = np.random.default_rng(3)
+    n = 3000
+    new = r.random(n) < 0.3
+    y = (r.random(n) < np.where(new, 0.7, 0.4)).astype(np.int8)
+    a = np.where(new, 0.0, 3 * y + r.normal(size=n) + 5)  # a's stand-in on new rows is 0: not its own scale
+    b = 0.2 * (y + r.normal(size=n))
+    f = fit_late_fusion(y, a, b, new, weights=np.linspace(0, 1, 21)[:-1], ref_a=a[~new])
+    assert f["weight_b"] < 1 and f["gate_b"] > 0
+    fused = f["fuse"](a, b, new)
+    residual = np.where(new, f["abstain_score"], a) + f["gate_b"] * b
+    (slope, shift), *_ = np.linalg.lstsq(np.stack([residual, np.ones(n)], 1), fused, rcond=None)
+    assert slope > 0 and np.allclose(slope * residual + shift, fused, rtol=0, atol=1e-9)
+    assert math.isclose(auc(y, residual), f["valid_auc"], abs_tol=1e-12)
+    assert f["abstain_score"] > a[~new].mean()  # new rows are mostly positive: placed above the average
+
+
 def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):
     """--fuse --abstain: on new-item rows a's score (noise there) is one constant picked on valid, so those
     rows rank by b alone (b's new-item AUC exactly) and the constant places them against the rest; it beats

@@ -2,6 +2,7 @@
 NaN handling, ablations, and the errors a user sees for bad configs and checkpoints."""
 import json
 import logging
+import re
 from types import SimpleNamespace
 
 import jax
@@ -11,7 +12,7 @@ import pytest
 
 from helpers import ONE_SHAPE, ROOT, readme_code, smoke_config, synthetic_dataset
 from sasrecllm_jax.cli import train_main
-from sasrecllm_jax.errors import CheckpointError, TrainingError
+from sasrecllm_jax.errors import CheckpointError, ConfigError, TrainingError
 from sasrecllm_jax.train import groups as partition
 from sasrecllm_jax.train.checkpoint import Store, load_raw
 from sasrecllm_jax.train.final import next_steps
@@ -493,6 +494,56 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
                                                uv, iv, u, i))
     ours = rec.score(data.uid.tolist(), [list(h) for h in data.histories], data.iid.tolist())
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp_path, capsys):
+    """model.mapper.fusion_start: late_fusion: the first phase that trains the mapper starts with llm_gate and
+    unknown_score fitted to the late fusion of the hybrid's own ID score (abstaining on items shown as unknown)
+    and LLM log-odds on valid. Scored apart here (the LLM term as the text model, which the inject-last hybrid
+    with zero soft tokens is at its start) and fitted, that fusion has the AUC the phase's step-0 evaluation
+    measures, and the values the run printed."""
+    from sasrecllm_jax.evaluate import Scorer, evaluate
+    from sasrecllm_jax.fusion import fit_late_fusion
+    from sasrecllm_jax.models.hybrid import Hybrid
+    from sasrecllm_jax.score import Recommender
+    cold, _ = held_out_copy(dataset, tmp_path / "cold")
+    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play", "train.eval_at_start=true",
+                       "model.mapper.inject=last", "model.mapper.out_init=zeros", "model.mapper.new_items=unknown",
+                       "model.mapper.fusion=residual", "model.mapper.unknown_id_score=learned",
+                       "model.mapper.fusion_start=late_fusion")
+    starts = {}
+    capsys.readouterr()
+    train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: starts.setdefault(p.name, before))
+    line = next(l for l in capsys.readouterr().out.splitlines() if "residual fusion started at the late fusion" in l)
+    assert line.startswith("[mapper]")
+    before = starts["mapper"]
+    assembly = Recommender(tmp_path / "run").assembly
+    valid = assembly.split(cfg.data.eval_split, "hybrid", assembly.row_limit("eval"))
+    model = assembly.model("hybrid", True)
+    id_score, known = model.apply({"params": before}, {"his": valid.his, "uid": valid.uid, "iid": valid.iid},
+                                  method=Hybrid.id_term)
+    id_score, known = np.asarray(id_score), np.asarray(known)
+    assert 0 < (~known).sum() < len(known)  # rows of both kinds: the stand-in score is fitted
+    text = assembly.split(cfg.data.eval_split, "text", assembly.row_limit("eval"))
+    _, llm = evaluate(Scorer(assembly.model("text", True)), before, text, cfg, "text")
+    f = fit_late_fusion(valid.label, id_score, llm, ~known, weights=np.linspace(0, 1, 21)[:-1], ref_a=id_score[known])
+    assert f"AUC {f['valid_auc']:.4f}" in line
+    assert f"model.mapper.llm_gate {f['gate_b']:.4g}" in line and f"unknown_score {f['abstain_score']:.4g}" in line
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
+    assert abs(start["all/auc"] - f["valid_auc"]) < 1e-6
+
+
+def test_fusion_start_needs_a_residual_fusion_and_a_phase_to_fit(dataset, tmp_path):
+    """fusion_start: late_fusion is refused, before anything trains, without a residual fusion, beside a given
+    start, or when no phase trains the mapper on hybrid prompts."""
+    for sets, says in ((["train.method=sasrecllm", "model.mapper.fusion_start=late_fusion"], "needs model.mapper.fusion: residual"),
+                       (["train.method=sasrecllm", "model.mapper.fusion=residual", "model.mapper.fusion_start=late_fusion",
+                         "model.mapper.llm_gate_init=2"], "leave model.mapper.llm_gate_init"),
+                       (["train.method=sasrecllm", "train.strategy=dual_stage", "model.mapper.fusion=residual",
+                         "model.mapper.fusion_start=late_fusion", "train.freeze=[mapper]"], "this run has none")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            train_and_evaluate(smoke_config(dataset, *FAST, *sets), tmp_path / "refused")
 
 
 def test_late_rows_split_the_train_rows_between_the_encoder_and_the_hybrid(dataset, tmp_path, capsys):

@@ -116,6 +116,13 @@ class MapperConfig:
     # the text model does, so training the mapper cannot move how the LLM reads new items' titles (with
     # unknown_id_score: learned the mapper then only places those rows, through unknown_score and the gate)
     unknown_item_vectors: Literal["add", "none"] = "add"
+    # with fusion: residual, where llm_gate (and, with unknown_id_score: learned, unknown_score) start:
+    # "init", at llm_gate_init (unknown_score_init); "late_fusion", fitted when the run's first phase that
+    # trains the mapper on hybrid prompts starts: the late fusion of the hybrid's own two terms (its ID
+    # score, abstaining on items shown as unknown with unknown_id_score: learned, and its LLM's log-odds)
+    # picked on that phase's validation rows, so the phase starts at the ranking of that fusion (what
+    # `python -m sasrecllm_jax.compare ENCODER_RUN LLM_RUN --fuse [--abstain]` prints, without the runs)
+    fusion_start: Literal["init", "late_fusion"] = "init"
 
 
 @dataclasses.dataclass(frozen=True)

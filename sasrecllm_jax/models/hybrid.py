@@ -83,9 +83,7 @@ class Hybrid(_HasEncoder, nn.Module):
         mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too, or with
         `unknown_id_score: learned` is the mapper's unknown_score; with `unknown_item_vectors: none` such a
         row's user and item vectors are zero)."""
-        u = self.encoder.user_vector(batch["his"], batch["uid"])
-        i, known = self.mapper.item_input(self.encoder.item_vector(batch["iid"]), batch["iid"])
-        id_score = self.mapper.id_score(self.encoder.score(u, i, batch["uid"], batch["iid"]), known)
+        u, i, known, id_score = self._id_side(batch)
         user, item = self.mapper(u), self.mapper(i)
         if self.cfg.mapper.unknown_item_vectors == "none":  # (inject: last) nothing is added on these rows
             user, item = zeroed(user, known), zeroed(item, known)
@@ -98,6 +96,18 @@ class Hybrid(_HasEncoder, nn.Module):
             user, item = zeroed(user * scale[:, None, None], keep), zeroed(item * scale[:, None, None], keep)
             id_score = zeroed(id_score * scale, keep)
         return user, item, id_score
+
+    def _id_side(self, batch):
+        """(user vector, item vector, known [B], ID score [B]) of rows (his, uid, iid), before any ablation."""
+        u = self.encoder.user_vector(batch["his"], batch["uid"])
+        i, known = self.mapper.item_input(self.encoder.item_vector(batch["iid"]), batch["iid"])
+        return u, i, known, self.mapper.id_score(self.encoder.score(u, i, batch["uid"], batch["iid"]), known)
+
+    def id_term(self, batch):
+        """(the ID score the fusion adds [B], whether each row's item is shown as its own [B]) of rows
+        (his, uid, iid): no prompt is read."""
+        _, _, known, id_score = self._id_side(batch)
+        return id_score, known
 
     def __call__(self, batch):
         """Scores [B] for a batch of rendered prompts (or [B, slots] for a batch of packs)."""

@@ -26,12 +26,12 @@ from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, make_
 from sasrecllm_jax.errors import ConfigError, TrainingError, check_stop
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
 from sasrecllm_jax.run_folder.metrics_log import Reporter
-from sasrecllm_jax.train import groups
+from sasrecllm_jax.train import fusion_start, groups
 from sasrecllm_jax.train import checkpoint as checkpoint_lib
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints
 from sasrecllm_jax.train.early_stopping import EarlyStopping
 from sasrecllm_jax.train.optim import make_optimizer
-from sasrecllm_jax.train.progress import PhaseProgress
+from sasrecllm_jax.train.progress import PhaseProgress, row_bar
 from sasrecllm_jax.train.step import TrainState, make_train_step
 from sasrecllm_jax.trees import merge
 
@@ -104,7 +104,9 @@ class PhaseRunner:
         else:
             print(text)
 
-    def run(self, phase: PhaseConfig, params: dict) -> PhaseResult:
+    def run(self, phase: PhaseConfig, params: dict, fit_fusion: bool = False) -> PhaseResult:
+        """Train one phase from params; with `fit_fusion` (model.mapper.fusion_start: late_fusion, the first
+        phase that trains the mapper) a fresh start first fits the residual fusion's numbers."""
         t = self.cfg.train
         used = groups.prompt_modules(phase.prompt, self.cfg.model.encoder)
         rest = {k: v for k, v in params.items() if k not in used}
@@ -119,6 +121,9 @@ class PhaseRunner:
         ckpt = PhaseCheckpoints(self.workdir, phase.name)
         try:
             state, stopping, earlier = self._resume(phase, ckpt, state, it, stopping)
+            if fit_fusion and earlier is None and int(state.step) == 0:
+                state = state.replace(trainable=self._fit_fusion(phase, plan, merge(state.trainable, state.frozen),
+                                                                 state.trainable))
             layout = None
             if plan.mesh is not None:
                 layout = sharding.param_shardings(state, plan.mesh, t.sharding)
@@ -139,6 +144,20 @@ class PhaseRunner:
                            handed_on_valid=stopping.best_metrics if phase.restore_best else None,
                            handed_on_scores=loop.best_scores if phase.restore_best else None,  # None after a resume
                            timing=loop.timing, earlier_s=float((earlier or {}).get("wall_s", 0.0)))
+
+    def _fit_fusion(self, phase: PhaseConfig, plan: PhasePlan, params: dict, trainable: dict) -> dict:
+        """trainable with the residual fusion's llm_gate (and unknown_score) fitted to the late fusion of the
+        hybrid's two terms on the phase's validation rows (train/fusion_start.py)."""
+        model = self.assembly.model(phase.prompt, deterministic=True)
+        scorer = StoppableScorer(Scorer(fusion_start.llm_term_model(model), notify=print))
+        split = self.cfg.data.eval_split
+        with row_bar(len(plan.eval_data), f"{phase.name}: fit the fusion's start on {split}", leave=False) as bar:
+            values, found = fusion_start.fit_start(self.cfg, model, params, plan.eval_data, scorer, bar)
+        print(f"[{phase.name}] residual fusion started at the late fusion of its ID score and its LLM's log-odds "
+              f"on {split} ({found['rows']:,} rows; weight {found['weight']:.2f}, AUC {found['valid_auc']:.4f}): "
+              + ", ".join(f"model.mapper.{k} {v:.4g}" for k, v in values.items())
+              + (f" ({found['abstaining_rows']:,} rows abstain)" if found["abstaining_rows"] else ""))
+        return fusion_start.with_values(trainable, values)
 
     def _resume(self, phase: PhaseConfig, ckpt: PhaseCheckpoints, state: TrainState, it: BatchIterator,
                 stopping: EarlyStopping) -> tuple[TrainState, EarlyStopping, dict | None]:

@@ -30,6 +30,7 @@ from sasrecllm_jax.run_folder.metrics_log import Reporter, read_metrics
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints, Store
 from sasrecllm_jax.train.final import final_evaluation
+from sasrecllm_jax.train.fusion_start import fitting_phase
 from sasrecllm_jax.train.phase import PhaseResult, PhaseRunner
 from sasrecllm_jax.train.phase_cache import PhaseCache, enabled_reason, phase_key
 from sasrecllm_jax.train.strategies import resolve_phases, scoring_prompt
@@ -238,6 +239,7 @@ class Run:
         reporter = Reporter(self.workdir)
         reporter.forget_final()  # a final evaluation cut short is made again
         runner = PhaseRunner(cfg, assembly, self.workdir, self.resume, reporter, self.on_step)
+        fit_phase = fitting_phase(cfg, self.phases)
         last: PhaseResult | None = None
         try:
             for phase in self.phases:
@@ -257,7 +259,7 @@ class Run:
                     params, last = self._reuse_phase(phase, key, hit, params, used, reporter)
                     reused[phase.name] = hit["run"]
                 else:
-                    last = runner.run(phase, params)
+                    last = runner.run(phase, params, fit_fusion=phase.name == fit_phase)
                     params = last.params
                     earlier_s += last.earlier_s
                     if key and last.best_step >= 0:

@@ -1,0 +1,78 @@
+"""`model.mapper.fusion_start: late_fusion`: a residual hybrid (score = ID score + a x LLM log-odds) whose
+llm_gate a, and with `unknown_id_score: learned` its unknown_score, are fitted when the phase that first
+trains the mapper starts: the late fusion of the hybrid's own two terms, each scored on that phase's
+validation rows by the params the phase starts from, picked on those rows (sasrecllm_jax.fusion). The
+phase then starts at that fusion's ranking, and its evaluation at step 0 measures it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from sasrecllm_jax.config import Config
+from sasrecllm_jax.data.pipeline import SplitData
+from sasrecllm_jax.errors import ConfigError
+from sasrecllm_jax.evaluate import Scorer, score_split
+from sasrecllm_jax.fusion import fit_late_fusion
+from sasrecllm_jax.models.hybrid import Hybrid
+from sasrecllm_jax.trees import set_path
+
+GRID = 21  # fusion weights 0, 0.05, ..., 0.95 (a weight of 1 would drop the ID score: no residual start)
+
+
+def llm_term_model(model: Hybrid) -> Hybrid:
+    """The same hybrid scoring with its LLM alone: the residual's second term (its fusion numbers unused)."""
+    return model.clone(cfg=dataclasses.replace(model.cfg, mapper=dataclasses.replace(model.cfg.mapper, fusion="none")))
+
+
+def id_terms(model: Hybrid, params: dict, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """(ID score, known) of every row of data: what the residual adds to a x the LLM's log-odds."""
+    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method=Hybrid.id_term))
+    score, known = fn(params, {"his": data.his, "uid": data.uid, "iid": data.iid})
+    return np.asarray(score, np.float64), np.asarray(known, bool)
+
+
+def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_scorer: Scorer,
+              progress=None) -> tuple[dict, dict]:
+    """(the values to set, {"llm_gate": a[, "unknown_score": u]}, and what the fit found) for a residual
+    hybrid `model` (deterministic) with `params` (the groups its hybrid prompts read) on validation rows
+    `data` rendered as hybrid prompts; `llm_scorer` scores llm_term_model(model)."""
+    m = cfg.model.mapper
+    id_score, known = id_terms(model, params, data)
+    llm = score_split(llm_scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, True, "on",
+                      progress, cfg.eval.share_prefix)
+    abstain = ~known if m.unknown_id_score == "learned" else None
+    if abstain is not None and (abstain.all() or not abstain.any()):
+        abstain = None  # every row abstains or none does: no stand-in to place (unknown_score: the mean)
+    f = fit_late_fusion(data.label, id_score, llm, abstain, weights=np.linspace(0.0, 1.0, GRID)[:-1],
+                        ref_a=id_score[~abstain] if abstain is not None else None)
+    values = {"llm_gate": float(f["gate_b"])}
+    if m.unknown_id_score == "learned":
+        values["unknown_score"] = float(f["abstain_score"]) if abstain is not None else float(id_score.mean())
+    return values, {"weight": f["weight_b"], "valid_auc": f["valid_auc"], "rows": len(data),
+                    "abstaining_rows": int(abstain.sum()) if abstain is not None else 0}
+
+
+def fitting_phase(cfg: Config, phases) -> str | None:
+    """The phase whose fresh start fits the fusion (the first that trains the mapper on hybrid prompts), or
+    None without fusion_start: late_fusion."""
+    if cfg.model.mapper.fusion_start != "late_fusion":
+        return None
+    name = next((p.name for p in phases if p.prompt == "hybrid" and "mapper" in p.trainable), None)
+    if name is None:
+        raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when the first phase that trains the "
+                          f"mapper on hybrid prompts starts, and this run has none (phases "
+                          f"{[(p.name, p.prompt, list(p.trainable)) for p in phases]}): add such a phase or set "
+                          f"model.mapper.fusion_start: init")
+    return name
+
+
+def with_values(tree: dict, values: dict) -> dict:
+    """tree (a params or trainable tree holding the mapper) with mapper/NAME set to each value."""
+    out = jax.tree_util.tree_map(lambda x: x, tree)
+    for name, value in values.items():
+        old = out["mapper"][name]
+        set_path(out, ("mapper", name), np.asarray(value, np.asarray(old).dtype))
+    return out
