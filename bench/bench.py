@@ -101,6 +101,34 @@ def peak_memory_gib():
     return round(stats["peak_bytes_in_use"] / 2**30, 2) if "peak_bytes_in_use" in stats else None
 
 
+def train_model(llm):
+    """The hybrid the train rows time: SASRec (frozen) + mapper + LoRA r8 on q/v with dropout 0.05."""
+    from sasrecllm_jax import config as C
+    from sasrecllm_jax.models.hybrid import Hybrid
+    return Hybrid(C.ModelConfig(), llm, num_users=1000, num_items=3000, answer_ids=(5, 6),
+                  lora=C.LoraConfig(dropout=0.05), deterministic=False, frozen=("sasrec",))
+
+
+def train_step_for(model, params):
+    """(our jitted train step, donating its state; its first state) for params: arrays, or
+    ShapeDtypeStructs for an abstract state to compile from (bench/memory.py)."""
+    import jax
+    import jax.numpy as jnp
+    from sasrecllm_jax import config as C
+    from sasrecllm_jax.train import groups as partition
+    from sasrecllm_jax.train.optim import make_optimizer
+    from sasrecllm_jax.train.step import TrainState, make_train_step
+    trainable, frozen = partition.split(params, ["lora", "mapper"])
+    phase = C.PhaseConfig(trainable=("lora", "mapper"), lr={"lora": 1e-3, "mapper": 1e-3})
+    tx, schedules = make_optimizer(phase, trainable, 1000, C.TrainConfig(warmup_steps=10))
+    apply_fn = lambda p, b, rngs: model.apply({"params": p}, b, rngs=rngs)
+    step = jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0)
+    if isinstance(jax.tree_util.tree_leaves(params)[0], jax.ShapeDtypeStruct):
+        return step, TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable, frozen, jax.eval_shape(tx.init, trainable),
+                                jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
+    return step, TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable), jax.random.key_data(jax.random.key(0)))
+
+
 def prepare(job: dict):
     """(run, llm config or None): run() does one jitted scoring pass, train step or matmul."""
     import jax
@@ -122,19 +150,9 @@ def prepare(job: dict):
         params = random_params(model, batch)
         score = jax.jit(lambda p, b: model.apply({"params": p}, b))
         return (lambda: score(params, batch)), llm
-    from sasrecllm_jax.train import groups as partition
-    from sasrecllm_jax.train.optim import make_optimizer
-    from sasrecllm_jax.train.step import TrainState, make_train_step
-    model = Hybrid(C.ModelConfig(), llm, num_users=1000, num_items=3000, answer_ids=(5, 6),
-                   lora=C.LoraConfig(dropout=0.05), deterministic=False, frozen=("sasrec",))
-    params = random_params(model, batch)
-    trainable, frozen = partition.split(params, ["lora", "mapper"])
-    phase = C.PhaseConfig(trainable=("lora", "mapper"), lr={"lora": 1e-3, "mapper": 1e-3})
-    tx, schedules = make_optimizer(phase, trainable, 1000, C.TrainConfig(warmup_steps=10))
-    apply_fn = lambda p, b, rngs: model.apply({"params": p}, b, rngs=rngs)
-    step = jax.jit(make_train_step(apply_fn, tx, schedules), donate_argnums=0)
-    holder = {"state": TrainState(jnp.int32(0), trainable, frozen, tx.init(trainable),
-                                  jax.random.key_data(jax.random.key(0)))}
+    model = train_model(llm)
+    step, state = train_step_for(model, random_params(model, batch))
+    holder = {"state": state}
 
     def run():
         holder["state"], m = step(holder["state"], batch)

@@ -22,25 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def compiled_memory(model_name: str, B: int, T: int, remat: str, dtype: str) -> dict:
     import jax
-    import jax.numpy as jnp
-    from bench import make_batch
+    from bench import make_batch, train_model, train_step_for
     from sasrecllm_jax import config as C
-    from sasrecllm_jax.models.hybrid import Hybrid
-    from sasrecllm_jax.train import groups as partition
-    from sasrecllm_jax.train.optim import make_optimizer
-    from sasrecllm_jax.train.step import TrainState, make_train_step
     llm = dataclasses.replace(getattr(C, model_name), param_dtype=dtype, dtype=dtype, attention="xla", remat=remat)
     batch = make_batch(B, T, llm.vocab_size)
-    model = Hybrid(C.ModelConfig(), llm, num_users=1000, num_items=3000, answer_ids=(5, 6),
-                   lora=C.LoraConfig(dropout=0.05), deterministic=False, frozen=("sasrec",))
-    abstract = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
-    trainable, frozen = partition.split(abstract, ["lora", "mapper"])
-    phase = C.PhaseConfig(trainable=("lora", "mapper"), lr={"lora": 1e-3, "mapper": 1e-3})
-    tx, schedules = make_optimizer(phase, trainable, 1000, C.TrainConfig(warmup_steps=10))
-    step = jax.jit(make_train_step(lambda p, b, rngs: model.apply({"params": p}, b, rngs=rngs), tx, schedules),
-                   donate_argnums=0)
-    state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable, frozen, jax.eval_shape(tx.init, trainable),
-                       jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
+    model = train_model(llm)
+    step, state = train_step_for(model, jax.eval_shape(model.init, jax.random.key(0), batch)["params"])
     t0 = time.perf_counter()
     m = step.lower(state, batch).compile().memory_analysis()
     return {"remat": remat, "temp_gib": m.temp_size_in_bytes / 2**30, "args_gib": m.argument_size_in_bytes / 2**30,
