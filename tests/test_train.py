@@ -526,7 +526,7 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
     assert 0 < (~known).sum() < len(known)  # rows of both kinds: the stand-in score is fitted
     text = assembly.split(cfg.data.eval_split, "text", assembly.row_limit("eval"))
     _, llm = evaluate(Scorer(assembly.model("text", True)), before, text, cfg, "text")
-    f = fit_late_fusion(valid.label, id_score, llm, ~known, weights=np.linspace(0, 1, 21)[:-1], ref_a=id_score[known])
+    f = fit_late_fusion(valid.label, id_score, llm, ~known, weights=np.linspace(0, 1, 21)[1:-1], ref_a=id_score[known])
     assert f"AUC {f['valid_auc']:.4f}" in line
     assert f"model.mapper.llm_gate {f['gate_b']:.4g}" in line and f"unknown_score {f['abstain_score']:.4g}" in line
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -536,12 +536,17 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
 
 def test_fusion_start_needs_a_residual_fusion_and_a_phase_to_fit(dataset, tmp_path):
     """fusion_start: late_fusion is refused, before anything trains, without a residual fusion, beside a given
-    start, or when no phase trains the mapper on hybrid prompts."""
+    start, when no phase trains the mapper on hybrid prompts, with ablated collaborative inputs, or after a
+    hybrid phase that would run with llm_gate 0."""
     for sets, says in ((["train.method=sasrecllm", "model.mapper.fusion_start=late_fusion"], "needs model.mapper.fusion: residual"),
                        (["train.method=sasrecllm", "model.mapper.fusion=residual", "model.mapper.fusion_start=late_fusion",
                          "model.mapper.llm_gate_init=2"], "leave model.mapper.llm_gate_init"),
                        (["train.method=sasrecllm", "train.strategy=dual_stage", "model.mapper.fusion=residual",
-                         "model.mapper.fusion_start=late_fusion", "train.freeze=[mapper]"], "this run has none")):
+                         "model.mapper.fusion_start=late_fusion", "train.freeze=[mapper]"], "this run has none"),
+                       (["train.method=sasrecllm", "model.mapper.fusion=residual", "model.mapper.fusion_start=late_fusion",
+                         "train.collab=shuffle"], "train with train.collab: on"),
+                       (["train.method=sasrecllm", "train.strategy=hierarchical_freezing", "model.mapper.fusion=residual",
+                         "model.mapper.fusion_start=late_fusion"], "phase(s) ['lora'] read hybrid prompts before it")):
         with pytest.raises(ConfigError, match=re.escape(says)):
             train_and_evaluate(smoke_config(dataset, *FAST, *sets), tmp_path / "refused")
 

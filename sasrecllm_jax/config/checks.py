@@ -161,6 +161,10 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.fusion_start != "init" and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.fusion_start", cfg.model.mapper.fusion_start,
                 "fits the residual fusion's starting weight, so it needs model.mapper.fusion: residual")
+    if cfg.model.mapper.fusion_start != "init" and cfg.train.collab != "on":
+        _refuse("model.mapper.fusion_start", cfg.model.mapper.fusion_start,
+                f"fits the fusion of the collaborative inputs as they are, which train.collab: {cfg.train.collab} "
+                f"changes: train with train.collab: on")
     if cfg.model.mapper.fusion_start != "init" and (cfg.model.mapper.llm_gate_init or cfg.model.mapper.unknown_score_init):
         _refuse("model.mapper.fusion_start", cfg.model.mapper.fusion_start,
                 "fits llm_gate and unknown_score itself: leave model.mapper.llm_gate_init and unknown_score_init at 0")

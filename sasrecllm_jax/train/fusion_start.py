@@ -19,7 +19,10 @@ from sasrecllm_jax.fusion import fit_late_fusion
 from sasrecllm_jax.models.hybrid import Hybrid
 from sasrecllm_jax.trees import set_path
 
-GRID = 21  # fusion weights 0, 0.05, ..., 0.95 (a weight of 1 would drop the ID score: no residual start)
+# fusion weights 0.05, ..., 0.95: both terms count (at 1 the ID score drops out, which a residual cannot
+# express; at 0 the LLM term does, and with llm_gate 0 the mapper would get no gradient)
+WEIGHTS = np.linspace(0.0, 1.0, 21)[1:-1]
+ID_ROWS = 4096  # rows per call of the ID term
 
 
 def llm_term_model(model: Hybrid) -> Hybrid:
@@ -30,7 +33,12 @@ def llm_term_model(model: Hybrid) -> Hybrid:
 def id_terms(model: Hybrid, params: dict, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
     """(ID score, known) of every row of data: what the residual adds to a x the LLM's log-odds."""
     fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method=Hybrid.id_term))
-    score, known = fn(params, {"his": data.his, "uid": data.uid, "iid": data.iid})
+    n = len(data)
+    rows = min(ID_ROWS, max(n, 1))
+    pad = lambda x: np.concatenate([x, np.repeat(x[:1], -n % rows, axis=0)]) if n % rows else x
+    cols = {"his": pad(data.his), "uid": pad(data.uid), "iid": pad(data.iid)}
+    parts = [jax.device_get(fn(params, {k: v[i:i + rows] for k, v in cols.items()})) for i in range(0, n, rows)]
+    score, known = (np.concatenate([p[j] for p in parts])[:n] for j in (0, 1))
     return np.asarray(score, np.float64), np.asarray(known, bool)
 
 
@@ -46,7 +54,7 @@ def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_sco
     abstain = ~known if m.unknown_id_score == "learned" else None
     if abstain is not None and (abstain.all() or not abstain.any()):
         abstain = None  # every row abstains or none does: no stand-in to place (unknown_score: the mean)
-    f = fit_late_fusion(data.label, id_score, llm, abstain, weights=np.linspace(0.0, 1.0, GRID)[:-1],
+    f = fit_late_fusion(data.label, id_score, llm, abstain, weights=WEIGHTS,
                         ref_a=id_score[~abstain] if abstain is not None else None)
     values = {"llm_gate": float(f["gate_b"])}
     if m.unknown_id_score == "learned":
@@ -61,6 +69,12 @@ def fitting_phase(cfg: Config, phases) -> str | None:
     if cfg.model.mapper.fusion_start != "late_fusion":
         return None
     name = next((p.name for p in phases if p.prompt == "hybrid" and "mapper" in p.trainable), None)
+    before = [p.name for p in phases[:[q.name for q in phases].index(name)] if p.prompt == "hybrid"] if name else []
+    if before:
+        raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when phase {name!r} (the first that trains "
+                          f"the mapper on hybrid prompts) starts, and phase(s) {before} read hybrid prompts before it "
+                          f"with llm_gate 0, where the LLM term counts for nothing: train the mapper in the first "
+                          f"hybrid phase or set model.mapper.fusion_start: init")
     if name is None:
         raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when the first phase that trains the "
                           f"mapper on hybrid prompts starts, and this run has none (phases "

@@ -121,16 +121,16 @@ class PhaseRunner:
         ckpt = PhaseCheckpoints(self.workdir, phase.name)
         try:
             state, stopping, earlier = self._resume(phase, ckpt, state, it, stopping)
-            if fit_fusion and earlier is None and int(state.step) == 0:
-                state = state.replace(trainable=self._fit_fusion(phase, plan, merge(state.trainable, state.frozen),
-                                                                 state.trainable))
             layout = None
+            place = (lambda s: sharding.place(s, layout)) if plan.mesh is not None else \
+                (lambda s: jax.device_put(s, jax.devices()[0]))  # commit every leaf: a state mixing an earlier
+            # phase's (committed) outputs with new (uncommitted) leaves would compile the step twice
             if plan.mesh is not None:
                 layout = sharding.param_shardings(state, plan.mesh, t.sharding)
-                state = sharding.place(state, layout)
-            else:  # commit every leaf: a state mixing an earlier phase's (committed) outputs with new
-                # (uncommitted) leaves would compile the step twice, for the first step and the second
-                state = jax.device_put(state, jax.devices()[0])
+            state = place(state)
+            if fit_fusion and earlier is None and int(state.step) == 0:  # on the placed (sharded) params
+                state = place(state.replace(trainable=self._fit_fusion(
+                    phase, plan, merge(state.trainable, state.frozen), state.trainable)))
             self.progress = PhaseProgress(phase.name, plan.total, int(state.step))
             loop = PhaseLoop(self, plan, sharding.jit_step(plan.train_step, layout), it, state, stopping, ckpt, earlier)
             loop.run()
