@@ -196,11 +196,13 @@ def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bo
         lines.insert(1, f"({name_a} abstains on new-item rows: z({name_a}) is c there, so they rank by {name_b} alone)"
                      + (f"; the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g} and {name_a}'s "
                         f"score {f['abstain_score']:.3g} on new-item rows: a residual hybrid's "
-                        f"model.mapper.llm_gate_init and unknown_score_init to start near it"
+                        f"model.mapper.llm_gate_init and unknown_score_init to start near it (or "
+                        f"model.mapper.fusion_start: late_fusion, which fits them in the run)"
                         if f["gate_b"] is not None else ""))
     elif f["gate_b"] is not None:
         lines.insert(1, f"(the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g}: a residual "
-                        f"hybrid's model.mapper.llm_gate_init to start near it)")
+                        f"hybrid's model.mapper.llm_gate_init to start near it, or model.mapper.fusion_start: "
+                        f"late_fusion, which fits it in the run)")
     lines += format_rows("fusion", f["test"])
     lines += ["", *header(name_b)]
     lines += format_rows("fusion", f["test_vs_b"])
