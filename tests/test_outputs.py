@@ -475,6 +475,9 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_y", pytest.approx(0.698), 1, 2)
     summary["sasrecllm_x-seed1"]["valid"]["all"]["auc"] = 0.72  # x's mean 0.71 leads: its seed-0 run, not seed 1's
     assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_x", pytest.approx(0.71), 2, 2)
+    # a configuration without a run of the baselines' seed is passed over, however it does on valid
+    summary["sasrecllm_z-seed1"] = _result("sasrecllm", 1, 0.80, 0.80, 0.80, 0.80)
+    assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_x", pytest.approx(0.71), 2, 3)
     assert experiments_cli.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no finished runs under" in capsys.readouterr().err
 

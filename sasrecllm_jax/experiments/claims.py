@@ -36,8 +36,9 @@ def verdict(test: dict | None, rel: str) -> str:
 
 def chosen_hybrid(summary: dict) -> tuple[str, float, int, int] | None:
     """(run, valid AUC, seeds, configurations): the SASRecLLM configuration best on valid AUC, averaged over
-    its seeds where several ran (one seed's valid AUC can lead by the seed's luck), and of it the run with the
-    baselines' seed (sasrec's), else its best on valid, so that the claims pair runs of one seed."""
+    its seeds where several ran (one seed's valid AUC can lead by the seed's luck), among the configurations
+    with a run of the baselines' seed (sasrec's) where any has one, and of it that run (else its best on
+    valid), so that the claims pair runs of one seed."""
     hybrids = {n: r for n, r in summary.items() if r.get("method") == "sasrecllm" and r["valid"]["all"]["auc"] is not None}
     if not hybrids:
         return None
@@ -45,8 +46,9 @@ def chosen_hybrid(summary: dict) -> tuple[str, float, int, int] | None:
     valid = lambda n: hybrids[n]["valid"]["all"]["auc"]
     configs = {tuple(m for m in group_of.get(n, [n]) if m in hybrids) for n in hybrids}
     mean_valid = {names: sum(map(valid, names)) / len(names) for names in configs}
-    names = max(sorted(configs), key=lambda c: mean_valid[c])
     seed = summary.get("sasrec", {}).get("config", {}).get("train", {}).get("seed")
+    of_seed = lambda c: any(summary[n]["config"]["train"]["seed"] == seed for n in c)
+    names = max(sorted(c for c in configs if of_seed(c) or not any(map(of_seed, configs))), key=lambda c: mean_valid[c])
     same = [n for n in names if summary[n]["config"]["train"]["seed"] == seed]
     return (same[0] if same else max(names, key=valid)), mean_valid[names], len(names), len(configs)
 
