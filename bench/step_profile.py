@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     for side in ("forward", "backward", "other"):
         if parts[(side, "matmul")] or parts[(side, "other ops")]:
             print(f"| {side} | {parts[(side, 'matmul')] / 1e6:.2f} | {parts[(side, 'other ops')] / 1e6:.2f} |")
-    print(f"\n| op | s | pass | output | from |\n|---|---|---|---|---|")
+    print("\n| op | s | pass | output | from |\n|---|---|---|---|---|")
     for name, us in times.most_common(args.top):
         shape, origin = origins.get(name, ("?", "?"))
         where = re.sub(r"^jit\([^)]*\)/", "", origin).split("closed_call/")[-1][:90]
