@@ -34,8 +34,8 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
     `abstain` abstain_c (c) and abstain_score (a's score there in its own units), gate_b (None when w = 1:
     the fusion drops a), the validation AUC, and `fuse(a, b, abstain)`, which applies it to other rows.
     a is standardised by `ref_a` (default: a itself), b by b; `weights` replaces the grid of w."""
-    za_of, zb_of = standardiser(a if ref_a is None else ref_a), standardiser(b)
     ref = a if ref_a is None else ref_a
+    za_of, zb_of = standardiser(ref), standardiser(b)
     za, zb = za_of(a), zb_of(b)
     cs = ABSTAIN_GRID if abstain is not None else [None]
 

@@ -47,8 +47,8 @@ def chosen_hybrid(summary: dict) -> tuple[str, float, int, int] | None:
     configs = {tuple(m for m in group_of.get(n, [n]) if m in hybrids) for n in hybrids}
     mean_valid = {names: sum(map(valid, names)) / len(names) for names in configs}
     seed = summary.get("sasrec", {}).get("config", {}).get("train", {}).get("seed")
-    of_seed = lambda c: any(summary[n]["config"]["train"]["seed"] == seed for n in c)
-    names = max(sorted(c for c in configs if of_seed(c) or not any(map(of_seed, configs))), key=lambda c: mean_valid[c])
+    of_seed = [c for c in configs if any(summary[n]["config"]["train"]["seed"] == seed for n in c)]
+    names = max(sorted(of_seed or configs), key=lambda c: mean_valid[c])
     same = [n for n in names if summary[n]["config"]["train"]["seed"] == seed]
     return (same[0] if same else max(names, key=valid)), mean_valid[names], len(names), len(configs)
 

@@ -68,19 +68,23 @@ def fitting_phase(cfg: Config, phases) -> str | None:
     None without fusion_start: late_fusion."""
     if cfg.model.mapper.fusion_start != "late_fusion":
         return None
-    name = next((p.name for p in phases if p.prompt == "hybrid" and "mapper" in p.trainable), None)
-    before = [p.name for p in phases[:[q.name for q in phases].index(name)] if p.prompt == "hybrid"] if name else []
-    if before:
-        raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when phase {name!r} (the first that trains "
-                          f"the mapper on hybrid prompts) starts, and phase(s) {before} read hybrid prompts before it "
-                          f"with llm_gate 0, where the LLM term counts for nothing: train the mapper in the first "
-                          f"hybrid phase or set model.mapper.fusion_start: init")
-    if name is None:
-        raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when the first phase that trains the "
-                          f"mapper on hybrid prompts starts, and this run has none (phases "
-                          f"{[(p.name, p.prompt, list(p.trainable)) for p in phases]}): add such a phase or set "
-                          f"model.mapper.fusion_start: init")
-    return name
+    before = []  # hybrid phases before it
+    for p in phases:
+        if p.prompt != "hybrid":
+            continue
+        if "mapper" not in p.trainable:
+            before.append(p.name)
+        elif before:
+            raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when phase {p.name!r} (the first that "
+                              f"trains the mapper on hybrid prompts) starts, and phase(s) {before} read hybrid prompts "
+                              f"before it with llm_gate 0, where the LLM term counts for nothing: train the mapper in "
+                              f"the first hybrid phase or set model.mapper.fusion_start: init")
+        else:
+            return p.name
+    raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when the first phase that trains the "
+                      f"mapper on hybrid prompts starts, and this run has none (phases "
+                      f"{[(p.name, p.prompt, list(p.trainable)) for p in phases]}): add such a phase or set "
+                      f"model.mapper.fusion_start: init")
 
 
 def with_values(tree: dict, values: dict) -> dict:

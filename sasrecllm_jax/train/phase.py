@@ -121,12 +121,11 @@ class PhaseRunner:
         ckpt = PhaseCheckpoints(self.workdir, phase.name)
         try:
             state, stopping, earlier = self._resume(phase, ckpt, state, it, stopping)
-            layout = None
-            place = (lambda s: sharding.place(s, layout)) if plan.mesh is not None else \
-                (lambda s: jax.device_put(s, jax.devices()[0]))  # commit every leaf: a state mixing an earlier
-            # phase's (committed) outputs with new (uncommitted) leaves would compile the step twice
-            if plan.mesh is not None:
-                layout = sharding.param_shardings(state, plan.mesh, t.sharding)
+            layout = sharding.param_shardings(state, plan.mesh, t.sharding) if plan.mesh is not None else None
+
+            def place(s):  # without a mesh, commit every leaf: a state mixing an earlier phase's (committed)
+                # outputs with new (uncommitted) leaves would compile the step twice
+                return sharding.place(s, layout) if layout is not None else jax.device_put(s, jax.devices()[0])
             state = place(state)
             if fit_fusion and earlier is None and int(state.step) == 0:  # on the placed (sharded) params
                 state = place(state.replace(trainable=self._fit_fusion(
@@ -148,7 +147,7 @@ class PhaseRunner:
     def _fit_fusion(self, phase: PhaseConfig, plan: PhasePlan, params: dict, trainable: dict) -> dict:
         """trainable with the residual fusion's llm_gate (and unknown_score) fitted to the late fusion of the
         hybrid's two terms on the phase's validation rows (train/fusion_start.py)."""
-        model = self.assembly.model(phase.prompt, deterministic=True)
+        model = plan.scorer.model  # the phase's own scorer's (deterministic) hybrid
         scorer = StoppableScorer(Scorer(fusion_start.llm_term_model(model), notify=print))
         split = self.cfg.data.eval_split
         with row_bar(len(plan.eval_data), f"{phase.name}: fit the fusion's start on {split}", leave=False) as bar:
