@@ -122,8 +122,9 @@ def scoring_description(rec) -> dict:
     out.update({
         "encoder": {"kind": enc, "config": to_dict(getattr(m, enc)), **ENCODER_VECTORS[enc],
                     **({"item_vector": f"{ENCODER_VECTORS[enc]['item_vector']} if mapper/counts/item_seen[iid] "
-                                       f"is 1, else mapper/unknown_item (the item has no train row the encoder learned from)"}
-                       if m.mapper.new_items == "unknown" else {})},
+                                       f"is 1, else {NEW_ITEM_VECTOR[m.mapper.new_items]} (the item has no train row "
+                                       f"the encoder learned from)"}
+                       if m.mapper.new_items != "id" else {})},
         "mapper": {"config": to_dict(m.mapper), "d_model": rec.assembly.backbone.llm_cfg.hidden_size,
                    "tokens": "reshape(relu(v @ mapper/fc1/kernel + mapper/fc1/bias) @ mapper/fc2/kernel "
                              "+ mapper/fc2/bias, [num_tokens, d_model])"},
@@ -256,6 +257,8 @@ def unknown_item_example(desc: dict) -> list[str]:
     body = []
     if desc["mapper"]["config"]["new_items"] == "unknown":
         body += ['    item_vector = w["mapper/unknown_item"]  # the shared unknown vector']
+    if desc["mapper"]["config"]["new_items"] == "text":
+        body += ['    item_vector = w["mapper/counts/item_text"][7]  # the vector its title predicts']
     if "template_unknown_item" in desc:
         body += ["    text = collab[\"template_unknown_item\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', "
                  "target=\"Casino (1995)\")  # shown by its title alone",
@@ -263,6 +266,8 @@ def unknown_item_example(desc: dict) -> list[str]:
     return ['if w["mapper/counts/item_seen"][7] == 0:  # an item without train rows', *body] if body else []
 
 
+NEW_ITEM_VECTOR = {"unknown": "mapper/unknown_item",
+                   "text": "mapper/counts/item_text[iid] (the vector the item's title predicts)"}
 NOTHING_FOR_UNKNOWN = " (nothing is added for an item whose mapper/counts/item_seen is 0: the LLM reads its row as a text prompt)"
 
 

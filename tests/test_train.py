@@ -286,7 +286,7 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "model.llm_overrides={scan_unroll: 0}"], "scan_unroll = 0; use 1"),
     (["--set", "train.phase_overrides={hybird: {epochs: 2}}"], "this run has no phase 'hybird'"),
     (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
-    (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown"),
+    (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown or text"),
     (["--set", "model.mapper.llm_gate_init=3.0"], "needs model.mapper.fusion: residual"),
     (["--set", "data.prompt_hybrid_unknown_item=configs/prompts/text.txt"], "needs model.mapper.new_items: unknown"),
     (["--set", "model.mapper.inject=last", "--set", "model.mapper.num_tokens=2"], "must be 1 with model.mapper.inject: last"),
@@ -532,6 +532,49 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
     assert abs(start["all/auc"] - f["valid_auc"]) < 1e-6
+
+
+def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, capsys):
+    """model.mapper.new_items: text on held-out items: the hybrid phase's start fits item_text from the encoder
+    and the LLM's input embeddings it starts with (the final table is fit_item_vectors of those, the ridge
+    the run printed), only the items without train rows show it, and their ID score is the encoder's score
+    of it: two held-out items of one user score apart, by their titles. A hybrid phase that trains the
+    encoder is refused before anything trains."""
+    from sasrecllm_jax.item_text import fit_item_vectors, title_features
+    from sasrecllm_jax.models.hybrid import Hybrid
+    from sasrecllm_jax.score import Recommender
+    cold, held = held_out_copy(dataset, tmp_path / "cold")
+    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=dual_stage", "model.mapper.new_items=text",
+                       "model.mapper.fusion=residual")
+    starts = {}
+    capsys.readouterr()
+    train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: starts.setdefault(p.name, before))
+    line = next(l for l in capsys.readouterr().out.splitlines() if "item vectors regressed from titles" in l)
+    before = starts["hybrid"]
+    rec = Recommender(tmp_path / "run")
+    model = rec.assembly.model("hybrid", True)
+    valid = rec.assembly.split(cfg.data.eval_split, "hybrid", rec.assembly.row_limit("eval"))
+    seen = np.asarray(before["mapper"]["counts"]["item_seen"]) > 0
+    assert not np.any(before["mapper"]["counts"]["item_text"]) and not seen[held].any() and seen.sum() > 10
+    users, = model.apply({"params": before}, {"his": valid.his, "uid": valid.uid}, method=Hybrid.user_vectors)
+    features = title_features(rec.assembly.backbone.tokenizer, np.asarray(before["llm"]["model"]["embed_tokens"]["embedding"]),
+                              rec.assembly.dataset.titles())
+    table, found = fit_item_vectors(features, model.apply({"params": before}, method=Hybrid.item_vectors), seen,
+                                    users, valid.iid, valid.label)
+    final = rec.params["mapper"]["counts"]["item_text"]
+    np.testing.assert_allclose(final, table, rtol=1e-5, atol=1e-6)
+    assert line.startswith("[hybrid]") and f"ridge {found['ridge']:g}" in line and f"AUC {found['valid_auc']:.4f}" in line
+    batch = {"his": np.array([[0, 0, 0, 1, 2]] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
+             "iid": np.array([held[0], held[1], int(np.flatnonzero(seen)[0])], np.int32)}
+    id_score, known = model.apply({"params": rec.params}, batch, method=Hybrid.id_term)
+    (user,) = model.apply({"params": rec.params}, batch, method=Hybrid.user_vectors)
+    shown = np.stack([final[held[0]], final[held[1]], model.apply({"params": rec.params}, method=Hybrid.item_vectors)[batch["iid"][2]]])
+    np.testing.assert_array_equal(known, [False, False, True])
+    np.testing.assert_allclose(id_score, np.einsum("nd,nd->n", user, shown), rtol=1e-5, atol=1e-6)
+    assert id_score[0] != id_score[1]
+    with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train the encoder on hybrid prompts")):
+        train_and_evaluate(smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
+                                        "model.mapper.new_items=text"), tmp_path / "refused")
 
 
 def test_fusion_start_needs_a_residual_fusion_and_a_phase_to_fit(dataset, tmp_path):

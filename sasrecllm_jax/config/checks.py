@@ -144,9 +144,9 @@ def validate(cfg: Config) -> None:
     s = cfg.model.sasrec
     if s.hidden % s.num_heads:
         _refuse("model.sasrec.num_heads", s.num_heads, f"must divide model.sasrec.hidden ({s.hidden})")
-    if cfg.model.mapper.item_dropout and cfg.model.mapper.new_items != "unknown":
+    if cfg.model.mapper.item_dropout and cfg.model.mapper.new_items == "id":
         _refuse("model.mapper.item_dropout", cfg.model.mapper.item_dropout,
-                "shows rows' items as unknown, so it needs model.mapper.new_items: unknown")
+                "shows rows' items as a new item's, so it needs model.mapper.new_items: unknown or text")
     if cfg.model.mapper.unknown_id_score != "encoder" and (cfg.model.mapper.new_items != "unknown"
                                                             or cfg.model.mapper.fusion == "none"):
         _refuse("model.mapper.unknown_id_score", cfg.model.mapper.unknown_id_score,

@@ -100,8 +100,12 @@ class MapperConfig:
     # what the item token shows for a target item with no train row: "id", its encoder vector as is (an
     # untrained initialisation: noise); "unknown", one shared learned vector (mapper group, starting at
     # zero), which training also puts in place of a random `item_dropout` share of the rows' items, so the
-    # LLM learns to answer from the title when the ID model knows nothing of the item
-    new_items: Literal["id", "unknown"] = "id"
+    # LLM learns to answer from the title when the ID model knows nothing of the item; "text", the vector
+    # the item's title predicts (a ridge regression from the mean LLM input embedding of the title's tokens to
+    # the encoder's item vectors of the items with train rows, fitted when the first hybrid phase starts and
+    # never trained), so the encoder's score and the item token read the title where the ID knows nothing;
+    # item_dropout then shows a row's title vector in place of its ID vector
+    new_items: Literal["id", "unknown", "text"] = "id"
     item_dropout: float = 0.0
     # with new_items: unknown and a fusion (gate, residual), the ID score of a row whose item is shown as
     # unknown: "encoder", the encoder's score of the unknown vector (a per-user offset); "learned", one

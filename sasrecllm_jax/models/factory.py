@@ -53,7 +53,7 @@ class ModelFactory:
         d_enc = encoder_width(m)
         mapper = Mapper(m.mapper, self.backbone.llm_cfg.hidden_size, d_enc, self.num_items)
         params["mapper"] = {**jax.jit(mapper.init)(k_map, jnp.zeros((1, d_enc)))["params"],
-                            **counted_seen_items(m.mapper, train, self.num_items)}
+                            **counted_seen_items(m.mapper, train, self.num_items, d_enc)}
         batch = {"tokens": jnp.zeros((1, 8), jnp.int32), "mask": jnp.ones((1, 8), jnp.int32),
                  "user_pos": jnp.zeros((1,), jnp.int32), "item_pos": jnp.full((1,), 2, jnp.int32),
                  "his": dummy[0], "uid": dummy[1], "iid": dummy[2]}

@@ -103,6 +103,14 @@ class Hybrid(_HasEncoder, nn.Module):
         i, known = self.mapper.item_input(self.encoder.item_vector(batch["iid"]), batch["iid"])
         return u, i, known, self.mapper.id_score(self.encoder.score(u, i, batch["uid"], batch["iid"]), known)
 
+    def user_vectors(self, batch):
+        """(the encoder's user vector [B, d] of rows (his, uid),): what the item-text fit scores items against."""
+        return (self.encoder.user_vector(batch["his"], batch["uid"]),)
+
+    def item_vectors(self):
+        """[num_items + 1, d]: the encoder's own vector of every item (id 0, padding, reads as zero)."""
+        return self.encoder.item_vector(jnp.arange(self.num_items + 1))
+
     def id_term(self, batch):
         """(the ID score the fusion adds [B], whether each row's item is shown as its own [B]) of rows
         (his, uid, iid): no prompt is read."""

@@ -4,7 +4,10 @@ With `new_items: unknown` it also holds what the item token shows for an item th
 trained on: one learned vector `unknown_item` [d_enc] (starting at zero), used for every target item
 whose `counts/item_seen` flag is 0 (no train row; counted from the train split, never trained) and, in
 training, for a random `item_dropout` share of rows; with `unknown_id_score: learned`, also one learned
-number `unknown_score` that stands for the ID score of those rows.
+number `unknown_score` that stands for the ID score of those rows. With `new_items: text` an item
+without train rows (and, in training, an `item_dropout` share of the rows' items) shows instead the vector
+its title predicts: `counts/item_text[iid]` [d_enc], fitted when the first hybrid phase starts
+(sasrecllm_jax/item_text.py) and never trained.
 """
 from __future__ import annotations
 
@@ -21,28 +24,34 @@ FUSION_NUMBERS = ("id_gate", "llm_gate", "unknown_score")
 
 
 class SeenItems(nn.Module):
-    """item_seen[iid]: 1 for an item with a train row, 0 for one without (filled from the train split)."""
+    """item_seen[iid]: 1 for an item with a train row, 0 for one without (filled from the train split); with
+    d_text, item_text[iid] [d_text]: the item's title-predicted encoder vector (zero until fitted)."""
     num_items: int
+    d_text: int = 0
 
     def setup(self):
         self.item_seen = self.param("item_seen", nn.initializers.zeros, (self.num_items + 1,))
+        if self.d_text:
+            self.item_text = self.param("item_text", nn.initializers.zeros, (self.num_items + 1, self.d_text))
 
 
-def counted_seen_items(cfg: MapperConfig, train, num_items: int) -> dict:
+def counted_seen_items(cfg: MapperConfig, train, num_items: int, d_enc: int) -> dict:
     """The mapper's counted subtree, to merge into its freshly initialised params: with `new_items: unknown`
-    the item_seen flags of the items that `train` (a table with iid) names, else none."""
-    if cfg.new_items != "unknown":
+    or `text` the item_seen flags of the items that `train` (a table with iid) names (and with text the
+    item_text table, zero until its fit), else none."""
+    if cfg.new_items == "id":
         return {}
     seen = np.zeros(num_items + 1, np.float32)
     seen[train["iid"].to_numpy()] = 1.0
-    return {COUNTS: {"item_seen": jnp.asarray(seen)}}
+    text = {"item_text": jnp.zeros((num_items + 1, d_enc), jnp.float32)} if cfg.new_items == "text" else {}
+    return {COUNTS: {"item_seen": jnp.asarray(seen), **text}}
 
 
 class Mapper(nn.Module):
     cfg: MapperConfig
     d_model: int
-    d_enc: int                         # the encoder's vector width (read with new_items: unknown)
-    num_items: int                     # (read with new_items: unknown)
+    d_enc: int                         # the encoder's vector width (read with new_items: unknown or text)
+    num_items: int                     # (read with new_items: unknown or text)
     deterministic: bool = True         # False (training): item_dropout applies, drawn from the "dropout" stream
 
     def setup(self):
@@ -57,7 +66,8 @@ class Mapper(nn.Module):
             self.unknown_item = self.param("unknown_item", nn.initializers.zeros, (self.d_enc,))
             if self.cfg.unknown_id_score == "learned":
                 self.unknown_score = self.param("unknown_score", nn.initializers.constant(self.cfg.unknown_score_init), ())
-            setattr(self, COUNTS, SeenItems(self.num_items))
+        if self.cfg.new_items != "id":
+            setattr(self, COUNTS, SeenItems(self.num_items, self.d_enc if self.cfg.new_items == "text" else 0))
 
     def __call__(self, x):
         """[..., d_enc] -> [..., k, d_model]."""
@@ -67,13 +77,16 @@ class Mapper(nn.Module):
     def item_input(self, item_vector, iid):
         """(vector [B, d_enc], known [B] bool): the encoder vector that stands for each target item iid [B]
         and whether it is the item's own. With `new_items: unknown` an item without train rows (and, when
-        not deterministic, each row with probability item_dropout) shows the shared unknown vector."""
-        if self.cfg.new_items != "unknown":
+        not deterministic, each row with probability item_dropout) shows the shared unknown vector; with
+        `new_items: text`, the vector its title predicts."""
+        if self.cfg.new_items == "id":
             return item_vector, jnp.ones(iid.shape, bool)
-        seen = getattr(self, COUNTS).item_seen[iid] > 0
+        counts = getattr(self, COUNTS)
+        seen = counts.item_seen[iid] > 0
         if not self.deterministic and self.cfg.item_dropout > 0:
             seen &= ~jax.random.bernoulli(self.make_rng("dropout"), self.cfg.item_dropout, iid.shape)
-        return jnp.where(seen[..., None], item_vector, self.unknown_item.astype(item_vector.dtype)), seen
+        other = counts.item_text[iid] if self.cfg.new_items == "text" else self.unknown_item
+        return jnp.where(seen[..., None], item_vector, other.astype(item_vector.dtype)), seen
 
     def id_score(self, encoder_score, known):
         """The ID score [B] the fusion adds: the encoder's, or with `unknown_id_score: learned` the learned

@@ -30,15 +30,21 @@ def llm_term_model(model: Hybrid) -> Hybrid:
     return model.clone(cfg=dataclasses.replace(model.cfg, mapper=dataclasses.replace(model.cfg.mapper, fusion="none")))
 
 
-def id_terms(model: Hybrid, params: dict, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
-    """(ID score, known) of every row of data: what the residual adds to a x the LLM's log-odds."""
-    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method=Hybrid.id_term))
+def id_rows(model: Hybrid, method, params: dict, data: SplitData) -> tuple[np.ndarray, ...]:
+    """The outputs of `method` of model (a tuple of per-row arrays) on rows (his, uid, iid) of data, ID_ROWS
+    rows per call (the last call padded with the first row, one compiled shape); no prompt is read."""
+    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method=method))
     n = len(data)
     rows = min(ID_ROWS, max(n, 1))
     pad = lambda x: np.concatenate([x, np.repeat(x[:1], -n % rows, axis=0)]) if n % rows else x
     cols = {"his": pad(data.his), "uid": pad(data.uid), "iid": pad(data.iid)}
     parts = [jax.device_get(fn(params, {k: v[i:i + rows] for k, v in cols.items()})) for i in range(0, n, rows)]
-    score, known = (np.concatenate([p[j] for p in parts])[:n] for j in (0, 1))
+    return tuple(np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0])))
+
+
+def id_terms(model: Hybrid, params: dict, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """(ID score, known) of every row of data: what the residual adds to a x the LLM's log-odds."""
+    score, known = id_rows(model, Hybrid.id_term, params, data)
     return np.asarray(score, np.float64), np.asarray(known, bool)
 
 

@@ -26,7 +26,7 @@ from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, make_
 from sasrecllm_jax.errors import ConfigError, TrainingError, check_stop
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
 from sasrecllm_jax.run_folder.metrics_log import Reporter
-from sasrecllm_jax.train import fusion_start, groups
+from sasrecllm_jax.train import fusion_start, groups, item_text_start
 from sasrecllm_jax.train import checkpoint as checkpoint_lib
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints
 from sasrecllm_jax.train.early_stopping import EarlyStopping
@@ -104,9 +104,10 @@ class PhaseRunner:
         else:
             print(text)
 
-    def run(self, phase: PhaseConfig, params: dict, fit_fusion: bool = False) -> PhaseResult:
-        """Train one phase from params; with `fit_fusion` (model.mapper.fusion_start: late_fusion, the first
-        phase that trains the mapper) a fresh start first fits the residual fusion's numbers."""
+    def run(self, phase: PhaseConfig, params: dict, fit_fusion: bool = False, fit_text: bool = False) -> PhaseResult:
+        """Train one phase from params; with `fit_text` (model.mapper.new_items: text, the first hybrid phase)
+        its start fits the items' title vectors first; with `fit_fusion` (model.mapper.fusion_start:
+        late_fusion, the first phase that trains the mapper) a fresh start then fits the residual fusion's numbers."""
         t = self.cfg.train
         used = groups.prompt_modules(phase.prompt, self.cfg.model.encoder)
         rest = {k: v for k, v in params.items() if k not in used}
@@ -127,6 +128,9 @@ class PhaseRunner:
                 # outputs with new (uncommitted) leaves would compile the step twice
                 return sharding.place(s, layout) if layout is not None else jax.device_put(s, jax.devices()[0])
             state = place(state)
+            if fit_text:  # fresh or resumed: the table is counted, never checkpointed with the phase's state
+                state = place(state.replace(frozen=self._fit_text(phase, plan, merge(state.trainable, state.frozen),
+                                                                  state.frozen)))
             if fit_fusion and earlier is None and int(state.step) == 0:  # on the placed (sharded) params
                 state = place(state.replace(trainable=self._fit_fusion(
                     phase, plan, merge(state.trainable, state.frozen), state.trainable)))
@@ -143,6 +147,16 @@ class PhaseRunner:
                            handed_on_valid=stopping.best_metrics if phase.restore_best else None,
                            handed_on_scores=loop.best_scores if phase.restore_best else None,  # None after a resume
                            timing=loop.timing, earlier_s=float((earlier or {}).get("wall_s", 0.0)))
+
+    def _fit_text(self, phase: PhaseConfig, plan: PhasePlan, params: dict, frozen: dict) -> dict:
+        """frozen with the mapper's item_text table fitted from the phase's starting encoder (train/item_text_start.py)."""
+        table, found = item_text_start.fit_table(plan.scorer.model, params, plan.eval_data,
+                                                 self.assembly.dataset.titles(), self.assembly.backbone.tokenizer)
+        print(f"[{phase.name}] item vectors regressed from titles on {found['items']:,} items with train rows "
+              f"(ridge {found['ridge']:g}, picked on {self.cfg.data.eval_split}: AUC {found['valid_auc']:.4f} over "
+              f"{found['rows']:,} rows with every item shown by its title); {found['new_items']:,} items without "
+              f"train rows show theirs")
+        return item_text_start.with_table(frozen, table)
 
     def _fit_fusion(self, phase: PhaseConfig, plan: PhasePlan, params: dict, trainable: dict) -> dict:
         """trainable with the residual fusion's llm_gate (and unknown_score) fitted to the late fusion of the

@@ -27,7 +27,7 @@ from sasrecllm_jax.host_cache import HostCache
 from sasrecllm_jax.run_folder.files import (RunLock, code_version, phases_with_checkpoints, remove_run_files,
                                            saved_work, write_whole)
 from sasrecllm_jax.run_folder.metrics_log import Reporter, read_metrics
-from sasrecllm_jax.train import groups
+from sasrecllm_jax.train import groups, item_text_start
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints, Store
 from sasrecllm_jax.train.final import final_evaluation
 from sasrecllm_jax.train.fusion_start import fitting_phase
@@ -240,6 +240,7 @@ class Run:
         reporter.forget_final()  # a final evaluation cut short is made again
         runner = PhaseRunner(cfg, assembly, self.workdir, self.resume, reporter, self.on_step)
         fit_phase = fitting_phase(cfg, self.phases)
+        text_phase = item_text_start.fitting_phase(cfg, self.phases)
         last: PhaseResult | None = None
         try:
             for phase in self.phases:
@@ -259,7 +260,8 @@ class Run:
                     params, last = self._reuse_phase(phase, key, hit, params, used, reporter)
                     reused[phase.name] = hit["run"]
                 else:
-                    last = runner.run(phase, params, fit_fusion=phase.name == fit_phase)
+                    last = runner.run(phase, params, fit_fusion=phase.name == fit_phase,
+                                      fit_text=phase.name == text_phase)
                     params = last.params
                     earlier_s += last.earlier_s
                     if key and last.best_step >= 0:

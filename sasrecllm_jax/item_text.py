@@ -1,0 +1,82 @@
+"""Encoder item vectors for items without train rows, regressed from their titles (`model.mapper.new_items: text`).
+
+An item the ID encoder never trained on has no vector of its own. Its title does: each item's title
+features are the mean of the LLM's input embeddings of its tokens, and a ridge regression from those
+features (standardised over the items with train rows, plus a constant) to the encoder's item vectors of
+the items with train rows gives every item a vector its title predicts. The ridge strength is the one of
+RIDGES whose vectors rank the validation rows best when every row's item is shown by its title: an item
+with train rows gets its leave-one-out prediction (the regression fitted without it), an item without
+gets the full fit, and each row's score is <user vector, that item vector>.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sasrecllm_jax.errors import DataError
+from sasrecllm_jax.metrics import auc
+
+RIDGES = (1.0, 10.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
+MAX_TITLE_TOKENS = 32
+
+
+def title_features(tokenizer, embedding: np.ndarray, titles) -> np.ndarray:
+    """[len(titles), hidden]: the mean input embedding of each title's first MAX_TITLE_TOKENS tokens (encoded
+    as they follow a space in a prompt); NaN for a title without tokens (id 0, missing titles)."""
+    out = np.full((len(titles), embedding.shape[1]), np.nan, np.float64)
+    encoded = tokenizer.encode_batch([" " + str(t) if t else "" for t in titles], add_special_tokens=False)
+    for k, enc in enumerate(encoded):
+        ids = enc.ids[:MAX_TITLE_TOKENS]
+        if ids:
+            out[k] = np.asarray(embedding[np.asarray(ids)], np.float64).mean(0)
+    return out
+
+
+def _design(features: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Features standardised over the seen items (a title without tokens reads as their mean), plus a constant."""
+    ref = features[seen & ~np.isnan(features).any(1)]
+    if len(ref) < 2:
+        raise DataError(f"model.mapper.new_items: text regresses item vectors on titles, and only {len(ref)} item(s) "
+                        f"with train rows have a title with tokens: give the items titles (items table, column title)")
+    mu, sd = ref.mean(0), ref.std(0)
+    x = np.where(np.isnan(features), 0.0, (features - mu) / np.where(sd > 0, sd, 1.0))
+    return np.concatenate([x, np.ones((len(x), 1))], axis=1)
+
+
+def ridge_fit(x: np.ndarray, rows: np.ndarray, y: np.ndarray, ridge: float, svd=None) -> tuple[np.ndarray, np.ndarray]:
+    """(x @ w, the same with each example row's own leave-one-out prediction): w the ridge regression of y on
+    x[rows], min |x[rows] w - y|^2 + ridge |w|^2. `svd`: that of x[rows], when several ridges share it."""
+    u, s, vt = svd if svd is not None else np.linalg.svd(x[rows], full_matrices=False)
+    shrink = s / (s ** 2 + ridge)
+    table = x @ (vt.T @ (shrink[:, None] * (u.T @ y)))
+    hat = (u ** 2) @ (s * shrink)  # the hat matrix's diagonal: how much each example fits itself
+    loo = table.copy()
+    loo[rows] = y - (y - table[rows]) / (1.0 - hat)[:, None]
+    return table, loo
+
+
+def fit_item_vectors(features: np.ndarray, item_vectors: np.ndarray, seen: np.ndarray, user_vectors: np.ndarray,
+                     iid: np.ndarray, label: np.ndarray, ridges=RIDGES) -> tuple[np.ndarray, dict]:
+    """(table [num_items + 1, d] float32: every item's title-predicted vector, what the fit found).
+
+    features [num_items + 1, F] (title_features), item_vectors [num_items + 1, d] (the encoder's), seen
+    [num_items + 1] bool (the items with train rows: the regression's examples); user_vectors [N, d], iid [N]
+    and label [N]: the validation rows that pick the ridge strength (module docstring)."""
+    seen = np.asarray(seen, bool)
+    if len(np.unique(label)) < 2:
+        raise DataError(f"model.mapper.new_items: text picks its ridge strength by AUC on the validation rows, and "
+                        f"their {len(label)} label(s) are all {label[0] if len(label) else None}: the split needs "
+                        f"positive and negative rows")
+    x = _design(features, seen)
+    rows = np.flatnonzero(seen)
+    y = np.asarray(item_vectors, np.float64)[rows]
+    svd = np.linalg.svd(x[rows], full_matrices=False)
+    users = np.asarray(user_vectors, np.float64)
+    best = None
+    for ridge in ridges:
+        table, loo = ridge_fit(x, rows, y, ridge, svd)
+        valid_auc = auc(label, np.einsum("nd,nd->n", users, loo[iid]))
+        if best is None or valid_auc > best[1]:
+            best = (ridge, valid_auc, table)
+    ridge, valid_auc, table = best
+    return table.astype(np.float32), {"ridge": ridge, "valid_auc": float(valid_auc), "items": int(len(rows)),
+                                      "rows": int(len(label))}
