@@ -572,6 +572,15 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     np.testing.assert_array_equal(known, [False, False, True])
     np.testing.assert_allclose(id_score, np.einsum("nd,nd->n", user, shown), rtol=1e-5, atol=1e-6)
     assert id_score[0] != id_score[1]
+    from safetensors.numpy import load_file
+
+    from sasrecllm_jax.export import export_run
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    collab = json.loads((out / "collaborative" / "collaborative.json").read_text())
+    assert "else mapper/counts/item_text[iid]" in collab["encoder"]["item_vector"]
+    np.testing.assert_array_equal(load_file(str(out / "collaborative" / "collaborative.safetensors"))["mapper/counts/item_text"],
+                                  final)
+    assert 'item_vector = w["mapper/counts/item_text"][7]' in (out / "README.md").read_text()
     with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train the encoder on hybrid prompts")):
         train_and_evaluate(smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
                                         "model.mapper.new_items=text"), tmp_path / "refused")
