@@ -15,7 +15,7 @@ import numpy as np
 from sasrecllm_jax.errors import DataError
 from sasrecllm_jax.metrics import auc
 
-RIDGES = (1.0, 10.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
+RIDGES = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
 MAX_TITLE_TOKENS = 32
 
 
