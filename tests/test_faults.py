@@ -228,6 +228,32 @@ def test_a_resumed_prompt_phase_counts_the_tokens_of_every_step_it_kept(dataset,
     assert killed["steady_real_tokens"] < whole["steady_real_tokens"] < whole["real_tokens"]
 
 
+def test_a_resumed_hybrid_phase_fits_its_title_vectors_again(dataset, tmp_path):
+    """model.mapper.new_items: text with item_dropout (rows show their item's title vector in training): the
+    table is counted, not in the phase's checkpoints, so a phase killed at step 3 fits it again when it
+    resumes: the final table and the mapper it trained equal those of the run that was not killed."""
+    hybrid = ["train.method=sasrecllm", "model.mapper.new_items=text", "model.mapper.item_dropout=0.5",
+              "train.phases=[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 4, eval_every: 2, "
+              "lr: {mapper: 0.001}}]"]
+    cfg = cfg_of(dataset, *hybrid)
+    train_and_evaluate(cfg, tmp_path / "whole")
+
+    def kill(phase, step):
+        if step == 3:
+            raise Kill()
+
+    with pytest.raises(Kill):
+        train_and_evaluate(cfg, tmp_path / "killed", on_step=kill)
+    train_and_evaluate(cfg, tmp_path / "killed", resume=True)
+    whole, killed = (load_raw(tmp_path / r / "final") for r in ("whole", "killed"))
+    table = whole["counts"]["mapper"]["counts"]["item_text"]
+    assert np.abs(table).max() > 0
+    np.testing.assert_array_equal(killed["counts"]["mapper"]["counts"]["item_text"], table)
+    for name in ("fc1", "fc2"):
+        np.testing.assert_allclose(killed["mapper"]["mapper"][name]["kernel"], whole["mapper"]["mapper"][name]["kernel"],
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_path, capsys):
     folder = tmp_path / "run"
     shutil.copytree(reference, folder)
