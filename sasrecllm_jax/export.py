@@ -79,7 +79,8 @@ FUSION = {
                 "(+ the encoder's user and item terms when sasrec.bias is not none)",
 }
 
-UNKNOWN_ID_SCORE = "; id_score = mapper/unknown_score instead when mapper/counts/item_seen[iid] is 0"
+UNKNOWN_ID_SCORE = {"learned": "; id_score = mapper/unknown_score instead when mapper/counts/item_seen[iid] is 0",
+                    "offset": "; id_score + mapper/unknown_score when mapper/counts/item_seen[iid] is 0"}
 
 
 def scoring_description(rec) -> dict:
@@ -129,7 +130,7 @@ def scoring_description(rec) -> dict:
                    "tokens": "reshape(relu(v @ mapper/fc1/kernel + mapper/fc1/bias) @ mapper/fc2/kernel "
                              "+ mapper/fc2/bias, [num_tokens, d_model])"},
         "fusion": {"kind": m.mapper.fusion, "score": FUSION[m.mapper.fusion] + (
-                       UNKNOWN_ID_SCORE if m.mapper.unknown_id_score == "learned" else ""),
+                       UNKNOWN_ID_SCORE.get(m.mapper.unknown_id_score, "")),
                    **{g: float(np.asarray(mapper[g])) for g in FUSION_NUMBERS if g in mapper}},
         "params_file": COLLAB_WEIGHTS,
         "param_layout": "Flax: a Dense kernel is [in, out] (y = x @ kernel + bias); an Embed table is "
@@ -305,19 +306,20 @@ BIAS_TERMS = {  # README lines: SASRec's user and item terms (model.sasrec.bias)
 
 def fusion_code(desc: dict) -> list[str]:
     """README lines: the run's score of a hybrid row, score_hybrid's LLM score fused with the encoder's."""
-    unknown = desc["mapper"]["config"]["unknown_id_score"] == "learned"
+    unknown = desc["mapper"]["config"]["unknown_id_score"]
     bias = desc["encoder"]["config"].get("bias", "none") if desc["encoder"]["kind"] == "sasrec" else "none"
     total = ('llm_score + w["mapper/id_gate"].item() * id_score' if desc["fusion"]["kind"] == "gate"
              else 'id_score + w["mapper/llm_gate"].item() * llm_score')
     return [
         "```python",
         "def fused_score(llm_score, user_vector, item_vector, uid, iid):",
-        '    """item_vector as score_hybrid got it (mapper/unknown_item for an item without train rows, where',
-        '    the run shows it)."""',
+        '    """item_vector as score_hybrid got it (for an item without train rows, what the run shows)."""',
         "    id_score = float(user_vector @ item_vector)",
         *([BIAS_TERMS[bias]] if bias != "none" else []),
         *(['    if w["mapper/counts/item_seen"][iid] == 0:  # an item without train rows: one learned ID score',
-           '        id_score = w["mapper/unknown_score"].item()'] if unknown else []),
+           '        id_score = w["mapper/unknown_score"].item()'] if unknown == "learned" else []),
+        *(['    if w["mapper/counts/item_seen"][iid] == 0:  # an item without train rows: a learned offset',
+           '        id_score += w["mapper/unknown_score"].item()'] if unknown == "offset" else []),
         f"    return {total}",
         "",
         "",

@@ -7,7 +7,8 @@ w in [0, 1] is the first of `grid` evenly spaced values with the best validation
 row mask), a abstains on those rows: z_a there is one constant c, picked on validation with w, so among
 them the rows rank by b alone and c places them against the rest. The same ranking, in a's and b's own
 units, is a + gate x b with a's score on abstaining rows mean + c x deviation: a residual hybrid's
-llm_gate and unknown_score.
+llm_gate and unknown_score. With `offset` (a row mask) instead, z_a + c on those rows: a still ranks
+them, and c (c x deviation in a's units) places them against the rest.
 """
 from __future__ import annotations
 
@@ -29,25 +30,36 @@ def standardiser(ref: np.ndarray):
 
 
 def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np.ndarray | None = None,
-                    grid: int = 21, ref_a: np.ndarray | None = None, weights: np.ndarray | None = None) -> dict:
+                    grid: int = 21, ref_a: np.ndarray | None = None, weights: np.ndarray | None = None,
+                    offset: np.ndarray | None = None) -> dict:
     """The late fusion of scorers a and b fitted on validation rows (labels `label`): weight_b (w), with
-    `abstain` abstain_c (c) and abstain_score (a's score there in its own units), gate_b (None when w = 1:
-    the fusion drops a), the validation AUC, and `fuse(a, b, abstain)`, which applies it to other rows.
+    `abstain` abstain_c (c) and abstain_score (a's score there in its own units), with `offset` offset_c
+    and offset_score (the same), gate_b (None when w = 1: the fusion drops a), the validation AUC, and
+    `fuse(a, b, rows)`, which applies it to other rows (rows: their abstain or offset mask).
     a is standardised by `ref_a` (default: a itself), b by b; `weights` replaces the grid of w."""
+    if abstain is not None and offset is not None:
+        raise ValueError("a fusion either abstains on rows or offsets them, not both")
     ref = a if ref_a is None else ref_a
     za_of, zb_of = standardiser(ref), standardiser(b)
     za, zb = za_of(a), zb_of(b)
-    cs = ABSTAIN_GRID if abstain is not None else [None]
+    rows = abstain if abstain is not None else offset
+    cs = ABSTAIN_GRID if rows is not None else [None]
 
     def mix(w, c, za, zb, new):
-        return (1 - w) * (za if c is None else np.where(new, c, za)) + w * zb
+        if c is None:
+            part = za
+        else:
+            part = za + c * new if offset is not None else np.where(new, c, za)
+        return (1 - w) * part + w * zb
     ws = np.linspace(0.0, 1.0, grid) if weights is None else weights
     choices = [(float(w), c) for w in ws for c in cs]
-    scores = [auc(label, mix(w, c, za, zb, abstain)) for w, c in choices]
+    scores = [auc(label, mix(w, c, za, zb, rows)) for w, c in choices]
     w, c = choices[int(np.argmax(scores))]
     out = {"weight_b": w, "valid_auc": float(max(scores)),
            "gate_b": w / (1 - w) * unit(ref) / unit(b) if w < 1 else None,
            "fuse": lambda a2, b2, new=None: mix(w, c, za_of(a2), zb_of(b2), new)}
     if abstain is not None:
         out.update(abstain_c=float(c), abstain_score=float(ref.mean() + c * unit(ref)))
+    if offset is not None:
+        out.update(offset_c=float(c), offset_score=float(c * unit(ref)))
     return out

@@ -167,6 +167,33 @@ def test_fitted_fusion_in_its_scorers_units_ranks_as_the_fusion():
     assert f["abstain_score"] > a[~new].mean()  # new rows are mostly positive: placed above the average
 
 
+def test_offset_fusion_keeps_a_ranking_the_offset_rows():
+    """fit_late_fusion with `offset`: on the offset rows a still ranks (unlike abstaining) and one number
+    places them; a + offset_score on those rows, plus gate_b x b, is an increasing affine map of the fused
+    scores. Where a's scores on those rows carry signal on a shifted scale, the offset fusion beats both
+    the abstaining one and the plain one on valid."""
+    from sasrecllm_jax.fusion import fit_late_fusion
+    r = np.random.default_rng(4)
+    n = 4000
+    new = r.random(n) < 0.4
+    y = (r.random(n) < np.where(new, 0.75, 0.4)).astype(np.int8)
+    a = np.where(new, 2 * y + r.normal(size=n) - 3, 3 * y + r.normal(size=n))  # new rows: weaker, shifted down
+    b = 0.2 * (y + 2 * r.normal(size=n))
+    weights = np.linspace(0, 1, 21)[1:-1]
+    f = fit_late_fusion(y, a, b, weights=weights, ref_a=a[~new], offset=new)
+    fused = f["fuse"](a, b, new)
+    residual = a + new * f["offset_score"] + f["gate_b"] * b
+    (slope, shift), *_ = np.linalg.lstsq(np.stack([residual, np.ones(n)], 1), fused, rcond=None)
+    assert slope > 0 and np.allclose(slope * residual + shift, fused, rtol=0, atol=1e-9)
+    assert math.isclose(auc(y, residual), f["valid_auc"], abs_tol=1e-12)
+    assert f["offset_score"] > 3  # new rows are mostly positive: lifted above the shift that hides it
+    abstain = fit_late_fusion(y, a, b, new, weights=weights, ref_a=a[~new])
+    plain = fit_late_fusion(y, a, b, weights=weights)
+    assert f["valid_auc"] > abstain["valid_auc"] + 0.005 and f["valid_auc"] > plain["valid_auc"] + 0.005
+    with pytest.raises(ValueError, match="not both"):
+        fit_late_fusion(y, a, b, new, offset=new)
+
+
 def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):
     """--fuse --abstain: on new-item rows a's score (noise there) is one constant picked on valid, so those
     rows rank by b alone (b's new-item AUC exactly) and the constant places them against the rest; it beats

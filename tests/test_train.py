@@ -299,6 +299,10 @@ def test_collab_ablation_masks(dataset, tmp_path):
      "needs model.mapper.new_items: unknown and model.mapper.fusion: gate or residual"),
     (["--set", "model.mapper.unknown_id_score=learned", "--set", "model.mapper.new_items=unknown"],
      "needs model.mapper.new_items: unknown and model.mapper.fusion: gate or residual"),
+    (["--set", "model.mapper.unknown_id_score=offset", "--set", "model.mapper.fusion=residual"],
+     "needs model.mapper.new_items: unknown or text and model.mapper.fusion: gate or residual"),
+    (["--set", "model.mapper.unknown_id_score=learned", "--set", "model.mapper.new_items=text", "--set",
+      "model.mapper.fusion=residual"], "needs model.mapper.new_items: unknown and model.mapper.fusion"),
     (["--set", "train.phase_overrides={sasrec: {rows: early}}"], "splits the train rows at data.late_rows, which is 0"),
     (["--set", "data.late_rows=1.0"], "data.late_rows = 1.0: must be in [0, 1)"),
     (["--set", "data.late_rows=0.2"], "no phase trains on rows: early or late"),
@@ -538,19 +542,27 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     """model.mapper.new_items: text on held-out items: the hybrid phase's start fits item_text from the encoder
     and the LLM's input embeddings it starts with (the final table is fit_item_vectors of those, the ridge
     the run printed), only the items without train rows show it, and their ID score is the encoder's score
-    of it: two held-out items of one user score apart, by their titles. A hybrid phase that trains the
-    encoder is refused before anything trains."""
+    of it plus the learned offset (unknown_id_score: offset): two held-out items of one user score apart, by
+    their titles. The residual's start (fusion_start: late_fusion) is then fitted with that offset: the
+    printed numbers and the step-0 AUC are those of fit_late_fusion on the terms scored apart. The export
+    carries the table. A hybrid phase that trains the encoder is refused before anything trains."""
+    from sasrecllm_jax.evaluate import Scorer, evaluate
+    from sasrecllm_jax.fusion import fit_late_fusion
     from sasrecllm_jax.item_text import fit_item_vectors, title_features
     from sasrecllm_jax.models.hybrid import Hybrid
     from sasrecllm_jax.score import Recommender
+    from sasrecllm_jax.train.item_text_start import with_table
     cold, held = held_out_copy(dataset, tmp_path / "cold")
-    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=dual_stage", "model.mapper.new_items=text",
-                       "model.mapper.fusion=residual")
+    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play", "train.eval_at_start=true",
+                       "model.mapper.new_items=text", "model.mapper.inject=last", "model.mapper.out_init=zeros",
+                       "model.mapper.fusion=residual", "model.mapper.unknown_id_score=offset",
+                       "model.mapper.fusion_start=late_fusion")
     starts = {}
     capsys.readouterr()
     train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: starts.setdefault(p.name, before))
-    line = next(l for l in capsys.readouterr().out.splitlines() if "item vectors regressed from titles" in l)
-    before = starts["hybrid"]
+    out = capsys.readouterr().out.splitlines()
+    line = next(l for l in out if "item vectors regressed from titles" in l)
+    before = starts["mapper"]
     rec = Recommender(tmp_path / "run")
     model = rec.assembly.model("hybrid", True)
     valid = rec.assembly.split(cfg.data.eval_split, "hybrid", rec.assembly.row_limit("eval"))
@@ -563,24 +575,44 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
                                     users, valid.iid, valid.label)
     final = rec.params["mapper"]["counts"]["item_text"]
     np.testing.assert_allclose(final, table, rtol=1e-5, atol=1e-6)
-    assert line.startswith("[hybrid]") and f"ridge {found['ridge']:g}" in line and f"AUC {found['valid_auc']:.4f}" in line
+    assert line.startswith("[mapper]") and f"ridge {found['ridge']:g}" in line and f"AUC {found['valid_auc']:.4f}" in line
+
+    # the residual's start, fitted with the table in place and new-item rows offset
+    start = with_table(before, table)
+    id_score, known = (np.asarray(x) for x in model.apply(
+        {"params": start}, {"his": valid.his, "uid": valid.uid, "iid": valid.iid}, method=Hybrid.id_term))
+    assert 0 < (~known).sum() < len(known)
+    text = rec.assembly.split(cfg.data.eval_split, "text", rec.assembly.row_limit("eval"))
+    _, llm = evaluate(Scorer(rec.assembly.model("text", True)), start, text, cfg, "text")
+    f = fit_late_fusion(valid.label, id_score, llm, weights=np.linspace(0, 1, 21)[1:-1], ref_a=id_score[known],
+                        offset=~known)
+    fusion = next(l for l in out if "residual fusion started at the late fusion" in l)
+    assert f"AUC {f['valid_auc']:.4f}" in fusion and f"rows offset" in fusion
+    assert f"model.mapper.llm_gate {f['gate_b']:.4g}" in fusion and f"unknown_score {f['offset_score']:.4g}" in fusion
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step0 = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
+    assert abs(step0["all/auc"] - f["valid_auc"]) < 1e-6
+
     batch = {"his": np.array([[0, 0, 0, 1, 2]] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
              "iid": np.array([held[0], held[1], int(np.flatnonzero(seen)[0])], np.int32)}
     id_score, known = model.apply({"params": rec.params}, batch, method=Hybrid.id_term)
     (user,) = model.apply({"params": rec.params}, batch, method=Hybrid.user_vectors)
     shown = np.stack([final[held[0]], final[held[1]], model.apply({"params": rec.params}, method=Hybrid.item_vectors)[batch["iid"][2]]])
+    offset = float(rec.params["mapper"]["unknown_score"])
     np.testing.assert_array_equal(known, [False, False, True])
-    np.testing.assert_allclose(id_score, np.einsum("nd,nd->n", user, shown), rtol=1e-5, atol=1e-6)
-    assert id_score[0] != id_score[1]
+    np.testing.assert_allclose(id_score, np.einsum("nd,nd->n", user, shown) + [offset, offset, 0], rtol=1e-5, atol=1e-5)
+    assert id_score[0] != id_score[1] and offset != 0
     from safetensors.numpy import load_file
 
     from sasrecllm_jax.export import export_run
-    out = export_run(tmp_path / "run", tmp_path / "export")
-    collab = json.loads((out / "collaborative" / "collaborative.json").read_text())
+    exported = export_run(tmp_path / "run", tmp_path / "export")
+    collab = json.loads((exported / "collaborative" / "collaborative.json").read_text())
     assert "else mapper/counts/item_text[iid]" in collab["encoder"]["item_vector"]
-    np.testing.assert_array_equal(load_file(str(out / "collaborative" / "collaborative.safetensors"))["mapper/counts/item_text"],
+    assert "id_score + mapper/unknown_score when" in collab["fusion"]["score"]
+    np.testing.assert_array_equal(load_file(str(exported / "collaborative" / "collaborative.safetensors"))["mapper/counts/item_text"],
                                   final)
-    assert 'item_vector = w["mapper/counts/item_text"][7]' in (out / "README.md").read_text()
+    readme = (exported / "README.md").read_text()
+    assert 'item_vector = w["mapper/counts/item_text"][7]' in readme and 'id_score += w["mapper/unknown_score"]' in readme
     with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train the encoder on hybrid prompts")):
         train_and_evaluate(smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
                                         "model.mapper.new_items=text"), tmp_path / "refused")

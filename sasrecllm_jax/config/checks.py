@@ -147,14 +147,19 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.item_dropout and cfg.model.mapper.new_items == "id":
         _refuse("model.mapper.item_dropout", cfg.model.mapper.item_dropout,
                 "shows rows' items as a new item's, so it needs model.mapper.new_items: unknown or text")
-    if cfg.model.mapper.unknown_id_score != "encoder" and (cfg.model.mapper.new_items != "unknown"
-                                                            or cfg.model.mapper.fusion == "none"):
-        _refuse("model.mapper.unknown_id_score", cfg.model.mapper.unknown_id_score,
+    m = cfg.model.mapper
+    if m.unknown_id_score == "learned" and (m.new_items != "unknown" or m.fusion == "none"):
+        _refuse("model.mapper.unknown_id_score", m.unknown_id_score,
                 "replaces the ID score of rows whose item is shown as unknown, so it needs "
                 "model.mapper.new_items: unknown and model.mapper.fusion: gate or residual")
-    if cfg.model.mapper.unknown_score_init and cfg.model.mapper.unknown_id_score != "learned":
-        _refuse("model.mapper.unknown_score_init", cfg.model.mapper.unknown_score_init,
-                "is the learned unknown-item ID score's start, so it needs model.mapper.unknown_id_score: learned")
+    if m.unknown_id_score == "offset" and (m.new_items == "id" or m.fusion == "none"):
+        _refuse("model.mapper.unknown_id_score", m.unknown_id_score,
+                "offsets the ID score of rows whose item has no train row, so it needs "
+                "model.mapper.new_items: unknown or text and model.mapper.fusion: gate or residual")
+    if m.unknown_score_init and m.unknown_id_score == "encoder":
+        _refuse("model.mapper.unknown_score_init", m.unknown_score_init,
+                "is the learned unknown-item ID score's start, so it needs model.mapper.unknown_id_score: "
+                "learned or offset")
     if cfg.model.mapper.llm_gate_init and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.llm_gate_init", cfg.model.mapper.llm_gate_init,
                 "is the residual fusion's starting weight, so it needs model.mapper.fusion: residual")

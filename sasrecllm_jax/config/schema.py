@@ -112,18 +112,21 @@ class MapperConfig:
     # learned number (mapper group, starting at unknown_score_init): the ID model abstains on items it knows
     # nothing of, so among those rows the ranking is the LLM's, and the number places them against the
     # other rows. `python -m sasrecllm_jax.compare ENCODER_RUN LLM_RUN --fuse --abstain` prints the start
-    # (with llm_gate_init) at which a residual hybrid ranks like that abstaining fusion
-    unknown_id_score: Literal["encoder", "learned"] = "encoder"
+    # (with llm_gate_init) at which a residual hybrid ranks like that abstaining fusion. "offset" (with
+    # new_items: unknown or text): the encoder's score plus that learned number: with text, the title
+    # vectors rank those rows and the number places them against the rows of items with their own vector
+    unknown_id_score: Literal["encoder", "learned", "offset"] = "encoder"
     unknown_score_init: float = 0.0
     # with new_items: unknown and inject: last, what a row whose item is shown as unknown gets at its last
     # position: "add", the mapped user and unknown vectors like any row; "none", nothing: the LLM reads it as
     # the text model does, so training the mapper cannot move how the LLM reads new items' titles (with
     # unknown_id_score: learned the mapper then only places those rows, through unknown_score and the gate)
     unknown_item_vectors: Literal["add", "none"] = "add"
-    # with fusion: residual, where llm_gate (and, with unknown_id_score: learned, unknown_score) start:
-    # "init", at llm_gate_init (unknown_score_init); "late_fusion", fitted when the run's first phase that
-    # trains the mapper on hybrid prompts starts: the late fusion of the hybrid's own two terms (its ID
-    # score, abstaining on items shown as unknown with unknown_id_score: learned, and its LLM's log-odds)
+    # with fusion: residual, where llm_gate (and, with unknown_id_score: learned or offset, unknown_score)
+    # start: "init", at llm_gate_init (unknown_score_init); "late_fusion", fitted when the run's first phase
+    # that trains the mapper on hybrid prompts starts: the late fusion of the hybrid's own two terms (its ID
+    # score, abstaining on items shown as unknown with unknown_id_score: learned, offset on them with
+    # offset, and its LLM's log-odds)
     # picked on that phase's validation rows, so the phase starts at the ranking of that fusion (what
     # `python -m sasrecllm_jax.compare ENCODER_RUN LLM_RUN --fuse [--abstain]` prints, without the runs)
     fusion_start: Literal["init", "late_fusion"] = "init"

@@ -3,11 +3,10 @@
 With `new_items: unknown` it also holds what the item token shows for an item the encoder never
 trained on: one learned vector `unknown_item` [d_enc] (starting at zero), used for every target item
 whose `counts/item_seen` flag is 0 (no train row; counted from the train split, never trained) and, in
-training, for a random `item_dropout` share of rows; with `unknown_id_score: learned`, also one learned
-number `unknown_score` that stands for the ID score of those rows. With `new_items: text` an item
-without train rows (and, in training, an `item_dropout` share of the rows' items) shows instead the vector
-its title predicts: `counts/item_text[iid]` [d_enc], fitted when the first hybrid phase starts
-(sasrecllm_jax/item_text.py) and never trained.
+training, for a random `item_dropout` share of rows. With `new_items: text` such an item (and row) shows
+instead the vector its title predicts: `counts/item_text[iid]` [d_enc], fitted when the first hybrid phase
+starts (sasrecllm_jax/item_text.py) and never trained. With `unknown_id_score: learned` one learned number
+`unknown_score` stands for the ID score of those rows; with `offset` it is added to the encoder's.
 """
 from __future__ import annotations
 
@@ -64,8 +63,8 @@ class Mapper(nn.Module):
             self.llm_gate = self.param("llm_gate", nn.initializers.constant(self.cfg.llm_gate_init), ())
         if self.cfg.new_items == "unknown":
             self.unknown_item = self.param("unknown_item", nn.initializers.zeros, (self.d_enc,))
-            if self.cfg.unknown_id_score == "learned":
-                self.unknown_score = self.param("unknown_score", nn.initializers.constant(self.cfg.unknown_score_init), ())
+        if self.cfg.unknown_id_score != "encoder":
+            self.unknown_score = self.param("unknown_score", nn.initializers.constant(self.cfg.unknown_score_init), ())
         if self.cfg.new_items != "id":
             setattr(self, COUNTS, SeenItems(self.num_items, self.d_enc if self.cfg.new_items == "text" else 0))
 
@@ -89,11 +88,12 @@ class Mapper(nn.Module):
         return jnp.where(seen[..., None], item_vector, other.astype(item_vector.dtype)), seen
 
     def id_score(self, encoder_score, known):
-        """The ID score [B] the fusion adds: the encoder's, or with `unknown_id_score: learned` the learned
-        unknown_score on rows whose item is shown as unknown."""
-        if self.cfg.unknown_id_score != "learned":
+        """The ID score [B] the fusion adds: the encoder's; on rows whose item is not shown by its own vector,
+        with `unknown_id_score: learned` the learned unknown_score instead, with `offset` the encoder's plus it."""
+        if self.cfg.unknown_id_score == "encoder":
             return encoder_score
-        return jnp.where(known, encoder_score, self.unknown_score.astype(encoder_score.dtype))
+        u = self.unknown_score.astype(encoder_score.dtype)
+        return jnp.where(known, encoder_score, u if self.cfg.unknown_id_score == "learned" else encoder_score + u)
 
     def fuse(self, llm_score, id_score):
         """The hybrid's score: the LLM's ("none"), plus g x the ID score ("gate"), or the ID score plus

@@ -1,6 +1,6 @@
 """`model.mapper.fusion_start: late_fusion`: a residual hybrid (score = ID score + a x LLM log-odds) whose
-llm_gate a, and with `unknown_id_score: learned` its unknown_score, are fitted when the phase that first
-trains the mapper starts: the late fusion of the hybrid's own two terms, each scored on that phase's
+llm_gate a, and with `unknown_id_score: learned` or `offset` its unknown_score, are fitted when the phase
+that first trains the mapper starts: the late fusion of the hybrid's own two terms, each scored on that phase's
 validation rows by the params the phase starts from, picked on those rows (sasrecllm_jax.fusion). The
 phase then starts at that fusion's ranking, and its evaluation at step 0 measures it.
 """
@@ -53,20 +53,21 @@ def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_sco
     """(the values to set, {"llm_gate": a[, "unknown_score": u]}, and what the fit found) for a residual
     hybrid `model` (deterministic) with `params` (the groups its hybrid prompts read) on validation rows
     `data` rendered as hybrid prompts; `llm_scorer` scores llm_term_model(model)."""
-    m = cfg.model.mapper
+    kind = cfg.model.mapper.unknown_id_score
     id_score, known = id_terms(model, params, data)
     llm = score_split(llm_scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, True, "on",
                       progress, cfg.eval.share_prefix)
-    abstain = ~known if m.unknown_id_score == "learned" else None
-    if abstain is not None and (abstain.all() or not abstain.any()):
-        abstain = None  # every row abstains or none does: no stand-in to place (unknown_score: the mean)
-    f = fit_late_fusion(data.label, id_score, llm, abstain, weights=WEIGHTS,
-                        ref_a=id_score[~abstain] if abstain is not None else None)
+    new = ~known if kind != "encoder" and 0 < (~known).sum() < len(known) else None
+    # (every row new or none: no number to place them by; unknown_score: the mean (learned), 0 (offset))
+    f = fit_late_fusion(data.label, id_score, llm, new if kind == "learned" else None, weights=WEIGHTS,
+                        ref_a=id_score[~new] if new is not None else None, offset=new if kind == "offset" else None)
     values = {"llm_gate": float(f["gate_b"])}
-    if m.unknown_id_score == "learned":
-        values["unknown_score"] = float(f["abstain_score"]) if abstain is not None else float(id_score.mean())
+    if kind == "learned":
+        values["unknown_score"] = float(f["abstain_score"]) if new is not None else float(id_score.mean())
+    if kind == "offset":
+        values["unknown_score"] = float(f["offset_score"]) if new is not None else 0.0
     return values, {"weight": f["weight_b"], "valid_auc": f["valid_auc"], "rows": len(data),
-                    "abstaining_rows": int(abstain.sum()) if abstain is not None else 0}
+                    "new_rows": int(new.sum()) if new is not None else 0, "kind": kind}
 
 
 def fitting_phase(cfg: Config, phases) -> str | None:

@@ -169,7 +169,8 @@ class PhaseRunner:
         print(f"[{phase.name}] residual fusion started at the late fusion of its ID score and its LLM's log-odds "
               f"on {split} ({found['rows']:,} rows; weight {found['weight']:.2f}, AUC {found['valid_auc']:.4f}): "
               + ", ".join(f"model.mapper.{k} {v:.4g}" for k, v in values.items())
-              + (f" ({found['abstaining_rows']:,} rows abstain)" if found["abstaining_rows"] else ""))
+              + (f" ({found['new_rows']:,} rows {'abstain' if found['kind'] == 'learned' else 'offset'})"
+                 if found["new_rows"] else ""))
         return fusion_start.with_values(trainable, values)
 
     def _resume(self, phase: PhaseConfig, ckpt: PhaseCheckpoints, state: TrainState, it: BatchIterator,
