@@ -205,12 +205,8 @@ def test_timing_counts_every_phase_of_every_process(resumed, reference):
     assert timing["b"]["best_step"] == reference_timing["b"]["best_step"]
 
 
-def test_a_resumed_prompt_phase_counts_the_tokens_of_every_step_it_kept(dataset, tmp_path):
-    """A hybrid phase killed at step 3 resumes from its step-2 checkpoint: its timing counts the tokens of
-    steps 1-2 (saved with that checkpoint) and 3-4 (the resumed process), as the run that was not killed."""
-    hybrid = ["train.method=sasrecllm", "train.phases=[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 4, "
-              "eval_every: 2, lr: {mapper: 0.001}}]"]
-    cfg = cfg_of(dataset, *hybrid)
+def whole_and_killed_at_step_3(cfg, tmp_path) -> None:
+    """The run of cfg in tmp_path/whole, and in tmp_path/killed killed at step 3 and resumed."""
     train_and_evaluate(cfg, tmp_path / "whole")
 
     def kill(phase, step):
@@ -220,6 +216,14 @@ def test_a_resumed_prompt_phase_counts_the_tokens_of_every_step_it_kept(dataset,
     with pytest.raises(Kill):
         train_and_evaluate(cfg, tmp_path / "killed", on_step=kill)
     train_and_evaluate(cfg, tmp_path / "killed", resume=True)
+
+
+def test_a_resumed_prompt_phase_counts_the_tokens_of_every_step_it_kept(dataset, tmp_path):
+    """A hybrid phase killed at step 3 resumes from its step-2 checkpoint: its timing counts the tokens of
+    steps 1-2 (saved with that checkpoint) and 3-4 (the resumed process), as the run that was not killed."""
+    hybrid = ["train.method=sasrecllm", "train.phases=[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 4, "
+              "eval_every: 2, lr: {mapper: 0.001}}]"]
+    whole_and_killed_at_step_3(cfg_of(dataset, *hybrid), tmp_path)
     whole, killed = (json.loads((tmp_path / r / "results.json").read_text())["timing"]["h"] for r in ("whole", "killed"))
     assert killed["processes"] == 2 and killed["steps"] == 4
     assert killed["token_slots"] == whole["token_slots"] == 4 * 16 * 128  # 4 steps of 16 rows padded to 128
@@ -235,16 +239,7 @@ def test_a_resumed_hybrid_phase_fits_its_title_vectors_again(dataset, tmp_path):
     hybrid = ["train.method=sasrecllm", "model.mapper.new_items=text", "model.mapper.item_dropout=0.5",
               "train.phases=[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 4, eval_every: 2, "
               "lr: {mapper: 0.001}}]"]
-    cfg = cfg_of(dataset, *hybrid)
-    train_and_evaluate(cfg, tmp_path / "whole")
-
-    def kill(phase, step):
-        if step == 3:
-            raise Kill()
-
-    with pytest.raises(Kill):
-        train_and_evaluate(cfg, tmp_path / "killed", on_step=kill)
-    train_and_evaluate(cfg, tmp_path / "killed", resume=True)
+    whole_and_killed_at_step_3(cfg_of(dataset, *hybrid), tmp_path)
     whole, killed = (load_raw(tmp_path / r / "final") for r in ("whole", "killed"))
     table = whole["counts"]["mapper"]["counts"]["item_text"]
     assert np.abs(table).max() > 0

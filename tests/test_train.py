@@ -500,6 +500,21 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
+def fused_start_run(dataset, tmp_path, capsys, new_items: str, unknown_id_score: str):
+    """A plug-and-play inject-last residual hybrid on held-out items whose start is fitted (fusion_start:
+    late_fusion), run in tmp_path/run: (its config, the held-out items, {phase: params it started from},
+    the lines it printed)."""
+    cold, held = held_out_copy(dataset, tmp_path / "cold")
+    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play", "train.eval_at_start=true",
+                       "model.mapper.inject=last", "model.mapper.out_init=zeros", f"model.mapper.new_items={new_items}",
+                       "model.mapper.fusion=residual", f"model.mapper.unknown_id_score={unknown_id_score}",
+                       "model.mapper.fusion_start=late_fusion")
+    starts = {}
+    capsys.readouterr()
+    train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: starts.setdefault(p.name, before))
+    return cfg, held, starts, capsys.readouterr().out.splitlines()
+
+
 def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp_path, capsys):
     """model.mapper.fusion_start: late_fusion: the first phase that trains the mapper starts with llm_gate and
     unknown_score fitted to the late fusion of the hybrid's own ID score (abstaining on items shown as unknown)
@@ -510,15 +525,8 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
     from sasrecllm_jax.fusion import fit_late_fusion
     from sasrecllm_jax.models.hybrid import Hybrid
     from sasrecllm_jax.score import Recommender
-    cold, _ = held_out_copy(dataset, tmp_path / "cold")
-    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play", "train.eval_at_start=true",
-                       "model.mapper.inject=last", "model.mapper.out_init=zeros", "model.mapper.new_items=unknown",
-                       "model.mapper.fusion=residual", "model.mapper.unknown_id_score=learned",
-                       "model.mapper.fusion_start=late_fusion")
-    starts = {}
-    capsys.readouterr()
-    train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: starts.setdefault(p.name, before))
-    line = next(l for l in capsys.readouterr().out.splitlines() if "residual fusion started at the late fusion" in l)
+    cfg, _, starts, out = fused_start_run(dataset, tmp_path, capsys, "unknown", "learned")
+    line = next(l for l in out if "residual fusion started at the late fusion" in l)
     assert line.startswith("[mapper]")
     before = starts["mapper"]
     assembly = Recommender(tmp_path / "run").assembly
@@ -552,15 +560,7 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     from sasrecllm_jax.models.hybrid import Hybrid
     from sasrecllm_jax.score import Recommender
     from sasrecllm_jax.train.item_text_start import with_table
-    cold, held = held_out_copy(dataset, tmp_path / "cold")
-    cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play", "train.eval_at_start=true",
-                       "model.mapper.new_items=text", "model.mapper.inject=last", "model.mapper.out_init=zeros",
-                       "model.mapper.fusion=residual", "model.mapper.unknown_id_score=offset",
-                       "model.mapper.fusion_start=late_fusion")
-    starts = {}
-    capsys.readouterr()
-    train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: starts.setdefault(p.name, before))
-    out = capsys.readouterr().out.splitlines()
+    cfg, held, starts, out = fused_start_run(dataset, tmp_path, capsys, "text", "offset")
     line = next(l for l in out if "item vectors regressed from titles" in l)
     before = starts["mapper"]
     rec = Recommender(tmp_path / "run")
@@ -587,7 +587,7 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     f = fit_late_fusion(valid.label, id_score, llm, weights=np.linspace(0, 1, 21)[1:-1], ref_a=id_score[known],
                         offset=~known)
     fusion = next(l for l in out if "residual fusion started at the late fusion" in l)
-    assert f"AUC {f['valid_auc']:.4f}" in fusion and f"rows offset" in fusion
+    assert f"AUC {f['valid_auc']:.4f}" in fusion and "rows offset" in fusion
     assert f"model.mapper.llm_gate {f['gate_b']:.4g}" in fusion and f"unknown_score {f['offset_score']:.4g}" in fusion
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step0 = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
@@ -614,7 +614,7 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     readme = (exported / "README.md").read_text()
     assert 'item_vector = w["mapper/counts/item_text"][7]' in readme and 'id_score += w["mapper/unknown_score"]' in readme
     with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train the encoder on hybrid prompts")):
-        train_and_evaluate(smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
+        train_and_evaluate(smoke_config(dataset, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
                                         "model.mapper.new_items=text"), tmp_path / "refused")
 
 
