@@ -4,7 +4,8 @@
     python -m sasrecllm_jax.recommend --run runs/quickstart --user 12 --history "5 9 31" --out top.csv
 
 The run's encoder (SASRec or MF) scores every item the user has not interacted with (the history, and
-the user's rows in the dataset when --user names a known user) and keeps the best --retrieve of them;
+the user's rows in the dataset when --user names a known user; items without train rows by their titles'
+vectors with model.mapper.new_items: text) and keeps the best --retrieve of them;
 a run that scores with an LLM then re-ranks those by its own score (the Yes probability), and the best
 K are printed with their titles, or written as CSV or JSON (--out, by its suffix). A run without an
 encoder (TALLRec, ICL) ranks the items given with --candidates instead. Item ids are the dataset's
@@ -22,8 +23,10 @@ import pandas as pd
 from sasrecllm_jax import compile_cache
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, score_split
+from sasrecllm_jax.models.hybrid import Hybrid
 from sasrecllm_jax.score import Recommender, p_like
 from sasrecllm_jax.train import groups
+from sasrecllm_jax.train.fusion_start import id_rows
 
 
 def unseen_items(rec: Recommender, user: int, history: list[int]) -> np.ndarray:
@@ -36,12 +39,17 @@ def unseen_items(rec: Recommender, user: int, history: list[int]) -> np.ndarray:
 
 
 def encoder_scores(rec: Recommender, user: int, history: list[int], items: np.ndarray) -> np.ndarray:
-    """The run's ID encoder's score of each item for this user and history."""
+    """The run's ID encoder's score of each item for this user and history; for a hybrid run whose items
+    without train rows show the vectors their titles predict (model.mapper.new_items: text), the hybrid's
+    ID score, which scores those items by their titles' vectors (and offset) as the run does."""
     encoder = rec.cfg.model.encoder
-    scorer = Scorer(rec.assembly.model("none", deterministic=True))
     df = pd.DataFrame({"uid": user, "iid": items, "label": 0, "timestamp": 0,
                        "his": [np.asarray(history, np.int64)] * len(items), "not_cold": 1})
     rows = rec.assembly.encoder.encode_rows("retrieval", df, "none")
+    if rec.prompt == "hybrid" and rec.cfg.model.mapper.new_items == "text":
+        score, _ = id_rows(rec.assembly.model("hybrid", deterministic=True), Hybrid.id_term, rec.params, rows)
+        return np.asarray(score, np.float64)
+    scorer = Scorer(rec.assembly.model("none", deterministic=True))
     return score_split(scorer, groups.select(rec.params, {encoder}), rows, 4096, 1, False)
 
 

@@ -593,7 +593,8 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     step0 = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
     assert abs(step0["all/auc"] - f["valid_auc"]) < 1e-6
 
-    batch = {"his": np.array([[0, 0, 0, 1, 2]] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
+    his = [0] * (cfg.model.sasrec.max_len - 2) + [1, 2]  # as recommend pads the history [1, 2]
+    batch = {"his": np.array([his] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
              "iid": np.array([held[0], held[1], int(np.flatnonzero(seen)[0])], np.int32)}
     id_score, known = model.apply({"params": rec.params}, batch, method=Hybrid.id_term)
     (user,) = model.apply({"params": rec.params}, batch, method=Hybrid.user_vectors)
@@ -602,6 +603,8 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     np.testing.assert_array_equal(known, [False, False, True])
     np.testing.assert_allclose(id_score, np.einsum("nd,nd->n", user, shown) + [offset, offset, 0], rtol=1e-5, atol=1e-5)
     assert id_score[0] != id_score[1] and offset != 0
+    from sasrecllm_jax.recommend import encoder_scores  # retrieval scores new items by their titles too
+    np.testing.assert_allclose(encoder_scores(rec, 1, [1, 2], batch["iid"]), id_score, rtol=1e-5, atol=1e-5)
     from safetensors.numpy import load_file
 
     from sasrecllm_jax.export import export_run
