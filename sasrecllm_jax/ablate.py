@@ -40,6 +40,7 @@ from sasrecllm_jax.run_folder.files import ABLATION_FILE, PAIRED_KEY, paired_tes
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, load_scores, rows_fingerprint
 from sasrecllm_jax.score import Recommender
 from sasrecllm_jax.train import groups
+from sasrecllm_jax.train.item_text_start import with_table
 from sasrecllm_jax.train.progress import row_bar
 
 MODES = ("on", "drop", "shuffle")
@@ -50,7 +51,8 @@ KEPT_BY_MAPPER_MASK = (*FUSION_NUMBERS, "unknown_item")
 
 
 def masked(params: dict, group: str, initial: dict) -> dict:
-    """params with one group ablated: lora and the encoders back to their initial values, the mapper's
+    """params with one group ablated: lora and the encoders back to their initial values (with
+    new_items: text the items' title vectors, fitted to the trained encoder, zeroed), the mapper's
     layers zeroed."""
     if group not in groups.present_groups(params):
         raise ConfigError(f"--masks {group}: this run has no {group!r} parameters (it has "
@@ -60,7 +62,11 @@ def masked(params: dict, group: str, initial: dict) -> dict:
                   for k, v in params["mapper"].items()}
         return {**params, "mapper": zeroed}
     start, _ = groups.split(initial, [group])
-    return groups.replace_groups(params, {group: start})
+    out = groups.replace_groups(params, {group: start})
+    if group in groups.ENCODERS and "item_text" in params.get("mapper", {}).get(COUNTS, {}):
+        # new items' title vectors were fitted to the trained encoder: they go with it
+        out = with_table(out, jnp.zeros_like(params["mapper"][COUNTS]["item_text"]))
+    return out
 
 
 def trained_scores(run: Path, split: str, data) -> dict | None:

@@ -2,11 +2,14 @@
 
 An item the ID encoder never trained on has no vector of its own. Its title does: each item's title
 features are the mean of the LLM's input embeddings of its tokens, and a ridge regression from those
-features (standardised over the items with train rows, plus a constant) to the encoder's item vectors of
-the items with train rows gives every item a vector its title predicts. The ridge strength is the one of
-RIDGES whose vectors rank the validation rows best when every row's item is shown by its title: an item
-with train rows gets its leave-one-out prediction (the regression fitted without it), an item without
-gets the full fit, and each row's score is <user vector, that item vector>.
+features (standardised over the items with train rows, with an unpenalised constant) to the encoder's item
+vectors of the items with train rows predicts every item's vector. What an item shows is that prediction
+less the examples' mean vector, shrunk toward zero: the deviation its title predicts. The mean would add
+the same <user vector, mean> to every such item of a user, a level that ranks users rather than items;
+a fusion's offset (unknown_id_score: offset) places those rows instead. The ridge strength is the one of RIDGES whose
+vectors rank the validation rows best when every row's item is shown by its title: an item with train rows
+gets its leave-one-out prediction (the regression fitted without it), an item without gets the full fit,
+and each row's score is <user vector, that item vector>.
 """
 from __future__ import annotations
 
@@ -32,23 +35,27 @@ def title_features(tokenizer, embedding: np.ndarray, titles) -> np.ndarray:
 
 
 def _design(features: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """Features standardised over the seen items (a title without tokens reads as their mean), plus a constant."""
+    """Features standardised over the seen items (a title without tokens reads as their mean): every column
+    sums to zero over the seen items."""
     ref = features[seen & ~np.isnan(features).any(1)]
     if len(ref) < 2:
         raise DataError(f"model.mapper.new_items: text regresses item vectors on titles, and only {len(ref)} item(s) "
                         f"with train rows have a title with tokens: give the items titles (items table, column title)")
     mu, sd = ref.mean(0), ref.std(0)
-    x = np.where(np.isnan(features), 0.0, (features - mu) / np.where(sd > 0, sd, 1.0))
-    return np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    return np.where(np.isnan(features), 0.0, (features - mu) / np.where(sd > 0, sd, 1.0))
 
 
 def ridge_fit(x: np.ndarray, rows: np.ndarray, y: np.ndarray, ridge: float, svd=None) -> tuple[np.ndarray, np.ndarray]:
-    """(x @ w, the same with each example row's own leave-one-out prediction): w the ridge regression of y on
-    x[rows], min |x[rows] w - y|^2 + ridge |w|^2. `svd`: that of x[rows], when several ridges share it."""
+    """(the fit's prediction for every row of x, the same with each example row's own leave-one-out
+    prediction): the ridge regression of y on x[rows] with an unpenalised constant, min_{b, w}
+    |b + x[rows] w - y|^2 + ridge |w|^2, for x whose columns sum to zero over rows (then b is y's mean and
+    w the ridge of the centred y on x[rows]). `svd`: that of x[rows], when several ridges share it."""
     u, s, vt = svd if svd is not None else np.linalg.svd(x[rows], full_matrices=False)
+    mean = y.mean(0)
     shrink = s / (s ** 2 + ridge)
-    table = x @ (vt.T @ (shrink[:, None] * (u.T @ y)))
-    hat = (u ** 2) @ (s * shrink)  # the hat matrix's diagonal: how much each example fits itself
+    table = mean + x @ (vt.T @ (shrink[:, None] * (u.T @ (y - mean))))
+    # the hat matrix's diagonal (how much each example fits itself): the constant's 1/n plus the ridge's
+    hat = 1.0 / len(rows) + (u ** 2) @ (s * shrink)
     loo = table.copy()
     loo[rows] = y - (y - table[rows]) / (1.0 - hat)[:, None]
     return table, loo
@@ -56,7 +63,9 @@ def ridge_fit(x: np.ndarray, rows: np.ndarray, y: np.ndarray, ridge: float, svd=
 
 def fit_item_vectors(features: np.ndarray, item_vectors: np.ndarray, seen: np.ndarray, user_vectors: np.ndarray,
                      iid: np.ndarray, label: np.ndarray, ridges=RIDGES) -> tuple[np.ndarray, dict]:
-    """(table [num_items + 1, d] float32: every item's title-predicted vector, what the fit found).
+    """(table [num_items + 1, d] float32: every item's title-predicted deviation from the mean vector, an
+    item with train rows its leave-one-out prediction (what item_dropout shows: as a new item's, from the
+    other items), what the fit found).
 
     features [num_items + 1, F] (title_features), item_vectors [num_items + 1, d] (the encoder's), seen
     [num_items + 1] bool (the items with train rows: the regression's examples); user_vectors [N, d], iid [N]
@@ -73,10 +82,11 @@ def fit_item_vectors(features: np.ndarray, item_vectors: np.ndarray, seen: np.nd
     users = np.asarray(user_vectors, np.float64)
     best = None
     for ridge in ridges:
-        table, loo = ridge_fit(x, rows, y, ridge, svd)
+        _, loo = ridge_fit(x, rows, y, ridge, svd)
+        loo -= y.mean(0)  # the deviations (module docstring)
         valid_auc = auc(label, np.einsum("nd,nd->n", users, loo[iid]))
         if best is None or valid_auc > best[1]:
-            best = (ridge, valid_auc, table)
+            best = (ridge, valid_auc, loo)
     ridge, valid_auc, table = best
     return table.astype(np.float32), {"ridge": ridge, "valid_auc": float(valid_auc), "items": int(len(rows)),
                                       "rows": int(len(label))}

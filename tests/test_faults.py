@@ -235,18 +235,31 @@ def test_a_resumed_prompt_phase_counts_the_tokens_of_every_step_it_kept(dataset,
 def test_a_resumed_hybrid_phase_fits_its_title_vectors_again(dataset, tmp_path):
     """model.mapper.new_items: text with item_dropout (rows show their item's title vector in training): the
     table is counted, not in the phase's checkpoints, so a phase killed at step 3 fits it again when it
-    resumes: the final table and the mapper it trained equal those of the run that was not killed."""
+    resumes, and a run killed after the phase (in its final evaluation) fits it again when it passes the
+    finished phase: the final table and the mapper trained equal those of the run that was not killed."""
     hybrid = ["train.method=sasrecllm", "model.mapper.new_items=text", "model.mapper.item_dropout=0.5",
               "train.phases=[{name: h, trainable: [mapper], prompt: hybrid, max_steps: 4, eval_every: 2, "
               "lr: {mapper: 0.001}}]"]
-    whole_and_killed_at_step_3(cfg_of(dataset, *hybrid), tmp_path)
-    whole, killed = (load_raw(tmp_path / r / "final") for r in ("whole", "killed"))
+    cfg = cfg_of(dataset, *hybrid)
+    whole_and_killed_at_step_3(cfg, tmp_path)
+
+    def killed_final_evaluation(*args, **kw):
+        raise Kill()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_lib, "final_evaluation", killed_final_evaluation)
+        with pytest.raises(Kill):
+            train_and_evaluate(cfg, tmp_path / "late")
+    train_and_evaluate(cfg, tmp_path / "late", resume=True)
+    whole = load_raw(tmp_path / "whole" / "final")
     table = whole["counts"]["mapper"]["counts"]["item_text"]
     assert np.abs(table).max() > 0
-    np.testing.assert_array_equal(killed["counts"]["mapper"]["counts"]["item_text"], table)
-    for name in ("fc1", "fc2"):
-        np.testing.assert_allclose(killed["mapper"]["mapper"][name]["kernel"], whole["mapper"]["mapper"][name]["kernel"],
-                                   rtol=1e-6, atol=1e-7)
+    for run in ("killed", "late"):
+        other = load_raw(tmp_path / run / "final")
+        np.testing.assert_array_equal(other["counts"]["mapper"]["counts"]["item_text"], table)
+        for name in ("fc1", "fc2"):
+            np.testing.assert_allclose(other["mapper"]["mapper"][name]["kernel"], whole["mapper"]["mapper"][name]["kernel"],
+                                       rtol=1e-6, atol=1e-7)
 
 
 def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_path, capsys):

@@ -12,27 +12,34 @@ from sasrecllm_jax.metrics import auc
 
 
 def test_leave_one_out_predictions_equal_refits_without_the_item():
-    """ridge_fit's shortcut (residual / (1 - hat)) against a ridge solved again without each seen item."""
+    """ridge_fit (an unpenalised constant, columns centred over the examples) against the same ridge
+    solved directly: [x, 1] with no penalty on the constant, on all examples and again without each one;
+    its leave-one-out shortcut (residual / (1 - hat)) equals the refits."""
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(size=(30, 6)), np.ones((30, 1))], axis=1)
-    y = rng.normal(size=(30, 3))
+    x = rng.normal(size=(30, 6))
     rows = np.arange(3, 30)  # items 0..2 are unseen
-    for ridge in (0.5, 7.0):
+    x = x - x[rows].mean(0)  # what _design gives: columns summing to zero over the examples
+    y = rng.normal(size=(30, 3)) + 5.0  # far from zero: a penalised constant would pull it there
+    a = np.concatenate([x, np.ones((30, 1))], axis=1)
+
+    def solve(idx, ridge):
+        penalty = ridge * np.diag([1.0] * 6 + [0.0])
+        return np.linalg.solve(a[idx].T @ a[idx] + penalty, a[idx].T @ y[idx])
+
+    for ridge in (0.5, 7.0, 1e6):
         table, loo = ridge_fit(x, rows, y[rows], ridge)
-        a = x[rows]
-        w = np.linalg.solve(a.T @ a + ridge * np.eye(7), a.T @ y[rows])
-        np.testing.assert_allclose(table, x @ w, atol=1e-10)
-        for k, r in enumerate(rows):
-            keep = np.delete(np.arange(len(rows)), k)
-            w_k = np.linalg.solve(a[keep].T @ a[keep] + ridge * np.eye(7), a[keep].T @ y[rows][keep])
-            np.testing.assert_allclose(loo[r], x[r] @ w_k, atol=1e-9)
+        np.testing.assert_allclose(table, a @ solve(rows, ridge), atol=1e-9)
+        for r in rows:
+            np.testing.assert_allclose(loo[r], a[r] @ solve(rows[rows != r], ridge), atol=1e-9)
         np.testing.assert_array_equal(loo[:3], table[:3])  # unseen items: the full fit
+    np.testing.assert_allclose(table, np.broadcast_to(y[rows].mean(0), table.shape), atol=1e-3)  # shrunk to the mean
 
 
 def test_a_planted_title_signal_ranks_items_without_train_rows():
-    """Item vectors that are a linear map of the title features plus noise; rows score <user, true vector>.
-    Fitted on the seen items, the table ranks the unseen items' rows almost as the true vectors do, and
-    its ridge is one of the grid's, picked on the rows."""
+    """Item vectors that are a shared vector plus a linear map of the title features plus noise; rows score
+    <user, the mapped part>. Fitted on the seen items, the table (the predicted deviations from the mean
+    vector) ranks the unseen items' rows almost as the mapped parts do, and its ridge is one of the grid's,
+    picked on the rows."""
     rng = np.random.default_rng(1)
     n_items, f, d = 400, 12, 4
     feats = rng.normal(size=(n_items + 1, f))
@@ -40,7 +47,8 @@ def test_a_planted_title_signal_ranks_items_without_train_rows():
     true = np.nan_to_num(feats) @ rng.normal(size=(f, d))
     seen = np.zeros(n_items + 1, bool)
     seen[1:301] = True
-    vectors = np.where(seen[:, None], true + 0.3 * rng.normal(size=true.shape), rng.normal(size=true.shape))
+    # every encoder vector also holds a shared part (the mean vector), which the table leaves out
+    vectors = 4.0 + np.where(seen[:, None], true + 0.3 * rng.normal(size=true.shape), rng.normal(size=true.shape))
     users = rng.normal(size=(2000, d))
     iid = rng.integers(1, n_items + 1, 2000)
     label = (np.einsum("nd,nd->n", users, true[iid]) + 0.5 * rng.normal(size=2000) > 0).astype(np.float32)
@@ -51,6 +59,7 @@ def test_a_planted_title_signal_ranks_items_without_train_rows():
     noise = auc(label[new], np.einsum("nd,nd->n", users[new], vectors[iid[new]]))
     assert got > best - 0.03 and noise < 0.6 < got
     assert table.dtype == np.float32 and table.shape == vectors.shape
+    assert np.abs(table[seen].mean(0)).max() < 0.05 and np.abs(table[~seen].mean(0)).max() < 1.0  # deviations
     assert found["items"] == 300 and found["rows"] == 2000 and found["ridge"] > 0 and found["valid_auc"] > 0.8
 
 
@@ -71,7 +80,8 @@ def test_title_features_are_mean_token_embeddings():
     np.testing.assert_allclose(out[2], emb[3])
     np.testing.assert_allclose(out[3], emb[[i % 5 for i in range(32)]].mean(0))
     x = _design(out, np.array([False, True, True, True]))
-    np.testing.assert_allclose(x[0], [0, 0, 0, 1])  # standardised: the mean, plus the constant
+    np.testing.assert_allclose(x[0], [0, 0, 0])  # standardised: the seen items' mean
+    np.testing.assert_allclose(x[1:].sum(0), 0, atol=1e-12)
 
 
 def test_refusals_say_what_to_do():

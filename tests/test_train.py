@@ -605,6 +605,8 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     assert id_score[0] != id_score[1] and offset != 0
     from sasrecllm_jax.recommend import encoder_scores  # retrieval scores new items by their titles too
     np.testing.assert_allclose(encoder_scores(rec, 1, [1, 2], batch["iid"]), id_score, rtol=1e-5, atol=1e-5)
+    from sasrecllm_jax.ablate import masked  # the encoder mask takes the vectors fitted to it along
+    assert not np.any(masked(rec.params, "sasrec", rec.params)["mapper"]["counts"]["item_text"])
     from safetensors.numpy import load_file
 
     from sasrecllm_jax.export import export_run
@@ -616,7 +618,7 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
                                   final)
     readme = (exported / "README.md").read_text()
     assert 'item_vector = w["mapper/counts/item_text"][7]' in readme and 'id_score += w["mapper/unknown_score"]' in readme
-    with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train the encoder on hybrid prompts")):
+    with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train or restore the encoder from then on")):
         train_and_evaluate(smoke_config(dataset, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
                                         "model.mapper.new_items=text"), tmp_path / "refused")
 

@@ -129,8 +129,8 @@ class PhaseRunner:
                 return sharding.place(s, layout) if layout is not None else jax.device_put(s, jax.devices()[0])
             state = place(state)
             if fit_text:  # fresh or resumed: the table is counted, never checkpointed with the phase's state
-                state = place(state.replace(frozen=self._fit_text(phase, plan, merge(state.trainable, state.frozen),
-                                                                  state.frozen)))
+                state = place(state.replace(frozen=self.fit_text(phase, merge(state.trainable, state.frozen),
+                                                                 state.frozen, plan.eval_data)))
             if fit_fusion and earlier is None and int(state.step) == 0:  # on the placed (sharded) params
                 state = place(state.replace(trainable=self._fit_fusion(
                     phase, plan, merge(state.trainable, state.frozen), state.trainable)))
@@ -148,15 +148,19 @@ class PhaseRunner:
                            handed_on_scores=loop.best_scores if phase.restore_best else None,  # None after a resume
                            timing=loop.timing, earlier_s=float((earlier or {}).get("wall_s", 0.0)))
 
-    def _fit_text(self, phase: PhaseConfig, plan: PhasePlan, params: dict, frozen: dict) -> dict:
-        """frozen with the mapper's item_text table fitted from the phase's starting encoder (train/item_text_start.py)."""
-        table, found = item_text_start.fit_table(plan.scorer.model, params, plan.eval_data,
+    def fit_text(self, phase: PhaseConfig, params: dict, tree: dict, eval_data: SplitData | None = None) -> dict:
+        """tree (params, or the phase's frozen part of them) with the mapper's item_text table fitted from the
+        encoder in params (train/item_text_start.py): when the phase starts, fresh or resumed, and when a
+        resumed run passes it finished (the table is counted: no checkpoint of the phase holds it)."""
+        if eval_data is None:
+            eval_data = self.assembly.split(self.cfg.data.eval_split, phase.prompt, self.assembly.row_limit("eval"))
+        table, found = item_text_start.fit_table(self.scorer(phase.prompt).model, params, eval_data,
                                                  self.assembly.dataset.titles(), self.assembly.backbone.tokenizer)
         print(f"[{phase.name}] item vectors regressed from titles on {found['items']:,} items with train rows "
               f"(ridge {found['ridge']:g}, picked on {self.cfg.data.eval_split}: AUC {found['valid_auc']:.4f} over "
               f"{found['rows']:,} rows with every item shown by its title); {found['new_items']:,} items without "
               f"train rows show theirs")
-        return item_text_start.with_table(frozen, table)
+        return item_text_start.with_table(tree, table)
 
     def _fit_fusion(self, phase: PhaseConfig, plan: PhasePlan, params: dict, trainable: dict) -> dict:
         """trainable with the residual fusion's llm_gate (and unknown_score) fitted to the late fusion of the

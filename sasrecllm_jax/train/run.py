@@ -249,6 +249,8 @@ class Run:
                 used = groups.prompt_modules(phase.prompt, cfg.model.encoder)
                 if phase.name in run_state["completed"]:
                     params = self._done_phase(params, phase, used, timing.get(phase.name, {}))
+                    if phase.name == text_phase:
+                        params = runner.fit_text(phase, params, params)
                     last = None
                     continue
                 before = jax.device_get(params) if self.on_phase else None  # the step donates its inputs
