@@ -22,15 +22,18 @@ RIDGES = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
 MAX_TITLE_TOKENS = 32
 
 
-def title_features(tokenizer, embedding: np.ndarray, titles) -> np.ndarray:
+def title_features(tokenizer, embedding, titles) -> np.ndarray:
     """[len(titles), hidden]: the mean input embedding of each title's first MAX_TITLE_TOKENS tokens (encoded
-    as they follow a space in a prompt); NaN for a title without tokens (id 0, missing titles)."""
-    out = np.full((len(titles), embedding.shape[1]), np.nan, np.float64)
+    as they follow a space in a prompt); NaN for a title without tokens (id 0, missing titles). `embedding`
+    [vocab, hidden] may live on a device: only the titles' tokens' rows are read from it."""
     encoded = tokenizer.encode_batch([" " + str(t) if t else "" for t in titles], add_special_tokens=False)
-    for k, enc in enumerate(encoded):
-        ids = enc.ids[:MAX_TITLE_TOKENS]
-        if ids:
-            out[k] = np.asarray(embedding[np.asarray(ids)], np.float64).mean(0)
+    ids = [np.asarray(enc.ids[:MAX_TITLE_TOKENS], np.int64) for enc in encoded]
+    vocab = np.unique(np.concatenate([np.zeros(0, np.int64), *ids]))
+    rows = np.asarray(embedding[vocab], np.float64) if len(vocab) else np.zeros((0, embedding.shape[1]))
+    out = np.full((len(titles), embedding.shape[1]), np.nan, np.float64)
+    for k, tokens in enumerate(ids):
+        if len(tokens):
+            out[k] = rows[np.searchsorted(vocab, tokens)].mean(0)
     return out
 
 

@@ -48,8 +48,7 @@ def fit_table(model: Hybrid, params: dict, data: SplitData, titles, tokenizer) -
     users, = id_rows(model, Hybrid.user_vectors, params, data)
     items = jax.device_get(jax.jit(lambda p: model.apply({"params": p}, method=Hybrid.item_vectors))(params))
     seen = np.asarray(jax.device_get(params["mapper"][COUNTS]["item_seen"])) > 0
-    embedding = np.asarray(jax.device_get(params["llm"]["model"]["embed_tokens"]["embedding"]), np.float32)
-    features = title_features(tokenizer, embedding, titles)
+    features = title_features(tokenizer, params["llm"]["model"]["embed_tokens"]["embedding"], titles)
     table, found = fit_item_vectors(features, items, seen, users, data.iid, data.label)
     return table, {**found, "new_items": int((~seen[1:]).sum())}
 
@@ -57,5 +56,5 @@ def fit_table(model: Hybrid, params: dict, data: SplitData, titles, tokenizer) -
 def with_table(tree: dict, table: np.ndarray) -> dict:
     """tree (a params or frozen tree holding the mapper's counts) with item_text set to table."""
     out = jax.tree_util.tree_map(lambda x: x, tree)
-    set_path(out, TABLE, np.asarray(table, np.asarray(out["mapper"][COUNTS]["item_text"]).dtype))
+    set_path(out, TABLE, np.asarray(table, out["mapper"][COUNTS]["item_text"].dtype))
     return out
