@@ -34,7 +34,8 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
                     offset: np.ndarray | None = None) -> dict:
     """The late fusion of scorers a and b fitted on validation rows (labels `label`): weight_b (w), with
     `abstain` abstain_c (c) and abstain_score (a's score there in its own units), with `offset` offset_c
-    and offset_score (the same), gate_b (None when w = 1: the fusion drops a), the validation AUC, and
+    and offset_score (the same; c_at_edge: c is at an end of ABSTAIN_GRID, which may clip it), gate_b (None
+    when w = 1: the fusion drops a), the validation AUC, and
     `fuse(a, b, rows)`, which applies it to other rows (rows: their abstain or offset mask).
     a is standardised by `ref_a` (default: a itself), b by b; `weights` replaces the grid of w."""
     if abstain is not None and offset is not None:
@@ -48,6 +49,9 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
     def mix(w, c, za, zb, new):
         if c is None:
             part = za
+        elif new is None:
+            raise ValueError("this fusion was fitted with rows that abstain or are offset: pass new= (a boolean "
+                             "per row, which rows those are)")
         else:
             part = za + c * new if offset is not None else np.where(new, c, za)
         return (1 - w) * part + w * zb
@@ -55,7 +59,7 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
     choices = [(float(w), c) for w in ws for c in cs]
     scores = [auc(label, mix(w, c, za, zb, rows)) for w, c in choices]
     w, c = choices[int(np.argmax(scores))]
-    out = {"weight_b": w, "valid_auc": float(max(scores)),
+    out = {"weight_b": w, "valid_auc": float(max(scores)), "c_at_edge": c is not None and abs(c) >= ABSTAIN_GRID.max(),
            "gate_b": w / (1 - w) * unit(ref) / unit(b) if w < 1 else None,
            "fuse": lambda a2, b2, new=None: mix(w, c, za_of(a2), zb_of(b2), new)}
     if abstain is not None:

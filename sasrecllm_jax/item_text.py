@@ -8,7 +8,8 @@ less the examples' mean vector, shrunk toward zero: the deviation its title pred
 the same <user vector, mean> to every such item of a user, a level that ranks users rather than items;
 a fusion's offset (unknown_id_score: offset) places those rows instead. The ridge strength is the one of RIDGES whose
 vectors rank the validation rows best when every row's item is shown by its title: an item with train rows
-gets its leave-one-out prediction (the regression fitted without it), an item without gets the full fit,
+gets its leave-one-out prediction (the regression fitted without it, the standardisation and the mean kept:
+a leak of order 1/items), an item without gets the full fit,
 and each row's score is <user vector, that item vector>.
 """
 from __future__ import annotations
@@ -75,9 +76,9 @@ def fit_item_vectors(features: np.ndarray, item_vectors: np.ndarray, seen: np.nd
     and label [N]: the validation rows that pick the ridge strength (module docstring)."""
     seen = np.asarray(seen, bool)
     if len(np.unique(label)) < 2:
+        says = f"their {len(label)} label(s) are all {label[0]}" if len(label) else "there are none"
         raise DataError(f"model.mapper.new_items: text picks its ridge strength by AUC on the validation rows, and "
-                        f"their {len(label)} label(s) are all {label[0] if len(label) else None}: the split needs "
-                        f"positive and negative rows")
+                        f"{says}: the split needs positive and negative rows")
     x = _design(features, seen)
     rows = np.flatnonzero(seen)
     y = np.asarray(item_vectors, np.float64)[rows]

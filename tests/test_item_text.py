@@ -1,13 +1,14 @@
 """Item vectors regressed from titles (model.mapper.new_items: text): the ridge fit's leave-one-out
 predictions against refits without each item, a planted linear signal recovered for items without train
 rows, the title features, and clear refusals."""
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from sasrecllm_jax.errors import DataError
-from sasrecllm_jax.item_text import _design, fit_item_vectors, ridge_fit, title_features
+from sasrecllm_jax.item_text import RIDGES, _design, fit_item_vectors, ridge_fit, title_features
 from sasrecllm_jax.metrics import auc
 
 
@@ -60,7 +61,9 @@ def test_a_planted_title_signal_ranks_items_without_train_rows():
     assert got > best - 0.03 and noise < 0.6 < got
     assert table.dtype == np.float32 and table.shape == vectors.shape
     assert np.abs(table[seen].mean(0)).max() < 0.05 and np.abs(table[~seen].mean(0)).max() < 1.0  # deviations
-    assert found["items"] == 300 and found["rows"] == 2000 and found["ridge"] > 0 and found["valid_auc"] > 0.8
+    assert found["items"] == 300 and found["rows"] == 2000 and found["ridge"] in RIDGES and found["valid_auc"] > 0.8
+    # the valid AUC it reports is the returned table's, every row's item shown by its title
+    assert found["valid_auc"] == pytest.approx(auc(label, np.einsum("nd,nd->n", users, table[iid].astype(np.float64))), abs=1e-6)
 
 
 def test_title_features_are_mean_token_embeddings():
@@ -89,8 +92,10 @@ def test_refusals_say_what_to_do():
     feats, vectors = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
     seen = np.array([False, True, True, True, False, False])
     users, iid = rng.normal(size=(4, 2)), np.array([1, 2, 4, 5])
-    with pytest.raises(DataError, match="need positive and negative rows|split needs positive and negative"):
+    with pytest.raises(DataError, match=re.escape("4 label(s) are all 1.0: the split needs positive and negative rows")):
         fit_item_vectors(feats, vectors, seen, users, iid, np.ones(4))
+    with pytest.raises(DataError, match="there are none: the split needs positive and negative rows"):
+        fit_item_vectors(feats, vectors, seen, users[:0], iid[:0], np.ones(0))
     feats[1:3] = np.nan
     with pytest.raises(DataError, match="give the items titles"):
         fit_item_vectors(feats, vectors, seen, users, iid, np.array([0, 1, 0, 1.0]))

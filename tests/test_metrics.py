@@ -192,6 +192,10 @@ def test_offset_fusion_keeps_a_ranking_the_offset_rows():
     assert f["valid_auc"] > abstain["valid_auc"] + 0.005 and f["valid_auc"] > plain["valid_auc"] + 0.005
     with pytest.raises(ValueError, match="not both"):
         fit_late_fusion(y, a, b, new, offset=new)
+    for fitted in (f, abstain):  # applied to other rows, it needs to know which of them it offsets or abstains on
+        with pytest.raises(ValueError, match="pass new="):
+            fitted["fuse"](a, b)
+    assert not f["c_at_edge"] and plain["c_at_edge"] is False
 
 
 def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):

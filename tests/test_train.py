@@ -500,7 +500,7 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
-def fused_start_run(dataset, tmp_path, capsys, new_items: str, unknown_id_score: str):
+def fused_start_run(dataset, tmp_path, capsys, new_items: str, unknown_id_score: str, *overrides):
     """A plug-and-play inject-last residual hybrid on held-out items whose start is fitted (fusion_start:
     late_fusion), run in tmp_path/run: (its config, the held-out items, {phase: params it started from},
     the lines it printed)."""
@@ -508,7 +508,7 @@ def fused_start_run(dataset, tmp_path, capsys, new_items: str, unknown_id_score:
     cfg = smoke_config(cold, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play", "train.eval_at_start=true",
                        "model.mapper.inject=last", "model.mapper.out_init=zeros", f"model.mapper.new_items={new_items}",
                        "model.mapper.fusion=residual", f"model.mapper.unknown_id_score={unknown_id_score}",
-                       "model.mapper.fusion_start=late_fusion")
+                       "model.mapper.fusion_start=late_fusion", *overrides)
     starts = {}
     capsys.readouterr()
     train_and_evaluate(cfg, tmp_path / "run", on_phase=lambda p, before, after: starts.setdefault(p.name, before))
@@ -546,21 +546,24 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
     assert abs(start["all/auc"] - f["valid_auc"]) < 1e-6
 
 
-def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, capsys):
+def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, capsys, monkeypatch):
     """model.mapper.new_items: text on held-out items: the hybrid phase's start fits item_text from the encoder
     and the LLM's input embeddings it starts with (the final table is fit_item_vectors of those, the ridge
     the run printed), only the items without train rows show it, and their ID score is the encoder's score
     of it plus the learned offset (unknown_id_score: offset): two held-out items of one user score apart, by
     their titles. The residual's start (fusion_start: late_fusion) is then fitted with that offset: the
     printed numbers and the step-0 AUC are those of fit_late_fusion on the terms scored apart. The export
-    carries the table. A hybrid phase that trains the encoder is refused before anything trains."""
+    carries the table. The same run again takes its phases from the phase cache, the fitted table with them.
+    A hybrid phase that trains the encoder is refused before anything loads."""
     from sasrecllm_jax.evaluate import Scorer, evaluate
     from sasrecllm_jax.fusion import fit_late_fusion
     from sasrecllm_jax.item_text import fit_item_vectors, title_features
     from sasrecllm_jax.models.hybrid import Hybrid
     from sasrecllm_jax.score import Recommender
     from sasrecllm_jax.train.item_text_start import with_table
-    cfg, held, starts, out = fused_start_run(dataset, tmp_path, capsys, "text", "offset")
+    monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")  # the phase cache serves a named, clean code version
+    cache = f"train.phase_cache={tmp_path / 'cache'}"
+    cfg, held, starts, out = fused_start_run(dataset, tmp_path, capsys, "text", "offset", cache)
     line = next(l for l in out if "item vectors regressed from titles" in l)
     before = starts["mapper"]
     rec = Recommender(tmp_path / "run")
@@ -605,6 +608,7 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     assert id_score[0] != id_score[1] and offset != 0
     from sasrecllm_jax.recommend import encoder_scores  # retrieval scores new items by their titles too
     np.testing.assert_allclose(encoder_scores(rec, 1, [1, 2], batch["iid"]), id_score, rtol=1e-5, atol=1e-5)
+    assert encoder_scores(rec, 1, [1, 2], batch["iid"][:0]).shape == (0,)  # no candidates left: none scored
     from sasrecllm_jax.ablate import masked  # the encoder mask takes the vectors fitted to it along
     assert not np.any(masked(rec.params, "sasrec", rec.params)["mapper"]["counts"]["item_text"])
     from safetensors.numpy import load_file
@@ -618,9 +622,17 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
                                   final)
     readme = (exported / "README.md").read_text()
     assert 'item_vector = w["mapper/counts/item_text"][7]' in readme and 'id_score += w["mapper/unknown_score"]' in readme
-    with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train or restore the encoder from then on")):
-        train_and_evaluate(smoke_config(dataset, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
-                                        "model.mapper.new_items=text"), tmp_path / "refused")
+    again = train_and_evaluate(cfg, tmp_path / "again")
+    assert set(again["reused_phases"]) == {"sasrec", "text_lora", "mapper"}
+    assert "item vectors regressed from titles" not in capsys.readouterr().out  # not fitted again: the cache's
+    np.testing.assert_array_equal(Recommender(tmp_path / "again").params["mapper"]["counts"]["item_text"], final)
+    assert again["test"] == json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+    refused = smoke_config(dataset, *FAST, "train.method=sasrecllm", "train.strategy=hierarchical_freezing",
+                           "model.mapper.new_items=text")
+    from sasrecllm_jax.train.strategies import resolve_phases
+    for refuse in (lambda: resolve_phases(refused), lambda: train_and_evaluate(refused, tmp_path / "refused")):
+        with pytest.raises(ConfigError, match=re.escape("phase(s) ['all'] train or restore the encoder from then on")):
+            refuse()
 
 
 def test_fusion_start_needs_a_residual_fusion_and_a_phase_to_fit(dataset, tmp_path):

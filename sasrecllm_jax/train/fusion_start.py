@@ -13,7 +13,6 @@ import numpy as np
 
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.pipeline import SplitData
-from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.evaluate import Scorer, score_split
 from sasrecllm_jax.fusion import fit_late_fusion
 from sasrecllm_jax.models.hybrid import Hybrid
@@ -35,6 +34,9 @@ def id_rows(model: Hybrid, method, params: dict, data: SplitData) -> tuple[np.nd
     rows per call (the last call padded with the first row, one compiled shape); no prompt is read."""
     fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method=method))
     n = len(data)
+    if n == 0:  # no rows: empty outputs of the shapes one row would give
+        one = {k: np.zeros((1, *getattr(data, k).shape[1:]), getattr(data, k).dtype) for k in ("his", "uid", "iid")}
+        return tuple(np.zeros((0, *o.shape[1:]), o.dtype) for o in jax.eval_shape(fn, params, one))
     rows = min(ID_ROWS, max(n, 1))
     pad = lambda x: np.concatenate([x, np.repeat(x[:1], -n % rows, axis=0)]) if n % rows else x
     cols = {"his": pad(data.his), "uid": pad(data.uid), "iid": pad(data.iid)}
@@ -64,34 +66,10 @@ def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_sco
     values = {"llm_gate": float(f["gate_b"])}
     if kind == "learned":
         values["unknown_score"] = float(f["abstain_score"]) if new is not None else float(id_score.mean())
-    if kind == "offset":
-        values["unknown_score"] = float(f["offset_score"]) if new is not None else 0.0
+    if kind == "offset":  # the ID score of those rows already holds the current offset: the fit adds to it
+        values["unknown_score"] = float(params["mapper"]["unknown_score"]) + (float(f["offset_score"]) if new is not None else 0.0)
     return values, {"weight": f["weight_b"], "valid_auc": f["valid_auc"], "rows": len(data),
-                    "new_rows": int(new.sum()) if new is not None else 0, "kind": kind}
-
-
-def fitting_phase(cfg: Config, phases) -> str | None:
-    """The phase whose fresh start fits the fusion (the first that trains the mapper on hybrid prompts), or
-    None without fusion_start: late_fusion."""
-    if cfg.model.mapper.fusion_start != "late_fusion":
-        return None
-    before = []  # hybrid phases before it
-    for p in phases:
-        if p.prompt != "hybrid":
-            continue
-        if "mapper" not in p.trainable:
-            before.append(p.name)
-        elif before:
-            raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when phase {p.name!r} (the first that "
-                              f"trains the mapper on hybrid prompts) starts, and phase(s) {before} read hybrid prompts "
-                              f"before it with llm_gate 0, where the LLM term counts for nothing: train the mapper in "
-                              f"the first hybrid phase or set model.mapper.fusion_start: init")
-        else:
-            return p.name
-    raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when the first phase that trains the "
-                      f"mapper on hybrid prompts starts, and this run has none (phases "
-                      f"{[(p.name, p.prompt, list(p.trainable)) for p in phases]}): add such a phase or set "
-                      f"model.mapper.fusion_start: init")
+                    "new_rows": int(new.sum()) if new is not None else 0, "kind": kind, "at_edge": f["c_at_edge"]}
 
 
 def with_values(tree: dict, values: dict) -> dict:

@@ -174,7 +174,9 @@ class PhaseRunner:
               f"on {split} ({found['rows']:,} rows; weight {found['weight']:.2f}, AUC {found['valid_auc']:.4f}): "
               + ", ".join(f"model.mapper.{k} {v:.4g}" for k, v in values.items())
               + (f" ({found['new_rows']:,} rows {'abstain' if found['kind'] == 'learned' else 'offset'})"
-                 if found["new_rows"] else ""))
+                 if found["new_rows"] else "")
+              + ("; that score is at the end of the fit's grid (5 deviations of the other rows' ID scores), "
+                 "so it may be clipped: training moves it on" if found["at_edge"] else ""))
         return fusion_start.with_values(trainable, values)
 
     def _resume(self, phase: PhaseConfig, ckpt: PhaseCheckpoints, state: TrainState, it: BatchIterator,

@@ -27,13 +27,12 @@ from sasrecllm_jax.host_cache import HostCache
 from sasrecllm_jax.run_folder.files import (RunLock, code_version, phases_with_checkpoints, remove_run_files,
                                            saved_work, write_whole)
 from sasrecllm_jax.run_folder.metrics_log import Reporter, read_metrics
-from sasrecllm_jax.train import groups, item_text_start
+from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints, Store
 from sasrecllm_jax.train.final import final_evaluation
-from sasrecllm_jax.train.fusion_start import fitting_phase
 from sasrecllm_jax.train.phase import PhaseResult, PhaseRunner
 from sasrecllm_jax.train.phase_cache import PhaseCache, enabled_reason, phase_key
-from sasrecllm_jax.train.strategies import resolve_phases, scoring_prompt
+from sasrecllm_jax.train.strategies import fusion_fitting_phase, resolve_phases, scoring_prompt, text_fitting_phase
 from sasrecllm_jax.weights.peft_adapter import load_peft_lora
 
 # keys whose change cannot change a run's results: where records are logged, where identical phases are
@@ -239,8 +238,8 @@ class Run:
         reporter = Reporter(self.workdir)
         reporter.forget_final()  # a final evaluation cut short is made again
         runner = PhaseRunner(cfg, assembly, self.workdir, self.resume, reporter, self.on_step)
-        fit_phase = fitting_phase(cfg, self.phases)
-        text_phase = item_text_start.fitting_phase(cfg, self.phases)
+        fit_phase = fusion_fitting_phase(cfg, self.phases)
+        text_phase = text_fitting_phase(cfg, self.phases)
         last: PhaseResult | None = None
         try:
             for phase in self.phases:

@@ -120,4 +120,52 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
                           f"and its counts, but no phase trains on rows: early or late (phases "
                           f"{[ph.name for ph in out]}); set them, e.g. train.phase_overrides.hybrid.rows=late (a "
                           f"whole --set train.phase_overrides={{...}} replaces the config's), or drop data.late_rows")
+    fusion_fitting_phase(cfg, out)  # refusals, before anything loads
+    text_fitting_phase(cfg, out)
     return tuple(out)
+
+
+def fusion_fitting_phase(cfg: Config, phases) -> str | None:
+    """The phase whose fresh start fits the fusion (the first that trains the mapper on hybrid prompts), or
+    None without fusion_start: late_fusion."""
+    if cfg.model.mapper.fusion_start != "late_fusion":
+        return None
+    before = []  # hybrid phases before it
+    for p in phases:
+        if p.prompt != "hybrid":
+            continue
+        if "mapper" not in p.trainable:
+            before.append(p.name)
+        elif before:
+            raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when phase {p.name!r} (the first that "
+                              f"trains the mapper on hybrid prompts) starts, and phase(s) {before} read hybrid prompts "
+                              f"before it with llm_gate 0, where the LLM term counts for nothing: train the mapper in "
+                              f"the first hybrid phase or set model.mapper.fusion_start: init")
+        else:
+            return p.name
+    raise ConfigError(f"model.mapper.fusion_start: late_fusion is fitted when the first phase that trains the "
+                      f"mapper on hybrid prompts starts, and this run has none (phases "
+                      f"{[(p.name, p.prompt, list(p.trainable)) for p in phases]}): add such a phase or set "
+                      f"model.mapper.fusion_start: init")
+
+
+def text_fitting_phase(cfg: Config, phases) -> str | None:
+    """The phase whose start fits the table (the first that reads hybrid prompts), or None without
+    new_items: text. Refused when that phase or a later one trains the encoder, or a later one restores it:
+    the table would stay fitted to an older encoder."""
+    if cfg.model.mapper.new_items != "text":
+        return None
+    phases = list(phases)
+    first = next((k for k, p in enumerate(phases) if p.prompt == "hybrid"), None)
+    if first is None:
+        return None
+    later = phases[first:]
+    moving = [p.name for p in later if set(p.trainable) & set(ENCODERS) - set(cfg.train.freeze)]
+    moving += [p.name for p in later[1:] if set(p.restore) & set(ENCODERS) and p.name not in moving]
+    if moving:
+        raise ConfigError(f"model.mapper.new_items: text fits the items' title vectors to the encoder when phase "
+                          f"{phases[first].name!r} (the first on hybrid prompts) starts, and phase(s) {moving} train "
+                          f"or restore the encoder from then on, which would leave them fitted to an older encoder: "
+                          f"train the encoder before the hybrid phases (a strategy such as dual_stage) or use "
+                          f"model.mapper.new_items: unknown")
+    return phases[first].name
