@@ -9,7 +9,9 @@ unchanged (it equals the run's results.json).
 Parameters (--masks, by the partition's groups): `lora` puts every adapter back to its initial value
 (B = 0: the base model); `mapper` zeroes the mapper's layers (the soft tokens become zero vectors; a fusion
 gate, the unknown item's vector and ID score, and the item_seen flags keep their values); `sasrec` / `mf`
-resets the encoder to its initialisation (the run's seed).
+resets the encoder to its initialisation (the run's seed); `llm_term` zeroes a residual fusion's llm_gate, so
+the score is the hybrid's ID score alone (with new_items: text, new items by their titles' vectors): what
+the LLM adds.
 For an ablation in training as well, train with --set train.collab=drop or train.freeze.
 
 Writes RUN/ablation.json ({split: {mode or "mask:GROUP": metrics}}, merged with earlier calls; under
@@ -44,7 +46,8 @@ from sasrecllm_jax.train.item_text_start import with_table
 from sasrecllm_jax.train.progress import row_bar
 
 MODES = ("on", "drop", "shuffle")
-MASKS = ("lora", "mapper", "sasrec", "mf")
+MASKS = ("lora", "mapper", "sasrec", "mf", "llm_term")
+NO_INITIAL = ("mapper", "llm_term")  # masks that need no initial params
 # the mapper group's leaves that the mapper mask keeps: the fusion's weights, the unknown item's vector
 # (an input of the ID score too) and its ID score; the counted item_seen flags are group counts
 KEPT_BY_MAPPER_MASK = (*FUSION_NUMBERS, "unknown_item")
@@ -53,7 +56,13 @@ KEPT_BY_MAPPER_MASK = (*FUSION_NUMBERS, "unknown_item")
 def masked(params: dict, group: str, initial: dict) -> dict:
     """params with one group ablated: lora and the encoders back to their initial values (with
     new_items: text the items' title vectors, fitted to the trained encoder, zeroed), the mapper's
-    layers zeroed."""
+    layers zeroed, llm_term the residual's llm_gate zeroed."""
+    if group == "llm_term":
+        if "llm_gate" not in params.get("mapper", {}):
+            raise ConfigError("--masks llm_term zeroes the LLM term of a residual fusion (mapper/llm_gate), and this run "
+                              "has none (model.mapper.fusion is not residual): its score is the LLM's alone; mask "
+                              "lora or mapper, or drop its collaborative inputs (--modes drop)")
+        return {**params, "mapper": {**params["mapper"], "llm_gate": jnp.zeros_like(params["mapper"]["llm_gate"])}}
     if group not in groups.present_groups(params):
         raise ConfigError(f"--masks {group}: this run has no {group!r} parameters (it has "
                           f"{sorted(groups.present_groups(params) - {'frozen', 'counts'})})")
@@ -91,12 +100,13 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", mask
         raise ConfigError(f"split {split!r} is not in the dataset; choose from {sorted(rec.assembly.dataset.splits)}")
     cfg = rec.cfg
     data = rec.assembly.split(split, "hybrid", rec.assembly.row_limit("eval"))
-    initial = Assembly.for_run(cfg)[1] if masks else None  # the run's own initial params (its seed)
+    # the run's own initial params (its seed), for the masks that put a group back to them
+    initial = Assembly.for_run(cfg)[1] if set(masks) - set(NO_INITIAL) else None
     out_path = run / ABLATION_FILE
     out = read_ablations(run)
     trained = trained_scores(run, split, data)
     jobs = [(mode, mode, rec.params) for mode in modes]
-    jobs += [(f"mask:{g}", "on", masked(rec.params, g, groups.select(initial, set(rec.params)))) for g in masks]
+    jobs += [(f"mask:{g}", "on", masked(rec.params, g, initial and groups.select(initial, set(rec.params)))) for g in masks]
     for name, mode, params in jobs:
         with row_bar(len(data), f"{split}, {name}") as bar:
             metrics, scores = evaluate(rec.scorer, params, data, cfg, "hybrid", mode, progress=bar)

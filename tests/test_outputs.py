@@ -138,6 +138,8 @@ def test_test_time_ablation(runs, capsys):
     assert vs["on"]["all"]["AUC"]["diff"] == pytest.approx(0.0, abs=1e-6) and vs["drop"]["all"]["AUC"]["diff"] != 0
     lo, hi = vs["drop"]["all"]["AUC"]["ci95"]
     assert f"drop: all {vs['drop']['all']['AUC']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]" in printed
+    assert ablate_main([str(run), "--modes", "--masks", "llm_term"]) == 2  # no residual: no LLM term to mask
+    assert "has none (model.mapper.fusion is not residual)" in capsys.readouterr().err
     # without a fusion, zeroing the mapper's layers makes the soft tokens zero vectors: the drop ablation
     assert ab["mask:mapper"]["all"] == ab["drop"]["all"] != ab["on"]["all"]
     # this run trained only its mapper: its LoRA and SASRec are still the initial ones (its seed's), so

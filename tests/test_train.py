@@ -560,6 +560,7 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     from sasrecllm_jax.item_text import fit_item_vectors, title_features
     from sasrecllm_jax.models.hybrid import Hybrid
     from sasrecllm_jax.score import Recommender
+    from sasrecllm_jax.train.fusion_start import id_rows
     from sasrecllm_jax.train.item_text_start import with_table
     monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")  # the phase cache serves a named, clean code version
     cache = f"train.phase_cache={tmp_path / 'cache'}"
@@ -611,6 +612,11 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     assert encoder_scores(rec, 1, [1, 2], batch["iid"][:0]).shape == (0,)  # no candidates left: none scored
     from sasrecllm_jax.ablate import masked  # the encoder mask takes the vectors fitted to it along
     assert not np.any(masked(rec.params, "sasrec", rec.params)["mapper"]["counts"]["item_text"])
+    # the llm_term mask: the residual scores by its ID score alone (new items by their titles' vectors)
+    test = rec.assembly.split("test", "hybrid", rec.assembly.row_limit("eval"))
+    _, alone = evaluate(rec.scorer, masked(rec.params, "llm_term", None), test, cfg, "hybrid")
+    np.testing.assert_allclose(alone, id_rows(model, Hybrid.id_term, rec.params, test)[0], rtol=1e-5, atol=1e-5)
+    assert float(rec.params["mapper"]["llm_gate"]) != 0
     from safetensors.numpy import load_file
 
     from sasrecllm_jax.export import export_run
