@@ -222,6 +222,12 @@ def test_claims_read_the_drop_ablation_paired(tmp_path):
     drop["new_item"]["AUC"] = {"auc_a": None, "auc_b": None, "diff": None, "ci95": [None, None]}  # as stored
     (tmp_path / "ablation.json").write_text(json.dumps({"vs_trained": {"test": {"drop": drop}}}))
     assert [r[0] for r in claims_lib.ablation_control(tmp_path)] == [rows[0][0]]
+    # the LLM term masked: the hybrid against its ID score alone, after the drop rows
+    no_llm = {"all": {"AUC": {"auc_a": 0.70, "auc_b": 0.69, "diff": -0.01, "ci95": [-0.02, 0.00]}}}
+    (tmp_path / "ablation.json").write_text(json.dumps({"vs_trained": {"test": {"drop": drop, "mask:llm_term": no_llm}}}))
+    assert claims_lib.ablation_control(tmp_path)[1:] == [
+        ["control: AUC > its ID score alone (ablate --masks llm_term)", "0.7000", "0.6900", "+0.0100",
+         "[+0.0000, +0.0200]", "covers", "not shown"]]
     assert claims_lib.ablation_control(tmp_path / "elsewhere") == []
 
 

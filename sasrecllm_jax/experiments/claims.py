@@ -128,21 +128,28 @@ def fusion_control(out: Path, summary: dict, best: str) -> list[list[str]]:
              num(b), num(a), signed(b - a), span, side, verdict(test, ">")]]
 
 
+# the ablations the claims read as controls: (name in ablation.json, what the hybrid is without it)
+CONTROLS = (("drop", "its collaborative inputs dropped (ablate --modes drop)"),
+            ("mask:llm_term", "its ID score alone (ablate --masks llm_term)"))
+
+
 def ablation_control(run: Path) -> list[list[str]]:
-    """Claims rows that are ours: the hybrid against itself with its collaborative inputs dropped (the drop
-    ablation of RUN/ablation.json, paired on the same test rows), on all rows and on new-item rows. If
-    dropping them costs nothing, the collaborative side adds nothing to the LLM's reading of the prompt."""
-    vs = paired_ablation(run, "test", "drop")
+    """Claims rows that are ours: the hybrid against itself with its collaborative inputs dropped, and
+    against its ID score alone (the drop and llm_term ablations of RUN/ablation.json, paired on the same
+    test rows), on all rows and on new-item rows. If dropping one side costs nothing, it adds nothing to
+    the other."""
     rows = []
-    for part, claim in (("all", "AUC"), ("new_item", "new-item AUC")):
-        t = (vs or {}).get(part, {}).get("AUC")
-        if t is None or t["diff"] is None:  # none stored, or too few rows of a label
-            continue
-        # stored as ablation - trained; the claim reads trained - ablation
-        test = {**t, "diff": -t["diff"], "ci95": [-t["ci95"][1], -t["ci95"][0]]}
-        span, side = interval_vs_zero(test)
-        rows.append([f"control: {claim} > its collaborative inputs dropped (ablate --modes drop)", num(t["auc_a"]),
-                     num(t["auc_b"]), signed(test["diff"]), span, side, verdict(test, ">")])
+    for name, without in CONTROLS:
+        vs = paired_ablation(run, "test", name)
+        for part, claim in (("all", "AUC"), ("new_item", "new-item AUC")):
+            t = (vs or {}).get(part, {}).get("AUC")
+            if t is None or t["diff"] is None:  # none stored, or too few rows of a label
+                continue
+            # stored as ablation - trained; the claim reads trained - ablation
+            test = {**t, "diff": 0.0 - t["diff"], "ci95": [0.0 - t["ci95"][1], 0.0 - t["ci95"][0]]}  # 0.0 -: no -0
+            span, side = interval_vs_zero(test)
+            rows.append([f"control: {claim} > {without}", num(t["auc_a"]), num(t["auc_b"]), signed(test["diff"]),
+                         span, side, verdict(test, ">")])
     return rows
 
 
