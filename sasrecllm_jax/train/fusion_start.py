@@ -37,7 +37,7 @@ def id_rows(model: Hybrid, method, params: dict, data: SplitData) -> tuple[np.nd
     if n == 0:  # no rows: empty outputs of the shapes one row would give
         one = {k: np.zeros((1, *getattr(data, k).shape[1:]), getattr(data, k).dtype) for k in ("his", "uid", "iid")}
         return tuple(np.zeros((0, *o.shape[1:]), o.dtype) for o in jax.eval_shape(fn, params, one))
-    rows = min(ID_ROWS, max(n, 1))
+    rows = min(ID_ROWS, n)
     pad = lambda x: np.concatenate([x, np.repeat(x[:1], -n % rows, axis=0)]) if n % rows else x
     cols = {"his": pad(data.his), "uid": pad(data.uid), "iid": pad(data.iid)}
     parts = [jax.device_get(fn(params, {k: v[i:i + rows] for k, v in cols.items()})) for i in range(0, n, rows)]
