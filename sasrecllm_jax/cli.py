@@ -39,8 +39,8 @@ def train_main(argv=None) -> int:
     code = run_command(body, graceful=True,
                        interrupted=f"stopped: interrupted. Checkpoints up to the last evaluation are in "
                                    f"{workdir}; add --resume to the same command to continue from there",
-                       os_error_hint=lambda: (f". The checkpoints saved before are kept: once fixed, add --resume to "
-                                              f"continue" if (workdir / "checkpoints").is_dir() else ""))
+                       os_error_hint=lambda: (". The checkpoints saved before are kept: once fixed, add --resume to "
+                                              "continue" if (workdir / "checkpoints").is_dir() else ""))
     if argv is None and code == 130:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -15,6 +15,7 @@ least recently used first out.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 from pathlib import Path
@@ -62,11 +63,8 @@ def enable(min_compile_secs: float = 0.0) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: compile every time rather than fail
         return None
-    try:
-        import filelock  # noqa: F401  (JAX needs it to cap the folder's size)
+    if importlib.util.find_spec("filelock") is not None:  # JAX needs it to cap the folder's size
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
-    except ImportError:
-        pass
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     return folder
