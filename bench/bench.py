@@ -254,7 +254,7 @@ def table(rows: list[dict], peer_train: list[dict], peer_score: list[dict], ceil
 
 def epoch_measure(timeout: float, overrides: list[str]) -> dict | None:
     """One ML-1M epoch of hybrid training (mapper + LoRA, SmolLM2) and the test evaluation, through the real loop."""
-    workdir = Path(os.environ.get("OUT", "/tmp")) / f"bench-epoch-{os.getpid()}"
+    workdir = Path(os.environ.get("OUT", "/tmp")) / f"bench-epoch-{os.getpid()}-{len(overrides)}"
     phases = json.dumps([{"name": "hybrid", "trainable": ["mapper", "lora"], "prompt": "hybrid", "epochs": 1,
                           "lr": {"mapper": 1e-3, "lora": 1e-3}, "eval_every": 100000}])
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/experiments/ml1m/base.yaml"),
@@ -277,8 +277,7 @@ def epoch_measure(timeout: float, overrides: list[str]) -> dict | None:
     ev = tm["evaluate test"]
     row = {"what": "ML-1M epoch (SmolLM2, hybrid, mapper+LoRA)", "steps": h["steps"],
            "epoch_s_steady": round((h["steady_s_per_step"] or 0) * h["steps"], 1), "epoch_wall_s": h["wall_s"],
-           "steady_samples_per_s": round(r["config"]["train"]["batch_size"] / h["steady_s_per_step"], 1)
-           if h["steady_s_per_step"] else None,
+           "steady_samples_per_s": h.get("steady_rows_per_s"), "rows": h.get("rows"),
            "steady_real_tokens_per_s": h.get("steady_real_tokens_per_s"), "padding_share": h.get("padding_share"),
            "compile_s": h["compile_s"], "batch_shapes": h["batch_shapes"],
            "test_eval_s": round(ev["wall_s"] - ev["compile_s"], 2), "test_eval_wall_s": ev["wall_s"],
@@ -423,6 +422,8 @@ def main():
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--smollm2", action="store_true", help="GPU: add SmolLM2-135M train rows (and the peer's)")
     p.add_argument("--epoch", action="store_true", help="also time an ML-1M epoch and the test evaluation")
+    p.add_argument("--epoch-packed", action="store_true",
+                   help="with --epoch: a second epoch on shared-prefix packs (data.pack_train: true)")
     p.add_argument("--epoch-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for the epoch run, e.g. model.llm_overrides={attention: xla}")
     p.add_argument("--peer", type=Path, default=PEER, help="the peer script hf_peft_lora_bench.py")
@@ -511,10 +512,11 @@ def main():
     print("\n".join(lines))
     if verdicts:
         print("\n".join(["", "Targets (bench/RESULTS.md):", *verdicts]))
-    if args.epoch:
-        e = epoch_measure(max(900, args.job_timeout), args.epoch_set)
+    for packed in ([False] + [True] * args.epoch_packed) if args.epoch else []:
+        e = epoch_measure(max(900, args.job_timeout), args.epoch_set + ["data.pack_train=true"] * packed)
         if e:
-            print(f"- ML-1M epoch: {e['epoch_s_steady']} s once compiled ({e['steps']} steps; {e['epoch_wall_s']} s "
+            print(f"- ML-1M epoch{' on shared-prefix packs (data.pack_train, 16 packs a step)' if packed else ''}: "
+                  f"{e['epoch_s_steady']} s once compiled ({e['steps']} steps; {e['epoch_wall_s']} s "
                   f"wall with {e['compile_s']} s compiling {e['batch_shapes']} batch shapes) (target < 20 s): "
                   f"{'met' if e['epoch_s_steady'] < 20 else 'NOT met'}; {e['steady_samples_per_s']} samples/s, "
                   f"{e['steady_real_tokens_per_s'] or '-'} real tokens/s, padding {e['padding_share'] or '-'} of "

@@ -1,4 +1,5 @@
-"""Padding's share of the token slots of a phase's train batches, per padding choice (host-side, no model run).
+"""Padding's share of the token slots of a phase's train batches, per padding choice, and what shared-prefix
+packs (data.pack_train) save (host-side, no model run).
 
     python bench/padding.py                                             # the quickstart (configs/quickstart.yaml)
     python bench/padding.py --config configs/experiments/ml1m/sasrecllm_dual_stage.yaml --lengths 2 4 6 8
@@ -7,7 +8,10 @@ Renders the train prompts of the config's last prompted phase as a run would (it
 train rows and caps; the whole split, as on a GPU, unless --cpu-caps) and builds one epoch of that
 phase's batches (the shuffled, length-grouped iterator at train.batch_size, the phase's seed). For
 data.pad_multiple and each data.pad_lengths N it prints the share of padding in the token slots and the
-number of batch shapes (train-step compilations). It loads the config's LLM for its tokenizer.
+number of batch shapes (train-step compilations); then, for the same choices, one epoch of packs (the
+rows of one user and history share their prompt's start, as data.pack_train trains): rows per pack,
+token slots per row (what the LLM computes per row trained, against the unpacked rows') and padding. It
+reads the config's tokenizer, not the LLM's weights.
 """
 from __future__ import annotations
 
@@ -33,12 +37,29 @@ def padding_rows(data, batches: list[np.ndarray], batch_size: int, pads) -> list
     return out
 
 
+def pack_rows(data, packs, batches: list[np.ndarray], batch_size: int, pads) -> list[tuple[str, float, float, int]]:
+    """(padding, token slots per row trained, padding's share of the slots, batch shapes) of an epoch of packs."""
+    lengths = packs.lengths
+    rows = sum(len(packs.rows[k]) for b in batches for k in b)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    out = []
+    for pad in pads:
+        padded = [pad.length(lengths[b].max()) for b in batches]
+        what = f"pad_lengths {len(pad.lengths)}: {list(pad.lengths)}" if pad.lengths else f"pad_multiple {pad.multiple}"
+        slots = batch_size * sum(padded)
+        out.append((what, slots / rows, 1.0 - real / slots, len(set(padded))))
+    return out
+
+
 def main(argv=None) -> int:
-    from sasrecllm_jax.assembly import Assembly
     from sasrecllm_jax.config import load_config
-    from sasrecllm_jax.data.pipeline import BatchIterator, Padding
+    from sasrecllm_jax.data import packing
+    from sasrecllm_jax.data.encode import SplitEncoder, row_limit
+    from sasrecllm_jax.data.pipeline import BatchIterator, Padding, padded_length
+    from sasrecllm_jax.data.registry import resolve_dataset
     from sasrecllm_jax.train.phase import batch_order_seed
     from sasrecllm_jax.train.strategies import resolve_phases
+    from sasrecllm_jax.weights.backbone import load_tokenizer_of
     root = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=root / "configs" / "quickstart.yaml")
@@ -54,8 +75,9 @@ def main(argv=None) -> int:
     if phase is None:
         print(f"error: {args.config} has no prompted phase: nothing is padded", file=sys.stderr)
         return 2
-    built = Assembly.build(cfg, needs_llm=True)
-    data = built.split("train", phase.prompt, built.row_limit("train"), phase.rows)
+    tokenizer, source = load_tokenizer_of(cfg)
+    data = SplitEncoder(cfg, resolve_dataset(cfg.data), tokenizer, source).split(
+        "train", phase.prompt, row_limit(cfg, "train"), phase.rows)
     bs = cfg.train.batch_size
     it = BatchIterator(data.lengths(), bs, seed=batch_order_seed(cfg.train.seed, phase.name))
     batches = [next(it) for _ in range(it.batches_per_epoch)]
@@ -67,6 +89,18 @@ def main(argv=None) -> int:
     print("| padding | share of the token slots | batch shapes |\n|---|---|---|")
     for what, share, shapes in padding_rows(data, batches, bs, pads):
         print(f"| {what} | {share:.1%} | {shapes} |")
+    packs = packing.pack_rows(data, padded_length(lengths.max(), cfg.data.pad_multiple))
+    it = BatchIterator(packs.lengths, bs, seed=batch_order_seed(cfg.train.seed, phase.name))
+    pack_batches = [next(it) for _ in range(it.batches_per_epoch)]
+    pack_pads = [Padding(cfg.data.pad_multiple)] + [
+        Padding.for_training(data, dataclasses.replace(cfg.data, pad_lengths=n), packs.lengths) for n in args.lengths]
+    unpacked = bs * sum(pads[0].length(lengths[b].max()) for b in batches) / len(data)
+    print(f"\ndata.pack_train: {len(packs.rows):,} packs ({len(data) / len(packs.rows):.2f} rows per pack, at most "
+          f"{max(map(len, packs.rows))}), {len(pack_batches)} batches of {bs} packs; unpacked at pad_multiple "
+          f"{cfg.data.pad_multiple}: {unpacked:.1f} token slots per row")
+    print("| padding | token slots per row | against unpacked | padding's share | batch shapes |\n|---|---|---|---|---|")
+    for what, per_row, share, shapes in pack_rows(data, packs, pack_batches, bs, pack_pads):
+        print(f"| {what} | {per_row:.1f} | {per_row / unpacked:.2f}x | {share:.1%} | {shapes} |")
     return 0
 
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,9 +228,35 @@ def test_a_resumed_prompt_phase_counts_the_tokens_of_every_step_it_kept(dataset,
     whole, killed = (json.loads((tmp_path / r / "results.json").read_text())["timing"]["h"] for r in ("whole", "killed"))
     assert killed["processes"] == 2 and killed["steps"] == 4
     assert killed["token_slots"] == whole["token_slots"] == 4 * 16 * 128  # 4 steps of 16 rows padded to 128
-    assert killed["real_tokens"] == whole["real_tokens"]
+    assert killed["real_tokens"] == whole["real_tokens"] and killed["rows"] == whole["rows"] == 4 * 16
     # each process's first step compiles: the steady count leaves out steps 1 and 3, the whole run's step 1
     assert killed["steady_real_tokens"] < whole["steady_real_tokens"] < whole["real_tokens"]
+
+
+def test_packed_training_refuses_shuffled_collaborative_tokens(tmp_path, capsys):
+    argv = ["--config", str(SMOKE), "--set", "data.pack_train=true", "--set", "train.collab=shuffle",
+            "--workdir", str(tmp_path / "w")]
+    assert train_main(argv) == 2
+    assert "data.pack_train = True: keeps a pack's rows together" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_packed_phase_resumes_as_the_run_that_was_not_killed(dataset, tmp_path, capsys):
+    """data.pack_train: a hybrid phase trained on shared-prefix packs, killed at step 3, resumes from its
+    step-2 checkpoint to the params and test scores of the run that was not killed; a step holds 16 packs
+    of one or more rows each."""
+    hybrid = ["data.pack_train=true", "train.method=sasrecllm", "train.phases=[{name: h, trainable: [mapper, lora], "
+              "prompt: hybrid, epochs: 4, max_steps: 4, eval_every: 2, lr: {mapper: 0.001, lora: 0.001}}]"]
+    whole_and_killed_at_step_3(cfg_of(dataset, *hybrid), tmp_path)
+    scores = [np.load(tmp_path / r / "scores.npz") for r in ("whole", "killed")]
+    for name in scores[0].files:
+        np.testing.assert_array_equal(scores[1][name], scores[0][name])
+    whole, killed = (json.loads((tmp_path / r / "results.json").read_text())["timing"]["h"] for r in ("whole", "killed"))
+    assert killed["processes"] == 2 and killed["steps"] == whole["steps"] == 4
+    assert killed["real_tokens"] == whole["real_tokens"] and whole["token_slots"] == 4 * 16 * 128
+    assert killed["rows"] == whole["rows"] > 4 * 16  # 16 packs a step, of one row or more
+    said = re.search(r"4 steps of 16 packs \((\d+) rows in (\d+) shared-prefix packs", capsys.readouterr().out)
+    assert said and int(said.group(2)) < int(said.group(1))  # rows shared their prompts' starts
 
 
 def test_a_resumed_hybrid_phase_fits_its_title_vectors_again(dataset, tmp_path):

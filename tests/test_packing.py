@@ -56,6 +56,41 @@ def test_a_split_scores_the_same_packed(built, prompt):
         np.testing.assert_allclose(packed_dropped, dropped, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("prompt", ["hybrid", "text"])
+def test_a_packed_train_batch_has_the_unpacked_loss_and_gradients(built, prompt):
+    """data.pack_train: a batch of packs (and a filler pack, weight 0) gives the loss and the gradients of
+    the mapper and the adapters that the same rows give unpacked, up to float rounding."""
+    from sasrecllm_jax.train import groups
+    from sasrecllm_jax.train.step import weighted_bce
+    from sasrecllm_jax.trees import merge
+    cfg, comp, params = built
+    data = comp.split("train", prompt)
+    packs = packing.pack_rows(data, padded_length(data.lengths().max(), cfg.data.pad_multiple))
+    shared = [k for k, rows in enumerate(packs.rows) if len(rows) > 1]
+    assert len(shared) >= 3, "no rows shared a prefix: the test data lost its point"
+    idx = np.asarray(shared[:3] + [next(k for k, rows in enumerate(packs.rows) if len(rows) == 1)])
+    rows = np.concatenate([packs.rows[k] for k in idx])
+    assert len(set(data.label[rows])) == 2
+    slots = max(len(packs.rows[k]) for k in idx) + 1  # an empty slot in every pack
+    packed = packing.make_pack_batch(data, packs, idx, len(idx) + 1, cfg.data.pad_multiple, max_slots=slots, labels=True)
+    assert packed["weight"].sum() == len(rows) and not packed["weight"][-1].any()
+    alone = make_batch(data, rows, len(rows) + 2, cfg.data.pad_multiple, True)  # two filler rows
+    alone.pop("row")
+    model = comp.model(prompt, deterministic=True)
+    trainable, frozen = groups.split(params, ["mapper", "lora"] if prompt == "hybrid" else ["lora"])
+
+    def loss(t, batch):
+        total, count = weighted_bce(model.apply({"params": merge(t, frozen)}, batch), batch["label"], batch["weight"])
+        return total / count
+
+    (want, want_grads), (got, got_grads) = (jax.value_and_grad(loss)(trainable, b) for b in (alone, packed))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    flat_want, flat_got = jax.tree_util.tree_leaves(want_grads), jax.tree_util.tree_leaves(got_grads)
+    assert max(float(np.abs(g).max()) for g in flat_want) > 1e-4  # the gradients are not all zero
+    for w, g in zip(flat_want, flat_got):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
 def test_pad_lengths_change_the_shapes_not_the_scores(built):
     """data.pad_lengths: a phase's train batches padded to a few lengths chosen from its prompts score every
     row as multiples of pad_multiple do, in at most that many shapes and fewer token slots."""

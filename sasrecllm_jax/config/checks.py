@@ -173,6 +173,10 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.fusion_start != "init" and (cfg.model.mapper.llm_gate_init or cfg.model.mapper.unknown_score_init):
         _refuse("model.mapper.fusion_start", cfg.model.mapper.fusion_start,
                 "fits llm_gate and unknown_score itself: leave model.mapper.llm_gate_init and unknown_score_init at 0")
+    if cfg.data.pack_train and cfg.train.collab == "shuffle":
+        _refuse("data.pack_train", cfg.data.pack_train,
+                "keeps a pack's rows together, which train.collab: shuffle mixes: train unpacked (data.pack_train: "
+                "false) or with train.collab: on or drop")
     if cfg.model.mapper.inject == "last" and cfg.model.mapper.num_tokens != 1:
         _refuse("model.mapper.num_tokens", cfg.model.mapper.num_tokens,
                 "must be 1 with model.mapper.inject: last (one vector is added to the last position)")

@@ -168,6 +168,13 @@ class DataConfig:
     # rows) instead of multiples of pad_multiple: as many train-step shapes, less padding. Evaluation keeps
     # pad_multiple. `python bench/padding.py --config FILE` prints the padding of each choice
     pad_lengths: int = 0
+    # train prompted phases on shared-prefix packs: one user's rows with one history render the same prompt up
+    # to the target, so a pack holds that start once and each row's rest after it (the packs scoring uses,
+    # eval.share_prefix). The loss and its gradient are the unpacked batch's, up to float rounding, on fewer
+    # token slots. A step then holds train.batch_size packs (all rows of one user and history, as many as
+    # fit the longest prompt's length): more rows per step and fewer steps per epoch when rows share starts.
+    # `python bench/padding.py --config FILE` prints the rows per pack and the token slots saved
+    pack_train: bool = False
     # Row caps (a seeded random subset, 0 = all): "train" caps the rows of prompted (LLM) phases,
     # "eval" the rows of every evaluation and of the final test. Encoder phases train on every row.
     max_rows: dict = dataclasses.field(default_factory=dict)

@@ -8,7 +8,8 @@ positions its tokens have in its own prompt, so every row's score is the one it 
 rounding (`eval.share_prefix`).
 
 A pack's length never exceeds the longest row of the split (rounded up to data.pad_multiple), so packing
-compiles no batch shape that unpacked scoring would not.
+compiles no batch shape that unpacked scoring would not. Training packs the same way (data.pack_train): a
+pack's rows carry their labels, and the loss over its slots is the unpacked rows' loss.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from sasrecllm_jax.data.pipeline import SplitData, padded_length, placeholder_starts
+from sasrecllm_jax.data.pipeline import Padding, SplitData, placeholder_starts
 
 MAX_SLOTS = 16  # rows per pack (the scorer's output is [batch, MAX_SLOTS])
 
@@ -82,15 +83,17 @@ def pack_rows(data: SplitData, cap: int, max_slots: int = MAX_SLOTS) -> Packs:
     return Packs(rows_out, np.asarray(prefix_out, np.int64), np.asarray(length_out, np.int64))
 
 
-def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: int, pad_multiple: int,
-                    max_slots: int = MAX_SLOTS, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """A fixed-size batch of packs idx (filler packs repeat idx[0]). Per token: `tokens`, `positions` (in the
-    token's own row), `segment` (0 prefix, j + 1 the suffix of slot j, -1 padding). Per pack: `uid`, `his`
-    and `user_pos` (hybrid prompts). Per slot [batch, max_slots]: `iid`, `last` (the position whose logits
-    score the slot's row) and `item_pos` (hybrid; T for empty slots, so nothing is written)."""
+def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: int, pad: Padding | int,
+                    max_slots: int = MAX_SLOTS, pad_id: int = 0, labels: bool = False) -> dict[str, np.ndarray]:
+    """A fixed-size batch of packs idx (filler packs repeat idx[0]), padded as `pad` says (a Padding; an int
+    is data.pad_multiple). Per token: `tokens`, `positions` (in the token's own row), `segment` (0 prefix,
+    j + 1 the suffix of slot j, -1 padding). Per pack: `uid`, `his` and `user_pos` (hybrid prompts). Per slot
+    [batch, max_slots]: `iid`, `last` (the position whose logits score the slot's row), `item_pos` (hybrid;
+    T for empty slots, so nothing is written) and, with `labels` (training), `label` and `weight` (1 for
+    the rows of the real packs, 0 for empty slots and filler packs)."""
     p = data.prompts
     full = np.concatenate([idx, np.full(batch_size - len(idx), idx[0], idx.dtype)]) if len(idx) < batch_size else idx
-    T = padded_length(packs.lengths[full].max(), pad_multiple)
+    T = (pad if isinstance(pad, Padding) else Padding(pad)).length(packs.lengths[full].max())
     tokens = np.full((batch_size, T), pad_id, np.int32)
     positions = np.zeros((batch_size, T), np.int32)
     segment = np.full((batch_size, T), -1, np.int32)
@@ -117,6 +120,14 @@ def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: 
             at += n
     batch = {"tokens": tokens, "positions": positions, "segment": segment, "last": last, "iid": iid,
              "uid": data.uid[heads], "his": data.his[heads]}
+    if labels:
+        label = np.zeros((batch_size, max_slots), np.float32)
+        weight = np.zeros((batch_size, max_slots), np.float32)
+        for b, k in enumerate(idx):  # the real packs only: filler packs weigh nothing
+            rows = packs.rows[k]
+            label[b, :len(rows)] = data.label[rows]
+            weight[b, :len(rows)] = 1.0
+        batch.update(label=label, weight=weight)
     if p.num_soft_tokens:
         batch.update(user_pos=placeholder_starts(p.user_pos[heads], T), item_pos=item_pos)
     return batch

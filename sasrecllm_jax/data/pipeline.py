@@ -181,11 +181,13 @@ class Padding:
     lengths: tuple[int, ...] = ()
 
     @staticmethod
-    def for_training(data: SplitData, data_cfg) -> "Padding":
-        """A phase's: with data.pad_lengths N, N lengths chosen once from its train rows' prompts."""
+    def for_training(data: SplitData, data_cfg, lengths: np.ndarray | None = None) -> "Padding":
+        """A phase's: with data.pad_lengths N, N lengths chosen once from its train rows' prompts (or from
+        `lengths`, its packs' when it trains on packs)."""
         if not data_cfg.pad_lengths or data.prompts is None:
             return Padding(data_cfg.pad_multiple)
-        return Padding(data_cfg.pad_multiple, length_buckets(data.lengths(), data_cfg.pad_lengths))
+        return Padding(data_cfg.pad_multiple,
+                       length_buckets(data.lengths() if lengths is None else lengths, data_cfg.pad_lengths))
 
     def length(self, n: int) -> int:
         fits = [b for b in self.lengths if b >= n]

@@ -22,7 +22,8 @@ import numpy as np
 from sasrecllm_jax import sharding
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig
-from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, make_batch
+from sasrecllm_jax.data import packing
+from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, make_batch, padded_length
 from sasrecllm_jax.errors import ConfigError, TrainingError, check_stop
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
 from sasrecllm_jax.run_folder.metrics_log import Reporter
@@ -61,6 +62,16 @@ class PhasePlan:
     scorer: Scorer
     padding: Padding                   # how its train batches' prompts are padded (fixed: few shapes)
     mesh: object = None
+    packs: packing.Packs | None = None  # data.pack_train: the shared-prefix packs its batches hold
+    slots: int = 0                     # rows per pack at most: a packed batch's [batch_size, slots]
+
+    def batch(self, idx: np.ndarray) -> tuple[dict, int]:
+        """(the train batch of iterator batch idx, its rows): idx are rows, or packs of rows with packs."""
+        if self.packs is None:
+            return make_batch(self.train_data, idx, self.batch_size, self.padding, self.with_prompts), len(idx)
+        batch = packing.make_pack_batch(self.train_data, self.packs, idx, self.batch_size, self.padding,
+                                        max_slots=self.slots, labels=True)
+        return batch, sum(len(self.packs.rows[k]) for k in idx)
 
 
 def phase_salt(name: str) -> int:
@@ -215,14 +226,19 @@ class PhaseRunner:
         train_data = a.split("train", phase.prompt, a.row_limit("train") if with_prompts else 0, phase.rows)
         eval_data = a.split(self.cfg.data.eval_split, phase.prompt, a.row_limit("eval"))
         bs = t.batch_size if with_prompts else t.encoder_batch_size
-        it = BatchIterator(train_data.lengths(), bs, seed=batch_order_seed(t.seed, phase.name))
+        packs = None
+        if with_prompts and self.cfg.data.pack_train:  # packs no longer than the longest prompt's batches
+            packs = packing.pack_rows(train_data, padded_length(train_data.lengths().max(), self.cfg.data.pad_multiple))
+        it = BatchIterator(train_data.lengths() if packs is None else packs.lengths, bs,
+                           seed=batch_order_seed(t.seed, phase.name))
         total = math.ceil(phase.epochs * it.batches_per_epoch) if phase.epochs > 0 else phase.max_steps
         total = min(total, phase.max_steps) if phase.max_steps > 0 else total
         tx, schedules = make_optimizer(phase, trainable, total, t)
+        rows = f"{len(train_data):,} {'' if phase.rows == 'all' else phase.rows + ' '}rows"
+        held = f"{bs} rows ({rows}" if packs is None else \
+            f"{bs} packs ({rows} in {len(packs.rows):,} shared-prefix packs, {len(train_data) / len(packs.rows):.2f} per pack"
         print(f"[{phase.name}] {phase.prompt} prompts, training {list(phase.trainable)}: "
-              f"{groups.count(trainable):,} parameters, {total} steps of {bs} rows ({len(train_data):,} "
-              f"{'' if phase.rows == 'all' else phase.rows + ' '}rows, "
-              f"{it.batches_per_epoch} steps/epoch)")
+              f"{groups.count(trainable):,} parameters, {total} steps of {held}, {it.batches_per_epoch} steps/epoch)")
         train_model = a.model(phase.prompt, deterministic=False, frozen=groups.frozen_groups(phase.trainable))
         apply_fn = lambda p, b, rngs: train_model.apply({"params": p}, b, rngs=rngs)
         mesh = None
@@ -233,8 +249,9 @@ class PhaseRunner:
                          eval_every=phase.eval_every or (t.eval_every if with_prompts else 0) or it.batches_per_epoch,
                          patience=phase.patience or t.patience, with_prompts=with_prompts,
                          train_step=make_train_step(apply_fn, tx, schedules),
-                         scorer=self.scorer(phase.prompt), padding=Padding.for_training(train_data, self.cfg.data),
-                         mesh=mesh)
+                         scorer=self.scorer(phase.prompt),
+                         padding=Padding.for_training(train_data, self.cfg.data, None if packs is None else packs.lengths),
+                         mesh=mesh, packs=packs, slots=0 if packs is None else max(map(len, packs.rows)))
         return plan, it, tx
 
 
@@ -258,7 +275,7 @@ class PhaseLoop:
         self.steps = 0                 # steps taken in this process
         # prompt tokens in this process's steps: real ones, every slot computed (padding included), and the
         # real ones of the steps that compiled nothing (what the steady rate counts)
-        self.tokens = {"real_tokens": 0, "token_slots": 0, "steady_real_tokens": 0}
+        self.tokens = {"real_tokens": 0, "token_slots": 0, "steady_real_tokens": 0, "rows": 0, "steady_rows": 0}
         self.timing: dict = {}
 
     def evaluate(self, step: int) -> bool:
@@ -315,9 +332,9 @@ class PhaseLoop:
         while step < p.total:
             check_stop()
             idx = next(self.it)
-            batch = collab_inputs(make_batch(p.train_data, idx, p.batch_size, p.padding, p.with_prompts),
-                                  t.collab, seed=step)
-            batch.pop("row")
+            batch, rows = p.batch(idx)
+            batch = collab_inputs(batch, t.collab, seed=step)
+            batch.pop("row", None)
             real, slots = token_counts(batch)
             if p.mesh is not None:
                 batch = sharding.place_batch(batch, p.mesh)
@@ -326,11 +343,13 @@ class PhaseLoop:
             step += 1
             self.steps += 1
             losses.append(m["loss"])
-            rows_since, tokens_since, slots_since = rows_since + len(idx), tokens_since + real, slots_since + slots
+            rows_since, tokens_since, slots_since = rows_since + rows, tokens_since + real, slots_since + slots
             self.tokens["real_tokens"] += real
             self.tokens["token_slots"] += slots
+            self.tokens["rows"] += rows
             if len(self.compile_timer.shapes) == shapes:
                 self.tokens["steady_real_tokens"] += real
+                self.tokens["steady_rows"] += rows
             is_eval = step % p.eval_every == 0 or step == p.total
             if step % t.log_every == 0 or is_eval:
                 self.check_finite(step, losses)
@@ -379,9 +398,11 @@ class PhaseLoop:
             "best_step": self.stopping.best_step if self.plan.phase.restore_best else step,
             # the other steps: what an epoch costs once every shape is compiled
             "steady_s_per_step": round(steady_s / steady_steps, 5) if steady_steps > 0 else None,
-            # prompt phases: real (non-padding) tokens per second of those steps, and padding's share of all
-            # the token slots the steps computed
+            # prompt phases: the rows trained, real (non-padding) tokens and rows per second of those steps,
+            # and padding's share of all the token slots the steps computed
             **({**tokens, "steady_real_tokens_per_s": round(tokens["steady_real_tokens"] / steady_s, 1)
+                if steady_steps > 0 and steady_s > 0 else None,
+                "steady_rows_per_s": round(tokens["steady_rows"] / steady_s, 2)
                 if steady_steps > 0 and steady_s > 0 else None,
                 "padding_share": round(1.0 - tokens["real_tokens"] / tokens["token_slots"], 4)}
                if tokens["token_slots"] else {}),
@@ -390,7 +411,11 @@ class PhaseLoop:
 
 def token_counts(batch: dict) -> tuple[int, int]:
     """(real tokens, token slots) of a batch of prompts: the tokens of its real rows ([B, T] mask, 1 = token;
-    filler rows, weight 0, repeat a real one) and all B x T; (0, 0) without prompts."""
+    filler rows, weight 0, repeat a real one) or real packs (segment >= 0; a pack's weights [B, slots]) and all
+    B x T; (0, 0) without prompts."""
+    if "segment" in batch:
+        real = np.asarray(batch["weight"]).max(axis=1) > 0
+        return int(np.sum((np.asarray(batch["segment"]) >= 0) & real[:, None])), int(np.size(batch["segment"]))
     mask = batch.get("mask")
     if mask is None:
         return 0, 0

@@ -76,6 +76,14 @@ def load_backbone(cfg: Config, key, cache: HostCache | None = None) -> Backbone:
     return Backbone(llm_cfg, params, tokenizer, source, answers)
 
 
+def load_tokenizer_of(cfg: Config) -> tuple[object, tuple]:
+    """(tokenizer, its source) of cfg.model's weights, without reading the weights (bench/padding.py)."""
+    if cfg.model.weights == "random":
+        return byte_tokenizer(), ("byte",)
+    path = weights_path(cfg.model.weights)
+    return load_tokenizer(path), weights_source(path)
+
+
 def _check_architecture(loaded: LlamaConfig, preset: LlamaConfig, name: str, path: Path) -> None:
     arch = lambda c: {k: v for k, v in dataclasses.asdict(c).items()
                       if k not in RUNTIME_FIELDS + ("max_position_embeddings",)}
