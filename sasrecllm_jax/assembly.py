@@ -8,7 +8,7 @@ import jax
 
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.dataset import Dataset
-from sasrecllm_jax.data.encode import SplitEncoder, row_limit, train_rows
+from sasrecllm_jax.data.encode import SplitEncoder, row_limit
 from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.data.registry import resolve_dataset
 from sasrecllm_jax.host_cache import HostCache
@@ -47,8 +47,7 @@ class Assembly:
 
     def init_params(self, key) -> dict:
         """Counted terms from the train rows the ID side learns from (the early rows with data.late_rows)."""
-        train = train_rows(self.dataset.splits["train"], "early", self.cfg.data.late_rows)
-        return self.models.init_params(key, train, f"{self.dataset.path}/train.parquet")
+        return self.models.init_params(key, self.encoder.id_side_rows(), f"{self.dataset.path}/train.parquet")
 
     def model(self, prompt: str, deterministic: bool, frozen=()):
         return self.models.build(prompt, deterministic, frozen)

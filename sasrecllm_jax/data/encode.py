@@ -74,6 +74,7 @@ class SplitEncoder:
     tokenizer_source: tuple = ()       # which tokenizer encodes the prompts (part of a shared split's key)
     host_cache: HostCache | None = None
     _splits: dict = dataclasses.field(default_factory=dict)
+    _id_rows: pd.DataFrame | None = None
     _seen: np.ndarray | None = None
 
     def split(self, name: str, prompt: str, max_rows: int = 0, rows: str = "all") -> SplitData:
@@ -90,11 +91,17 @@ class SplitEncoder:
             self._splits[key] = memo(self.host_cache, self._key(name, prompt, max_rows, rows), make)
         return self._splits[key]
 
+    def id_side_rows(self) -> pd.DataFrame:
+        """The train rows the ID side learns and counts from (the early rows with data.late_rows): what the
+        counted terms and the mapper's item_seen flags (Assembly.init_params) and seen_items read."""
+        if self._id_rows is None:
+            self._id_rows = train_rows(self.dataset.splits["train"], "early", self.cfg.data.late_rows)
+        return self._id_rows
+
     def seen_items(self) -> np.ndarray:
-        """The items the ID side has a train row for (the early rows with data.late_rows): the mapper's
-        item_seen flags (models/mapper.py) count the same rows. Counted once per encoder."""
+        """The items the ID side has a train row for: those the item_seen flags mark. Counted once per encoder."""
         if self._seen is None:
-            self._seen = np.unique(train_rows(self.dataset.splits["train"], "early", self.cfg.data.late_rows)["iid"])
+            self._seen = np.unique(self.id_side_rows()["iid"])
         return self._seen
 
     def _key(self, name: str, prompt: str, max_rows: int, rows: str = "all") -> tuple:
