@@ -128,6 +128,27 @@ def paired_auc_test(labels, scores_a, scores_b) -> dict:
     return _paired_result(auc_a, auc_b, auc_b - auc_a, math.sqrt(max(float(var), 0.0)), n=len(labels))
 
 
+def paired_auc_means_test(labels, scores_a: list, scores_b: list) -> dict:
+    """mean AUC of the scorers `scores_b` - mean AUC of `scores_a` on the same rows (e.g. a method's seeds
+    against a baseline's): DeLong's covariance of all the scorers' AUCs, the contrast's variance from it.
+    It counts the test rows' noise in the seed means, not how much a further seed would move them.
+    One scorer on each side is paired_auc_test."""
+    labels = np.asarray(labels).astype(bool)
+    scores = [np.asarray(s, np.float64) for s in (*scores_a, *scores_b)]
+    if not scores_a or not scores_b or any(s.shape != labels.shape for s in scores) or labels.ndim != 1:
+        raise ValueError(f"paired_auc_means_test needs one label and, on each side, one or more scores per row; "
+                         f"got shapes {labels.shape}, {[s.shape for s in scores]}")
+    m, n = int(labels.sum()), int((~labels).sum())
+    if m < 2 or n < 2:
+        return _paired_result(*[float("nan")] * 4, n=len(labels))
+    v10, v01 = map(np.stack, zip(*(_placements(labels, s) for s in scores)))
+    c = np.concatenate([np.full(len(scores_a), -1.0 / len(scores_a)), np.full(len(scores_b), 1.0 / len(scores_b))])
+    var = c @ np.atleast_2d(np.cov(v10)) @ c / m + c @ np.atleast_2d(np.cov(v01)) @ c / n
+    aucs = v10.mean(axis=1)
+    auc_a, auc_b = float(aucs[:len(scores_a)].mean()), float(aucs[len(scores_a):].mean())
+    return _paired_result(auc_a, auc_b, float(c @ aucs), math.sqrt(max(float(var), 0.0)), n=len(labels))
+
+
 def paired_uauc_test(users, labels, scores_a, scores_b) -> dict:
     """UAUC(b) - UAUC(a) on the same rows: the mean over users (those with both labels) of their AUC
     differences. Users are the independent units here, so the standard error is the spread of the

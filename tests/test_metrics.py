@@ -242,3 +242,32 @@ def test_compare_rows_print_dashes_for_a_test_without_enough_labels():
                                         "UAUC": paired_uauc_test([7, 7], [1, 0], [1, 2], [2, 1])}})
     assert rows == ["| run | warm | AUC | 4 | 0.2500 | 0.5000 | +0.2500 | [-0.4430, +0.9430] | 0.480 |",
                     "| run | warm | UAUC | 1 | - | - | - | - | - |"]
+
+
+def test_paired_auc_means_test_reduces_to_the_paired_test_and_matches_the_spread_of_its_difference():
+    """One scorer a side, or each side's scorers repeated, is DeLong's paired test; and over simulated test
+    sets the mean-over-seeds difference varies as much as its standard error says."""
+    from sasrecllm_jax.metrics import paired_auc_means_test, paired_auc_test
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.4
+    a, b = y + rng.normal(0, 1.5, 300), y + rng.normal(0, 1.2, 300)
+    one = paired_auc_test(y, a, b)
+    for got in (paired_auc_means_test(y, [a], [b]), paired_auc_means_test(y, [a, a], [b, b, b])):
+        for key in ("auc_a", "auc_b", "diff", "se"):
+            assert math.isclose(got[key], one[key], rel_tol=1e-9), key
+    # two seeds a side: each scorer is the row's signal plus a seed's noise plus a noise of the row shared
+    # by the method's seeds; the interval's width must match the difference's spread over test sets
+    diffs, ses = [], []
+    for _ in range(300):
+        y = rng.random(400) < 0.4
+        shared_a, shared_b = rng.normal(0, 1.0, 400), rng.normal(0, 1.0, 400)
+        sa = [y + shared_a + rng.normal(0, 0.8, 400) for _ in range(2)]
+        sb = [1.3 * y + shared_b + rng.normal(0, 0.8, 400) for _ in range(2)]
+        r = paired_auc_means_test(y, sa, sb)
+        diffs.append(r["diff"])
+        ses.append(r["se"])
+    ratio = float(np.std(diffs) / np.sqrt(np.mean(np.square(ses))))
+    assert 0.85 < ratio < 1.15, ratio
+    assert np.mean(diffs) > 0.04  # b separates the labels better
+    # with one seed per side it would be the single pair's, wider than the mean's
+    assert paired_auc_means_test(y, sa, sb)["se"] < paired_auc_test(y, sa[0], sb[0])["se"]

@@ -11,7 +11,9 @@ from sasrecllm_jax.experiments import __main__ as experiments_cli, claims as cla
 from sasrecllm_jax.experiments import summary as summary_lib
 from sasrecllm_jax.run_folder import files as run_files
 from sasrecllm_jax.run_folder.metrics_log import read_metrics
-from sasrecllm_jax.run_folder.scores import load_scores
+from sasrecllm_jax.data.pipeline import SplitData
+from sasrecllm_jax.metrics import paired_auc_means_test
+from sasrecllm_jax.run_folder.scores import load_scores, save_scores
 from sasrecllm_jax.score import Recommender, main as score_main
 from sasrecllm_jax.train.phase import token_counts
 from sasrecllm_jax.train.run import train_and_evaluate
@@ -472,11 +474,26 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     # the claims again on means over seeds: rows only where both sides ran several seeds on the same rows
     summary.update({"sasrecllm_x": _result("sasrecllm", 0, 0.74, 0.70, 0.68, 0.70),
                     "sasrecllm_x-seed1": _result("sasrecllm", 1, 0.70, 0.70, 0.66, 0.69)})
-    claims = "\n".join(claims_lib.seed_claims(summary, "sasrecllm_x"))
-    assert "| AUC > SASRec | 0.7200 +- 0.0283 (2) | 0.7100 +- 0.0141 (2) | +0.0100 | higher |" in claims
-    assert "| warm AUC >= SASRec | 0.7000 +- 0.0000 (2) | 0.7150 +- 0.0071 (2) | -0.0150 | lower |" in claims
+    claims = "\n".join(claims_lib.seed_claims(tmp_path, summary, "sasrecllm_x"))  # no scores.npz: no interval
+    assert "| AUC > SASRec | 0.7200 +- 0.0283 (2) | 0.7100 +- 0.0141 (2) | +0.0100 | - | - | no paired test |" in claims
+    assert "| warm AUC >= SASRec | 0.7000 +- 0.0000 (2) | 0.7150 +- 0.0071 (2) | -0.0150 | - |" in claims
     assert "cold AUC > SASRec" not in claims and "TALLRec" not in claims  # a seed without cold rows; one TALLRec seed
-    assert claims_lib.seed_claims(summary, "tallrec") == []
+    assert claims_lib.seed_claims(tmp_path, summary, "tallrec") == []
+    # with the runs' scores of the same test rows: DeLong's interval of the difference of the seed means
+    rng = np.random.default_rng(0)
+    rows = SplitData("test", np.arange(200, dtype=np.int32) % 20, np.arange(200, dtype=np.int32),
+                     (rng.random(200) < 0.5).astype(np.float32), np.ones(200, np.int8), np.zeros((200, 2), np.int32), [])
+    scores = {n: rows.label * (1.0 if n.startswith("sasrecllm") else 0.3) + rng.normal(0, 0.5, 200)
+              for n in ("sasrec", "sasrec-seed1", "sasrecllm_x", "sasrecllm_x-seed1")}
+    for name, score in scores.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        save_scores(tmp_path / "runs" / name / "scores.npz", {"test": (rows, score)})
+    want = paired_auc_means_test(rows.label, [scores["sasrec"], scores["sasrec-seed1"]],
+                                 [scores["sasrecllm_x"], scores["sasrecllm_x-seed1"]])
+    assert want["ci95"][0] > 0
+    claims = "\n".join(claims_lib.seed_claims(tmp_path, summary, "sasrecllm_x"))
+    span = f"[{want['ci95'][0]:+.4f}, {want['ci95'][1]:+.4f}]"
+    assert f"| AUC > SASRec | 0.7200 +- 0.0283 (2) | 0.7100 +- 0.0141 (2) | +0.0100 | {span} | above | shown |" in claims
     # the claims read the configuration best on valid over its seeds, on its run of the baselines' seed (0)
     assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_x", pytest.approx(0.695), 2, 1)
     summary["sasrecllm_y"] = _result("sasrecllm", 0, 0.60, 0.60, 0.60, 0.698)  # one seed, above x's mean

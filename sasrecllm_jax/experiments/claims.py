@@ -7,9 +7,10 @@ import dataclasses
 import math
 from pathlib import Path
 
-from sasrecllm_jax.compare import compare, late_fusion, paired_parts, paired_scores
+from sasrecllm_jax.compare import compare, late_fusion, paired_parts, paired_scores, parts
 from sasrecllm_jax.config import SASRecConfig
 from sasrecllm_jax.errors import ConfigError
+from sasrecllm_jax.metrics import paired_auc_means_test
 from sasrecllm_jax.experiments.markdown import interval, num, signed, table
 from sasrecllm_jax.experiments.seeds import mean_and_sd, mean_sd, seed_group_of
 from sasrecllm_jax.run_folder.files import paired_ablation
@@ -93,7 +94,7 @@ def claims_section(out: Path, summary: dict) -> list[str]:
                  f"-{NO_LOSS}):", "",
              *table(["claim", best, "baseline", "difference", "paired 95% interval", "interval vs zero", "verdict"],
                     rows)]
-    return lines + seed_claims(summary, best) + kept_start_note(best, summary[best]) + own_encoder_note(summary, best)
+    return lines + seed_claims(out, summary, best) + kept_start_note(best, summary[best]) + own_encoder_note(summary, best)
 
 
 def interval_vs_zero(test: dict | None) -> tuple[str, str]:
@@ -153,9 +154,27 @@ def ablation_control(run: Path) -> list[list[str]]:
     return rows
 
 
-def seed_claims(summary: dict, best: str) -> list[str]:
+def seed_means_test(out: Path, names_a: list[str], names_b: list[str], part: str) -> dict | None:
+    """paired_auc_means_test of two seed groups' test scores on one part of the rows, or None where a run
+    kept no scores or the runs scored other rows."""
+    runs = out / "runs"
+    try:
+        scored = [paired_scores(runs / names_a[0], runs / n, "test") for n in names_a + names_b]
+    except ConfigError:
+        return None
+    rows = scored[0][0]
+    if part not in parts(rows):
+        return None
+    m = parts(rows)[part]
+    scores = [b["score"][m] for _, b in scored]
+    return paired_auc_means_test(rows["label"][m], scores[:len(names_a)], scores[len(names_a):])
+
+
+def seed_claims(out: Path, summary: dict, best: str) -> list[str]:
     """The claims again on means over seeds, where the chosen hybrid's method and the baseline each ran
-    with two or more: one seed's lead can be the seed's."""
+    with two or more: one seed's lead can be the seed's. The interval is DeLong's over every seed's scores
+    of the same test rows (paired_auc_means_test): the test rows' noise in the difference of the means,
+    not the spread a further seed would add."""
     group_of = seed_group_of(summary)
     if best not in group_of:
         return []
@@ -168,14 +187,17 @@ def seed_claims(summary: dict, best: str) -> list[str]:
         (b, _), (a, _) = mean_and_sd(mine), mean_and_sd(theirs)
         if a is None or b is None:
             continue
-        side = ("higher" if b > a else "not higher") if rel == ">" else ("not lower" if b >= a else "lower")
+        test = seed_means_test(out, group_of[base], group_of[best], part)
+        span, side = interval_vs_zero(test)
         rows.append([claim, f"{mean_sd(mine)} ({len(mine)})", f"{mean_sd(theirs)} ({len(theirs)})", signed(b - a),
-                     side])
+                     span, side, verdict(test, rel)])
     if not rows:
         return []
-    return ["", f"The same claims on means over seeds (mean +- sd (seeds)), {best}'s method against each baseline's "
-                "(a direction of means, not a test):",
-            "", *table(["claim", "hybrid", "baseline", "difference of means", "means"], rows)]
+    return ["", f"The same claims on means over seeds (mean +- sd (seeds)), {best}'s method against each baseline's; "
+                "the paired 95% interval is DeLong's over every seed's scores of the same test rows (the rows' "
+                "noise in the difference of the means, not the spread a further seed would add):",
+            "", *table(["claim", "hybrid", "baseline", "difference of means", "paired 95% interval",
+                        "interval vs zero", "verdict"], rows)]
 
 
 def kept_start_note(name: str, results: dict) -> list[str]:
