@@ -560,6 +560,8 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     from sasrecllm_jax.item_text import fit_item_vectors, title_features
     from sasrecllm_jax.models.hybrid import Hybrid
     from sasrecllm_jax.score import Recommender
+    from sasrecllm_jax.metrics import auc
+    from sasrecllm_jax.train import fusion_start
     from sasrecllm_jax.train.fusion_start import id_rows
     from sasrecllm_jax.train.item_text_start import with_table
     monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")  # the phase cache serves a named, clean code version
@@ -596,6 +598,15 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step0 = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
     assert abs(step0["all/auc"] - f["valid_auc"]) < 1e-6
+    # fitted again from that fitted start (a restored mapper already holds an offset), the offset found is
+    # added to the one its ID scores hold: the fusion ranks valid as the first fit did
+    fitted = fusion_start.with_values(start, {"llm_gate": f["gate_b"], "unknown_score": f["offset_score"]})
+    values, _ = fusion_start.fit_start(cfg, model, fitted, valid, Scorer(fusion_start.llm_term_model(model)))
+    again = fusion_start.with_values(fitted, values)
+    id_again, _ = model.apply({"params": again}, {"his": valid.his, "uid": valid.uid, "iid": valid.iid},
+                              method=Hybrid.id_term)
+    assert abs(f["offset_score"]) > 0.5  # an offset worth keeping
+    assert abs(auc(valid.label, np.asarray(id_again) + values["llm_gate"] * llm) - f["valid_auc"]) < 1e-6
 
     his = [0] * (cfg.model.sasrec.max_len - 2) + [1, 2]  # as recommend pads the history [1, 2]
     batch = {"his": np.array([his] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
