@@ -14,7 +14,7 @@ import numpy as np
 from sasrecllm_jax import metrics
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data import packing
-from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch, padded_length
+from sasrecllm_jax.data.pipeline import BatchIterator, SplitData, make_batch
 from sasrecllm_jax.errors import TrainingError
 
 
@@ -138,7 +138,7 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
     scored = np.zeros(len(data), bool)
     packs = None
     if share_prefix and with_prompts and collab in ("on", "drop") and len(data):  # shuffling mixes rows: not packed
-        packs = packing.pack_rows(data, padded_length(data.lengths().max(), pad_multiple))
+        packs = packing.pack_split(data, pad_multiple)
     n = len(data) if packs is None else len(packs.rows)
     # a request smaller than a batch (`score`, `recommend` on a few candidates) gets a batch of the next power of
     # two, not batch_size rows of which all but a few are padding: few extra shapes, each compiled once

@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from sasrecllm_jax.data.pipeline import Padding, SplitData, placeholder_starts
+from sasrecllm_jax.data.pipeline import Padding, SplitData, padded_length, placeholder_starts
 
 MAX_SLOTS = 16  # rows per pack (the scorer's output is [batch, MAX_SLOTS])
 
@@ -81,6 +81,12 @@ def pack_rows(data: SplitData, cap: int, max_slots: int = MAX_SLOTS) -> Packs:
             used += suffix
         emit(pack, prefix)
     return Packs(rows_out, np.asarray(prefix_out, np.int64), np.asarray(length_out, np.int64))
+
+
+def pack_split(data: SplitData, pad_multiple: int) -> Packs:
+    """pack_rows of data with packs no longer than its longest row rounded up to pad_multiple: no batch shape
+    that its rows unpacked would not have."""
+    return pack_rows(data, padded_length(data.lengths().max(), pad_multiple))
 
 
 def make_pack_batch(data: SplitData, packs: Packs, idx: np.ndarray, batch_size: int, pad: Padding | int,

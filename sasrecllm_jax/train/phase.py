@@ -23,7 +23,7 @@ from sasrecllm_jax import sharding
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig
 from sasrecllm_jax.data import packing
-from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, make_batch, padded_length
+from sasrecllm_jax.data.pipeline import BatchIterator, Padding, SplitData, make_batch
 from sasrecllm_jax.errors import ConfigError, TrainingError, check_stop
 from sasrecllm_jax.evaluate import CompileTimer, Scorer, collab_inputs, evaluate
 from sasrecllm_jax.run_folder.metrics_log import Reporter
@@ -227,8 +227,8 @@ class PhaseRunner:
         eval_data = a.split(self.cfg.data.eval_split, phase.prompt, a.row_limit("eval"))
         bs = t.batch_size if with_prompts else t.encoder_batch_size
         packs = None
-        if with_prompts and self.cfg.data.pack_train:  # packs no longer than the longest prompt's batches
-            packs = packing.pack_rows(train_data, padded_length(train_data.lengths().max(), self.cfg.data.pad_multiple))
+        if with_prompts and self.cfg.data.pack_train:
+            packs = packing.pack_split(train_data, self.cfg.data.pad_multiple)
         it = BatchIterator(train_data.lengths() if packs is None else packs.lengths, bs,
                            seed=batch_order_seed(t.seed, phase.name))
         total = math.ceil(phase.epochs * it.batches_per_epoch) if phase.epochs > 0 else phase.max_steps
