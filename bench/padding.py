@@ -25,29 +25,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def padding_rows(data, batches: list[np.ndarray], batch_size: int, pads) -> list[tuple[str, float, int]]:
-    """(padding, its share of the token slots, batch shapes) for each Padding."""
-    lengths = data.lengths()
-    real = sum(int(lengths[b].sum()) for b in batches)
-    out = []
-    for pad in pads:
-        padded = [pad.length(lengths[b].max()) for b in batches]
-        what = f"pad_lengths {len(pad.lengths)}: {list(pad.lengths)}" if pad.lengths else f"pad_multiple {pad.multiple}"
-        out.append((what, 1.0 - real / (batch_size * sum(padded)), len(set(padded))))
-    return out
-
-
-def pack_rows(data, packs, batches: list[np.ndarray], batch_size: int, pads) -> list[tuple[str, float, float, int]]:
-    """(padding, token slots per row trained, padding's share of the slots, batch shapes) of an epoch of packs."""
-    lengths = packs.lengths
-    rows = sum(len(packs.rows[k]) for b in batches for k in b)
+def epoch_padding(lengths: np.ndarray, batches: list[np.ndarray], batch_size: int,
+                  pads) -> list[tuple[str, int, float, int]]:
+    """(padding, token slots, padding's share of them, batch shapes) of an epoch of batches of sequences of
+    `lengths` (rows, or packs), for each Padding."""
     real = sum(int(lengths[b].sum()) for b in batches)
     out = []
     for pad in pads:
         padded = [pad.length(lengths[b].max()) for b in batches]
         what = f"pad_lengths {len(pad.lengths)}: {list(pad.lengths)}" if pad.lengths else f"pad_multiple {pad.multiple}"
         slots = batch_size * sum(padded)
-        out.append((what, slots / rows, 1.0 - real / slots, len(set(padded))))
+        out.append((what, slots, 1.0 - real / slots, len(set(padded))))
     return out
 
 
@@ -55,7 +43,7 @@ def main(argv=None) -> int:
     from sasrecllm_jax.config import load_config
     from sasrecllm_jax.data import packing
     from sasrecllm_jax.data.encode import SplitEncoder, row_limit
-    from sasrecllm_jax.data.pipeline import BatchIterator, Padding, padded_length
+    from sasrecllm_jax.data.pipeline import BatchIterator, Padding
     from sasrecllm_jax.data.registry import resolve_dataset
     from sasrecllm_jax.train.phase import batch_order_seed
     from sasrecllm_jax.train.strategies import resolve_phases
@@ -79,28 +67,32 @@ def main(argv=None) -> int:
     data = SplitEncoder(cfg, resolve_dataset(cfg.data), tokenizer, source).split(
         "train", phase.prompt, row_limit(cfg, "train"), phase.rows)
     bs = cfg.train.batch_size
-    it = BatchIterator(data.lengths(), bs, seed=batch_order_seed(cfg.train.seed, phase.name))
-    batches = [next(it) for _ in range(it.batches_per_epoch)]
-    pads = [Padding(cfg.data.pad_multiple)] + [
-        Padding.for_training(data, dataclasses.replace(cfg.data, pad_lengths=n)) for n in args.lengths]
+
+    def epoch(lengths: np.ndarray) -> list[np.ndarray]:  # the phase's iterator over rows or packs, one epoch
+        it = BatchIterator(lengths, bs, seed=batch_order_seed(cfg.train.seed, phase.name))
+        return [next(it) for _ in range(it.batches_per_epoch)]
+
+    def pads(lengths: np.ndarray) -> list:  # pad_multiple, then each data.pad_lengths choice for these lengths
+        return [Padding(cfg.data.pad_multiple)] + [
+            Padding.for_training(data, dataclasses.replace(cfg.data, pad_lengths=n), lengths) for n in args.lengths]
+
     lengths = data.lengths()
+    batches = epoch(lengths)
     print(f"phase {phase.name}: {len(data):,} {phase.prompt} prompts ({phase.rows} train rows) of "
           f"{lengths.min()}-{lengths.max()} tokens (median {int(np.median(lengths))}), {len(batches)} batches of {bs}")
     print("| padding | share of the token slots | batch shapes |\n|---|---|---|")
-    for what, share, shapes in padding_rows(data, batches, bs, pads):
+    unpacked = epoch_padding(lengths, batches, bs, pads(lengths))
+    for what, _, share, shapes in unpacked:
         print(f"| {what} | {share:.1%} | {shapes} |")
-    packs = packing.pack_rows(data, padded_length(lengths.max(), cfg.data.pad_multiple))
-    it = BatchIterator(packs.lengths, bs, seed=batch_order_seed(cfg.train.seed, phase.name))
-    pack_batches = [next(it) for _ in range(it.batches_per_epoch)]
-    pack_pads = [Padding(cfg.data.pad_multiple)] + [
-        Padding.for_training(data, dataclasses.replace(cfg.data, pad_lengths=n), packs.lengths) for n in args.lengths]
-    unpacked = bs * sum(pads[0].length(lengths[b].max()) for b in batches) / len(data)
+    packs = packing.pack_split(data, cfg.data.pad_multiple)
+    pack_batches = epoch(packs.lengths)
+    per_row = unpacked[0][1] / len(data)  # token slots per row at pad_multiple
     print(f"\ndata.pack_train: {len(packs.rows):,} packs ({len(data) / len(packs.rows):.2f} rows per pack, at most "
           f"{max(map(len, packs.rows))}), {len(pack_batches)} batches of {bs} packs; unpacked at pad_multiple "
-          f"{cfg.data.pad_multiple}: {unpacked:.1f} token slots per row")
+          f"{cfg.data.pad_multiple}: {per_row:.1f} token slots per row")
     print("| padding | token slots per row | against unpacked | padding's share | batch shapes |\n|---|---|---|---|---|")
-    for what, per_row, share, shapes in pack_rows(data, packs, pack_batches, bs, pack_pads):
-        print(f"| {what} | {per_row:.1f} | {per_row / unpacked:.2f}x | {share:.1%} | {shapes} |")
+    for what, slots, share, shapes in epoch_padding(packs.lengths, pack_batches, bs, pads(packs.lengths)):
+        print(f"| {what} | {slots / len(data):.1f} | {slots / len(data) / per_row:.2f}x | {share:.1%} | {shapes} |")
     return 0
 
 
