@@ -154,20 +154,25 @@ def ablation_control(run: Path) -> list[list[str]]:
     return rows
 
 
-def seed_means_test(out: Path, names_a: list[str], names_b: list[str], part: str) -> dict | None:
-    """paired_auc_means_test of two seed groups' test scores on one part of the rows, or None where a run
-    kept no scores or the runs scored other rows."""
+def seed_scores(out: Path, names_a: list[str], names_b: list[str]) -> tuple | None:
+    """(the test labels, their parts, the scores of names_a's runs, of names_b's) on the same test rows, or
+    None where a run kept no scores or the runs scored other rows."""
     runs = out / "runs"
     try:
         scored = [paired_scores(runs / names_a[0], runs / n, "test") for n in names_a + names_b]
     except ConfigError:
         return None
-    rows = scored[0][0]
-    if part not in parts(rows):
+    rows, scores = scored[0][0], [b["score"] for _, b in scored]
+    return rows["label"], parts(rows), scores[:len(names_a)], scores[len(names_a):]
+
+
+def seed_means_test(scored: tuple | None, part: str) -> dict | None:
+    """paired_auc_means_test of seed_scores on one part of the rows (None without scores or that part)."""
+    if scored is None or part not in scored[1]:
         return None
-    m = parts(rows)[part]
-    scores = [b["score"][m] for _, b in scored]
-    return paired_auc_means_test(rows["label"][m], scores[:len(names_a)], scores[len(names_a):])
+    label, masks, a, b = scored
+    m = masks[part]
+    return paired_auc_means_test(label[m], [s[m] for s in a], [s[m] for s in b])
 
 
 def seed_claims(out: Path, summary: dict, best: str) -> list[str]:
@@ -178,7 +183,7 @@ def seed_claims(out: Path, summary: dict, best: str) -> list[str]:
     group_of = seed_group_of(summary)
     if best not in group_of:
         return []
-    rows = []
+    rows, loaded = [], {}
     for claim, base, part, rel in CLAIMS:
         if base not in group_of or part not in summary[base]["test"] or part not in summary[best]["test"] \
                 or summary[base]["test"][part]["n"] != summary[best]["test"][part]["n"]:
@@ -187,7 +192,9 @@ def seed_claims(out: Path, summary: dict, best: str) -> list[str]:
         (b, _), (a, _) = mean_and_sd(mine), mean_and_sd(theirs)
         if a is None or b is None:
             continue
-        test = seed_means_test(out, group_of[base], group_of[best], part)
+        if base not in loaded:  # each baseline's scores read once for its claims
+            loaded[base] = seed_scores(out, group_of[base], group_of[best])
+        test = seed_means_test(loaded[base], part)
         span, side = interval_vs_zero(test)
         rows.append([claim, f"{mean_sd(mine)} ({len(mine)})", f"{mean_sd(theirs)} ({len(theirs)})", signed(b - a),
                      span, side, verdict(test, rel)])
