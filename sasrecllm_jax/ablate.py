@@ -9,7 +9,7 @@ unchanged (it equals the run's results.json).
 Parameters (--masks, by the partition's groups): `lora` puts every adapter back to its initial value
 (B = 0: the base model); `mapper` zeroes the mapper's layers (the soft tokens become zero vectors; a fusion
 gate, the unknown item's vector and ID score, and the item_seen flags keep their values); `sasrec` / `mf`
-resets the encoder to its initialisation (the run's seed); `llm_term` zeroes a residual fusion's llm_gate, so
+resets the encoder to its initialisation (the run's seed); `llm_term` zeroes a residual fusion's llm_gate(s), so
 the score is the hybrid's ID score alone (with new_items: text, new items by their titles' vectors): what
 the LLM adds.
 For an ablation in training as well, train with --set train.collab=drop or train.freeze.
@@ -56,13 +56,14 @@ KEPT_BY_MAPPER_MASK = (*FUSION_NUMBERS, "unknown_item")
 def masked(params: dict, group: str, initial: dict) -> dict:
     """params with one group ablated: lora and the encoders back to their initial values (with
     new_items: text the items' title vectors, fitted to the trained encoder, zeroed), the mapper's
-    layers zeroed, llm_term the residual's llm_gate zeroed."""
+    layers zeroed, llm_term the residual's llm_gate (and llm_gate_unknown) zeroed."""
     if group == "llm_term":
         if "llm_gate" not in params.get("mapper", {}):
             raise ConfigError("--masks llm_term zeroes the LLM term of a residual fusion (mapper/llm_gate), and this run "
                               "has none (model.mapper.fusion is not residual): its score is the LLM's alone; mask "
                               "lora or mapper, or drop its collaborative inputs (--modes drop)")
-        return {**params, "mapper": {**params["mapper"], "llm_gate": jnp.zeros_like(params["mapper"]["llm_gate"])}}
+        gates = {k: jnp.zeros_like(v) for k, v in params["mapper"].items() if k in ("llm_gate", "llm_gate_unknown")}
+        return {**params, "mapper": {**params["mapper"], **gates}}
     if group not in groups.present_groups(params):
         raise ConfigError(f"--masks {group}: this run has no {group!r} parameters (it has "
                           f"{sorted(groups.present_groups(params) - {'frozen', 'counts'})})")

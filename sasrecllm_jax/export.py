@@ -79,6 +79,7 @@ FUSION = {
                 "(+ the encoder's user and item terms when sasrec.bias is not none)",
 }
 
+LLM_GATES = {"known_unknown": "; mapper/llm_gate_unknown in place of mapper/llm_gate when mapper/counts/item_seen[iid] is 0"}
 UNKNOWN_ID_SCORE = {"learned": "; id_score = mapper/unknown_score instead when mapper/counts/item_seen[iid] is 0",
                     "offset": "; id_score + mapper/unknown_score when mapper/counts/item_seen[iid] is 0"}
 
@@ -130,7 +131,8 @@ def scoring_description(rec) -> dict:
                    "tokens": "reshape(relu(v @ mapper/fc1/kernel + mapper/fc1/bias) @ mapper/fc2/kernel "
                              "+ mapper/fc2/bias, [num_tokens, d_model])"},
         "fusion": {"kind": m.mapper.fusion, "score": FUSION[m.mapper.fusion] + (
-                       UNKNOWN_ID_SCORE.get(m.mapper.unknown_id_score, "")),
+                       UNKNOWN_ID_SCORE.get(m.mapper.unknown_id_score, "")) + (
+                       LLM_GATES.get(m.mapper.llm_gates, "") if m.mapper.fusion == "residual" else ""),
                    **{g: float(np.asarray(mapper[g])) for g in FUSION_NUMBERS if g in mapper}},
         "params_file": COLLAB_WEIGHTS,
         "param_layout": "Flax: a Dense kernel is [in, out] (y = x @ kernel + bias); an Embed table is "
@@ -308,8 +310,9 @@ def fusion_code(desc: dict) -> list[str]:
     """README lines: the run's score of a hybrid row, score_hybrid's LLM score fused with the encoder's."""
     unknown = desc["mapper"]["config"]["unknown_id_score"]
     bias = desc["encoder"]["config"].get("bias", "none") if desc["encoder"]["kind"] == "sasrec" else "none"
+    split = desc["mapper"]["config"].get("llm_gates", "one") == "known_unknown"
     total = ('llm_score + w["mapper/id_gate"].item() * id_score' if desc["fusion"]["kind"] == "gate"
-             else 'id_score + w["mapper/llm_gate"].item() * llm_score')
+             else 'id_score + gate * llm_score' if split else 'id_score + w["mapper/llm_gate"].item() * llm_score')
     return [
         "```python",
         "def fused_score(llm_score, user_vector, item_vector, uid, iid):",
@@ -320,6 +323,8 @@ def fusion_code(desc: dict) -> list[str]:
            '        id_score = w["mapper/unknown_score"].item()'] if unknown == "learned" else []),
         *(['    if w["mapper/counts/item_seen"][iid] == 0:  # an item without train rows: a learned offset',
            '        id_score += w["mapper/unknown_score"].item()'] if unknown == "offset" else []),
+        *(['    known = w["mapper/counts/item_seen"][iid] == 1  # the LLM\'s weight where the ID model knows the item',
+           '    gate = (w["mapper/llm_gate"] if known else w["mapper/llm_gate_unknown"]).item()'] if split else []),
         f"    return {total}",
         "",
         "",

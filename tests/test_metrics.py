@@ -167,6 +167,48 @@ def test_fitted_fusion_in_its_scorers_units_ranks_as_the_fusion():
     assert f["abstain_score"] > a[~new].mean()  # new rows are mostly positive: placed above the average
 
 
+def test_split_gate_drops_b_where_it_is_noise_and_keeps_it_where_a_abstains():
+    """fit_late_fusion with gate_rows: where b is noise on the rows a knows (and a is good there), b's gate on
+    them goes to 0, while on the abstaining rows (where b alone ranks) it stays; the residual form (a, or
+    abstain_score on those rows, plus gate_b or gate_b_rows x b) is an increasing affine map of the fused
+    scores, and the fit's valid AUC is theirs and no lower than the shared gate's. The same rows with
+    offset; a mask that is not the abstaining rows is refused."""
+    from sasrecllm_jax.fusion import fit_late_fusion
+    r = np.random.default_rng(5)
+    n = 4000
+    new = r.random(n) < 0.4
+    y = (r.random(n) < np.where(new, 0.6, 0.4)).astype(np.int8)
+    a = np.where(new, 0.0, 2 * y + r.normal(size=n))
+    b = np.where(new, y + r.normal(size=n), 3 * r.normal(size=n))  # signal on new rows, loud noise on known ones
+    weights = np.linspace(0, 1, 21)[1:-1]
+    shared = fit_late_fusion(y, a, b, new, weights=weights, ref_a=a[~new])
+    f = fit_late_fusion(y, a, b, new, weights=weights, ref_a=a[~new], gate_rows=new)
+    assert f["gate_b"] == 0.0 and f["gate_b_rows"] > 0 and shared["gate_b"] > 0
+    assert f["valid_auc"] > shared["valid_auc"] + 0.002
+    fused = f["fuse"](a, b, new)
+    residual = np.where(new, f["abstain_score"], a) + np.where(new, f["gate_b_rows"], f["gate_b"]) * b
+    (slope, shift), *_ = np.linalg.lstsq(np.stack([residual, np.ones(n)], 1), fused, rcond=None)
+    assert slope > 0 and np.allclose(slope * residual + shift, fused, rtol=0, atol=1e-9)
+    assert math.isclose(auc(y, residual), f["valid_auc"], abs_tol=1e-12)
+    off = fit_late_fusion(y, a, b, weights=weights, ref_a=a[~new], offset=new, gate_rows=new)
+    residual = a + new * off["offset_score"] + np.where(new, off["gate_b_rows"], off["gate_b"]) * b
+    assert off["gate_b"] == 0.0 and math.isclose(auc(y, residual), off["valid_auc"], abs_tol=1e-12)
+    with pytest.raises(ValueError, match="split gate"):
+        fit_late_fusion(y, a, b, new, weights=weights, gate_rows=~new)
+
+
+def test_shifted_aucs_are_the_aucs_of_the_shifted_scores():
+    """The c search of a split gate: shifted_aucs equals auc of the scores with the rows shifted, for every
+    shift, with ties (scores on a 0.1 grid) counted a half."""
+    from sasrecllm_jax.fusion import ABSTAIN_GRID, shifted_aucs
+    r = np.random.default_rng(6)
+    for n in (40, 2000):
+        y, rows = r.random(n) < 0.4, r.random(n) < 0.3
+        s = np.round(r.normal(size=n), 1)
+        want = [auc(y, s + c * rows) for c in ABSTAIN_GRID]
+        np.testing.assert_allclose(shifted_aucs(y, s, rows, ABSTAIN_GRID), want, rtol=0, atol=1e-12)
+
+
 def test_offset_fusion_keeps_a_ranking_the_offset_rows():
     """fit_late_fusion with `offset`: on the offset rows a still ranks (unlike abstaining) and one number
     places them; a + offset_score on those rows, plus gate_b x b, is an increasing affine map of the fused

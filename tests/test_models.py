@@ -151,7 +151,7 @@ def test_placeholders_land_in_place(k):
     model = _hybrid(k=k)
     batch = _batch(user_pos=(2, 3), item_pos=(6, 8))
     params = model.init(jax.random.key(0), batch)["params"]
-    user, item, _ = model.apply({"params": params}, batch, method=Hybrid.collaborative_inputs)
+    user, item, *_ = model.apply({"params": params}, batch, method=Hybrid.collaborative_inputs)
     assert user.shape == (2, k, DEBUG_TINY.hidden_size)
     emb = model.apply({"params": params}, batch["tokens"], method=lambda m, t: m.llm.embed(t))
     spliced = splice(splice(emb, user, batch["user_pos"]), item, batch["item_pos"])
@@ -227,7 +227,7 @@ def test_unknown_item_vector_replaces_items_without_train_rows():
     params["mapper"]["unknown_item"] = unknown
     params["mapper"]["counts"]["item_seen"] = jnp.zeros(21).at[11].set(1.0)  # item 11 seen, item 12 not
     inputs = lambda p, b, **kw: model.apply({"params": p}, b, method=lambda m, x: m.collaborative_inputs(x), **kw)
-    user, item, id_score = inputs(params, batch)
+    user, item, id_score, _ = inputs(params, batch)
     emb = params["sasrec"]["item_emb"]["embedding"]
     mapped = lambda v: model.apply({"params": params}, v, method=lambda m, x: m.mapper(x))
     np.testing.assert_allclose(item[0], mapped(emb[11][None])[0], rtol=1e-5, atol=1e-6)
@@ -238,11 +238,11 @@ def test_unknown_item_vector_replaces_items_without_train_rows():
     many = {"his": jnp.tile(batch["his"][:1], (256, 1)), "uid": jnp.ones(256, jnp.int32),
             "iid": jnp.full(256, 11, jnp.int32)}
     train_model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0), deterministic=False)
-    _, item_t, _ = train_model.apply({"params": params}, many, method=lambda m, x: m.collaborative_inputs(x),
+    _, item_t, *_ = train_model.apply({"params": params}, many, method=lambda m, x: m.collaborative_inputs(x),
                                      rngs={"dropout": jax.random.key(1)})
     shown_unknown = np.all(np.isclose(item_t, mapped(unknown[None])[0], rtol=1e-5, atol=1e-6), axis=(1, 2))
     assert 25 < shown_unknown.sum() < 80  # Binomial(256, 0.2): 51.2, sd 6.4 (0.8, the keep rate: 205)
-    _, item_e, _ = inputs(params, many)
+    _, item_e, *_ = inputs(params, many)
     assert not np.any(np.all(np.isclose(item_e, mapped(unknown[None])[0], rtol=1e-5, atol=1e-6), axis=(1, 2)))
     grad = jax.grad(lambda p: inputs(p, {**batch, "iid": jnp.array([11, 11])})[1].sum())(params)
     assert not np.any(grad["mapper"]["unknown_item"])  # no unseen row, no dropout: no gradient
@@ -269,7 +269,7 @@ def test_learned_unknown_id_score_stands_in_for_the_encoder_on_unknown_items():
     params["mapper"]["unknown_score"] = jnp.float32(1.7)
     params["mapper"]["counts"]["item_seen"] = jnp.zeros(21).at[11].set(1.0)  # item 11 seen, item 12 not
     inputs = lambda p, b, m=model, **kw: m.apply({"params": p}, b, method=lambda m, x: m.collaborative_inputs(x), **kw)
-    _, _, id_score = inputs(params, batch)
+    _, _, id_score, _ = inputs(params, batch)
     u = model.apply({"params": params}, batch["his"], batch["uid"], method=lambda m, h, i: m.encoder.user_vector(h, i))
     emb = params["sasrec"]["item_emb"]["embedding"]
     np.testing.assert_allclose(id_score, [u[0] @ emb[11], 1.7], rtol=1e-5, atol=1e-6)
@@ -281,7 +281,7 @@ def test_learned_unknown_id_score_stands_in_for_the_encoder_on_unknown_items():
     many = {"his": jnp.tile(batch["his"][:1], (256, 1)), "uid": jnp.ones(256, jnp.int32),
             "iid": jnp.full(256, 11, jnp.int32)}
     train_model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0), deterministic=False)
-    _, item_t, score_t = inputs(params, many, train_model, rngs={"dropout": jax.random.key(1)})
+    _, item_t, score_t, _ = inputs(params, many, train_model, rngs={"dropout": jax.random.key(1)})
     mapped = lambda v: model.apply({"params": params}, v, method=lambda m, x: m.mapper(x))
     unknown_token = mapped(params["mapper"]["unknown_item"][None])[0]
     shown_unknown = np.all(np.isclose(item_t, unknown_token, rtol=1e-5, atol=1e-6), axis=(1, 2))
@@ -332,7 +332,7 @@ def test_sasrec_biases_add_to_the_score_and_reach_the_gate():
                                + np.array([-2.0, 0.5]), rtol=1e-6)
     gated = Hybrid(biased_cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
     params = {**gated.init(jax.random.key(0), batch)["params"], "sasrec": p["sasrec"]}
-    _, _, id_score = gated.apply({"params": params}, batch, method=lambda m, b: m.collaborative_inputs(b))
+    _, _, id_score, _ = gated.apply({"params": params}, batch, method=lambda m, b: m.collaborative_inputs(b))
     np.testing.assert_allclose(id_score, enc.apply({"params": p}, batch), rtol=1e-6)
 
 

@@ -288,6 +288,8 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
     (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown or text"),
     (["--set", "model.mapper.llm_gate_init=3.0"], "needs model.mapper.fusion: residual"),
+    (["--set", "model.mapper.llm_gates=known_unknown", "--set", "model.mapper.fusion=residual"],
+     "needs model.mapper.fusion: residual and model.mapper.new_items: unknown or text"),
     (["--set", "data.prompt_hybrid_unknown_item=configs/prompts/text.txt"], "needs model.mapper.new_items: unknown"),
     (["--set", "model.mapper.inject=last", "--set", "model.mapper.num_tokens=2"], "must be 1 with model.mapper.inject: last"),
     (["--set", "model.mapper.inject=last", "--set", "model.mapper.new_items=unknown", "--set",
@@ -440,7 +442,7 @@ def test_unknown_item_vector_is_learned_and_shown_for_new_items(dataset, tmp_pat
     model = comp.model("hybrid", True)
     batch = {"his": np.array([[0, 0, 0, 1, 2]] * 3, np.int32), "uid": np.array([1, 1, 1], np.int32),
              "iid": np.array([held[0], held[1], int(np.unique(train["iid"])[0])], np.int32)}
-    user, item, id_score = model.apply({"params": after}, batch, method=lambda m, b: m.collaborative_inputs(b))
+    user, item, id_score, _ = model.apply({"params": after}, batch, method=lambda m, b: m.collaborative_inputs(b))
     np.testing.assert_array_equal(item[0], item[1])  # both new items: the one unknown token
     assert not np.allclose(item[0], item[2])         # a train item: its own vector
     np.testing.assert_array_equal(id_score[0], id_score[1])
@@ -544,6 +546,66 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
     assert abs(start["all/auc"] - f["valid_auc"]) < 1e-6
+
+
+def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsys):
+    """model.mapper.llm_gates: known_unknown: the fitted start sets llm_gate and llm_gate_unknown to
+    fit_late_fusion's split gates on the terms scored apart (the step-0 AUC is that fit's); the trained run
+    scores a row as its ID score plus llm_gate (item with train rows) or llm_gate_unknown (held-out item) x
+    its LLM term, and so does the export's README code; `ablate --masks llm_term` zeroes both gates."""
+    from sasrecllm_jax.ablate import masked
+    from sasrecllm_jax.evaluate import Scorer, evaluate
+    from sasrecllm_jax.export import export_run
+    from sasrecllm_jax.fusion import fit_late_fusion
+    from sasrecllm_jax.models.hybrid import Hybrid
+    from sasrecllm_jax.score import Recommender
+    from sasrecllm_jax.train import fusion_start
+    cfg, held, starts, out = fused_start_run(dataset, tmp_path, capsys, "unknown", "learned",
+                                             "model.mapper.llm_gates=known_unknown")
+    line = next(l for l in out if "residual fusion started at the late fusion" in l)
+    before = starts["mapper"]
+    rec = Recommender(tmp_path / "run")
+    assembly = rec.assembly
+    valid = assembly.split(cfg.data.eval_split, "hybrid", assembly.row_limit("eval"))
+    model = assembly.model("hybrid", True)
+    rows = lambda d: {"his": d.his, "uid": d.uid, "iid": d.iid}
+    id_score, known = (np.asarray(x) for x in model.apply({"params": before}, rows(valid), method=Hybrid.id_term))
+    text = assembly.split(cfg.data.eval_split, "text", assembly.row_limit("eval"))
+    _, llm = evaluate(Scorer(assembly.model("text", True)), before, text, cfg, "text")
+    f = fit_late_fusion(valid.label, id_score, llm, ~known, weights=np.linspace(0, 1, 21)[1:-1], ref_a=id_score[known],
+                        gate_rows=~known)
+    assert f"model.mapper.llm_gate {f['gate_b']:.4g}," in line and f"llm_gate_unknown {f['gate_b_rows']:.4g}" in line
+    assert f"AUC {f['valid_auc']:.4f}" in line
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step0 = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
+    assert abs(step0["all/auc"] - f["valid_auc"]) < 1e-6
+
+    # the trained run: ID score + the row's gate x the LLM term, the gates apart
+    params, mapper = rec.params, rec.params["mapper"]
+    gate, gate_unknown = float(mapper["llm_gate"]), float(mapper["llm_gate_unknown"])
+    assert abs(gate - gate_unknown) > 1e-3
+    scores = np.asarray(evaluate(Scorer(model), params, valid, cfg, "hybrid")[1])
+    llm_now = np.asarray(evaluate(Scorer(fusion_start.llm_term_model(model)), params, valid, cfg, "hybrid")[1])
+    id_now, known_now = (np.asarray(x) for x in model.apply({"params": params}, rows(valid), method=Hybrid.id_term))
+    np.testing.assert_array_equal(known_now, known)
+    np.testing.assert_allclose(scores, id_now + np.where(known, gate, gate_unknown) * llm_now, rtol=1e-4, atol=1e-4)
+    ablated = masked(params, "llm_term", {})["mapper"]
+    assert ablated["llm_gate"] == 0 and ablated["llm_gate_unknown"] == 0
+
+    # the export's fused_score picks the gate by item_seen
+    import re
+    from safetensors.numpy import load_file
+    exported = export_run(tmp_path / "run", tmp_path / "export")
+    readme = (exported / "README.md").read_text()
+    weights = load_file(str(exported / "collaborative" / "collaborative.safetensors"))
+    code = next(c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "def fused_score" in c)
+    snippet = {"w": weights}
+    exec(compile(code.split("\nprint(")[0], "README.md", "exec"), snippet)
+    user, item = model.apply({"params": params}, rows(valid), method=lambda m, b: (
+        m.encoder.user_vector(b["his"], b["uid"]), m.mapper.item_input(m.encoder.item_vector(b["iid"]), b["iid"])[0]))
+    theirs = [snippet["fused_score"](l, np.asarray(u), np.asarray(i), uid, iid) for l, u, i, uid, iid
+              in zip(llm_now, user, item, valid.uid.tolist(), valid.iid.tolist())]
+    np.testing.assert_allclose(theirs, scores, rtol=1e-4, atol=1e-4)
 
 
 def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, capsys, monkeypatch):
@@ -773,7 +835,7 @@ def test_unknown_items_get_no_vectors_at_the_last_position(dataset, tmp_path):
     data = SplitData.from_frame("rows", rows, cfg.model.sasrec.max_len)
     batch = {"his": data.his, "uid": data.uid, "iid": data.iid}
     model = rec.assembly.model("hybrid", True)
-    user, item, _ = model.apply({"params": rec.params}, batch, method=lambda m, b: m.collaborative_inputs(b))
+    user, item, *_ = model.apply({"params": rec.params}, batch, method=lambda m, b: m.collaborative_inputs(b))
     assert not np.any(user[:2]) and not np.any(item[:2])     # new items: nothing to add
     assert np.all(np.abs(user[2:] + item[2:]).max(axis=(1, 2)) > 0)
 

@@ -163,6 +163,10 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.llm_gate_init and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.llm_gate_init", cfg.model.mapper.llm_gate_init,
                 "is the residual fusion's starting weight, so it needs model.mapper.fusion: residual")
+    if m.llm_gates != "one" and (m.fusion != "residual" or m.new_items == "id"):
+        _refuse("model.mapper.llm_gates", m.llm_gates,
+                "weighs the LLM's log-odds apart on rows whose item is shown as unknown, so it needs "
+                "model.mapper.fusion: residual and model.mapper.new_items: unknown or text")
     if cfg.model.mapper.fusion_start != "init" and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.fusion_start", cfg.model.mapper.fusion_start,
                 "fits the residual fusion's starting weight, so it needs model.mapper.fusion: residual")

@@ -90,6 +90,12 @@ class MapperConfig:
     # reads hybrid prompts, whose soft tokens start untrained: out_init zeros starts them at zero)
     fusion: Literal["none", "gate", "residual"] = "none"
     llm_gate_init: float = 0.0
+    # with fusion: residual and new_items: unknown or text, how many numbers weigh the LLM's log-odds: "one",
+    # llm_gate on every row; "known_unknown", llm_gate on rows whose item is shown by its own vector and a
+    # second learned number, llm_gate_unknown (starting at llm_gate_init), on the rows whose item is shown as
+    # unknown (no train row, or item_dropout): where the ID model knows the item, the LLM's weight can differ
+    # from where it knows nothing (fusion_start: late_fusion fits both, the known rows' down to 0)
+    llm_gates: Literal["one", "known_unknown"] = "one"
     # "zeros": the output layer starts at zero, so the soft tokens start as zero vectors
     out_init: Literal["default", "zeros"] = "default"
     # where the mapped vectors enter the LLM: "tokens", as soft tokens at the hybrid template's placeholders;

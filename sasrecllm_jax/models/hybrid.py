@@ -78,8 +78,9 @@ class Hybrid(_HasEncoder, nn.Module):
         self.llm = LlamaForCausalLM(self.llm_cfg, self.lora, det("lora"))
 
     def collaborative_inputs(self, batch):
-        """The user's and the target item's soft tokens [B, k, d_model] and the encoder's own score [B],
-        with the ablation masks applied to all three. An item the encoder has no train row for shows the
+        """The user's and the target item's soft tokens [B, k, d_model], the encoder's own score [B] and
+        whether each row's item shows its own vector [B], with the ablation masks applied to the first three
+        (a shuffle moves the last with them). An item the encoder has no train row for shows the
         mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too, or with
         `unknown_id_score: learned` is the mapper's unknown_score; with `unknown_item_vectors: none` such a
         row's user and item vectors are zero)."""
@@ -89,13 +90,13 @@ class Hybrid(_HasEncoder, nn.Module):
             user, item = zeroed(user, known), zeroed(item, known)
         perm = batch.get("collab_perm")
         if perm is not None:
-            user, item, id_score = user[perm], item[perm], id_score[perm]
+            user, item, id_score, known = user[perm], item[perm], id_score[perm], known[perm]
         scale = batch.get("collab_scale")
         if scale is not None:
             keep = scale != 0
             user, item = zeroed(user * scale[:, None, None], keep), zeroed(item * scale[:, None, None], keep)
             id_score = zeroed(id_score * scale, keep)
-        return user, item, id_score
+        return user, item, id_score, known
 
     def _id_side(self, batch):
         """(user vector, item vector, known [B], ID score [B]) of rows (his, uid, iid), before any ablation."""
@@ -124,9 +125,9 @@ class Hybrid(_HasEncoder, nn.Module):
         chex.assert_rank(batch["tokens"], 2)
         chex.assert_equal_shape([batch["tokens"], batch["mask"]])
         embeds = self.llm.embed(batch["tokens"])
-        id_score = None
+        id_score = known = None
         if "user_pos" in batch:
-            user, item, id_score = self.collaborative_inputs(batch)
+            user, item, id_score, known = self.collaborative_inputs(batch)
             if self.cfg.mapper.inject == "last":  # item_pos is the last position: both vectors added there
                 embeds = splice(embeds, (user + item).astype(embeds.dtype), batch["item_pos"], add=True)
             else:
@@ -134,12 +135,13 @@ class Hybrid(_HasEncoder, nn.Module):
                 embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=batch["mask"],
                           logits_at=last_positions(batch["mask"]), vocab_ids=jnp.asarray(self.answer_ids))
-        return self.head(logits, id_score)
+        return self.head(logits, id_score, known)
 
-    def head(self, logits, id_score):
-        """The score from the answer tokens' logits [..., 2] (and the encoder's score, for a fusion)."""
+    def head(self, logits, id_score, known=None):
+        """The score from the answer tokens' logits [..., 2] (and the encoder's score and the rows' known
+        flags, for a fusion)."""
         score = logits[..., 0] if self.cfg.score_head == "yes_logit" else logits[..., 0] - logits[..., 1]
-        return score if id_score is None else self.mapper.fuse(score, id_score.astype(score.dtype))
+        return score if id_score is None else self.mapper.fuse(score, id_score.astype(score.dtype), known)
 
     def packed(self, batch):
         """Scores [B, slots] of a batch of packs (sasrecllm_jax.data.packing): each slot's suffix attends
@@ -148,27 +150,27 @@ class Hybrid(_HasEncoder, nn.Module):
         tokens, segment = batch["tokens"], batch["segment"]
         chex.assert_equal_shape([tokens, segment, batch["positions"]])
         embeds = self.llm.embed(tokens)
-        id_score = None
+        id_score = known = None
         if "user_pos" in batch:
             B, S = batch["iid"].shape
             rows = {"his": jnp.repeat(batch["his"], S, axis=0), "uid": jnp.repeat(batch["uid"], S),
                     "iid": batch["iid"].reshape(-1)}
             if "collab_scale" in batch:  # [B]: a pack's rows are kept or dropped together
                 rows["collab_scale"] = jnp.repeat(batch["collab_scale"], S)
-            user, item, id_score = self.collaborative_inputs(rows)
+            user, item, id_score, known = self.collaborative_inputs(rows)
             user, item = user.reshape(B, S, *user.shape[1:]), item.reshape(B, S, *item.shape[1:])
             if self.cfg.mapper.inject == "last":  # each slot's item_pos is its last position
                 embeds = splice(embeds, (user + item).astype(embeds.dtype), batch["item_pos"], add=True)
             else:
                 embeds = splice(embeds, user[:, 0].astype(embeds.dtype), batch["user_pos"])
                 embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
-            id_score = id_score.reshape(B, S)
+            id_score, known = id_score.reshape(B, S), known.reshape(B, S)
         T = tokens.shape[1]
         key = segment[:, None, :]
         sees = jnp.tril(jnp.ones((T, T), bool))[None] & (key >= 0) & ((key == 0) | (key == segment[:, :, None]))
         logits = self.llm(inputs_embeds=embeds, attention_mask=sees, positions=batch["positions"],
                           logits_at=batch["last"], vocab_ids=jnp.asarray(self.answer_ids))
-        return self.head(logits, id_score)
+        return self.head(logits, id_score, known)
 
 
 def splice(embeds, vectors, start, add: bool = False):

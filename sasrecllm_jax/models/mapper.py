@@ -19,7 +19,7 @@ from sasrecllm_jax.config import MapperConfig
 from sasrecllm_jax.models.pop import COUNTS
 
 # the mapper's learned numbers that fuse the LLM's score with the ID score (each present with its option)
-FUSION_NUMBERS = ("id_gate", "llm_gate", "unknown_score")
+FUSION_NUMBERS = ("id_gate", "llm_gate", "llm_gate_unknown", "unknown_score")
 
 
 class SeenItems(nn.Module):
@@ -61,6 +61,8 @@ class Mapper(nn.Module):
             self.id_gate = self.param("id_gate", nn.initializers.ones, ())
         if self.cfg.fusion == "residual":
             self.llm_gate = self.param("llm_gate", nn.initializers.constant(self.cfg.llm_gate_init), ())
+            if self.cfg.llm_gates == "known_unknown":
+                self.llm_gate_unknown = self.param("llm_gate_unknown", nn.initializers.constant(self.cfg.llm_gate_init), ())
         if self.cfg.new_items == "unknown":
             self.unknown_item = self.param("unknown_item", nn.initializers.zeros, (self.d_enc,))
         if self.cfg.unknown_id_score != "encoder":
@@ -95,11 +97,16 @@ class Mapper(nn.Module):
         u = self.unknown_score.astype(encoder_score.dtype)
         return jnp.where(known, encoder_score, u if self.cfg.unknown_id_score == "learned" else encoder_score + u)
 
-    def fuse(self, llm_score, id_score):
+    def fuse(self, llm_score, id_score, known=None):
         """The hybrid's score: the LLM's ("none"), plus g x the ID score ("gate"), or the ID score plus
-        a x the LLM's ("residual"; a starts at llm_gate_init: from 0, the first step moves only a, ReZero's start)."""
+        a x the LLM's ("residual"; a starts at llm_gate_init: from 0, the first step moves only a, ReZero's start;
+        with `llm_gates: known_unknown`, a is llm_gate where `known` (rows whose item shows its own vector) and
+        llm_gate_unknown elsewhere)."""
         if self.cfg.fusion == "gate":
             return llm_score + self.id_gate * id_score
         if self.cfg.fusion == "residual":
-            return id_score + self.llm_gate * llm_score
+            gate = self.llm_gate
+            if self.cfg.llm_gates == "known_unknown":
+                gate = jnp.where(known, self.llm_gate, self.llm_gate_unknown).astype(llm_score.dtype)
+            return id_score + gate * llm_score
         return llm_score

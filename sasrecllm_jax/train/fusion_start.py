@@ -1,5 +1,6 @@
 """`model.mapper.fusion_start: late_fusion`: a residual hybrid (score = ID score + a x LLM log-odds) whose
-llm_gate a, and with `unknown_id_score: learned` or `offset` its unknown_score, are fitted when the phase
+llm_gate a (with `llm_gates: known_unknown` also llm_gate_unknown, fitted apart on the rows whose item is
+shown as unknown), and with `unknown_id_score: learned` or `offset` its unknown_score, are fitted when the phase
 that first trains the mapper starts: the late fusion of the hybrid's own two terms, each scored on that phase's
 validation rows by the params the phase starts from, picked on those rows (sasrecllm_jax.fusion). The
 phase then starts at that fusion's ranking, and its evaluation at step 0 measures it.
@@ -52,18 +53,24 @@ def id_terms(model: Hybrid, params: dict, data: SplitData) -> tuple[np.ndarray, 
 
 def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_scorer: Scorer,
               progress=None) -> tuple[dict, dict]:
-    """(the values to set, {"llm_gate": a[, "unknown_score": u]}, and what the fit found) for a residual
+    """(the values to set, {"llm_gate": a[, "llm_gate_unknown": a'][, "unknown_score": u]}, and what the fit
+    found) for a residual
     hybrid `model` (deterministic) with `params` (the groups its hybrid prompts read) on validation rows
     `data` rendered as hybrid prompts; `llm_scorer` scores llm_term_model(model)."""
     kind = cfg.model.mapper.unknown_id_score
     id_score, known = id_terms(model, params, data)
     llm = score_split(llm_scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, True, "on",
                       progress, cfg.eval.share_prefix)
-    new = ~known if kind != "encoder" and 0 < (~known).sum() < len(known) else None
+    both = 0 < (~known).sum() < len(known)
+    new = ~known if kind != "encoder" and both else None
     # (every row new or none: no number to place them by; unknown_score: the mean (learned), 0 (offset))
+    split = cfg.model.mapper.llm_gates == "known_unknown"
     f = fit_late_fusion(data.label, id_score, llm, new if kind == "learned" else None, weights=WEIGHTS,
-                        ref_a=id_score[~new] if new is not None else None, offset=new if kind == "offset" else None)
+                        ref_a=id_score[~new] if new is not None else None, offset=new if kind == "offset" else None,
+                        gate_rows=~known if split and both else None)
     values = {"llm_gate": float(f["gate_b"])}
+    if split:  # (rows of one kind only: both gates get the one fitted weight)
+        values["llm_gate_unknown"] = float(f["gate_b_rows"]) if both else values["llm_gate"]
     if kind == "learned":
         values["unknown_score"] = float(f["abstain_score"]) if new is not None else float(id_score.mean())
     if kind == "offset":  # the ID score of those rows already holds the current offset: the fit adds to it
