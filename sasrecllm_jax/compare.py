@@ -110,23 +110,28 @@ def valid_split(run: Path, scores: dict) -> str:
     return others[0]
 
 
-def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 21, abstain: bool = False) -> dict:
+def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 21, abstain: bool = False,
+                split_gate: bool = False) -> dict:
     """The control for a hybrid: two runs' scores mixed after the fact, (1 - w) z_a + w z_b, each score
     standardised by its valid mean and deviation, w in [0, 1] picked by valid AUC (the first best of
     `grid` evenly spaced values). With `abstain`, a abstains on new-item rows: z_a there is one constant
     c picked on valid with w (sasrecllm_jax.fusion.ABSTAIN_GRID), so those rows rank by b alone and c places them against the
-    rest (the control for a hybrid with model.mapper.unknown_id_score: learned). Returns w (and c), the
+    rest (the control for a hybrid with model.mapper.unknown_id_score: learned); with `split_gate` too, b's
+    weight on those rows is fitted apart (the control for model.mapper.llm_gates: known_unknown; w stands for
+    the one-weight fit it starts from). Returns w (and c), the
     valid AUC, and the fused test scores with the test AUCs of the fusion and of each run, and the paired
     tests fusion - a and fusion - b."""
     loaded = load_scores(run_a), load_scores(run_b)
     valid = valid or valid_split(run_a, loaded[0])
     va, vb = paired_scores(run_a, run_b, valid, loaded)
     ta, tb = paired_scores(run_a, run_b, "test", loaded)
+    if split_gate and not abstain:
+        raise ConfigError("--split-gate weighs the new-item rows apart, where BASE abstains: add --abstain")
     if abstain and not all("new_item" in rows for rows in (va, ta)):
         raise ConfigError(f"{run_a}: its scores.npz has no new_item column to abstain on; "
                           f"`python -m sasrecllm_jax.score --run RUN --write-run-scores` writes it again")
-    f = fit_late_fusion(va["label"], va["score"], vb["score"], va["new_item"].astype(bool) if abstain else None,
-                        grid)
+    new = va["new_item"].astype(bool) if abstain else None
+    f = fit_late_fusion(va["label"], va["score"], vb["score"], new, grid, gate_rows=new if split_gate else None)
     fused = f["fuse"](ta["score"], tb["score"], ta["new_item"].astype(bool) if abstain else None)
     return {**{k: v for k, v in f.items() if k != "fuse"}, "valid": valid, "test_scores": fused,
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
@@ -184,15 +189,21 @@ def environment_warnings(base: Path, runs: list[Path]) -> list[str]:
 
 
 def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bool = False,
-                 against: list[Path] = ()) -> list[str]:
+                 against: list[Path] = (), split_gate: bool = False) -> list[str]:
     """The late fusion of run_a and run_b tested against each of them, then each run of `against` (a hybrid
     made of the two, say) tested against the fusion, paired on the same test rows."""
     name_a, name_b, *names = run_names([run_a, run_b, *against])
-    f = late_fusion(run_a, run_b, valid, abstain=abstain)
+    f = late_fusion(run_a, run_b, valid, abstain=abstain, split_gate=split_gate)
     picked = f"w = {f['weight_b']:.2f}" + (f" and c = {f['abstain_c']:+.2f}" if abstain else "")
+    if split_gate:
+        picked = (f"{name_a} + a x {name_b} with a = {f['gate_b']:.3g} on rows of known items and "
+                  f"{f['gate_b_rows']:.3g} on new-item rows, where {name_a}'s score is {f['abstain_score']:.3g},")
     lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), {picked} "
              f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
-    if abstain:
+    if split_gate:
+        lines[0] = (f"Late fusion of {name_a} and {name_b}: {picked} picked on {f['valid']} (AUC {f['valid_auc']:.4f}; "
+                    f"a residual hybrid's llm_gate, llm_gate_unknown and unknown_score); test, paired:")
+    elif abstain:
         lines.insert(1, f"({name_a} abstains on new-item rows: z({name_a}) is c there, so they rank by {name_b} alone)"
                      + (f"; the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g} and {name_a}'s "
                         f"score {f['abstain_score']:.3g} on new-item rows: a residual hybrid's "
@@ -228,14 +239,17 @@ def main(argv=None) -> int:
                    "runs' own validation split)")
     p.add_argument("--abstain", action="store_true", help="with --fuse: BASE abstains on new-item rows (one "
                    "constant, picked on --valid with the weight, stands for its score there)")
+    p.add_argument("--split-gate", action="store_true", help="with --fuse --abstain: RUN's weight on new-item rows "
+                   "is fitted apart from its weight on the others (which may go to 0)")
     args = p.parse_args(argv)
 
     def body():
         if args.fuse:
-            print("\n".join(fusion_lines(args.base, args.runs[0], args.valid, args.abstain, args.runs[1:])))
+            print("\n".join(fusion_lines(args.base, args.runs[0], args.valid, args.abstain, args.runs[1:],
+                                          args.split_gate)))
             return
-        if args.abstain:
-            raise ConfigError("--abstain is a kind of --fuse: add --fuse")
+        if args.abstain or args.split_gate:
+            raise ConfigError("--abstain and --split-gate are kinds of --fuse: add --fuse")
         lines = table(args.base, args.runs, args.split)
         for warning in environment_warnings(args.base, args.runs):
             print(warning, file=sys.stderr)

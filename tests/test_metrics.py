@@ -272,6 +272,14 @@ def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):
     assert slope > 0 and np.allclose(slope * residual + shift, abstained["test_scores"], rtol=0, atol=1e-9)
     assert abstained["valid_auc"] > plain["valid_auc"] + 0.02
     assert abstained["test"]["all"]["AUC"]["auc_b"] > plain["test"]["all"]["AUC"]["auc_b"] + 0.02
+    # --split-gate: b's weight on new-item rows apart; the residual with the two gates ranks as its test scores
+    split = late_fusion(runs["a"], runs["b"], abstain=True, split_gate=True)
+    assert split["valid_auc"] >= abstained["valid_auc"] and split["gate_b"] != split["gate_b_rows"]
+    residual = np.where(new, split["abstain_score"], at) + np.where(new, split["gate_b_rows"], split["gate_b"]) * bt
+    (slope, shift), *_ = np.linalg.lstsq(np.stack([residual, np.ones(n)], 1), split["test_scores"], rcond=None)
+    assert slope > 0 and np.allclose(slope * residual + shift, split["test_scores"], rtol=0, atol=1e-9)
+    with pytest.raises(ConfigError, match="add --abstain"):
+        late_fusion(runs["a"], runs["b"], split_gate=True)
     with pytest.raises(ConfigError, match="no new_item column"):
         late_fusion(_fake_run(tmp_path / "old_a", av, at, yv, yt), _fake_run(tmp_path / "old_b", bv, bt, yv, yt),
                     abstain=True)
