@@ -118,21 +118,14 @@ def paired_auc_test(labels, scores_a, scores_b) -> dict:
     if not (labels.shape == a.shape == b.shape) or labels.ndim != 1:
         raise ValueError(f"paired_auc_test needs one label and two scores per row; got shapes "
                          f"{labels.shape}, {a.shape}, {b.shape}")
-    m, n = int(labels.sum()), int((~labels).sum())
-    if m < 2 or n < 2:
-        return _paired_result(*[float("nan")] * 4, n=len(labels))
-    (v10a, v01a), (v10b, v01b) = _placements(labels, a), _placements(labels, b)
-    auc_a, auc_b = float(v10a.mean()), float(v10b.mean())
-    s10, s01 = np.cov(np.stack([v10a, v10b])), np.cov(np.stack([v01a, v01b]))
-    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
-    return _paired_result(auc_a, auc_b, auc_b - auc_a, math.sqrt(max(float(var), 0.0)), n=len(labels))
+    return paired_auc_means_test(labels, [a], [b])
 
 
 def paired_auc_means_test(labels, scores_a: list, scores_b: list) -> dict:
     """mean AUC of the scorers `scores_b` - mean AUC of `scores_a` on the same rows (e.g. a method's seeds
     against a baseline's): DeLong's covariance of all the scorers' AUCs, the contrast's variance from it.
     It counts the test rows' noise in the seed means, not how much a further seed would move them.
-    One scorer on each side is paired_auc_test."""
+    One scorer on each side is paired_auc_test (the variance of AUC(b) - AUC(a) from their covariance)."""
     labels = np.asarray(labels).astype(bool)
     scores = [np.asarray(s, np.float64) for s in (*scores_a, *scores_b)]
     if not scores_a or not scores_b or any(s.shape != labels.shape for s in scores) or labels.ndim != 1:

@@ -295,14 +295,15 @@ def test_compare_rows_print_dashes_for_a_test_without_enough_labels():
 
 
 def test_paired_auc_means_test_reduces_to_the_paired_test_and_matches_the_spread_of_its_difference():
-    """One scorer a side, or each side's scorers repeated, is DeLong's paired test; and over simulated test
-    sets the mean-over-seeds difference varies as much as its standard error says."""
+    """Each side's scorer repeated is DeLong's paired test (one scorer a side, which is paired_auc_test and
+    tested by hand above); and over simulated test sets the mean-over-seeds difference varies as much as its
+    standard error says."""
     from sasrecllm_jax.metrics import paired_auc_means_test, paired_auc_test
     rng = np.random.default_rng(0)
     y = rng.random(300) < 0.4
     a, b = y + rng.normal(0, 1.5, 300), y + rng.normal(0, 1.2, 300)
     one = paired_auc_test(y, a, b)
-    for got in (paired_auc_means_test(y, [a], [b]), paired_auc_means_test(y, [a, a], [b, b, b])):
+    for got in (paired_auc_means_test(y, [a, a], [b, b, b]), paired_auc_means_test(y, [a, a, a], [b])):
         for key in ("auc_a", "auc_b", "diff", "se"):
             assert math.isclose(got[key], one[key], rel_tol=1e-9), key
     # two seeds a side: each scorer is the row's signal plus a seed's noise plus a noise of the row shared
