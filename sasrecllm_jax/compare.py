@@ -131,7 +131,9 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
         raise ConfigError(f"{run_a}: its scores.npz has no new_item column to abstain on; "
                           f"`python -m sasrecllm_jax.score --run RUN --write-run-scores` writes it again")
     new = va["new_item"].astype(bool) if abstain else None
-    f = fit_late_fusion(va["label"], va["score"], vb["score"], new, grid, gate_rows=new if split_gate else None)
+    # (a split gate starts from a fusion in which both runs count: w strictly between 0 and 1)
+    f = fit_late_fusion(va["label"], va["score"], vb["score"], new, grid, gate_rows=new if split_gate else None,
+                        weights=np.linspace(0.0, 1.0, grid)[1:-1] if split_gate else None)
     fused = f["fuse"](ta["score"], tb["score"], ta["new_item"].astype(bool) if abstain else None)
     return {**{k: v for k, v in f.items() if k != "fuse"}, "valid": valid, "test_scores": fused,
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}

@@ -11,11 +11,13 @@ llm_gate and unknown_score. With `offset` (a row mask) instead, z_a + c on those
 them, and c (c x deviation in a's units) places them against the rest.
 
 With `gate_rows` (a row mask: with abstain or offset, those rows), b's weight may differ on those rows: in
-a's units the fusion is z_a + g b' on the other rows and (z_a, c or z_a + c) + g' b' on them, b' = b / its
-deviation (not centred: two gates would shift the two kinds of rows apart by b's mean), g and g' (and c)
-found by coordinate ascent from the shared fit (g = g' = w / (1 - w)), g over {0} and the grid's w / (1 - w),
-g' over the grid's: b may drop out where a knows the item, never where it does not. gate_b and gate_b_rows are
-g and g' in the scorers' own units: a residual hybrid's llm_gate and llm_gate_unknown.
+a's units the fusion is z_a + g z_b on the other rows and (c or z_a + c) + g' z_b on them, g and g' (and c)
+found by coordinate ascent from the shared fit (g = g' = w / (1 - w)), g over {0} and the grid's w / (1 - w)
+for w strictly between 0 and 1, g' over those: b may drop out where a knows the item, never where it does
+not. gate_b and gate_b_rows are g and g' in the scorers' own units (a residual hybrid's llm_gate and
+llm_gate_unknown); two gates move the two kinds of rows apart by their difference x b's mean, which
+abstain_score or offset_score takes back. Without abstain or offset nothing could take it back, so there
+z_b is b / its deviation, not centred.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
     new= those rows."""
     if abstain is not None and offset is not None:
         raise ValueError("a fusion either abstains on rows or offsets them, not both")
-    ref = a if ref_a is None else ref_a
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)  # (the grid search sums in float64)
+    ref = a if ref_a is None else np.asarray(ref_a, np.float64)
     za_of, zb_of = standardiser(ref), standardiser(b)
     za, zb = za_of(a), zb_of(b)
     rows = abstain if abstain is not None else offset
@@ -80,17 +83,21 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
         if (rows is not None and not np.array_equal(rows, gate_rows)) or w >= 1:
             raise ValueError("a split gate weighs b apart on the rows that abstain or are offset, if any, and "
                              "needs a grid of w below 1")
-        gates = [x / (1 - x) for x in ws if x < 1]
+        gates = [x / (1 - x) for x in ws if 0 < x < 1]
         mode = "offset" if offset is not None else "abstain" if abstain is not None else None
-        g0 = w / (1 - w)  # (the shared fit, b uncentred: both kinds of rows move by g0 x b's mean, c stays)
-        g, g_rows, c, valid = _split_gates(label, za, b / unit(b), gate_rows, mode, g0, c, gates, out["valid_auc"])
+        zs_of = zb_of if mode else (lambda s: s / unit(b))
+        g, g_rows, c, valid = _split_gates(label, za, zs_of(b), gate_rows, mode, w / (1 - w), c, gates)
+        gate, gate_rows_b = g * unit(ref) / unit(b), g_rows * unit(ref) / unit(b)
+        shift = (gate - gate_rows_b) * b.mean() if mode else 0.0
         out.update(valid_auc=valid, c_at_edge=c is not None and abs(c) >= ABSTAIN_GRID.max(),
-                   gate_b=g * unit(ref) / unit(b), gate_b_rows=g_rows * unit(ref) / unit(b),
-                   fuse=lambda a2, b2, new=None: _split_mix(g, g_rows, c, za_of(a2), b2 / unit(b), _rows_of(new), mode))
+                   gate_b=gate, gate_b_rows=gate_rows_b,
+                   fuse=lambda a2, b2, new=None: _split_mix(g, g_rows, c, za_of(a2), zs_of(b2), _rows_of(new), mode))
+    else:
+        shift = 0.0
     if abstain is not None:
-        out.update(abstain_c=float(c), abstain_score=float(ref.mean() + c * unit(ref)))
+        out.update(abstain_c=float(c), abstain_score=float(ref.mean() + c * unit(ref) + shift))
     if offset is not None:
-        out.update(offset_c=float(c), offset_score=float(c * unit(ref)))
+        out.update(offset_c=float(c), offset_score=float(c * unit(ref) + shift))
     return out
 
 
@@ -122,15 +129,19 @@ def shifted_aucs(label: np.ndarray, score: np.ndarray, rows: np.ndarray, shifts:
     n_pos, n_neg = label.sum(), (~label).sum()
     within = sum(_won(pos, neg).sum() for neg, pos in kinds)
     (neg_a, pos_a), (neg_b, pos_b) = kinds
-    shifts = np.asarray(shifts, np.float64)[:, None]
-    across = _won(pos_b[None] + shifts, neg_a).sum(1) + (len(neg_b) * len(pos_a) - _won(neg_b[None] + shifts, np.sort(pos_a)).sum(1))
+    pos_a = np.sort(pos_a)
+    shifts = np.asarray(shifts, np.float64)
+    across = np.concatenate([  # 16 shifts at a time: [16, rows] arrays, not [len(shifts), rows]
+        _won(pos_b[None] + s[:, None], neg_a).sum(1) + (len(neg_b) * len(pos_a) - _won(neg_b[None] + s[:, None], pos_a).sum(1))
+        for s in np.array_split(shifts, max(1, -(-len(shifts) // 16)))])
     return (within + across) / (n_pos * n_neg)
 
 
-def _split_gates(label, za, zb, new, mode: str | None, g0: float, c0, gates: list, auc0: float):
-    """(g, g_rows, c, AUC): coordinate ascent from the shared fit (g0 = g_rows, c0; its AUC auc0), a move
-    taken only when it raises the AUC; c over ABSTAIN_GRID for each g_rows at once (shifted_aucs)."""
-    g, g_rows, c, best = g0, g0, c0, auc0
+def _split_gates(label, za, zb, new, mode: str | None, g0: float, c0, gates: list):
+    """(g, g_rows, c, AUC): coordinate ascent from the shared fit (g0 = g_rows, c0), a move taken only when it
+    raises the AUC; c over ABSTAIN_GRID for each g_rows at once (shifted_aucs)."""
+    g, g_rows, c = g0, g0, c0
+    best = auc(label, _split_mix(g, g_rows, c, za, zb, new, mode))
     for _ in range(SPLIT_ROUNDS):
         moved = False
         for cand in [0.0, *gates]:

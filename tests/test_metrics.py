@@ -171,7 +171,8 @@ def test_split_gate_drops_b_where_it_is_noise_and_keeps_it_where_a_abstains():
     """fit_late_fusion with gate_rows: where b is noise on the rows a knows (and a is good there), b's gate on
     them goes to 0, while on the abstaining rows (where b alone ranks) it stays; the residual form (a, or
     abstain_score on those rows, plus gate_b or gate_b_rows x b) is an increasing affine map of the fused
-    scores, and the fit's valid AUC is theirs and no lower than the shared gate's. The same rows with
+    scores, and the fit's valid AUC is theirs and no lower than the shared gate's; b moved by a constant
+    (a raw logit's mean) fits the same gates, the constant taken back by abstain_score. The same rows with
     offset; a mask that is not the abstaining rows is refused."""
     from sasrecllm_jax.fusion import fit_late_fusion
     r = np.random.default_rng(5)
@@ -189,6 +190,10 @@ def test_split_gate_drops_b_where_it_is_noise_and_keeps_it_where_a_abstains():
     residual = np.where(new, f["abstain_score"], a) + np.where(new, f["gate_b_rows"], f["gate_b"]) * b
     (slope, shift), *_ = np.linalg.lstsq(np.stack([residual, np.ones(n)], 1), fused, rcond=None)
     assert slope > 0 and np.allclose(slope * residual + shift, fused, rtol=0, atol=1e-9)
+    assert math.isclose(auc(y, residual), f["valid_auc"], abs_tol=1e-12)
+    moved = fit_late_fusion(y, a, b + 40, new, weights=weights, ref_a=a[~new], gate_rows=new)
+    assert (moved["gate_b"], moved["gate_b_rows"], moved["valid_auc"]) == pytest.approx((f["gate_b"], f["gate_b_rows"], f["valid_auc"]))
+    residual = np.where(new, moved["abstain_score"], a) + np.where(new, moved["gate_b_rows"], moved["gate_b"]) * (b + 40)
     assert math.isclose(auc(y, residual), f["valid_auc"], abs_tol=1e-12)
     off = fit_late_fusion(y, a, b, weights=weights, ref_a=a[~new], offset=new, gate_rows=new)
     residual = a + new * off["offset_score"] + np.where(new, off["gate_b_rows"], off["gate_b"]) * b

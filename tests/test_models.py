@@ -210,6 +210,29 @@ def test_dropped_collaborative_inputs_are_zero_whatever_they_held():
     np.testing.assert_allclose(out[1], kept[1], rtol=1e-6, atol=1e-6)
 
 
+def test_two_llm_gates_pick_by_the_item_shown_and_a_dropped_row_gets_the_unknown_gate():
+    """llm_gates: known_unknown: score = ID score + llm_gate (item shown by its own vector) or llm_gate_unknown
+    (item shown as unknown) x the LLM's log-odds; a row whose collaborative inputs are dropped shows no item
+    of its own, so it gets llm_gate_unknown whatever the item (its ID score is zero)."""
+    plain = _hybrid()
+    cfg = dataclasses.replace(plain.cfg, mapper=dataclasses.replace(
+        plain.cfg.mapper, new_items="unknown", fusion="residual", llm_gates="known_unknown", out_init="zeros"))
+    model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    llm_only = Hybrid(dataclasses.replace(cfg, mapper=dataclasses.replace(cfg.mapper, fusion="none")),
+                      DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    batch = _batch()  # iids 11, 12
+    params = model.init(jax.random.key(0), batch)["params"]
+    params["mapper"]["counts"]["item_seen"] = jnp.zeros(21).at[11].set(1.0)  # item 11 seen, item 12 not
+    params["mapper"]["llm_gate"], params["mapper"]["llm_gate_unknown"] = jnp.float32(0.5), jnp.float32(2.0)
+    llm = llm_only.apply({"params": params}, batch)  # zero soft tokens: the same LLM term whatever the ID side
+    id_score, known = model.apply({"params": params}, batch, method=Hybrid.id_term)
+    np.testing.assert_array_equal(known, [True, False])
+    np.testing.assert_allclose(model.apply({"params": params}, batch), id_score + np.array([0.5, 2.0]) * llm, rtol=1e-5, atol=1e-5)
+    dropped = {**batch, "collab_scale": jnp.zeros(2)}
+    np.testing.assert_allclose(model.apply({"params": params}, dropped), 2.0 * llm_only.apply({"params": params}, dropped),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_item_vector_replaces_items_without_train_rows():
     """new_items: unknown: an item whose counts/item_seen flag is 0 enters the mapper (and the ID score) as the
     learned unknown_item vector, a seen item as its own embedding; item_dropout shows the unknown vector for a

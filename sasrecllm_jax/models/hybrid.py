@@ -79,8 +79,9 @@ class Hybrid(_HasEncoder, nn.Module):
 
     def collaborative_inputs(self, batch):
         """The user's and the target item's soft tokens [B, k, d_model], the encoder's own score [B] and
-        whether each row's item shows its own vector [B], with the ablation masks applied to the first three
-        (a shuffle moves the last with them). An item the encoder has no train row for shows the
+        whether each row's item shows its own vector [B], with the ablation masks applied to all four (a
+        shuffle moves the flag with the rest; a dropped row shows no item of its own: with two LLM gates it
+        gets the unknown items' gate, so whether the ID model knows the item does not reach it either). An item the encoder has no train row for shows the
         mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too, or with
         `unknown_id_score: learned` is the mapper's unknown_score; with `unknown_item_vectors: none` such a
         row's user and item vectors are zero)."""
@@ -95,7 +96,7 @@ class Hybrid(_HasEncoder, nn.Module):
         if scale is not None:
             keep = scale != 0
             user, item = zeroed(user * scale[:, None, None], keep), zeroed(item * scale[:, None, None], keep)
-            id_score = zeroed(id_score * scale, keep)
+            id_score, known = zeroed(id_score * scale, keep), known & keep
         return user, item, id_score, known
 
     def _id_side(self, batch):

@@ -20,7 +20,8 @@ from sasrecllm_jax.models.hybrid import Hybrid
 from sasrecllm_jax.trees import set_path
 
 # fusion weights 0.05, ..., 0.95: both terms count (at 1 the ID score drops out, which a residual cannot
-# express; at 0 the LLM term does, and with llm_gate 0 the mapper would get no gradient)
+# express; at 0 the LLM term does, and with llm_gate 0 the mapper would get no gradient). With two gates the
+# known items' may go to 0: the unknown items' rows still pass the mapper its gradient.
 WEIGHTS = np.linspace(0.0, 1.0, 21)[1:-1]
 ID_ROWS = 4096  # rows per call of the ID term
 
@@ -76,7 +77,8 @@ def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_sco
     if kind == "offset":  # the ID score of those rows already holds the current offset: the fit adds to it
         values["unknown_score"] = float(params["mapper"]["unknown_score"]) + (float(f["offset_score"]) if new is not None else 0.0)
     return values, {"weight": f["weight_b"], "valid_auc": f["valid_auc"], "rows": len(data),
-                    "new_rows": int(new.sum()) if new is not None else 0, "kind": kind, "at_edge": f["c_at_edge"]}
+                    "new_rows": int(new.sum()) if new is not None else 0, "kind": kind, "at_edge": f["c_at_edge"],
+                    "split": "gate_b_rows" in f}
 
 
 def with_values(tree: dict, values: dict) -> dict:

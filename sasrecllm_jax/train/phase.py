@@ -182,7 +182,8 @@ class PhaseRunner:
         with row_bar(len(plan.eval_data), f"{phase.name}: fit the fusion's start on {split}", leave=False) as bar:
             values, found = fusion_start.fit_start(self.cfg, model, params, plan.eval_data, scorer, bar)
         print(f"[{phase.name}] residual fusion started at the late fusion of its ID score and its LLM's log-odds "
-              f"on {split} ({found['rows']:,} rows; weight {found['weight']:.2f}, AUC {found['valid_auc']:.4f}): "
+              f"on {split} ({found['rows']:,} rows; {'one-weight fit ' if found['split'] else ''}weight "
+              f"{found['weight']:.2f}, AUC {found['valid_auc']:.4f}): "
               + ", ".join(f"model.mapper.{k} {v:.4g}" for k, v in values.items())
               + (f" ({found['new_rows']:,} rows {'abstain' if found['kind'] == 'learned' else 'offset'})"
                  if found["new_rows"] else "")
