@@ -385,6 +385,46 @@ def test_runs_keep_their_scores_for_paired_comparison(runs, tmp_path, capsys):
     assert "late fusion of sasrec_counts + tallrec" in claims_lib.fusion_control(grid, counted, "sasrecllm_x")[0][0]
 
 
+def test_the_fusion_controls_add_the_abstaining_and_two_weight_fusions_where_valid_has_new_items(tmp_path):
+    """The claims' fusion controls: the plain late fusion always; where the encoder's validation rows hold
+    new items, the fusion abstaining on them; for a hybrid with two LLM gates, the two-weight fusion. Each
+    row's numbers are compare.late_fusion's on the same test rows."""
+    from sasrecllm_jax.compare import late_fusion
+    from sasrecllm_jax.metrics import auc
+    r = np.random.default_rng(8)
+    n = 3000
+    runs = tmp_path / "grid" / "runs"
+
+    def split():
+        new = r.random(n) < 0.4
+        y = (r.random(n) < np.where(new, 0.7, 0.4)).astype(np.int8)
+        return new, y, np.where(new, r.normal(size=n), y + r.normal(size=n)), 0.5 * y + r.normal(size=n)
+    (nv, yv, av, bv), (nt, yt, at, bt) = split(), split()
+    for name, v, t in (("sasrec", av, at), ("tallrec", bv, bt), ("sasrecllm_x", av + bv, at + bt)):
+        (runs / name).mkdir(parents=True)
+        np.savez(runs / name / "scores.npz", **{
+            "valid_small.score": v, "valid_small.label": yv, "valid_small.new_item": nv.astype(np.int8),
+            "valid_small.warm": (~nv).astype(np.int8), "test.warm": (~nt).astype(np.int8),
+            "valid_small.rows": np.array("v"), "test.score": t, "test.label": yt,
+            "test.new_item": nt.astype(np.int8), "test.rows": np.array("t")})
+    model = lambda **mapper: {"config": {"model": {"sasrec": {}, "mapper": mapper}}}
+    summary = {"sasrec": {"method": "sasrec", **model()}, "tallrec": {"method": "tallrec", **model()},
+               "sasrecllm_x": {"method": "sasrecllm", **model(llm_gates="one")}}
+    rows = claims_lib.fusion_control(tmp_path / "grid", summary, "sasrecllm_x")
+    assert [row[0].split(" of sasrec")[0] for row in rows] == ["control: AUC > late fusion",
+                                                                "control: AUC > late fusion abstaining on new items"]
+    summary["sasrecllm_x"]["config"]["model"]["mapper"]["llm_gates"] = "known_unknown"
+    rows = claims_lib.fusion_control(tmp_path / "grid", summary, "sasrecllm_x")
+    assert rows[2][0].startswith("control: AUC > two-weight late fusion abstaining on new items of sasrec + tallrec")
+    for row, kw in zip(rows, ({}, {"abstain": True}, {"abstain": True, "split_gate": True})):
+        fused = late_fusion(runs / "sasrec", runs / "tallrec", **kw)
+        assert row[1] == f"{auc(yt, at + bt):.4f}" and row[2] == f"{auc(yt, fused['test_scores']):.4f}"
+    for name in ("sasrec", "tallrec", "sasrecllm_x"):  # no new item on valid: the plain fusion alone
+        scores = dict(np.load(runs / name / "scores.npz"))
+        np.savez(runs / name / "scores.npz", **{**scores, "valid_small.new_item": np.zeros(n, np.int8)})
+    assert len(claims_lib.fusion_control(tmp_path / "grid", summary, "sasrecllm_x")) == 1
+
+
 def test_a_claim_is_shown_only_when_its_interval_is_on_its_side():
     test = lambda lo, hi: {"diff": (lo + hi) / 2, "ci95": [lo, hi]}
     assert claims_lib.verdict(test(0.001, 0.01), ">") == "shown"

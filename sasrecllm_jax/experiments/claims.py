@@ -7,7 +7,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from sasrecllm_jax.compare import compare, late_fusion, paired_parts, paired_scores, parts
+from sasrecllm_jax.compare import compare, late_fusion, load_scores, paired_parts, paired_scores, parts, valid_split
 from sasrecllm_jax.config import SASRecConfig
 from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.metrics import paired_auc_means_test
@@ -107,26 +107,42 @@ def interval_vs_zero(test: dict | None) -> tuple[str, str]:
 
 
 def fusion_control(out: Path, summary: dict, best: str) -> list[list[str]]:
-    """A claims row that is ours, not the paper's: the hybrid against the late fusion of its own encoder's
+    """Claims rows that are ours, not the paper's: the hybrid against the late fusion of its own encoder's
     and TALLRec's scores (compare.late_fusion, the weight picked on valid). Both signals reach the hybrid;
-    if a weighted sum after training does as well, the fusion inside the LLM adds nothing."""
+    if a weighted sum after training does as well, the fusion inside the LLM adds nothing. Where the
+    validation rows hold new items, also the fusion in which the encoder abstains on them (compare --fuse
+    --abstain), and for a hybrid with two LLM gates the fusion with two weights (--split-gate): the
+    simplest sums that do what the hybrid does there."""
     own = own_encoder_runs(summary, best)
     if not own or "tallrec" not in summary:
         return []
     encoder = "sasrec" if "sasrec" in own else own[0]
     runs = out / "runs"
     try:
-        fused = late_fusion(runs / encoder, runs / "tallrec")
         rows, mine = paired_scores(runs / encoder, runs / best, "test")
+        valid = load_scores(runs / encoder)
+        valid = valid[valid_split(runs / encoder, valid)]
     except ConfigError:  # no scores.npz, or scored on other rows
         return []
-    test = paired_parts(rows, fused["test_scores"], mine["score"])["all"]["AUC"]
-    if math.isnan(test["diff"]):
-        return []
-    span, side = interval_vs_zero(test)
-    a, b = test["auc_a"], test["auc_b"]
-    return [[f"control: AUC > late fusion of {encoder} + tallrec (w = {fused['weight_b']:.2f} on {fused['valid']})",
-             num(b), num(a), signed(b - a), span, side, verdict(test, ">")]]
+    kinds = [("late fusion", {})]
+    if "new_item" in valid and valid["new_item"].any():
+        kinds.append(("late fusion abstaining on new items", {"abstain": True}))
+        if summary[best]["config"]["model"].get("mapper", {}).get("llm_gates") == "known_unknown":
+            kinds.append(("two-weight late fusion abstaining on new items", {"abstain": True, "split_gate": True}))
+    out_rows = []
+    for name, kw in kinds:
+        try:
+            fused = late_fusion(runs / encoder, runs / "tallrec", **kw)
+        except ConfigError:  # no scores.npz, scored on other rows, or no new_item column
+            continue
+        test = paired_parts(rows, fused["test_scores"], mine["score"])["all"]["AUC"]
+        if math.isnan(test["diff"]):
+            continue
+        span, side = interval_vs_zero(test)
+        a, b = test["auc_a"], test["auc_b"]
+        out_rows.append([f"control: AUC > {name} of {encoder} + tallrec (w = {fused['weight_b']:.2f} on {fused['valid']})",
+                         num(b), num(a), signed(b - a), span, side, verdict(test, ">")])
+    return out_rows
 
 
 # the ablations the claims read as controls: (name in ablation.json, what the hybrid is without it)
