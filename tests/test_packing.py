@@ -245,12 +245,17 @@ def test_rows_of_unknown_items_read_their_own_template(tmp_path_factory, monkeyp
     assert np.abs(alone[unknown] - as_before[unknown]).max() > 1e-3
 
 
-def test_vectors_added_at_the_last_position_start_as_the_text_model(tmp_path_factory):
+@pytest.mark.parametrize("inject", ["last", "cross"])
+def test_vectors_added_at_the_last_position_start_as_the_text_model(tmp_path_factory, inject):
     """model.mapper.inject: last. Hybrid rows read the text template; the mapped vectors are added to the last
     position's input embedding, so a zero-output mapper scores every row as the text model does, exactly;
-    a trained one moves every score, packs score as alone, and the drop ablation is the text model again."""
+    a trained one moves every score, packs score as alone, and the drop ablation is the text model again.
+    inject: cross, the same: the last position reads the vectors through a cross-attention in every layer
+    whose gates start at 0; with the gates moved, a packed train batch (an empty slot in each pack) has the
+    unpacked loss and gradients, the cross-attention's weights included."""
     dataset = synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
-    cfg = smoke_config(dataset, "model.mapper.inject=last", "model.mapper.out_init=zeros", ONE_SHAPE)
+    cfg = smoke_config(dataset, f"model.mapper.inject={inject}", "model.mapper.out_init=zeros", ONE_SHAPE,
+                       "model.mapper.cross_rank=8")
     comp = Assembly.build(cfg, needs_llm=True, key=jax.random.key(0))
     params = comp.init_params(jax.random.key(1))
     params["llm"] = jax.tree_util.tree_map_with_path(  # adapters that change the text model's scores
@@ -265,9 +270,37 @@ def test_vectors_added_at_the_last_position_start_as_the_text_model(tmp_path_fac
     params["mapper"] = jax.tree_util.tree_map(
         lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape, x.dtype), params["mapper"])
     alone, packed, packs = both_ways(cfg, comp, params, hybrid, "hybrid", batch_size=8)
+    if inject == "cross":  # the moved mapper with its gates at 0 adds nothing: the text model, exactly
+        shut = {**params, "mapper": {**params["mapper"], "cross": {**params["mapper"]["cross"],
+                                                                    "gate": np.zeros_like(params["mapper"]["cross"]["gate"])}}}
+        np.testing.assert_array_equal(both_ways(cfg, comp, shut, hybrid, "hybrid", batch_size=8)[0], as_text)
     assert len(packs.rows) < len(hybrid)
     np.testing.assert_allclose(packed, alone, rtol=1e-5, atol=1e-5)
     assert np.abs(alone - as_text).min() > 1e-6
     dropped, packed_dropped, _ = both_ways(cfg, comp, params, hybrid, "hybrid", batch_size=8, collab="drop")
     np.testing.assert_allclose(dropped, as_text, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(packed_dropped, as_text, rtol=1e-5, atol=1e-5)
+    if inject == "cross":
+        from sasrecllm_jax.train import groups
+        from sasrecllm_jax.train.step import weighted_bce
+        from sasrecllm_jax.trees import merge
+        assert params["mapper"]["cross"]["gate"].shape == (comp.backbone.llm_cfg.num_layers,)
+        data = comp.split("train", "hybrid")
+        packs = packing.pack_rows(data, padded_length(data.lengths().max(), cfg.data.pad_multiple))
+        idx = np.asarray([k for k, rows in enumerate(packs.rows) if len(rows) > 1][:3])
+        rows = np.concatenate([packs.rows[k] for k in idx])
+        packed = packing.make_pack_batch(data, packs, idx, len(idx), cfg.data.pad_multiple,
+                                         max_slots=max(len(packs.rows[k]) for k in idx) + 1, labels=True)
+        alone = make_batch(data, rows, len(rows), cfg.data.pad_multiple, True)
+        alone.pop("row")
+        model = comp.model("hybrid", deterministic=True)
+        trainable, frozen = groups.split(params, ["mapper"])
+
+        def loss(t, batch):
+            total, count = weighted_bce(model.apply({"params": merge(t, frozen)}, batch), batch["label"], batch["weight"])
+            return total / count
+        (want, want_grads), (got, got_grads) = (jax.value_and_grad(loss)(trainable, b) for b in (alone, packed))
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        assert all(float(np.abs(g).max()) > 1e-6 for g in jax.tree_util.tree_leaves(want_grads["mapper"]["cross"]))
+        for w, g in zip(jax.tree_util.tree_leaves(want_grads), jax.tree_util.tree_leaves(got_grads)):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)

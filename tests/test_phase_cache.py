@@ -182,9 +182,10 @@ def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
         same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
         assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_dual_stage_late",
                     "sasrecllm_late_fused", "sasrecllm_text_items", "sasrecllm_text_items_whole",
-                    "sasrecllm_text_items_whole_gates")
+                    "sasrecllm_text_items_whole_gates", "sasrecllm_text_items_whole_cross")
         assert same("sasrec", "sasrecllm_dual_stage_late", "sasrecllm_late_fused", "sasrecllm_text_items")  # the early rows' SASRec, once
-        assert same("sasrec", "sasrec", "sasrecllm_text_items_whole", "sasrecllm_text_items_whole_gates")  # every row's
+        assert same("sasrec", "sasrec", "sasrecllm_text_items_whole", "sasrecllm_text_items_whole_gates",
+                    "sasrecllm_text_items_whole_cross")  # every row's
         assert same("sasrec", "sasrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_hierarchical_freezing")
         assert not same("sasrec", "sasrec", "sasrecllm_dual_stage_late")  # trained on the early rows alone
         assert same("mf", "mf", "collm_mf")
@@ -193,12 +194,13 @@ def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
     assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_dual_stage_gate",
                 "sasrecllm_dual_stage_gate_hlr", "sasrecllm_dual_stage_gate_zero", "sasrecllm_dual_stage_mapper64",
                 "sasrecllm_dual_stage_k2", "sasrecllm_dual_stage_gate_sasrec", "sasrecllm_dual_stage_residual",
-                "sasrecllm_dual_stage_gate_counts", "sasrecllm_dual_stage_residual_counts", "sasrecllm_late_fused")
+                "sasrecllm_dual_stage_gate_counts", "sasrecllm_dual_stage_residual_counts", "sasrecllm_late_fused",
+                "sasrecllm_late_fused_cross")
     assert same("sasrec", "sasrec_counts", "sasrecllm_dual_stage_gate_counts", "sasrecllm_dual_stage_residual_counts")
     assert not same("sasrec", "sasrec", "sasrec_counts")
     assert same("sasrec", "sasrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_hierarchical_freezing",
                 "sasrecllm_dual_stage_gate", "sasrecllm_dual_stage_yes_logit", "sasrecllm_dual_stage_gate_sasrec",
-                "sasrecllm_dual_stage_residual", "sasrecllm_late_fused")
+                "sasrecllm_dual_stage_residual", "sasrecllm_late_fused", "sasrecllm_late_fused_cross")
     assert same("mf", "mf", "collm_mf")
     assert not same("text_lora", "tallrec", "sasrecllm_dual_stage_yes_logit")  # the head changes what LoRA learns
     hybrids = ("sasrecllm_dual_stage", "sasrecllm_dual_stage_gate", "sasrecllm_dual_stage_gate_hlr",

@@ -517,6 +517,27 @@ def fused_start_run(dataset, tmp_path, capsys, new_items: str, unknown_id_score:
     return cfg, held, starts, capsys.readouterr().out.splitlines()
 
 
+def test_a_cross_attention_hybrid_trains_its_gates_scores_and_is_refused_by_export(dataset, tmp_path):
+    """model.mapper.inject: cross end to end: the plug-and-play mapper phase moves the per-layer gates off 0
+    (so the LLM's last position reads the vectors), the run's recorded test scores are the model's, and the
+    export, which transformers + PEFT cannot express, is refused with a message that says what to use."""
+    from sasrecllm_jax.evaluate import Scorer, evaluate
+    from sasrecllm_jax.export import export_run
+    from sasrecllm_jax.score import Recommender
+    cfg = smoke_config(dataset, *FAST, "train.method=sasrecllm", "train.strategy=plug_and_play",
+                       "model.mapper.inject=cross", "model.mapper.cross_rank=8", "train.eval_at_start=false")
+    train_and_evaluate(cfg, tmp_path / "run")
+    rec = Recommender(tmp_path / "run")
+    gates = np.asarray(rec.params["mapper"]["cross"]["gate"])
+    assert gates.shape == (rec.assembly.backbone.llm_cfg.num_layers,) and np.all(gates != 0)
+    test = rec.assembly.split("test", "hybrid", rec.assembly.row_limit("eval"))
+    _, scores = evaluate(Scorer(rec.assembly.model("hybrid", True)), rec.params, test, cfg, "hybrid")
+    np.testing.assert_allclose(np.load(tmp_path / "run" / "scores.npz")["test.score"], scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="inject: cross adds a cross-attention"):
+        export_run(tmp_path / "run", tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
 def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp_path, capsys):
     """model.mapper.fusion_start: late_fusion: the first phase that trains the mapper starts with llm_gate and
     unknown_score fitted to the late fusion of the hybrid's own ID score (abstaining on items shown as unknown)

@@ -50,6 +50,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.mf.dim": POSITIVE,
     "model.pop.prior": RATE,
     "model.mapper.hidden": POSITIVE,
+    "model.mapper.cross_rank": POSITIVE,
     "model.mapper.num_tokens": AT_LEAST_1,
     "model.mapper.item_dropout": DROPOUT,
     "model.mapper.llm_gate_init": (_finite, "must be a finite number"),
@@ -184,14 +185,15 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.inject == "last" and cfg.model.mapper.num_tokens != 1:
         _refuse("model.mapper.num_tokens", cfg.model.mapper.num_tokens,
                 "must be 1 with model.mapper.inject: last (one vector is added to the last position)")
-    if cfg.model.mapper.inject == "last" and cfg.data.prompt_hybrid_unknown_item:
+    if cfg.model.mapper.reads_text_template and cfg.data.prompt_hybrid_unknown_item:
         _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
-                "renders hybrid templates; with model.mapper.inject: last every row reads data.prompt_text")
+                f"renders hybrid templates; with model.mapper.inject: {cfg.model.mapper.inject} every row reads "
+                f"data.prompt_text")
     if cfg.model.mapper.unknown_item_vectors != "add" and (cfg.model.mapper.new_items != "unknown"
-                                                            or cfg.model.mapper.inject != "last"):
+                                                            or not cfg.model.mapper.reads_text_template):
         _refuse("model.mapper.unknown_item_vectors", cfg.model.mapper.unknown_item_vectors,
                 "leaves out the vectors of rows whose item is shown as unknown, so it needs "
-                "model.mapper.new_items: unknown and model.mapper.inject: last")
+                "model.mapper.new_items: unknown and model.mapper.inject: last or cross")
     if cfg.data.prompt_hybrid_unknown_item and cfg.model.mapper.new_items != "unknown":
         _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
                 "renders rows whose item the mapper shows as unknown, so it needs model.mapper.new_items: unknown")

@@ -81,6 +81,11 @@ class PopConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MapperConfig:
+    @property
+    def reads_text_template(self) -> bool:
+        """Whether hybrid rows render the text template (the vectors enter at or from its last position)."""
+        return self.inject in ("last", "cross")
+
     hidden: int = 320
     num_tokens: int = 1                # soft tokens per ID placeholder
     # "gate": score = LLM log-odds + g x the encoder's own score, g learned (mapper group), starting at 1;
@@ -101,8 +106,13 @@ class MapperConfig:
     # where the mapped vectors enter the LLM: "tokens", as soft tokens at the hybrid template's placeholders;
     # "last", added (user + item, num_tokens 1) to the input embedding of the last prompt position of the
     # text template (data.prompt_text): no placeholder, so with out_init zeros a hybrid phase starts as the
-    # text model reading the text prompt, exactly
-    inject: Literal["tokens", "last"] = "tokens"
+    # text model reading the text prompt, exactly; "cross", read by a gated cross-attention in every decoder
+    # layer, from the text template's last position (the one that answers) to the 2 x num_tokens mapped
+    # vectors: h += tanh(g_l) x attention(rms(h) W_q, m W_k, m W_v) W_o, rank cross_rank, one head, its
+    # weights and the per-layer gates g_l (starting at 0: the phase starts as the text model, exactly) in the
+    # mapper group
+    inject: Literal["tokens", "last", "cross"] = "tokens"
+    cross_rank: int = 64
     # what the item token shows for a target item with no train row: "id", its encoder vector as is (an
     # untrained initialisation: noise); "unknown", one shared learned vector (mapper group, starting at
     # zero), which training also puts in place of a random `item_dropout` share of the rows' items, so the

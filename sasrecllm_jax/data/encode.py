@@ -33,11 +33,11 @@ def row_limit(cfg: Config, kind: str) -> int:
 
 def prompt_templates(cfg: Config, prompt: str) -> list[tuple[str, str]]:
     """(path, prompts.Template kind) of every template the rows of a prompt kind ("text", "hybrid") render:
-    the text template, also for hybrid prompts with model.mapper.inject: last (the vectors go to its last
-    position); else the hybrid template, then data.prompt_hybrid_unknown_item's when set (rows whose item
+    the text template, also for hybrid prompts with model.mapper.inject: last or cross (the vectors go to, or
+    are read from, its last position); else the hybrid template, then data.prompt_hybrid_unknown_item's when set (rows whose item
     the ID side has no train row for)."""
     d = cfg.data
-    if prompt == "text" or cfg.model.mapper.inject == "last":
+    if prompt == "text" or cfg.model.mapper.reads_text_template:
         return [(d.prompt_text, "text")]
     return [(d.prompt_hybrid, "hybrid")] + ([(d.prompt_hybrid_unknown_item, "unknown_item")]
                                            if d.prompt_hybrid_unknown_item else [])
@@ -111,7 +111,7 @@ class SplitEncoder:
                 d.eval_always if name != "train" else (), (rows, d.late_rows) if rows != "all" else ())
         if prompt == "none":
             return base
-        at_last = prompt == "hybrid" and m.mapper.inject == "last"
+        at_last = prompt == "hybrid" and m.mapper.reads_text_template
         texts = tuple(Path(t).read_text() if Path(t).exists() else str(t) for t, _ in prompt_templates(self.cfg, prompt))
         return base + (texts, at_last, self.tokenizer_source, d.max_titles, d.max_tokens, m.mapper.num_tokens,
                        d.late_rows if prompt == "hybrid" and d.prompt_hybrid_unknown_item else None)
@@ -129,7 +129,7 @@ class SplitEncoder:
                 template, self.tokenizer, data.histories, data.iid, self.dataset.titles(),
                 max_titles=d.max_titles, max_tokens=d.max_tokens, num_soft_tokens=m.mapper.num_tokens,
                 where=f"{self.dataset.path}/{name}", unknown_item=unknown_item)
-            if prompt == "hybrid" and m.mapper.inject == "last":  # the text template takes the vectors
+            if prompt == "hybrid" and m.mapper.reads_text_template:  # the text template takes the vectors
                 data.prompts = prompts_lib.at_last_position(data.prompts)
             if data.prompts.shortened:
                 n = data.prompts.shortened

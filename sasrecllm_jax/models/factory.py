@@ -51,7 +51,8 @@ class ModelFactory:
         if self.backbone is None:
             return params
         d_enc = encoder_width(m)
-        mapper = Mapper(m.mapper, self.backbone.llm_cfg.hidden_size, d_enc, self.num_items)
+        mapper = Mapper(m.mapper, self.backbone.llm_cfg.hidden_size, d_enc, self.num_items,
+                        num_layers=self.backbone.llm_cfg.num_layers)
         params["mapper"] = {**jax.jit(mapper.init)(k_map, jnp.zeros((1, d_enc)))["params"],
                             **counted_seen_items(m.mapper, train, self.num_items, d_enc)}
         batch = {"tokens": jnp.zeros((1, 8), jnp.int32), "mask": jnp.ones((1, 8), jnp.int32),

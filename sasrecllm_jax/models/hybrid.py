@@ -13,7 +13,9 @@ llm_gate_init) of the LLM's. With `new_items: unknown` and `unknown_id_score: le
 is shown as unknown adds one learned number in place of the encoder's score (and with
 `unknown_item_vectors: none` gets no vectors). With `model.mapper.inject:
 last` the prompt is the text template and the user's and item's vectors are added to the input embedding
-at `item_pos`, the last position, instead of filling placeholders.
+at `item_pos`, the last position, instead of filling placeholders; with `inject: cross` the text template
+too, and the last position reads the vectors through a gated cross-attention in every decoder layer (its
+weights the mapper's: models/llama.py cross_attend).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class Hybrid(_HasEncoder, nn.Module):
         self._set_encoder(make_encoder(self.cfg, self.num_users, self.num_items, det(self.cfg.encoder)))
         # item_dropout is part of training the hybrid, whichever of its groups the phase trains
         self.mapper = Mapper(self.cfg.mapper, self.llm_cfg.hidden_size, encoder_width(self.cfg), self.num_items,
-                             self.deterministic)
+                             self.deterministic, self.llm_cfg.num_layers)
         self.llm = LlamaForCausalLM(self.llm_cfg, self.lora, det("lora"))
 
     def collaborative_inputs(self, batch):
@@ -126,16 +128,18 @@ class Hybrid(_HasEncoder, nn.Module):
         chex.assert_rank(batch["tokens"], 2)
         chex.assert_equal_shape([batch["tokens"], batch["mask"]])
         embeds = self.llm.embed(batch["tokens"])
-        id_score = known = None
+        id_score = known = cross = None
         if "user_pos" in batch:
             user, item, id_score, known = self.collaborative_inputs(batch)
-            if self.cfg.mapper.inject == "last":  # item_pos is the last position: both vectors added there
+            if self.cfg.mapper.inject == "cross":  # read from item_pos, the last position, in every layer
+                cross = (batch["item_pos"], jnp.concatenate([user, item], axis=1), self.mapper.cross_weights())
+            elif self.cfg.mapper.inject == "last":  # item_pos is the last position: both vectors added there
                 embeds = splice(embeds, (user + item).astype(embeds.dtype), batch["item_pos"], add=True)
             else:
                 embeds = splice(embeds, user.astype(embeds.dtype), batch["user_pos"])
                 embeds = splice(embeds, item.astype(embeds.dtype), batch["item_pos"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=batch["mask"],
-                          logits_at=last_positions(batch["mask"]), vocab_ids=jnp.asarray(self.answer_ids))
+                          logits_at=last_positions(batch["mask"]), vocab_ids=jnp.asarray(self.answer_ids), cross=cross)
         return self.head(logits, id_score, known)
 
     def head(self, logits, id_score, known=None):
@@ -151,7 +155,7 @@ class Hybrid(_HasEncoder, nn.Module):
         tokens, segment = batch["tokens"], batch["segment"]
         chex.assert_equal_shape([tokens, segment, batch["positions"]])
         embeds = self.llm.embed(tokens)
-        id_score = known = None
+        id_score = known = cross = None
         if "user_pos" in batch:
             B, S = batch["iid"].shape
             rows = {"his": jnp.repeat(batch["his"], S, axis=0), "uid": jnp.repeat(batch["uid"], S),
@@ -160,7 +164,9 @@ class Hybrid(_HasEncoder, nn.Module):
                 rows["collab_scale"] = jnp.repeat(batch["collab_scale"], S)
             user, item, id_score, known = self.collaborative_inputs(rows)
             user, item = user.reshape(B, S, *user.shape[1:]), item.reshape(B, S, *item.shape[1:])
-            if self.cfg.mapper.inject == "last":  # each slot's item_pos is its last position
+            if self.cfg.mapper.inject == "cross":  # each slot's item_pos (T for an empty slot) reads its own vectors
+                cross = (batch["item_pos"], jnp.concatenate([user, item], axis=2), self.mapper.cross_weights())
+            elif self.cfg.mapper.inject == "last":  # each slot's item_pos is its last position
                 embeds = splice(embeds, (user + item).astype(embeds.dtype), batch["item_pos"], add=True)
             else:
                 embeds = splice(embeds, user[:, 0].astype(embeds.dtype), batch["user_pos"])
@@ -170,7 +176,7 @@ class Hybrid(_HasEncoder, nn.Module):
         key = segment[:, None, :]
         sees = jnp.tril(jnp.ones((T, T), bool))[None] & (key >= 0) & ((key == 0) | (key == segment[:, :, None]))
         logits = self.llm(inputs_embeds=embeds, attention_mask=sees, positions=batch["positions"],
-                          logits_at=batch["last"], vocab_ids=jnp.asarray(self.answer_ids))
+                          logits_at=batch["last"], vocab_ids=jnp.asarray(self.answer_ids), cross=cross)
         return self.head(logits, id_score, known)
 
 

@@ -8,6 +8,9 @@
 
 Rotary in the Hugging Face (rotate_half) layout. Positions come from the attention mask, so a left-
 or right-padded row scores as the same row unpadded.
+
+`cross` (model.mapper.inject: cross) adds, in every layer after self-attention, a gated cross-attention
+from given positions to given vectors; its weights are inputs (the mapper's), not parameters of the decoder.
 """
 from __future__ import annotations
 
@@ -122,16 +125,34 @@ class MLP(nn.Module):
             glu(proj("gate_proj", c.intermediate_size)(x), proj("up_proj", c.intermediate_size)(x)))
 
 
+def cross_attend(h, at, memory, w: dict, eps: float):
+    """h [B, T, D] plus, at positions `at` ([B], or [B, S]; T or more: none), tanh(w["gate"]) x a one-head
+    attention from rms(h) there to `memory` ([B, M, D], or [B, S, M, D]: each position its own vectors):
+    softmax(q k^T / sqrt(r)) v W_o with q = rms(h) W_q, k = memory W_k, v = memory W_v (rank r)."""
+    B, T = h.shape[:2]
+    rows = jnp.arange(B) if at.ndim == 1 else jnp.arange(B)[:, None]
+    q = h[rows, jnp.minimum(at, T - 1)].astype(jnp.float32)
+    q = q * jax.lax.rsqrt(jnp.mean(q * q, axis=-1, keepdims=True) + eps) @ w["q"]
+    m = memory.astype(jnp.float32)
+    k, v = m @ w["k"], m @ w["v"]
+    p = jax.nn.softmax(jnp.einsum("...r,...mr->...m", q, k) / math.sqrt(q.shape[-1]), axis=-1)
+    out = jnp.tanh(w["gate"]) * (jnp.einsum("...m,...mr->...r", p, v) @ w["o"])
+    return h.at[rows, at].add(out.astype(h.dtype), mode="drop")
+
+
 class DecoderLayer(nn.Module):
     cfg: LlamaConfig
     lora: LoraConfig | None = None
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, positions, mask):
+    def __call__(self, x, positions, mask, cross_at=None, cross_w=None):
+        """cross_at: (positions [B] or [B, S], memory) and cross_w this layer's weights (cross_attend), or None."""
         c = self.cfg
         norm = lambda n: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, c.remat == "cheap", name=n)
         h = x + Attention(c, self.lora, self.deterministic, name="self_attn")(norm("input_layernorm")(x), positions, mask)
+        if cross_w is not None:
+            h = cross_attend(h, *cross_at, cross_w, c.rms_norm_eps)
         out = h + MLP(c, self.lora, self.deterministic, name="mlp")(norm("post_attention_layernorm")(h))
         return out, None
 
@@ -153,7 +174,8 @@ class LlamaModel(nn.Module):
         if c.remat not in ("none", "cheap"):
             layer = nn.remat(layer, prevent_cse=False, policy=REMAT_POLICIES[c.remat])
         self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                              in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers, unroll=c.scan_unroll)(
+                              in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=c.num_layers,
+                              unroll=c.scan_unroll)(
                                   c, self.lora, self.deterministic)
         self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
 
@@ -164,8 +186,10 @@ class LlamaModel(nn.Module):
         """[vocab, hidden]: the tied output head."""
         return self.embed_tokens.embedding
 
-    def __call__(self, x, positions, mask):
-        x, _ = self.layers(x.astype(self.cfg.dtype), positions, mask)
+    def __call__(self, x, positions, mask, cross=None):
+        """cross: (positions, memory, weights {q, k, v, o, gate} stacked over the layers) or None."""
+        at, w = (cross[:2], cross[2]) if cross is not None else (None, None)
+        x, _ = self.layers(x.astype(self.cfg.dtype), positions, mask, at, w)
         return self.norm(x)
 
 
@@ -183,14 +207,15 @@ class LlamaForCausalLM(nn.Module):
         return self.model.embed(input_ids)
 
     def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
-                 logits_at=None, vocab_ids=None):
+                 logits_at=None, vocab_ids=None, cross=None):
         """Logits [B, T or P, V or len(vocab_ids)].
 
         attention_mask [B, T] (1 = token; attention is causal) or [B, T, T] (True where query t may
         attend to key s, causality included: packed sequences); positions default to cumsum(mask) - 1,
         so padding on either side leaves a row's numbers unchanged (a [B, T, T] mask needs them given).
         logits_at [B] or [B, P] picks the positions whose logits are computed; vocab_ids [V'] restricts
-        the output head to those tokens.
+        the output head to those tokens; `cross` (positions, memory, stacked weights) adds the gated
+        cross-attention of cross_attend in every layer.
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
@@ -202,7 +227,7 @@ class LlamaForCausalLM(nn.Module):
             mask = mask.astype(jnp.int32)
         if positions is None:
             positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-        h = self.model(x, positions, mask)
+        h = self.model(x, positions, mask, cross)
         if logits_at is not None:
             at = logits_at if logits_at.ndim == 2 else logits_at[:, None]
             h = jnp.take_along_axis(h, at[:, :, None], axis=1)

@@ -6,7 +6,9 @@ whose `counts/item_seen` flag is 0 (no train row; counted from the train split, 
 training, for a random `item_dropout` share of rows. With `new_items: text` such an item (and row) shows
 instead the vector its title predicts: `counts/item_text[iid]` [d_enc], fitted when the first hybrid phase
 starts (sasrecllm_jax/item_text.py) and never trained. With `unknown_id_score: learned` one learned number
-`unknown_score` stands for the ID score of those rows; with `offset` it is added to the encoder's.
+`unknown_score` stands for the ID score of those rows; with `offset` it is added to the encoder's. With
+`inject: cross` it also holds the decoder's cross-attention weights, `cross/{q,k,v,o}` and the gates
+`cross/gate`, stacked over the decoder's layers (models/llama.py: cross_attend).
 """
 from __future__ import annotations
 
@@ -46,12 +48,23 @@ def counted_seen_items(cfg: MapperConfig, train, num_items: int, d_enc: int) -> 
     return {COUNTS: {"item_seen": jnp.asarray(seen), **text}}
 
 
+def cross_init(key, num_layers: int, d_model: int, rank: int) -> dict:
+    """Per decoder layer: q, k, v [d_model, rank], o [rank, d_model] (normal, 1 / sqrt(fan in)) and a gate
+    (0: the cross-attention adds nothing at the start), stacked over the layers."""
+    L, d, r = num_layers, d_model, rank
+    kq, kk, kv, ko = jax.random.split(key, 4)
+    dense = lambda k, shape: jax.random.normal(k, (L, *shape), jnp.float32) / np.sqrt(shape[0])
+    return {"q": dense(kq, (d, r)), "k": dense(kk, (d, r)), "v": dense(kv, (d, r)), "o": dense(ko, (r, d)),
+            "gate": jnp.zeros((L,), jnp.float32)}
+
+
 class Mapper(nn.Module):
     cfg: MapperConfig
     d_model: int
     d_enc: int                         # the encoder's vector width (read with new_items: unknown or text)
     num_items: int                     # (read with new_items: unknown or text)
     deterministic: bool = True         # False (training): item_dropout applies, drawn from the "dropout" stream
+    num_layers: int = 0                # the decoder's (read with inject: cross)
 
     def setup(self):
         self.fc1 = nn.Dense(self.cfg.hidden)
@@ -69,6 +82,12 @@ class Mapper(nn.Module):
             self.unknown_score = self.param("unknown_score", nn.initializers.constant(self.cfg.unknown_score_init), ())
         if self.cfg.new_items != "id":
             setattr(self, COUNTS, SeenItems(self.num_items, self.d_enc if self.cfg.new_items == "text" else 0))
+        if self.cfg.inject == "cross":
+            self.cross = self.param("cross", cross_init, self.num_layers, self.d_model, self.cfg.cross_rank)
+
+    def cross_weights(self) -> dict:
+        """The decoder's cross-attention weights {q, k, v, o, gate}, stacked over its layers (inject: cross)."""
+        return self.cross
 
     def __call__(self, x):
         """[..., d_enc] -> [..., k, d_model]."""
