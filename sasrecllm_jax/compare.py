@@ -128,8 +128,9 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     if split_gate and not abstain:
         raise ConfigError("--split-gate weighs the new-item rows apart, where BASE abstains: add --abstain")
     if abstain and not all("new_item" in rows for rows in (va, ta)):
-        raise ConfigError(f"{run_a}: its scores.npz has no new_item column to abstain on; "
-                          f"`python -m sasrecllm_jax.score --run RUN --write-run-scores` writes it again")
+        raise ConfigError(f"{run_a}: its scores.npz has no new_item column to abstain on, and the dataset its "
+                          f"config.yaml names is not here with those rows to read it from; prepare that dataset, or "
+                          f"`python -m sasrecllm_jax.score --run RUN --write-run-scores` writes the file again")
     new = va["new_item"].astype(bool) if abstain else None
     # (a split gate starts from a fusion in which both runs count: w strictly between 0 and 1)
     f = fit_late_fusion(va["label"], va["score"], vb["score"], new, grid, gate_rows=new if split_gate else None,

@@ -425,6 +425,40 @@ def test_the_fusion_controls_add_the_abstaining_and_two_weight_fusions_where_val
     assert len(claims_lib.fusion_control(tmp_path / "grid", summary, "sasrecllm_x")) == 1
 
 
+def test_scores_written_before_the_new_flags_get_them_from_the_runs_dataset(tmp_path):
+    """A scores.npz without new_user / new_item (an older run's) gets them from the dataset its config.yaml
+    names, for the splits whose rows (fingerprint) are that dataset's split in order, and equal to the
+    dataset's own cause masks; a split of other rows (a sample, say), or a config naming no dataset here,
+    stays without them."""
+    import yaml
+    from data_tools.cold import hold_out_items
+    from helpers import synthetic_dataset
+    from sasrecllm_jax.data.dataset import cause_masks, load_dataset, write_dataset
+    from sasrecllm_jax.run_folder.scores import _fingerprint, load_scores
+    plain = load_dataset(synthetic_dataset(tmp_path / "synthetic"))
+    write_dataset(tmp_path / "cold", hold_out_items(plain.splits, 0.3, seed=1)[0], plain.items,
+                           source="synthetic", recipe="30% of valid/test items held out")
+    ds = load_dataset(tmp_path / "cold")
+    test, valid, train = ds.splits["test"], ds.splits["valid"], ds.splits["train"]
+    run = tmp_path / "old_run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "cold", "data_dir": str(tmp_path)}}))
+    sample = valid.iloc[::2]
+    np.savez(run / "scores.npz", **{
+        "test.score": np.zeros(len(test)), "test.label": test["label"].to_numpy(),
+        "test.rows": np.array(_fingerprint(test["uid"], test["iid"], test["label"])),
+        "valid.score": np.zeros(len(sample)), "valid.label": sample["label"].to_numpy(),
+        "valid.rows": np.array(_fingerprint(sample["uid"], sample["iid"], sample["label"]))})
+    scores = load_scores(run)
+    masks = cause_masks(test, train)
+    np.testing.assert_array_equal(scores["test"]["new_item"], masks["new_item"] | masks["both"])
+    np.testing.assert_array_equal(scores["test"]["new_user"], masks["new_user"] | masks["both"])
+    assert (masks["new_item"] | masks["both"]).any()
+    assert "new_item" not in scores["valid"]  # a sample of valid: not the dataset's rows
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "elsewhere", "data_dir": "nowhere"}}))
+    assert "new_item" not in load_scores(run)["test"]
+
+
 def test_a_claim_is_shown_only_when_its_interval_is_on_its_side():
     test = lambda lo, hi: {"diff": (lo + hi) / 2, "ci95": [lo, hi]}
     assert claims_lib.verdict(test(0.001, 0.01), ">") == "shown"
