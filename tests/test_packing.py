@@ -250,12 +250,13 @@ def test_vectors_added_at_the_last_position_start_as_the_text_model(tmp_path_fac
     """model.mapper.inject: last. Hybrid rows read the text template; the mapped vectors are added to the last
     position's input embedding, so a zero-output mapper scores every row as the text model does, exactly;
     a trained one moves every score, packs score as alone, and the drop ablation is the text model again.
-    inject: cross, the same: the last position reads the vectors through a cross-attention in every layer
-    whose gates start at 0; with the gates moved, a packed train batch (an empty slot in each pack) has the
-    unpacked loss and gradients, the cross-attention's weights included."""
+    inject: cross, the same with a mapper whose output is not zero: the last position reads the vectors
+    through a cross-attention in every layer whose gates start at 0; with the gates moved, a packed train
+    batch (an empty slot in each pack) has the unpacked loss and gradients, the cross-attention's weights
+    included."""
     dataset = synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
-    cfg = smoke_config(dataset, f"model.mapper.inject={inject}", "model.mapper.out_init=zeros", ONE_SHAPE,
-                       "model.mapper.cross_rank=8")
+    cfg = smoke_config(dataset, f"model.mapper.inject={inject}", ONE_SHAPE,
+                       *(["model.mapper.out_init=zeros"] if inject == "last" else ["model.mapper.cross_rank=8"]))
     comp = Assembly.build(cfg, needs_llm=True, key=jax.random.key(0))
     params = comp.init_params(jax.random.key(1))
     params["llm"] = jax.tree_util.tree_map_with_path(  # adapters that change the text model's scores

@@ -288,6 +288,8 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "train.method=pop"], "method pop and model.encoder: pop go together"),
     (["--set", "model.mapper.item_dropout=0.2"], "needs model.mapper.new_items: unknown or text"),
     (["--set", "model.mapper.llm_gate_init=3.0"], "needs model.mapper.fusion: residual"),
+    (["--set", "model.mapper.inject=cross", "--set", "model.mapper.out_init=zeros"], "leaves nothing to train"),
+    (["--set", "model.mapper.cross_rank=8"], "needs model.mapper.inject: cross"),
     (["--set", "model.mapper.llm_gates=known_unknown", "--set", "model.mapper.fusion=residual"],
      "needs model.mapper.fusion: residual and model.mapper.new_items: unknown or text"),
     (["--set", "data.prompt_hybrid_unknown_item=configs/prompts/text.txt"], "needs model.mapper.new_items: unknown"),

@@ -185,6 +185,14 @@ def validate(cfg: Config) -> None:
     if cfg.model.mapper.inject == "last" and cfg.model.mapper.num_tokens != 1:
         _refuse("model.mapper.num_tokens", cfg.model.mapper.num_tokens,
                 "must be 1 with model.mapper.inject: last (one vector is added to the last position)")
+    if cfg.model.mapper.inject == "cross" and cfg.model.mapper.out_init == "zeros":
+        _refuse("model.mapper.out_init", cfg.model.mapper.out_init,
+                "with model.mapper.inject: cross leaves nothing to train: the cross-attention would read zero vectors "
+                "through gates at zero, so no gradient reaches either; the gates alone start the phase as the text "
+                "model, so use model.mapper.out_init: default")
+    if cfg.model.mapper.cross_rank != 64 and cfg.model.mapper.inject != "cross":
+        _refuse("model.mapper.cross_rank", cfg.model.mapper.cross_rank,
+                "is the cross-attention's rank, so it needs model.mapper.inject: cross")
     if cfg.model.mapper.reads_text_template and cfg.data.prompt_hybrid_unknown_item:
         _refuse("data.prompt_hybrid_unknown_item", cfg.data.prompt_hybrid_unknown_item,
                 f"renders hybrid templates; with model.mapper.inject: {cfg.model.mapper.inject} every row reads "

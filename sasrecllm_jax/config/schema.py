@@ -133,7 +133,7 @@ class MapperConfig:
     # vectors rank those rows and the number places them against the rows of items with their own vector
     unknown_id_score: Literal["encoder", "learned", "offset"] = "encoder"
     unknown_score_init: float = 0.0
-    # with new_items: unknown and inject: last, what a row whose item is shown as unknown gets at its last
+    # with new_items: unknown and inject: last or cross, what a row whose item is shown as unknown gets at its last
     # position: "add", the mapped user and unknown vectors like any row; "none", nothing: the LLM reads it as
     # the text model does, so training the mapper cannot move how the LLM reads new items' titles (with
     # unknown_id_score: learned the mapper then only places those rows, through unknown_score and the gate)

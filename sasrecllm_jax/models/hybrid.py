@@ -89,7 +89,7 @@ class Hybrid(_HasEncoder, nn.Module):
         row's user and item vectors are zero)."""
         u, i, known, id_score = self._id_side(batch)
         user, item = self.mapper(u), self.mapper(i)
-        if self.cfg.mapper.unknown_item_vectors == "none":  # (inject: last) nothing is added on these rows
+        if self.cfg.mapper.unknown_item_vectors == "none":  # (inject: last or cross) nothing reaches these rows
             user, item = zeroed(user, known), zeroed(item, known)
         perm = batch.get("collab_perm")
         if perm is not None:
