@@ -83,7 +83,8 @@ class Hybrid(_HasEncoder, nn.Module):
         """The user's and the target item's soft tokens [B, k, d_model], the encoder's own score [B] and
         whether each row's item shows its own vector [B], with the ablation masks applied to all four (a
         shuffle moves the flag with the rest; a dropped row shows no item of its own: with two LLM gates it
-        gets the unknown items' gate, so whether the ID model knows the item does not reach it either). An item the encoder has no train row for shows the
+        gets the unknown items' gate, so whether the ID model knows the item does not reach it either). An
+        item the encoder has no train row for shows the
         mapper's unknown vector with `model.mapper.new_items: unknown` (and the ID score uses it too, or with
         `unknown_id_score: learned` is the mapper's unknown_score; with `unknown_item_vectors: none` such a
         row's user and item vectors are zero)."""
