@@ -10,7 +10,8 @@ a fusion's offset (unknown_id_score: offset) places those rows instead. The ridg
 vectors rank the validation rows best when every row's item is shown by its title: an item with train rows
 gets its leave-one-out prediction (the regression fitted without it, the standardisation and the mean kept:
 a leak of order 1/items), an item without gets the full fit,
-and each row's score is <user vector, that item vector>.
+and each row's score is <user vector, that item vector>, plus the encoder's user and item terms when it has
+them (model.sasrec.bias), as in the ID score the table enters.
 """
 from __future__ import annotations
 
@@ -66,14 +67,16 @@ def ridge_fit(x: np.ndarray, rows: np.ndarray, y: np.ndarray, ridge: float, svd=
 
 
 def fit_item_vectors(features: np.ndarray, item_vectors: np.ndarray, seen: np.ndarray, user_vectors: np.ndarray,
-                     iid: np.ndarray, label: np.ndarray, ridges=RIDGES) -> tuple[np.ndarray, dict]:
+                     iid: np.ndarray, label: np.ndarray, ridges=RIDGES, terms: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, dict]:
     """(table [num_items + 1, d] float32: every item's title-predicted deviation from the mean vector, an
     item with train rows its leave-one-out prediction (what item_dropout shows: as a new item's, from the
     other items), what the fit found).
 
     features [num_items + 1, F] (title_features), item_vectors [num_items + 1, d] (the encoder's), seen
     [num_items + 1] bool (the items with train rows: the regression's examples); user_vectors [N, d], iid [N]
-    and label [N]: the validation rows that pick the ridge strength (module docstring)."""
+    and label [N]: the validation rows that pick the ridge strength (module docstring); terms [N]: what the
+    encoder adds to <user, item> on those rows (its user and item terms), if anything."""
     seen = np.asarray(seen, bool)
     if len(np.unique(label)) < 2:
         says = f"their {len(label)} label(s) are all {label[0]}" if len(label) else "there are none"
@@ -88,7 +91,7 @@ def fit_item_vectors(features: np.ndarray, item_vectors: np.ndarray, seen: np.nd
     for ridge in ridges:
         _, loo = ridge_fit(x, rows, y, ridge, svd)
         loo -= y.mean(0)  # the deviations (module docstring)
-        valid_auc = auc(label, np.einsum("nd,nd->n", users, loo[iid]))
+        valid_auc = auc(label, np.einsum("nd,nd->n", users, loo[iid]) + (0.0 if terms is None else terms))
         if best is None or valid_auc > best[1]:
             best = (ridge, valid_auc, loo)
     ridge, valid_auc, table = best

@@ -64,6 +64,13 @@ def test_a_planted_title_signal_ranks_items_without_train_rows():
     assert found["items"] == 300 and found["rows"] == 2000 and found["ridge"] in RIDGES and found["valid_auc"] > 0.8
     # the valid AUC it reports is the returned table's, every row's item shown by its title
     assert found["valid_auc"] == pytest.approx(auc(label, np.einsum("nd,nd->n", users, table[iid].astype(np.float64))), abs=1e-6)
+    # with the encoder's user and item terms (model.sasrec.bias) the pick reads the ID score they are part of
+    terms = 3.0 * rng.normal(size=2000)
+    _, with_terms = fit_item_vectors(feats, vectors, seen, users, iid, label, terms=terms)
+    table_t, _ = fit_item_vectors(feats, vectors, seen, users, iid, label, ridges=(with_terms["ridge"],))
+    assert with_terms["valid_auc"] == pytest.approx(
+        auc(label, np.einsum("nd,nd->n", users, table_t[iid].astype(np.float64)) + terms), abs=1e-6)
+    assert with_terms["valid_auc"] < found["valid_auc"] - 0.05  # the terms are noise here: they count
 
 
 def test_title_features_are_mean_token_embeddings():

@@ -357,6 +357,9 @@ def test_sasrec_biases_add_to_the_score_and_reach_the_gate():
     params = {**gated.init(jax.random.key(0), batch)["params"], "sasrec": p["sasrec"]}
     _, _, id_score, _ = gated.apply({"params": params}, batch, method=lambda m, b: m.collaborative_inputs(b))
     np.testing.assert_allclose(id_score, enc.apply({"params": p}, batch), rtol=1e-6)
+    # the terms alone (what the item-text fit adds to <user, title vector>): the biases set above
+    (terms,) = gated.apply({"params": params}, batch, method=Hybrid.encoder_terms)
+    np.testing.assert_allclose(terms, [-2.0, 0.5], rtol=1e-6)
 
 
 def test_residual_fusion_starts_as_the_encoder():

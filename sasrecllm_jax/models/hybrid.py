@@ -112,6 +112,12 @@ class Hybrid(_HasEncoder, nn.Module):
         """(the encoder's user vector [B, d] of rows (his, uid),): what the item-text fit scores items against."""
         return (self.encoder.user_vector(batch["his"], batch["uid"]),)
 
+    def encoder_terms(self, batch):
+        """(what the encoder's score adds to <user, item> on rows (his, uid, iid) [B]: SASRec's user and item
+        terms with model.sasrec.bias, else 0,)."""
+        u = self.encoder.user_vector(batch["his"], batch["uid"])
+        return (self.encoder.score(u, jnp.zeros_like(u), batch["uid"], batch["iid"]),)
+
     def item_vectors(self):
         """[num_items + 1, d]: the encoder's own vector of every item (id 0, padding, reads as zero)."""
         return self.encoder.item_vector(jnp.arange(self.num_items + 1))

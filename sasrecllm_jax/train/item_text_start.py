@@ -21,10 +21,12 @@ def fit_table(model: Hybrid, params: dict, data: SplitData, titles, tokenizer) -
     """(the item_text table, what the fit found) for the hybrid `model` with `params` (encoder, mapper counts
     and the LLM's input embeddings), its ridge strength picked on validation rows `data`."""
     users, = id_rows(model, Hybrid.user_vectors, params, data)
+    terms, = id_rows(model, Hybrid.encoder_terms, params, data)
     items = jax.device_get(jax.jit(lambda p: model.apply({"params": p}, method=Hybrid.item_vectors))(params))
     seen = np.asarray(jax.device_get(params["mapper"][COUNTS]["item_seen"])) > 0
     features = title_features(tokenizer, params["llm"]["model"]["embed_tokens"]["embedding"], titles)
-    table, found = fit_item_vectors(features, items, seen, users, data.iid, data.label)
+    table, found = fit_item_vectors(features, items, seen, users, data.iid, data.label,
+                                    terms=np.asarray(terms, np.float64))
     return table, {**found, "new_items": int((~seen[1:]).sum())}
 
 
