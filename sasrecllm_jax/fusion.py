@@ -62,11 +62,8 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
     def mix(w, c, za, zb, new):
         if c is None:
             part = za
-        elif new is None:
-            raise ValueError("this fusion was fitted with rows that abstain or are offset: pass new= (a boolean "
-                             "per row, which rows those are)")
         else:
-            part = za + c * new if offset is not None else np.where(new, c, za)
+            part = za + c * _rows_of(new) if offset is not None else np.where(_rows_of(new), c, za)
         return (1 - w) * part + w * zb
     ws = np.linspace(0.0, 1.0, grid) if weights is None else weights
     choices = [(float(w), c) for w in ws for c in cs]

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from sasrecllm_jax.data.dataset import load_dataset
-from sasrecllm_jax.data.pipeline import SplitData
+from sasrecllm_jax.data.pipeline import SplitData, row_parts
 from sasrecllm_jax.errors import ConfigError, DataError
 from sasrecllm_jax.run_folder.files import write_whole
 
@@ -40,8 +40,8 @@ def _dataset_flags(path: str) -> dict:
     """{split: (fingerprint, new_user, new_item)} of a prepared dataset folder (read once per process)."""
     ds = load_dataset(path)
     train = ds.splits["train"]
-    return {name: (_fingerprint(df["uid"], df["iid"], df["label"]), ~df["uid"].isin(train["uid"]).to_numpy(),
-                   ~df["iid"].isin(train["iid"]).to_numpy()) for name, df in ds.splits.items()}
+    return {name: (_fingerprint(df["uid"], df["iid"], df["label"]), parts["new_user"], parts["new_item"])
+            for name, df in ds.splits.items() for parts in [row_parts(df, train)]}
 
 
 def with_new_flags(run: Path, scores: dict) -> dict:
