@@ -374,7 +374,7 @@ def test_dotted_override_adds_to_a_mapping():
     path = ROOT / "configs" / "quickstart.yaml"
     added = llm_config(load_config(path, ["model.llm_overrides.dtype=bfloat16", "model.llm_overrides.attention=cudnn"]).model)
     assert (added.remat, added.dtype, added.attention) == ("cheap", "bfloat16", "cudnn")
-    replaced = llm_config(load_config(path, ["model.llm_overrides={attention: cudnn}"]).model)
+    replaced = llm_config(load_config(path, ["model.llm_overrides={attention: cudnn, dtype: bfloat16}"]).model)
     assert (replaced.remat, replaced.attention) == ("none", "cudnn")
 
 

@@ -22,6 +22,18 @@ def llm_config(model: ModelConfig) -> LlamaConfig:
         raise ConfigError(f"model.llm = {model.llm!r} is not a preset; choose one of {list(LLAMA_PRESETS)}")
     cfg = from_dict(LlamaConfig, {**dataclasses.asdict(LLAMA_PRESETS[model.llm]), **model.llm_overrides},
                     "model.llm_overrides")
+    floats = ("float32", "bfloat16", "float16")
+    for field in ("param_dtype", "dtype", "matmul_dtype"):
+        value = getattr(cfg, field)
+        if value not in floats and not (field == "matmul_dtype" and value is None):
+            raise ConfigError(f"model.llm_overrides.{field} = {value!r}; use one of {list(floats)}"
+                              + (" or null (the same as dtype)" if field == "matmul_dtype" else ""))
+    if cfg.matmul_dtype not in (None, cfg.dtype) and cfg.dtype != "float32":
+        raise ConfigError(f"model.llm_overrides.matmul_dtype = {cfg.matmul_dtype!r} with dtype {cfg.dtype!r}: it lowers "
+                          f"the matmuls' operands below float32 activations; use dtype: float32, or matmul_dtype: null")
+    if cfg.attention == "cudnn" and cfg.dtype == "float32":
+        raise ConfigError("model.llm_overrides.attention = 'cudnn' takes bfloat16 or float16 activations; add "
+                          "model.llm_overrides.dtype=bfloat16 (on a GPU, where cuDNN runs)")
     if cfg.scan_unroll < 1:
         raise ConfigError(f"model.llm_overrides.scan_unroll = {cfg.scan_unroll}; use 1 (a loop over layers) "
                           f"up to {cfg.num_layers} (every layer inlined)")

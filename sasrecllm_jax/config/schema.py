@@ -36,6 +36,9 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     param_dtype: str = "float32"       # base weights; "bfloat16" on GPU
     dtype: str = "float32"             # activations / matmul inputs
+    # the projections' matmul operands when lower than dtype: "bfloat16" with dtype float32 multiplies in
+    # bf16 and sums in float32, all else float32 (on a CPU with AMX or AVX-512 BF16, the fast setting)
+    matmul_dtype: Optional[str] = None
     attention: Literal["xla", "cudnn"] = "xla"  # cudnn: GPU only, right-padded batches
     # per-layer rematerialisation: "full" saves only layer inputs, "dots" saves matmul outputs,
     # "cheap" recomputes elementwise work (fp32 norm and rotary intermediates, silu, LoRA dropout) and,

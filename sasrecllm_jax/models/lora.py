@@ -62,9 +62,38 @@ def _f32_acc_bwd(saved, g):
 f32_accumulating_matmul.defvjp(_f32_acc_fwd, _f32_acc_bwd)
 
 
-def project(x, kernel):
-    """x @ kernel; on the CPU, low-precision operands go through f32_accumulating_matmul."""
-    if x.dtype in (jnp.bfloat16, jnp.float16) and x.dtype == kernel.dtype and jax.default_backend() == "cpu":
+@jax.custom_vjp
+def low_precision_matmul(x, kernel):
+    """x @ kernel with x rounded to kernel's (low-precision) dtype, summed in float32, returned in x's
+    dtype: the products of a bf16 matmul, everything around them in x's float32. The backward pass keeps
+    x as it was (a float32 stacked by the layer loop, which XLA's CPU backend writes in place; a bf16 one
+    it converts whole on every layer) and multiplies the rounded cotangent by the kernel the same way."""
+    return jnp.matmul(x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _low_fwd(x, kernel):
+    return low_precision_matmul(x, kernel), (x, kernel)
+
+
+def _low_bwd(saved, g):
+    x, kernel = saved
+    low = kernel.dtype
+    dx = jnp.matmul(g.astype(low), kernel.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    # unused for a frozen kernel: XLA drops it
+    dk = jnp.einsum("...i,...o->io", x.astype(low), g.astype(low), preferred_element_type=jnp.float32)
+    return dx, dk.astype(kernel.dtype)
+
+
+low_precision_matmul.defvjp(_low_fwd, _low_bwd)
+
+
+def project(x, kernel, matmul_dtype: str | None = None):
+    """x @ kernel. matmul_dtype (a lower precision than x's): low_precision_matmul. On the CPU,
+    low-precision operands of one dtype go through f32_accumulating_matmul."""
+    if matmul_dtype is not None and jnp.dtype(matmul_dtype) != x.dtype:
+        return low_precision_matmul(x, kernel.astype(matmul_dtype))
+    kernel = kernel.astype(x.dtype)
+    if x.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "cpu":
         return f32_accumulating_matmul(x, kernel)
     return x @ kernel
 
@@ -77,13 +106,14 @@ class Linear(nn.Module):
     param_dtype: str = "float32"
     deterministic: bool = True
     recompute: bool = False  # remat "cheap": the backward pass redraws the dropout mask and x @ a
+    matmul_dtype: str | None = None  # LlamaConfig.matmul_dtype
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features),
                             jnp.dtype(self.param_dtype))
         x = x.astype(self.dtype)
-        y = project(x, kernel.astype(self.dtype))
+        y = project(x, kernel, self.matmul_dtype)
         if self.lora is not None and self.name in self.lora.targets:
             adapter = RematLoRA if self.recompute else LoRA
             y = y + adapter(self.features, self.lora, self.deterministic, name="lora")(x)

@@ -24,7 +24,7 @@ from sasrecllm_jax.weights.gguf import read_gguf_cached
 from sasrecllm_jax.weights.hf_folder import read_hf_folder
 from sasrecllm_jax.weights.tokenizer import answer_token, load_tokenizer
 
-RUNTIME_FIELDS = ("param_dtype", "dtype", "attention", "remat", "scan_unroll")  # may differ from the file's
+RUNTIME_FIELDS = ("param_dtype", "dtype", "matmul_dtype", "attention", "remat", "scan_unroll")  # may differ from the file's
 
 
 @dataclasses.dataclass
