@@ -360,10 +360,13 @@ def cpu_side_by_side(args, shape: str, steps: int) -> list[dict]:
         if not args.no_peer:
             for comp in (False, True)[:1 if args.no_peer_compile else 2]:
                 for env in [""] + args.peer_env:
-                    job = {"kind": kind, "batch": B, "seq": T, "compile": comp, "threads": args.threads}
-                    envd = dict(kv.split("=", 1) for kv in env.split(",") if kv)
-                    plan.append((f"peer{' torch.compile' if comp else ' eager'}{' ' + env if env else ''}",
-                                 peer + ["--serve", json.dumps(job)], envd, {"side": "peer", "kind": kind, "env": env}))
+                    for dtype in args.peer_dtype.split(","):
+                        job = {"kind": kind, "batch": B, "seq": T, "compile": comp, "threads": args.threads,
+                               "dtype": dtype}
+                        envd = dict(kv.split("=", 1) for kv in env.split(",") if kv)
+                        plan.append((f"peer {dtype}{' torch.compile' if comp else ' eager'}{' ' + env if env else ''}",
+                                     peer + ["--serve", json.dumps(job)], envd,
+                                     {"side": "peer", "kind": kind, "env": env, "dtype": dtype}))
         workers = []
         for label, cmd, env, info in plan:  # set up one at a time: compilation is not what we time
             w = Worker(label, cmd, env, info, args.job_timeout)
@@ -395,18 +398,21 @@ def cpu_side_by_side(args, shape: str, steps: int) -> list[dict]:
 
 
 def cpu_table(rows: list[dict]) -> list[str]:
+    dtypes = sorted({r.get("dtype", "float32") for r in rows if r["side"] == "peer"}, reverse=True) or ["float32"]
     lines = ["| side | what | settings | samples/s | step s (median / min) | GFLOP/s | setup or compile s | "
-             "ratio to the peer's best |", "|---" * 8 + "|"]
+             + " | ".join(f"ratio to the peer's best {d}" for d in dtypes) + " |", "|---" * (7 + len(dtypes)) + "|"]
     for kind in ("train", "score"):
         peers = [r for r in rows if r["kind"] == kind and r["side"] == "peer"]
-        best = max((r["samples_per_s"] for r in peers), default=None)
+        best = {d: max((r["samples_per_s"] for r in peers if r.get("dtype", "float32") == d), default=None)
+                for d in dtypes}
         for r in (x for x in rows if x["kind"] == kind):
             if r["side"] == "peer":
                 settings = (f"torch {r.get('threads')} threads, {r.get('attn')}, {r.get('dtype')}, logits_to_keep=1"
                             + (", torch.compile" if r.get("compile") else ", eager") + (f", {r['env']}" if r.get("env") else ""))
             else:
                 settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
-            ratio = f"{r['samples_per_s'] / best:.2f}x" if best and r["side"] == "ours" else "-"
+            ratio = " | ".join(f"{r['samples_per_s'] / best[d]:.2f}x" if best[d] and r["side"] == "ours" else "-"
+                               for d in dtypes)
             what = "LoRA train step" if kind == "train" else "scoring (forward)"
             setup = r.get("compile_s", r.get("setup_s"))
             lines.append(f"| {r['side']} | {what} {r['shape']} | {settings} | {r['samples_per_s']} | "
@@ -436,6 +442,8 @@ def main():
     p.add_argument("--peer-env", action="append", default=[], metavar="K=V,...",
                    help="CPU: also run the peer with these environment variables, e.g. OMP_WAIT_POLICY=PASSIVE "
                    "(libgomp's threads sleep instead of spinning: faster when other jobs share the cores)")
+    p.add_argument("--peer-dtype", default="float32", help="CPU: comma-separated dtypes of the peer's model, "
+                   "each its own row, e.g. float32,bfloat16 (bfloat16: PEFT keeps the adapters in float32)")
     p.add_argument("--gap", type=float, default=0.5, help="CPU: seconds of rest before each timed step")
     p.add_argument("--ours-set", action="append", default=[], metavar="JSON",
                    help="CPU: one more row of ours with these LlamaConfig overrides, e.g. '{\"scan_unroll\": 2}'")

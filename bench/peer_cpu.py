@@ -5,7 +5,7 @@
     python bench/peer_cpu.py --serve '{"kind": "train", "batch": 16, "seq": 128, "compile": false}'
 
 The same step as the GPU peer (hf_peft_lora_bench.py, which hardcodes CUDA), on the
-CPU in fp32: a LlamaForCausalLM with SmolLM2-135M's architecture (random weights, tied embeddings,
+CPU in fp32 (or `--dtype bfloat16`): a LlamaForCausalLM with SmolLM2-135M's architecture (random weights, tied embeddings,
 SDPA attention), PEFT LoRA r=8 / alpha 16 / dropout 0.05 on q_proj, v_proj, prompts fed as
 inputs_embeds, BCE on two vocab ids' logits at the last position (`logits_to_keep=1`: no logits at
 other positions), AdamW on the LoRA parameters. Scoring: the model forward-only under
@@ -56,13 +56,14 @@ def build(job: dict):
                       tie_word_embeddings=(name == "smollm2-135m"))
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(dtype=torch.float32)
+    dtype = job.get("dtype", "float32")
+    model = LlamaForCausalLM(cfg).to(dtype=getattr(torch, dtype))
     emb = model.get_input_embeddings()
     yes_no = torch.tensor([3869, 1939])
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, vocab, (B, T), generator=gen), torch.randint(0, 2, (B,), generator=gen).float())
                for _ in range(4)]
-    settings = {"threads": torch.get_num_threads(), "attn": "sdpa", "dtype": "float32", "logits_to_keep": 1,
+    settings = {"threads": torch.get_num_threads(), "attn": "sdpa", "dtype": dtype, "logits_to_keep": 1,
                 "compile": bool(job.get("compile"))}
     if job["kind"] == "score":
         model.eval()
@@ -138,6 +139,8 @@ def main():
     p.add_argument("shape", nargs="?", default="16x128")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--dtype", default="float32", help="the model's weights and activations (bfloat16: PEFT keeps "
+                   "the adapters in float32)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -146,7 +149,8 @@ def main():
     if a.serve:
         return serve(json.loads(a.serve))
     B, T = map(int, a.shape.split("x"))
-    job = {"kind": a.kind, "model": a.model, "batch": B, "seq": T, "compile": a.compile, "threads": a.threads}
+    job = {"kind": a.kind, "model": a.model, "batch": B, "seq": T, "compile": a.compile, "threads": a.threads,
+           "dtype": a.dtype}
     one, info = setup(job)
     for _ in range(a.warmup):
         one()

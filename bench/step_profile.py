@@ -62,7 +62,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="SMOLLM2_135M")
     p.add_argument("--shape", default="16x128", help="batch x tokens")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--param-dtype", default=None, help="the base weights' dtype (default: --dtype)")
+    p.add_argument("--matmul-dtype", default=None, help="LlamaConfig.matmul_dtype, e.g. bfloat16 with --dtype float32")
     p.add_argument("--remat", default="cheap", help="LlamaConfig.remat of the train step")
+    p.add_argument("--scan-unroll", type=int, default=1, help="LlamaConfig.scan_unroll")
     p.add_argument("--top", type=int, default=20, help="how many of the longest ops to list")
     args = p.parse_args(argv)
     import jax
@@ -70,8 +73,9 @@ def main(argv=None) -> int:
     from sasrecllm_jax import config as C
     from sasrecllm_jax.models.hybrid import Hybrid
     B, T = map(int, args.shape.split("x"))
-    llm = dataclasses.replace(getattr(C, args.model), param_dtype=args.dtype, dtype=args.dtype, attention="xla",
-                              remat=args.remat)
+    llm = dataclasses.replace(getattr(C, args.model), param_dtype=args.param_dtype or args.dtype, dtype=args.dtype,
+                              matmul_dtype=args.matmul_dtype, attention="xla",
+                              remat=args.remat, scan_unroll=args.scan_unroll)
     batch = make_batch(B, T, llm.vocab_size)
     if args.kind == "train":
         model = train_model(llm)
@@ -100,7 +104,8 @@ def main(argv=None) -> int:
     parts: collections.Counter = collections.Counter()
     for name, us in times.items():
         parts[part(name, origins.get(name, ("?", "?"))[1])] += us
-    print(f"{args.kind} step, {args.model} {args.shape} {args.dtype}, remat {args.remat}, "
+    print(f"{args.kind} step, {args.model} {args.shape} {args.dtype} (weights {llm.param_dtype}, matmuls {llm.matmul_dtype or llm.dtype}), remat {args.remat}, "
+          f"scan_unroll {args.scan_unroll}, "
           f"backend {jax.default_backend()}: {wall:.2f} s traced, {sum(times.values()) / 1e6:.2f} s of op time")
     print("\n| pass | matmuls s | other ops s |\n|---|---|---|")
     for side in ("forward", "backward", "other"):
