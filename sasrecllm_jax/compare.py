@@ -197,23 +197,24 @@ def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bo
     made of the two, say) tested against the fusion, paired on the same test rows."""
     name_a, name_b, *names = run_names([run_a, run_b, *against])
     f = late_fusion(run_a, run_b, valid, abstain=abstain, split_gate=split_gate)
-    picked = f"w = {f['weight_b']:.2f}" + (f" and c = {f['abstain_c']:+.2f}" if abstain else "")
     if split_gate:
-        picked = (f"{name_a} + a x {name_b} with a = {f['gate_b']:.3g} on rows of known items and "
-                  f"{f['gate_b_rows']:.3g} on new-item rows, where {name_a}'s score is {f['abstain_score']:.3g},")
-    lines = [f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), {picked} "
-             f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:", "", *header(name_a)]
-    if split_gate:
-        lines[0] = (f"Late fusion of {name_a} and {name_b}: {picked} picked on {f['valid']} (AUC {f['valid_auc']:.4f}; "
-                    f"a residual hybrid's llm_gate, llm_gate_unknown and unknown_score); test, paired:")
-    elif abstain:
+        first = (f"Late fusion of {name_a} and {name_b}: {name_a} + a x {name_b} with a = {f['gate_b']:.3g} on rows "
+                 f"of known items and {f['gate_b_rows']:.3g} on new-item rows, where {name_a}'s score is "
+                 f"{f['abstain_score']:.3g}, picked on {f['valid']} (AUC {f['valid_auc']:.4f}; a residual hybrid's "
+                 f"llm_gate, llm_gate_unknown and unknown_score); test, paired:")
+    else:
+        picked = f"w = {f['weight_b']:.2f}" + (f" and c = {f['abstain_c']:+.2f}" if abstain else "")
+        first = (f"Late fusion of {name_a} and {name_b}: (1 - w) z({name_a}) + w z({name_b}), {picked} "
+                 f"picked on {f['valid']} (AUC {f['valid_auc']:.4f}); test, paired:")
+    lines = [first, "", *header(name_a)]
+    if abstain and not split_gate:
         lines.insert(1, f"({name_a} abstains on new-item rows: z({name_a}) is c there, so they rank by {name_b} alone)"
                      + (f"; the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g} and {name_a}'s "
                         f"score {f['abstain_score']:.3g} on new-item rows: a residual hybrid's "
                         f"model.mapper.llm_gate_init and unknown_score_init to start near it (or "
                         f"model.mapper.fusion_start: late_fusion, which fits them in the run)"
                         if f["gate_b"] is not None else ""))
-    elif f["gate_b"] is not None:
+    elif not split_gate and f["gate_b"] is not None:
         lines.insert(1, f"(the same ranking as {name_a} + a x {name_b} with a = {f['gate_b']:.3g}: a residual "
                         f"hybrid's model.mapper.llm_gate_init to start near it, or model.mapper.fusion_start: "
                         f"late_fusion, which fits it in the run)")

@@ -283,6 +283,14 @@ def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):
     residual = np.where(new, split["abstain_score"], at) + np.where(new, split["gate_b_rows"], split["gate_b"]) * bt
     (slope, shift), *_ = np.linalg.lstsq(np.stack([residual, np.ones(n)], 1), split["test_scores"], rcond=None)
     assert slope > 0 and np.allclose(slope * residual + shift, split["test_scores"], rtol=0, atol=1e-9)
+    # compare --fuse prints what each picked: the weight, the constant, the two gates
+    from sasrecllm_jax.compare import fusion_lines
+    for kw, first, second in (({}, "(1 - w) z(a) + w z(b), w = ", "(the same ranking as a + a x b"),
+                              ({"abstain": True}, f"c = {abstained['abstain_c']:+.2f} picked", "(a abstains on new-item"),
+                              ({"abstain": True, "split_gate": True}, f"{split['gate_b_rows']:.3g} on new-item rows", "")):
+        lines = fusion_lines(runs["a"], runs["b"], **kw)
+        assert lines[0].startswith("Late fusion of a and b: ") and first in lines[0], (kw, lines[0])
+        assert lines[1].startswith(second) and ("split_gate" in kw) == ("llm_gate_unknown" in lines[0]), (kw, lines[:2])
     with pytest.raises(ConfigError, match="add --abstain"):
         late_fusion(runs["a"], runs["b"], split_gate=True)
     with pytest.raises(ConfigError, match="no new_item column"):
