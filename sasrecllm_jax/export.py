@@ -339,14 +339,18 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not empty; choose a new folder (an export is never merged "
                           f"into an old one)")
-    rec = Recommender(run)
-    if rec.prompt == "none" or rec.assembly.backbone is None or "llm" not in rec.params:
-        raise ConfigError(f"{run}: method {rec.cfg.train.method} has no LLM, so there is nothing to export for "
-                          f"transformers + PEFT (its model is the checkpoint in {run / 'final'})")
-    if rec.prompt == "hybrid" and rec.cfg.model.mapper.inject == "cross":
+    cfg, prompt = Recommender.run_config(run)  # refusals that need no weights come first
+    no_llm = ConfigError(f"{run}: method {cfg.train.method} has no LLM, so there is nothing to export for "
+                         f"transformers + PEFT (its model is the checkpoint in {run / 'final'})")
+    if prompt == "none":
+        raise no_llm
+    if prompt == "hybrid" and cfg.model.mapper.inject == "cross":
         raise ConfigError(f"{run}: model.mapper.inject: cross adds a cross-attention to every decoder layer, which "
                           f"a transformers Llama with PEFT adapters cannot hold; score this run with "
                           f"`python -m sasrecllm_jax.score --run {run}` (inject: tokens and last export)")
+    rec = Recommender(run)
+    if rec.assembly.backbone is None or "llm" not in rec.params:
+        raise no_llm
     desc = scoring_description(rec)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

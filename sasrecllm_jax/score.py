@@ -41,10 +41,7 @@ class Recommender:
 
     def __init__(self, run: str | Path):
         run = Path(run)
-        self.check_run(run)
-        self.cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
-        phases = resolve_phases(self.cfg, str(run / "config.yaml"))
-        self.prompt = scoring_prompt(self.cfg.train.method, phases)
+        self.cfg, self.prompt = self.run_config(run)
         self.assembly, params = Assembly.for_run(self.cfg)
         params = groups.select(params, groups.prompt_modules(self.prompt, self.cfg.model.encoder))
         store = Store(run / "final")
@@ -54,6 +51,13 @@ class Recommender:
             store.close()
         self.params = groups.replace_groups(params, restored)
         self.scorer = Scorer(self.assembly.model(self.prompt, deterministic=True))
+
+    @classmethod
+    def run_config(cls, run: Path) -> tuple[Config, str]:
+        """(a finished run's config, the prompt its final model scores), read without loading the model."""
+        cls.check_run(run)
+        cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
+        return cfg, scoring_prompt(cfg.train.method, resolve_phases(cfg, str(run / "config.yaml")))
 
     @staticmethod
     def check_run(run: Path) -> None:

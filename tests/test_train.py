@@ -519,7 +519,7 @@ def fused_start_run(dataset, tmp_path, capsys, new_items: str, unknown_id_score:
     return cfg, held, starts, capsys.readouterr().out.splitlines()
 
 
-def test_a_cross_attention_hybrid_trains_its_gates_scores_and_is_refused_by_export(dataset, tmp_path):
+def test_a_cross_attention_hybrid_trains_its_gates_scores_and_is_refused_by_export(dataset, tmp_path, monkeypatch):
     """model.mapper.inject: cross end to end: the plug-and-play mapper phase moves the per-layer gates off 0
     (so the LLM's last position reads the vectors), the run's recorded test scores are the model's, and the
     export, which transformers + PEFT cannot express, is refused with a message that says what to use."""
@@ -535,6 +535,8 @@ def test_a_cross_attention_hybrid_trains_its_gates_scores_and_is_refused_by_expo
     test = rec.assembly.split("test", "hybrid", rec.assembly.row_limit("eval"))
     _, scores = evaluate(Scorer(rec.assembly.model("hybrid", True)), rec.params, test, cfg, "hybrid")
     np.testing.assert_allclose(np.load(tmp_path / "run" / "scores.npz")["test.score"], scores, rtol=1e-5, atol=1e-5)
+    # refused from the run's config, before its weights load
+    monkeypatch.setattr(Recommender, "__init__", lambda *a: pytest.fail("export loaded the run before refusing it"))
     with pytest.raises(ConfigError, match="inject: cross adds a cross-attention"):
         export_run(tmp_path / "run", tmp_path / "export")
     assert not (tmp_path / "export").exists()
