@@ -94,3 +94,44 @@ def test_the_config_refuses_what_it_cannot_mean(overrides, message):
         llm_config(ModelConfig(llm="DEBUG_TINY", llm_overrides=overrides))
     cfg = llm_config(ModelConfig(llm="DEBUG_TINY", llm_overrides={"matmul_dtype": "bfloat16"}))
     assert (cfg.dtype, cfg.matmul_dtype) == ("float32", "bfloat16")
+
+
+def test_the_layer_loop_takes_bf16_weights_as_bits_with_the_same_params_and_numbers(monkeypatch):
+    """On the CPU a scoring model's layer loop slices bf16 weights as uint16 bits (XLA's CPU backend would otherwise
+    convert every layer's weights to float32 on every call): the param tree is the same, names and dtypes,
+    the loss bit for bit, and the adapters' gradients up to float rounding."""
+    from sasrecllm_jax.models import llama
+    lora = LoraConfig(rank=4, dropout=0.0)
+    ids = jax.random.randint(jax.random.key(3), (2, 10), 0, DEBUG_TINY.vocab_size)
+    cfg = dataclasses.replace(DEBUG_TINY, param_dtype="bfloat16", matmul_dtype="bfloat16")
+    real = llama.slices_weights_as_bits
+    assert real(cfg, True) is (jax.default_backend() == "cpu") and not real(cfg, False) and not real(DEBUG_TINY, True)
+    at = jnp.array([9, 9])
+
+    def run(bits):
+        monkeypatch.setattr(llama, "slices_weights_as_bits", lambda c, d: bits)
+        model = LlamaForCausalLM(cfg, lora)
+        params = model.init(jax.random.key(0), ids)["params"]
+        params = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.05 if "'b'" in str(p) else x, params)
+        loss = lambda p: jnp.sum(model.apply({"params": p}, ids, logits_at=at) ** 2)
+        jaxpr = str(jax.make_jaxpr(loss)(params))
+        return params, jax.value_and_grad(loss)(params), "bitcast_convert_type" in jaxpr
+    p1, (l1, g1), used1 = run(True)
+    p0, (l0, g0), used0 = run(False)
+    assert used1 and not used0
+    assert jax.tree_util.tree_structure(p1) == jax.tree_util.tree_structure(p0)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a, np.float32),
+                                                                      np.asarray(b, np.float32)), p1, p0)
+    assert p1["model"]["layers"]["mlp"]["up_proj"]["kernel"].dtype == jnp.bfloat16
+    assert float(l1) == float(l0)
+    adapters = lambda g: {k: v["lora"] for k, v in g["model"]["layers"]["self_attn"].items() if "lora" in v}
+    assert set(adapters(g1)) == {"q_proj", "v_proj"}
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.abs(b).max()))
+    jax.tree_util.tree_map(close, adapters(g1), adapters(g0))  # the backward pass fuses differently
+    # the base weights never train (the frozen group): no gradient reaches them through their bits
+    assert not np.any(np.asarray(g1["model"]["layers"]["mlp"]["up_proj"]["kernel"], np.float32))
+    # an adapter in the weights' dtype is left as it is, so it still trains
+    monkeypatch.setattr(llama, "slices_weights_as_bits", lambda c, d: True)
+    low = jax.tree_util.tree_map_with_path(lambda p, x: x.astype(jnp.bfloat16) if "lora" in str(p) else x, p1)
+    g16 = jax.grad(lambda p: jnp.sum(LlamaForCausalLM(cfg, lora).apply({"params": p}, ids, logits_at=at) ** 2))(low)
+    assert np.abs(np.asarray(g16["model"]["layers"]["self_attn"]["q_proj"]["lora"]["a"], np.float32)).max() > 0

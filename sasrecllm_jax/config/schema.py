@@ -37,7 +37,8 @@ class LlamaConfig:
     param_dtype: str = "float32"       # base weights; "bfloat16" on GPU
     dtype: str = "float32"             # activations / matmul inputs
     # the projections' matmul operands when lower than dtype: "bfloat16" with dtype float32 multiplies in
-    # bf16 and sums in float32, all else float32 (on a CPU with AMX or AVX-512 BF16, the fast setting)
+    # bf16 and sums in float32, all else float32 (on a CPU with AMX or AVX-512 BF16, the fast setting; on
+    # the CPU the XLA attention's two products too, elsewhere they stay in dtype)
     matmul_dtype: Optional[str] = None
     attention: Literal["xla", "cudnn"] = "xla"  # cudnn: GPU only, right-padded batches
     # per-layer rematerialisation: "full" saves only layer inputs, "dots" saves matmul outputs,

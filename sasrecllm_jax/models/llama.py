@@ -178,6 +178,26 @@ class DecoderLayer(nn.Module):
         return out, None
 
 
+def slices_weights_as_bits(cfg: LlamaConfig, deterministic: bool) -> bool:
+    """Whether the layer loop takes its bf16/fp16 weights as uint16 bits (weights_as_bits): on the CPU, in
+    a model that scores (deterministic). A train step's backward pass needs each layer's weights again, and
+    the loop would save the ones taken from bits per layer, a stacked bf16 buffer that XLA's CPU backend
+    converts whole on every layer; the loop's own bf16 slices it takes again without saving them."""
+    return deterministic and cfg.param_dtype in ("bfloat16", "float16") and jax.default_backend() == "cpu"
+
+
+def weights_as_bits(tree, low, back: bool = False):
+    """The `low`-dtype (bf16/fp16) leaves of a param tree as uint16 arrays of the same bits (back: the
+    inverse), others as they are. XLA's CPU backend cannot slice a bf16 array as it is: the layer loop's
+    slice of a stacked bf16 weight becomes a float32 copy of every layer's weight, made on every call
+    and converted back per layer; a uint16 slice is a plain copy. No gradient flows into bits: only the
+    base weights take this form (the partition's frozen group, which never trains), never a `lora` leaf."""
+    src, dst = (jnp.uint16, low) if back else (low, jnp.uint16)
+    return jax.tree_util.tree_map_with_path(  # adapters train: whatever their dtype, they stay as they are
+        lambda path, x: jax.lax.bitcast_convert_type(x, dst)
+        if x.dtype == src and "lora" not in jax.tree_util.keystr(path) else x, tree)
+
+
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
@@ -194,10 +214,18 @@ class LlamaModel(nn.Module):
         layer = DecoderLayer
         if c.remat not in ("none", "cheap"):
             layer = nn.remat(layer, prevent_cse=False, policy=REMAT_POLICIES[c.remat])
-        self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                              in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=c.num_layers,
-                              unroll=c.scan_unroll)(
-                                  c, self.lora, self.deterministic)
+        low = jnp.dtype(c.param_dtype)
+        bits = slices_weights_as_bits(c, self.deterministic)
+        if bits:  # the loop slices its layer's weights as uint16 bits (see weights_as_bits)
+            layer = nn.map_variables(layer, "params", trans_in_fn=lambda t: weights_as_bits(t, low, back=True),
+                                     trans_out_fn=lambda t: weights_as_bits(t, low), init=True)
+        layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=c.num_layers,
+                         unroll=c.scan_unroll)
+        if bits:
+            layers = nn.map_variables(layers, "params", trans_in_fn=lambda t: weights_as_bits(t, low),
+                                      trans_out_fn=lambda t: weights_as_bits(t, low, back=True), init=True)
+        self.layers = layers(c, self.lora, self.deterministic)
         self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
 
     def embed(self, input_ids):

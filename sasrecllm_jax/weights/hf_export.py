@@ -62,7 +62,7 @@ def params_to_hf(params: dict, cfg: LlamaConfig) -> dict[str, np.ndarray]:
 def config_to_hf(cfg: LlamaConfig) -> dict:
     """LlamaConfig -> a transformers Llama config.json dict (read back by convert.config_from_hf).
 
-    Runtime choices of this project (param_dtype, dtype, attention, remat, scan_unroll) are not part of it;
+    Runtime choices of this project (param_dtype, dtype, matmul_dtype, attention, remat, scan_unroll) are not part of it;
     the weights are written in float32. No bos/eos ids: they matter for generation, not for scoring."""
     hf = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
