@@ -360,10 +360,10 @@ def cpu_side_by_side(args, shape: str, steps: int) -> list[dict]:
         if not args.no_peer:
             for comp in (False, True)[:1 if args.no_peer_compile else 2]:
                 for env in [""] + args.peer_env:
+                    envd = dict(kv.split("=", 1) for kv in env.split(",") if kv)
                     for dtype in args.peer_dtype.split(","):
                         job = {"kind": kind, "batch": B, "seq": T, "compile": comp, "threads": args.threads,
                                "dtype": dtype}
-                        envd = dict(kv.split("=", 1) for kv in env.split(",") if kv)
                         plan.append((f"peer {dtype}{' torch.compile' if comp else ' eager'}{' ' + env if env else ''}",
                                      peer + ["--serve", json.dumps(job)], envd,
                                      {"side": "peer", "kind": kind, "env": env, "dtype": dtype}))

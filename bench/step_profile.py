@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     parts: collections.Counter = collections.Counter()
     for name, us in times.items():
         parts[part(name, origins.get(name, ("?", "?"))[1])] += us
-    print(f"{args.kind} step, {args.model} {args.shape} {args.dtype} (weights {llm.param_dtype}, matmuls {llm.matmul_dtype or llm.dtype}), remat {args.remat}, "
+    print(f"{args.kind} step, {args.model} {args.shape} {args.dtype} (weights {llm.param_dtype}, "
+          f"matmuls {llm.matmul_dtype or llm.dtype}), remat {args.remat}, "
           f"scan_unroll {args.scan_unroll}, "
           f"backend {jax.default_backend()}: {wall:.2f} s traced, {sum(times.values()) / 1e6:.2f} s of op time")
     print("\n| pass | matmuls s | other ops s |\n|---|---|---|")

@@ -1,13 +1,13 @@
 """bf16 projections on the CPU: one dot that multiplies bf16 values as they are and sums in float32
-(sasrecllm_jax.models.lora.f32_accumulating_matmul), forward and backward, in place of XLA's convert-to-float32
-dot: the same values, float rounding aside, and the form every Linear takes on the CPU in bf16."""
+(sasrecllm_jax.models.lora.low_precision_matmul with bf16 x), forward and backward, in place of XLA's
+convert-to-float32 dot: the same values, float rounding aside, and the form every Linear takes on the CPU in bf16."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sasrecllm_jax.config import LoraConfig
-from sasrecllm_jax.models.lora import Linear, f32_accumulating_matmul
+from sasrecllm_jax.models.lora import Linear, low_precision_matmul
 
 
 def operands():
@@ -20,13 +20,13 @@ def operands():
 def test_values_and_gradients_are_the_float32_ones_rounded():
     x, k = operands()
     x32, k32 = x.astype(jnp.float32), k.astype(jnp.float32)
-    got = f32_accumulating_matmul(x, k)
+    got = low_precision_matmul(x, k)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray((x32 @ k32).astype(jnp.bfloat16), np.float32),
                                rtol=1e-2, atol=1e-2)
     w = jax.random.normal(jax.random.key(2), got.shape, jnp.float32)  # a loss that weighs every output
     loss = lambda f: lambda a, b: jnp.sum(f(a, b).astype(jnp.float32) * w)
-    dx, dk = jax.grad(loss(f32_accumulating_matmul), argnums=(0, 1))(x, k)
+    dx, dk = jax.grad(loss(low_precision_matmul), argnums=(0, 1))(x, k)
     rx, rk = jax.grad(loss(lambda a, b: a @ b), argnums=(0, 1))(x32, k32)
     assert dx.dtype == dk.dtype == jnp.bfloat16
     for a, b in ((dx, rx), (dk, rk)):

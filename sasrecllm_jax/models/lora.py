@@ -38,36 +38,14 @@ RematLoRA = nn.remat(LoRA)  # same parameter names, same dropout stream; recompu
 
 
 @jax.custom_vjp
-def f32_accumulating_matmul(x, kernel):
-    """x @ kernel for low-precision (bf16) operands as one dot that multiplies them as they are and sums in
-    float32, rounded to x's dtype: what a GPU's bf16 matmul computes. XLA's CPU backend computes a bf16
-    dot by converting both sides to float32 first; this form reaches the CPU's native bf16 dot (AVX-512
-    BF16, AMX), in the backward pass too: bf16 scoring on such a CPU takes about two thirds of float32's time."""
-    return jnp.matmul(x, kernel, preferred_element_type=jnp.float32).astype(x.dtype)
-
-
-def _f32_acc_fwd(x, kernel):
-    return f32_accumulating_matmul(x, kernel), (x, kernel)
-
-
-def _f32_acc_bwd(saved, g):
-    x, kernel = saved
-    g = g.astype(x.dtype)
-    dx = jnp.matmul(g, kernel.T, preferred_element_type=jnp.float32).astype(x.dtype)
-    # unused for a frozen kernel: XLA drops it
-    dk = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32).astype(kernel.dtype)
-    return dx, dk
-
-
-f32_accumulating_matmul.defvjp(_f32_acc_fwd, _f32_acc_bwd)
-
-
-@jax.custom_vjp
 def low_precision_matmul(x, kernel):
-    """x @ kernel with x rounded to kernel's (low-precision) dtype, summed in float32, returned in x's
-    dtype: the products of a bf16 matmul, everything around them in x's float32. The backward pass keeps
-    x as it was (a float32 stacked by the layer loop, which XLA's CPU backend writes in place; a bf16 one
-    it converts whole on every layer) and multiplies the rounded cotangent by the kernel the same way."""
+    """x @ kernel with x rounded to kernel's (low-precision) dtype, one dot that multiplies the operands
+    as they are and sums in float32, returned in x's dtype: what a GPU's bf16 matmul computes. XLA's CPU
+    backend computes a bf16 dot by converting both sides to float32 first; this form reaches the CPU's
+    native bf16 dot (AVX-512 BF16, AMX), in the backward pass too. With float32 x (matmul_dtype) the
+    backward pass keeps x as it was (a float32 stacked by the layer loop, which XLA's CPU backend writes
+    in place; a bf16 one it converts whole on every layer) and multiplies the rounded cotangent by the
+    kernel the same way."""
     return jnp.matmul(x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
@@ -88,14 +66,12 @@ low_precision_matmul.defvjp(_low_fwd, _low_bwd)
 
 
 def project(x, kernel, matmul_dtype: str | None = None):
-    """x @ kernel. matmul_dtype (a lower precision than x's): low_precision_matmul. On the CPU,
-    low-precision operands of one dtype go through f32_accumulating_matmul."""
-    if matmul_dtype is not None and jnp.dtype(matmul_dtype) != x.dtype:
-        return low_precision_matmul(x, kernel.astype(matmul_dtype))
-    kernel = kernel.astype(x.dtype)
-    if x.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "cpu":
-        return f32_accumulating_matmul(x, kernel)
-    return x @ kernel
+    """x @ kernel through low_precision_matmul when its operands are lower than x's dtype (matmul_dtype),
+    or on the CPU when x itself is bf16/fp16."""
+    low = jnp.dtype(matmul_dtype or x.dtype)
+    if low != x.dtype or (low in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "cpu"):
+        return low_precision_matmul(x, kernel.astype(low))
+    return x @ kernel.astype(x.dtype)
 
 
 class Linear(nn.Module):
