@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers import ONE_SHAPE, smoke_config, synthetic_dataset
+from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.plots import curves, warm_cold
 from sasrecllm_jax.experiments import __main__ as experiments_cli, claims as claims_lib, grid as grid_lib, seeds
 from sasrecllm_jax.experiments import summary as summary_lib
@@ -117,7 +118,7 @@ def test_score_cli_errors(runs, tmp_path, capsys):
     assert "item id 99999 is not in the dataset" in capsys.readouterr().err
 
 
-def test_test_time_ablation(runs, capsys):
+def test_test_time_ablation(runs, capsys, monkeypatch):
     from sasrecllm_jax.ablate import main as ablate_main
     dataset, out = runs
     run = out.parent / "hybrid"
@@ -157,6 +158,11 @@ def test_test_time_ablation(runs, capsys):
     table = (table_dir / "SUMMARY.md").read_text()
     assert f"| hybrid | drop | {ab['drop']['all']['auc']:.4f} |" in table and "| hybrid | shuffle |" in table
     assert f"| {vs['drop']['all']['AUC']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] |" in table
+    # the grid's recipe for this method is the run's own config
+    monkeypatch.setattr(grid_lib, "config_path", lambda dataset, method: run / "config.yaml")
+    # a finished run made with another config is refused, naming what differs, and left as it was
+    with pytest.raises(ConfigError, match=r"finished run of another config \(train.batch_size: 16 -> 8\)"):
+        grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, ["train.batch_size=8"], ablate=True)
     # a grid stopped between the two ablations resumes the missing one only (a finished run is not retrained)
     (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}, "vs_trained": {"test": {"drop": vs["drop"]}}}))
     grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)

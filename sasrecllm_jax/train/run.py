@@ -40,6 +40,21 @@ from sasrecllm_jax.weights.peft_adapter import load_peft_lora
 RESULT_NEUTRAL_KEYS = ("train.log_every", "train.phase_cache", "data.data_dir")
 
 
+def saved_config_changes(workdir: Path, cfg: Config) -> list[tuple[str, object, object]]:
+    """[(dotted key, the run's value, cfg's value)] where cfg differs from the config.yaml a run folder was
+    made with ([] without one). Keys added to the schema since the run started read as their defaults (the
+    behaviour it ran with); a key the schema no longer has is compared as it is."""
+    saved_cfg = Path(workdir) / "config.yaml"
+    if not saved_cfg.exists():
+        return []
+    saved = load_yaml(saved_cfg.read_text()) or {}
+    try:
+        saved = to_dict(from_dict(Config, saved, str(saved_cfg)))
+    except ConfigError:
+        pass
+    return config_changes(json.loads(json.dumps(saved)), json.loads(json.dumps(to_dict(cfg))))
+
+
 def flat_config(tree, prefix: str = "") -> dict:
     """A config as plain data, flattened to dotted keys (train.batch_size, train.phases[0].lr.mapper)."""
     if isinstance(tree, dict):
@@ -115,14 +130,7 @@ class Run:
         """--resume continues a run with the config it was made with: a change is refused, naming each
         differing key, unless every change is to a RESULT_NEUTRAL_KEYS key and allow_config_change is set."""
         saved_cfg = self.workdir / "config.yaml"
-        if not saved_cfg.exists():
-            return
-        saved = load_yaml(saved_cfg.read_text()) or {}
-        try:  # keys added to the schema since the run started read as their defaults (the behaviour it ran with)
-            saved = to_dict(from_dict(Config, saved, str(saved_cfg)))
-        except ConfigError:  # a key the schema no longer has: compared as it is, and named below
-            pass
-        changes = config_changes(json.loads(json.dumps(saved)), json.loads(json.dumps(to_dict(self.cfg))))
+        changes = saved_config_changes(self.workdir, self.cfg)
         if not changes:
             return
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
