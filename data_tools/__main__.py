@@ -10,7 +10,7 @@ from pathlib import Path
 from data_tools import amazon, audit, cold, collm, log, movielens, named
 from data_tools.named import AMAZON_BOOKS_DIR, ML1M_COLLM_ZIP, NAMED
 from sasrecllm_jax import downloads
-from sasrecllm_jax.data.dataset import load_dataset, write_dataset
+from sasrecllm_jax.data.dataset import check_replaceable, load_dataset, write_dataset
 from sasrecllm_jax.errors import DataError, run_command
 
 COLD_HELP = ("hold a seeded share FRAC of the items that occur in valid/test out of training (their train rows "
@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="sampled negatives per positive, for a positive-only log (no rating column): the "
                         "positive's user, time and history, with an item that existed then and that the user "
                         "never interacted with")
+    q.add_argument("--date-format", metavar="FORMAT",
+                   help="the timestamp column's date format in strftime codes, e.g. '%%d/%%m/%%Y %%H:%%M' "
+                        "(default: unix seconds, ISO 8601, or any format whose dates read the same day-first "
+                        "and month-first)")
     q.add_argument("--missing-title", metavar="TEXT",
                    help="give items with an empty or missing title this placeholder (default: refuse them)")
     q = add("amazon-book", "CoLLM's Amazon-Book recipe")
@@ -93,12 +97,12 @@ def build(args) -> tuple:
         return named.amazon_books(args.source, seed=args.seed)
     return log.prepare_log(args.interactions, args.items, threshold=args.threshold, negatives=args.negatives,
                            seed=args.seed, valid_frac=args.valid_frac, test_frac=args.test_frac,
-                           columns=args.columns, item_columns=args.item_columns, missing_title=args.missing_title)
+                           columns=args.columns, item_columns=args.item_columns, missing_title=args.missing_title,
+                           date_format=args.date_format)
 
 
 def prepare(args) -> dict:
-    if args.out.exists() and not args.overwrite:
-        raise DataError(f"{args.out} exists; choose another --out or pass --overwrite to replace it")
+    check_replaceable(args.out, args.overwrite)
     share = args.cold_items if args.cold_items is not None else getattr(args, "named_cold", None)
     frac = cold.cold_share(share)
     if getattr(args, "negatives", 0) < 0:

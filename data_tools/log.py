@@ -21,18 +21,35 @@ ITEM_COLUMNS = {"item": "item", "title": "title"}
 RANDOM_TRIES = 32  # rejection rounds before a positive's eligible items are listed exactly
 
 
-def _timestamps(df: pd.DataFrame, path: Path, first: int | None) -> np.ndarray:
-    """Unix seconds, from a column of numbers (taken as unix seconds) or of dates (any format pandas reads,
-    UTC unless they say otherwise); a row that is neither like the others is named."""
+def _timestamps(df: pd.DataFrame, path: Path, first: int | None, date_format: str | None = None) -> np.ndarray:
+    """Unix seconds, from a column of numbers (taken as unix seconds) or of dates (UTC unless they say
+    otherwise): ISO 8601, `date_format` (strftime codes) when given, else any format pandas reads as long as
+    no date reads differently day-first and month-first; a row that is neither like the others is named."""
     raw = df["timestamp"]
     values = pd.to_numeric(raw, errors="coerce")
-    if values.notna().all():
+    if values.notna().all() and date_format is None:
         return values.to_numpy().astype(np.int64)
-    if values.notna().any():  # numbers, with some rows that are not
+    if values.notna().any() and date_format is None:  # numbers, with some rows that are not
         bad, kind = values.isna().to_numpy(), "a number (unix seconds) like the other rows"
     else:
-        parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
-        bad, kind = parsed.isna().to_numpy(), "a date like the other rows"
+        text = raw.astype(str)
+        if date_format is not None:
+            parsed = pd.to_datetime(text, errors="coerce", utc=True, format=date_format)
+            kind = f"a date in --date-format {date_format!r}"
+        else:
+            parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+            kind = "a date like the other rows"
+            if parsed.isna().any():  # not all ISO: any format, if day-first and month-first agree on every row
+                parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+                other = pd.to_datetime(text, errors="coerce", utc=True, format="mixed", dayfirst=True)
+                differ = np.flatnonzero((parsed != other).to_numpy() & parsed.notna().to_numpy())
+                if len(differ):
+                    i = int(differ[0])
+                    raise DataError(f"{path}: column 'timestamp' {row_name(i, first)} is {raw.iloc[i]!r}, which "
+                                    f"reads as {parsed.iloc[i]:%Y-%m-%d} month-first and {other.iloc[i]:%Y-%m-%d} "
+                                    f"day-first ({len(differ)} such row(s)); name the format, e.g. --date-format "
+                                    f"'%d/%m/%Y %H:%M' (day first) or '%m/%d/%Y %H:%M' (month first)")
+        bad = parsed.isna().to_numpy()
         if not bad.any():  # whole seconds since 1970, whatever resolution pandas picked (ns before 3.0, us after)
             return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
     i = int(np.flatnonzero(bad)[0])
@@ -82,10 +99,11 @@ def sample_negatives(pos: pd.DataFrame, per_positive: int, seed: int) -> tuple[p
 
 def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0, negatives: int = 0,
                 seed: int = 0, valid_frac: float = 0.1, test_frac: float = 0.1, columns: str | None = None,
-                item_columns: str | None = None, missing_title: str | None = None):
+                item_columns: str | None = None, missing_title: str | None = None, date_format: str | None = None):
     """A log and its item table -> (splits, items, source, recipe, extra card). `columns` and
     `item_columns` are `name=column,...` specs (see LOG_COLUMNS, ITEM_COLUMNS); `missing_title` is the
-    placeholder for empty titles (None: refuse them)."""
+    placeholder for empty titles (None: refuse them); `date_format` the timestamps' strftime format (None:
+    numbers, ISO 8601 or any unambiguous format)."""
     interactions, items_path = Path(interactions), Path(items_path)
     cols = parse_columns(columns, "--columns", LOG_COLUMNS)
     icols = parse_columns(item_columns, "--item-columns", ITEM_COLUMNS)
@@ -95,7 +113,7 @@ def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0,
         raise DataError(f"{interactions}: no rows")
     first = first_line(interactions)
     rows = pd.DataFrame({"user": df["user"].astype(str), "item": df["item"].astype(str),
-                         "timestamp": _timestamps(df, interactions, first)})
+                         "timestamp": _timestamps(df, interactions, first, date_format)})
     rated = "rating" in df.columns
     if rated and negatives:
         raise DataError(f"{interactions}: has a rating column ({cols['rating']!r}) and --negatives {negatives} "
@@ -104,6 +122,12 @@ def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0,
                         f"sample negatives")
     if rated:
         rows["label"] = (numeric(df, "rating", interactions, first=first) >= threshold).astype(np.int8)
+        if rows["label"].nunique() < 2:
+            kind = "positive" if rows["label"].iloc[0] else "negative"
+            raise DataError(f"{interactions}: with --threshold {threshold:g} every row is a {kind} (label = "
+                            f"{cols['rating']!r} >= {threshold:g}); a model cannot learn from one label. Set "
+                            f"--threshold to where a rating means 'liked' (a 0/1 column: --threshold 1), or for "
+                            f"a log of positives only, drop the rating column and pass --negatives N")
     elif negatives < 1:
         raise DataError(f"{interactions}: no rating column ({cols['rating']!r}), so the log is positive-only; "
                         f"pass --negatives N (sampled negatives per positive), or name the rating column "

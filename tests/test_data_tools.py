@@ -166,6 +166,55 @@ def test_log_with_dates_equals_log_with_unix_seconds(tmp_path):
         pd.testing.assert_frame_equal(dates.splits[split], secs.splits[split])
 
 
+def test_log_dates_that_read_two_ways_need_their_format(tmp_path, capsys):
+    """01/10 is 1 October day-first and 10 January month-first: such a column is refused, naming the row and
+    both readings, until --date-format says which; then it equals the same log in unix seconds."""
+    inter, items = _log(tmp_path)
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "secs")
+    df = pd.read_csv(inter)
+    df["timestamp"] = 86400 * 30 * df.index.to_numpy() + 1_599_999_960  # a month apart: days 1-31 and 1-12 mix
+    df.to_csv(inter, index=False)
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "secs2")
+    dates = pd.to_datetime(df["timestamp"], unit="s", utc=True)
+    df["timestamp"] = dates.dt.strftime("%d/%m/%Y %H:%M")  # whole minutes: the seconds part is 0 here
+    assert (dates.dt.second == 0).all()
+    df.to_csv(inter, index=False)
+    err = run_fails(capsys, tmp_path / "dmy", "prepare", "log", "--interactions", inter, "--items", items,
+                    "--out", tmp_path / "dmy", match="month-first")
+    assert "day-first" in err and "--date-format '%d/%m/%Y %H:%M'" in err
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "dmy",
+           "--date-format", "%d/%m/%Y %H:%M")
+    secs, dmy = load_dataset(tmp_path / "secs2"), load_dataset(tmp_path / "dmy")
+    for split in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(dmy.splits[split], secs.splits[split])
+    run_fails(capsys, tmp_path / "ymd", "prepare", "log", "--interactions", inter, "--items", items,
+              "--out", tmp_path / "ymd", "--date-format", "%Y-%m-%d", match="not a date in --date-format '%Y-%m-%d'")
+
+
+def test_log_with_one_label_is_refused(tmp_path, capsys):
+    """A 0/1 column under the default --threshold 4 labels every row 0: refused, saying what to set."""
+    inter, items = _log(tmp_path)
+    df = pd.read_csv(inter)
+    df["rating"] = df["rating"] % 2
+    df.to_csv(inter, index=False)
+    run_fails(capsys, tmp_path / "ds", "prepare", "log", "--interactions", inter, "--items", items,
+              "--out", tmp_path / "ds", match="every row is a negative")
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "ds", "--threshold", 1)
+
+
+def test_overwrite_replaces_only_a_dataset_folder(tmp_path, capsys):
+    inter, items = _log(tmp_path)
+    args = ["prepare", "log", "--interactions", inter, "--items", items, "--threshold", 4, "--overwrite"]
+    run_ok(*args, "--out", tmp_path / "ds")
+    run_ok(*args, "--out", tmp_path / "ds")  # a dataset folder is replaced
+    # a folder holding anything else (here the inputs themselves) is not, and keeps every file
+    run_fails(capsys, tmp_path, *args, "--out", tmp_path, match="is not a dataset folder", out_was_there=True)
+    assert inter.exists() and items.exists() and (tmp_path / "ds" / "dataset.json").exists()
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    run_fails(capsys, tmp_path / "ds", *args, "--out", tmp_path / "ds", match="it holds notes.txt", out_was_there=True)
+    assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
+
+
 def test_log_positive_only_negatives(tmp_path):
     inter, items = _log(tmp_path, rating=False)
     out = tmp_path / "ds"

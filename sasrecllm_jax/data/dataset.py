@@ -162,12 +162,30 @@ def make_card(splits: dict[str, pd.DataFrame], items: pd.DataFrame, *, source: s
     }
 
 
+def check_replaceable(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an --out that exists, unless overwrite is set and it is a dataset folder (its dataset.json and
+    the files a dataset holds, nothing else) or empty: --overwrite never deletes anything else."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not overwrite:
+        raise DataError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+    if not out.is_dir():
+        raise DataError(f"{out} is a file, not a dataset folder; choose another --out")
+    names = {p.name for p in out.iterdir()}
+    ours = {"dataset.json", "items.parquet", *(f"{s}.parquet" for s in SPLITS)}
+    if names and ("dataset.json" not in names or names - ours):
+        other = sorted(names - ours) if "dataset.json" in names else sorted(names)
+        raise DataError(f"{out} is not a dataset folder (it holds {', '.join(other[:5])}"
+                        f"{' ...' if len(other) > 5 else ''}); --overwrite replaces only a folder data_tools "
+                        f"wrote: choose another --out")
+
+
 def write_dataset(out: str | os.PathLike, splits: dict[str, pd.DataFrame], items: pd.DataFrame, *,
                   source: str, recipe: str, overwrite: bool = False, extra: dict | None = None) -> dict:
     """Validate and write a dataset atomically: into a temporary folder, renamed when complete."""
     out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise DataError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+    check_replaceable(out, overwrite)
     if set(splits) != set(SPLITS):
         raise DataError(f"a dataset needs splits {SPLITS}, got {sorted(splits)}")
     items = pd.DataFrame({"iid": _int_column(items, "iid", "items", minimum=1),

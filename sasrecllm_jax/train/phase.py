@@ -226,6 +226,11 @@ class PhaseRunner:
         with_prompts = phase.prompt != "none"
         train_data = a.split("train", phase.prompt, a.row_limit("train") if with_prompts else 0, phase.rows)
         eval_data = a.split(self.cfg.data.eval_split, phase.prompt, a.row_limit("eval"))
+        if len(eval_data) and len(np.unique(eval_data.label)) < 2:
+            raise TrainingError(
+                f"phase {phase.name}: every one of the {len(eval_data):,} {self.cfg.data.eval_split} rows it evaluates "
+                f"on is labelled {int(eval_data.label[0])}, so valid AUC cannot pick its checkpoint; check the "
+                f"dataset's labels (a 0/1 rating column needs data_tools' --threshold 1) or set data.eval_split")
         bs = t.batch_size if with_prompts else t.encoder_batch_size
         packs = None
         if with_prompts and self.cfg.data.pack_train:
