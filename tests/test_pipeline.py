@@ -55,6 +55,22 @@ def test_template_errors(tmp_path):
     with pytest.raises(DataError, match=r"holds <UserID> or no marker, found \['<UserID>', '<ItemID>'\]"):
         Template.load(bad, "unknown_item")
     assert Template.load(ROOT / "configs/prompts/hybrid_unknown_item.txt", "unknown_item").markers == ("<UserID>",)
+    bad.write_text('Liked {history}. Rate {target} as {rating}: {"answer": "Yes"}')
+    with pytest.raises(DataError, match=r"a field \{rating\}; it may hold \{history\} and \{target\} only"):
+        Template.load(bad, "text")
+    bad.write_text("Liked {history}. Rate {target} {")
+    with pytest.raises(DataError, match="Single '{' encountered"):
+        Template.load(bad, "text")
+
+
+def test_template_braces_written_twice_are_literal():
+    tok = byte_tokenizer()
+    path = ROOT / "configs/prompts/text.txt"
+    t = Template.load(path, "text")
+    braced = Template(tuple(seg + ' {{"answer": "Yes"}}' for seg in t.segments), t.markers)
+    enc = encode(braced, tok, [np.array([1, 2, 3])], np.array([4]), TITLES, max_titles=10, max_tokens=2000,
+                 num_soft_tokens=1)
+    assert tok.decode(enc.tokens[0].tolist()).endswith('Answer: {"answer": "Yes"}')
 
 
 def test_iterator_deterministic_resumable_and_complete():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import string
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,15 @@ class Template:
         text = path.read_text().rstrip("\n")
         parts = _SPLIT.split(text)
         segments, markers = tuple(parts[0::2]), tuple(parts[1::2])
+        for seg in segments:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(seg) if f is not None]
+            except ValueError as e:
+                raise DataError(f"{path}: {e} in the template; write a literal brace as {{{{ or }}}}") from None
+            other = [f for f in fields if f not in ("history", "target")]
+            if other:
+                raise DataError(f"{path}: the template has a field {{{other[0]}}}; it may hold {{history}} and "
+                                f"{{target}} only (write a literal brace as {{{{ or }}}})")
         for field in ("{history}", "{target}"):
             if field not in text:
                 raise DataError(f"{path}: the template has no {field} field")
@@ -107,7 +117,7 @@ def _render(template: Template, tokenizer, histories, targets, titles, todo: np.
     """Render and tokenize rows `todo` with one template into out / user_pos / item_pos (in place)."""
     while len(todo):
         rendered = [[seg.format(history=history_text([titles[i] for i in histories[r][len(histories[r]) - shown[r]:]]),
-                                target=titles[targets[r]]) if "{" in seg else seg
+                                target=titles[targets[r]]) if "{" in seg or "}" in seg else seg
                      for seg in template.segments] for r in todo]
         encoded = [tokenizer.encode_batch([row[s] for row in rendered], add_special_tokens=(s == 0))
                    for s in range(len(template.segments))]
