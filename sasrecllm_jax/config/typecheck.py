@@ -42,7 +42,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r} ({type(value).__name__})", key=where)
+        hint = (f"; YAML reads a bare Yes, No, On, Off, True or False as a boolean: quote the text, e.g. "
+                f"--set '{where}=\" Yes\"'" if tp is str and isinstance(value, bool) else "")
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r} ({type(value).__name__}){hint}", key=where)
     return value
 
 

@@ -8,9 +8,11 @@ final model of another run (plug-and-play), `{lora: "peft:DIR"}` from a Hugging 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
 
 from sasrecllm_jax.config import Config, PhaseConfig, from_dict, to_dict
+from sasrecllm_jax.config.checks import TRAINABLE_GROUPS
 from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.train.groups import ENCODERS, trainable_on
 
@@ -96,6 +98,16 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
         if bad:
             raise ConfigError(f"{where}: group(s) {bad} cannot train on '{ph.prompt}' prompts (trainable there: "
                               f"{sorted(allowed)}); with model.encoder={cfg.model.encoder!r}")
+        unknown = sorted(set(ph.lr) - set(TRAINABLE_GROUPS))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], TRAINABLE_GROUPS, n=1)
+            raise ConfigError(f"{where}: lr names {unknown[0]!r}, not a group"
+                              f"{f' (did you mean {close[0]!r}?)' if close else ''}; groups: {list(TRAINABLE_GROUPS)}")
+        no_lr = sorted(set(groups) - set(ph.lr))
+        if no_lr:
+            raise ConfigError(f"{where}: no learning rate for group(s) {no_lr}, which it trains; set lr: "
+                              f"{{{no_lr[0]}: 1e-3}} in the phase (an lr in train.phase_overrides replaces the "
+                              f"phase's whole lr mapping)")
         for group, source in ph.restore.items():
             if source.startswith("phase:"):
                 if source[6:] not in seen - {ph.name}:
