@@ -19,7 +19,9 @@ def train_main(argv=None) -> int:
     line (argv None), an interrupted run leaves through os._exit once its message is printed: the
     interpreter's shutdown would otherwise tear down JAX's and Orbax's threads under work in flight."""
     p = argparse.ArgumentParser(prog="train.py", description="Train and evaluate a recommender (SASRecLLM and baselines).")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/quickstart.yaml)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config (default: with --resume, the run's own config.yaml in --workdir; otherwise "
+                        "configs/quickstart.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.batch_size=32 (repeatable)")
     p.add_argument("--workdir", type=Path, default=None, help="run folder (default: runs/<config name>)")
@@ -28,6 +30,11 @@ def train_main(argv=None) -> int:
     p.add_argument("--allow-config-change", action="store_true",
                    help=f"with --resume: accept changes to keys that cannot change the results ({', '.join(RESULT_NEUTRAL_KEYS)})")
     args = p.parse_args(argv)
+    if args.config is None:
+        own = args.workdir / "config.yaml" if args.workdir is not None else None
+        args.config = own if args.resume and own is not None and own.exists() else DEFAULT_CONFIG
+        if args.config == own:
+            print(f"resuming with {own}, the run's own config")
     workdir = args.workdir or Path("runs") / args.config.stem
 
     def body():
