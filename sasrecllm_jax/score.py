@@ -25,6 +25,7 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, from_dict, load_yaml
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, evaluate, score_split
+from sasrecllm_jax.run_folder.files import unfinished
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.checkpoint import Store
@@ -62,8 +63,9 @@ class Recommender:
     @staticmethod
     def check_run(run: Path) -> None:
         """Refuse a folder that holds no finished run."""
-        if not (run / "final").exists() or not (run / "config.yaml").exists():
-            raise ConfigError(f"{run}: not a finished run (no final/ checkpoint); train it with train.py first")
+        why = unfinished(run)
+        if why:
+            raise ConfigError(why)
 
     def check_user(self, uid, row: str = "") -> None:
         """Refuse a user id outside 0..num_users (0 is a user the dataset does not know), naming it."""

@@ -113,7 +113,24 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
 def test_score_cli_errors(runs, tmp_path, capsys):
     _, out = runs
     assert score_main(["--run", str(tmp_path)]) == 2
-    assert "not a finished run" in capsys.readouterr().err
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+    # an unfinished run is named as such, with the command that finishes it
+    import shutil
+    cut = tmp_path / "cut"
+    shutil.copytree(out / "runs" / "sasrec", cut)
+    (cut / "results.json").unlink()
+    assert score_main(["--run", str(cut)]) == 2
+    assert f"is an unfinished run (checkpoints of sasrec); continue it with python train.py --workdir {cut} --resume" \
+        in capsys.readouterr().err
+    from sasrecllm_jax.compare import main as compare_main
+    (cut / "scores.npz").unlink()
+    assert compare_main([str(out / "runs" / "sasrec"), str(cut)]) == 2
+    assert "is an unfinished run" in capsys.readouterr().err
+    # a committed run folder keeps results and scores, not weights
+    shutil.rmtree(cut / "final")
+    shutil.copy(out / "runs" / "sasrec" / "results.json", cut / "results.json")
+    assert score_main(["--run", str(cut)]) == 2
+    assert "holds a finished run's results but not its weights" in capsys.readouterr().err
     assert score_main(["--run", str(out / "runs" / "sasrec"), "--user", "1", "--candidates", "1 99999"]) == 2
     assert "item id 99999 is not in the dataset" in capsys.readouterr().err
 

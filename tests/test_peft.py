@@ -358,7 +358,7 @@ def test_export_cli_end_to_end(dataset, tmp_path, capsys, inject):
     err = capsys.readouterr().err
     assert err.startswith("error: --out ") and "exists and is not empty" in err and err.count("\n") == 1
     assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
-    assert "not a finished run" in capsys.readouterr().err
+    assert "nowhere does not exist" in capsys.readouterr().err
     mf_run = finish_run(dataset, tmp_path / "mf", "mf")
     capsys.readouterr()
     assert main([str(mf_run), "--out", str(tmp_path / "x")]) == 2

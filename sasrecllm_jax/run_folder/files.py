@@ -88,6 +88,24 @@ def saved_work(workdir: Path) -> list[str]:
                                     ("results.json", (workdir / "results.json").exists())) if held]
 
 
+def unfinished(run: Path) -> str | None:
+    """Why a folder holds no finished run (None: it does), in words that say what to do."""
+    run = Path(run)
+    if not run.exists():
+        return f"{run} does not exist"
+    if not (run / "config.yaml").exists():
+        return f"{run} is not a run folder (no config.yaml); point at a folder train.py wrote"
+    if (run / "results.json").exists() and not (run / "final").exists():
+        return (f"{run} holds a finished run's results but not its weights (no final/; committed run folders "
+                f"keep their scores only); train it again to score or export with it")
+    if not (run / "results.json").exists():
+        phases = phases_with_checkpoints(run)
+        saved = f"checkpoints of {', '.join(phases)}" if phases else "no checkpoint yet"
+        return (f"{run} is an unfinished run ({saved}); continue it with python train.py --workdir {run} "
+                f"--resume")
+    return None
+
+
 def phases_with_checkpoints(workdir: Path) -> list[str]:
     """The phases of which RUN/checkpoints/PHASE/{latest,best} hold a saved step."""
     folder = Path(workdir) / "checkpoints"

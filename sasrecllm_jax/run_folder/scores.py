@@ -18,7 +18,7 @@ import yaml
 from sasrecllm_jax.data.dataset import load_dataset
 from sasrecllm_jax.data.pipeline import SplitData, row_parts
 from sasrecllm_jax.errors import ConfigError, DataError
-from sasrecllm_jax.run_folder.files import write_whole
+from sasrecllm_jax.run_folder.files import unfinished, write_whole
 
 SCORES_FILE = "scores.npz"
 
@@ -85,6 +85,9 @@ def load_scores(run: Path) -> dict[str, dict]:
     """RUN/scores.npz -> {split: {score, label, warm, user, rows}} (no user in files made before it)."""
     path = Path(run) / SCORES_FILE
     if not path.exists():
+        why = unfinished(run) if not (Path(run) / "results.json").exists() else None
+        if why:
+            raise ConfigError(why)
         raise ConfigError(f"{run}: no {SCORES_FILE}. Runs keep their per-row scores since this was added; "
                           f"run the method again (a run whose results.json came from an older commit has none)")
     out: dict[str, dict] = {}
