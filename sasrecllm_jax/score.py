@@ -25,7 +25,7 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, from_dict, load_yaml
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, evaluate, score_split
-from sasrecllm_jax.run_folder.files import unfinished
+from sasrecllm_jax.run_folder.files import check_dataset, unfinished
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.checkpoint import Store
@@ -44,6 +44,7 @@ class Recommender:
         run = Path(run)
         self.cfg, self.prompt = self.run_config(run)
         self.assembly, params = Assembly.for_run(self.cfg)
+        check_dataset(run, self.assembly.dataset.path, self.assembly.dataset.digest())
         params = groups.select(params, groups.prompt_modules(self.prompt, self.cfg.model.encoder))
         store = Store(run / "final")
         try:

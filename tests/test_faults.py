@@ -322,7 +322,7 @@ def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_pat
     assert "pass one of them" in capsys.readouterr().err
     assert train_main(argv(dataset, folder, *TWO_PHASES, flags=["--restart"])) == 0
     assert "--restart: removed config.yaml, run_state.json, metrics.jsonl, tensorboard/, checkpoints/, final/, results.json, " \
-           "scores.npz from" in capsys.readouterr().out
+           "scores.npz, dataset.sha256 from" in capsys.readouterr().out
     assert json.loads((folder / "results.json").read_text())["test"] == json.loads(finished)["test"]
 
 

@@ -1,4 +1,5 @@
 """What a user reads after a run: scoring a finished run, the plots, the experiment summary."""
+import dataclasses
 import json
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
 
 
 def test_score_cli_errors(runs, tmp_path, capsys):
-    _, out = runs
+    dataset, out = runs
     assert score_main(["--run", str(tmp_path)]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
     # an unfinished run is named as such, with the command that finishes it
@@ -126,6 +127,19 @@ def test_score_cli_errors(runs, tmp_path, capsys):
     (cut / "scores.npz").unlink()
     assert compare_main([str(out / "runs" / "sasrec"), str(cut)]) == 2
     assert "is an unfinished run" in capsys.readouterr().err
+    # a run refuses a dataset that is not the one it was trained on (its ids would name other items)
+    from sasrecllm_jax.data.dataset import load_dataset
+    ds = load_dataset(dataset)
+    assert (out / "runs" / "sasrec" / "dataset.sha256").read_text().strip() == ds.digest()
+    items = ds.items.copy()
+    items.loc[0, "title"] += " (again)"
+    assert dataclasses.replace(ds, items=items).digest() != ds.digest()
+    splits = {**ds.splits, "test": ds.splits["test"].assign(label=1 - ds.splits["test"]["label"])}
+    assert dataclasses.replace(ds, splits=splits).digest() != ds.digest()
+    shutil.copytree(out / "runs" / "sasrec", tmp_path / "moved")
+    (tmp_path / "moved" / "dataset.sha256").write_text("0" * 64 + "\n")
+    assert score_main(["--run", str(tmp_path / "moved"), "--user", "1", "--candidates", "1 2"]) == 2
+    assert "is not the dataset" in capsys.readouterr().err
     # a committed run folder keeps results and scores, not weights
     shutil.rmtree(cut / "final")
     shutil.copy(out / "runs" / "sasrec" / "results.json", cut / "results.json")

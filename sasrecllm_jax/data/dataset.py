@@ -24,6 +24,7 @@ top level. Folders written before `causes` existed get it computed when loaded.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +56,19 @@ class Dataset:
     @property
     def num_users(self) -> int:
         return int(self.card["users"]["max_id"])
+
+    def digest(self) -> str:
+        """sha256 of what the ids mean and which rows there are: the item table and every split's (uid, iid,
+        label); a run records it, so that a dataset prepared again differently is not read with its ids."""
+        h = hashlib.sha256()
+        h.update(self.items["iid"].to_numpy(np.int64).tobytes())
+        h.update("\x00".join(self.items["title"].astype(str)).encode())
+        for name in sorted(self.splits):
+            df = self.splits[name]
+            h.update(name.encode())
+            for col in ("uid", "iid", "label"):
+                h.update(df[col].to_numpy(np.int64).tobytes())
+        return h.hexdigest()
 
     def titles(self) -> np.ndarray:
         """Titles indexed by iid (index 0 is the empty padding title)."""

@@ -18,7 +18,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from sasrecllm_jax.errors import TrainingError
+from sasrecllm_jax.errors import ConfigError, TrainingError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +56,9 @@ def write_whole(path: Path, data: str | bytes) -> None:
 ABLATION_FILE = "ablation.json"
 PAIRED_KEY = "vs_trained"  # ablation.json's paired tests, beside its splits
 # what a run writes into its folder (RUN/ablation.json is made from a finished run by the ablations)
+DATASET_DIGEST_FILE = "dataset.sha256"  # Dataset.digest() of the data the run was trained on
 RUN_FILES = ("config.yaml", "run_state.json", "metrics.jsonl", "tensorboard", "checkpoints", "final", "results.json",
-             "scores.npz", ABLATION_FILE)
+             "scores.npz", ABLATION_FILE, DATASET_DIGEST_FILE)
 LOCK_FILE = "lock"
 
 
@@ -104,6 +105,19 @@ def unfinished(run: Path) -> str | None:
         return (f"{run} is an unfinished run ({saved}); continue it with python train.py --workdir {run} "
                 f"--resume")
     return None
+
+
+def check_dataset(run: Path, dataset_path: Path, digest: str, record: bool = False) -> None:
+    """Refuse a dataset that differs from the one the run was trained on (its ids would name other users and
+    items); record: write the digest when the run has none yet (a new run)."""
+    path = Path(run) / DATASET_DIGEST_FILE
+    if path.exists():
+        if path.read_text().strip() != digest:
+            raise ConfigError(f"{dataset_path} is not the dataset {run} was trained on (its rows or items differ: "
+                              f"ids may name other users and items now); prepare it again as it was, or train "
+                              f"a new run on it")
+    elif record:
+        write_whole(path, digest + "\n")
 
 
 def phases_with_checkpoints(workdir: Path) -> list[str]:

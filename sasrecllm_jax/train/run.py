@@ -24,7 +24,7 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig, from_dict, load_yaml, to_dict
 from sasrecllm_jax.errors import ConfigError, DamagedCheckpointError, TrainingError, check_stop
 from sasrecllm_jax.host_cache import HostCache
-from sasrecllm_jax.run_folder.files import (RunLock, code_version, phases_with_checkpoints, remove_run_files,
+from sasrecllm_jax.run_folder.files import (RunLock, check_dataset, code_version, phases_with_checkpoints, remove_run_files,
                                            saved_work, write_whole)
 from sasrecllm_jax.run_folder.metrics_log import Reporter, read_metrics
 from sasrecllm_jax.train import groups
@@ -242,6 +242,8 @@ class Run:
         # the time earlier processes of this run spent on the phases they finished (reused ones count below)
         earlier_s = sum(timing.get(name, {}).get("wall_s", 0.0) for name in run_state["completed"] if name not in reused)
         assembly, params = Assembly.for_run(cfg, self.host_cache)
+        if jax.process_index() == 0:
+            check_dataset(self.workdir, assembly.dataset.path, assembly.dataset.digest(), record=True)
         check_stop()
         reporter = Reporter(self.workdir)
         reporter.forget_final()  # a final evaluation cut short is made again
