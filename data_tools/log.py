@@ -112,6 +112,12 @@ def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0,
     if df.empty:
         raise DataError(f"{interactions}: no rows")
     first = first_line(interactions)
+    for col in ("user", "item"):
+        empty = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy()
+        if empty.any():
+            i = int(np.flatnonzero(empty)[0])
+            raise DataError(f"{interactions}: column {cols[col]!r} ({col}) {row_name(i, first)} is empty "
+                            f"({int(empty.sum())} such row(s)); fill or drop them")
     rows = pd.DataFrame({"user": df["user"].astype(str), "item": df["item"].astype(str),
                          "timestamp": _timestamps(df, interactions, first, date_format)})
     rated = "rating" in df.columns

@@ -141,14 +141,22 @@ def read_table(path, where: str, columns: dict[str, str], optional: tuple[str, .
             df = pd.read_csv(path, sep=None if path.suffix not in (".csv", ".tsv") else
                              ("\t" if path.suffix == ".tsv" else ","), engine="python",
                              dtype=str, keep_default_na=False)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except Exception as e:  # pandas / pyarrow raise many types for a broken file
         raise DataError(f"{path}: cannot be read as a table ({type(e).__name__}: {e}); "
                         f"check that the file is complete and in CSV, TSV or Parquet format") from None
+    df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
     missing = [f"{col} ({name})" if col != name else col for name, col in columns.items()
                if col not in df.columns and name not in optional]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} ({where}); it has {list(df.columns)}; "
-                        f"name the file's columns with the column option (see --help)")
+        seps = [sep for sep in (";", "|", "\t") if len(df.columns) == 1 and sep in str(df.columns[0])]
+        hint = (f"; it looks {seps[0]!r}-separated, but a {path.suffix} file is read "
+                f"{'comma' if path.suffix == '.csv' else 'tab'}-separated: save it with "
+                f"{'commas' if path.suffix == '.csv' else 'tabs'}, or name it .txt (its delimiter is detected)"
+                if seps and path.suffix in (".csv", ".tsv") else
+                "; name the file's columns with the column option (see --help)")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} ({where}); it has {list(df.columns)}{hint}")
     return pd.DataFrame({name: df[col] for name, col in columns.items() if col in df.columns})
 
 

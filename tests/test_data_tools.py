@@ -191,6 +191,31 @@ def test_log_dates_that_read_two_ways_need_their_format(tmp_path, capsys):
               "--out", tmp_path / "ymd", "--date-format", "%Y-%m-%d", match="not a date in --date-format '%Y-%m-%d'")
 
 
+def test_log_files_that_are_not_as_read_say_what_to_change(tmp_path, capsys):
+    inter, items = _log(tmp_path)
+    df = pd.read_csv(inter)
+    out = tmp_path / "ds"
+    args = ["prepare", "log", "--items", items, "--out", out]
+    semi = tmp_path / "semi.csv"
+    df.to_csv(semi, index=False, sep=";")
+    run_fails(capsys, out, *args, "--interactions", semi, match="it looks ';'-separated, but a .csv file is read "
+              "comma-separated: save it with commas, or name it .txt")
+    latin = tmp_path / "items_latin1.csv"
+    latin.write_bytes("item,title\n".encode() + "".join(f"i{i},Caf\xe9 {i}\n" for i in range(10)).encode("latin-1"))
+    run_fails(capsys, out, "prepare", "log", "--interactions", inter, "--items", latin, "--out", out,
+              match="not UTF-8 text")
+    empty = df.astype(str)
+    empty.loc[3, "user"] = ""
+    empty.to_csv(tmp_path / "empty.csv", index=False)
+    run_fails(capsys, out, *args, "--interactions", tmp_path / "empty.csv",
+              match="column 'user' (user) line 5 is empty (1 such row(s))")
+    spaced = tmp_path / "spaced.csv"  # a header written with spaces after the commas reads as the names
+    (spaced).write_text(", ".join(df.columns) + "\n" + "\n".join(",".join(map(str, r)) for r in df.values) + "\n")
+    run_ok(*args, "--interactions", spaced, "--threshold", 4)
+    run_ok("prepare", "log", "--items", items, "--out", tmp_path / "plain", "--interactions", inter)
+    assert load_dataset(out).splits["test"].equals(load_dataset(tmp_path / "plain").splits["test"])
+
+
 def test_log_with_one_label_is_refused(tmp_path, capsys):
     """A 0/1 column under the default --threshold 4 labels every row 0: refused, saying what to set."""
     inter, items = _log(tmp_path)
