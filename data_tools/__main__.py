@@ -117,6 +117,14 @@ def summary(card: dict, out: Path) -> str:
     s = card["splits"]
     lines = [f"wrote {out}: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in s.items())
              + f"; {card['users']['count']:,} users, {card['items']['count']:,} items"]
+    dropped = card.get("input", {}).get("duplicate_rows_dropped", 0)
+    if dropped:
+        lines.append(f"note: {dropped:,} repeated (user, item) row(s) collapsed to the first in time")
+    neg = card.get("negatives", {})
+    if neg.get("skipped"):
+        lines.append(f"note: {neg['skipped']:,} of the {neg['sampled'] + neg['skipped']:,} negatives asked for were "
+                     f"not drawn (no item left that existed then and the user never touched); positive rate "
+                     f"{s['train']['positive_rate']:.3f} in train")
     if "cold_items" in card:
         lines.append(f"held out of train: {card['cold_items']['items']:,} of the "
                      f"{card['cold_items']['of_valid_test_items']:,} valid/test items")

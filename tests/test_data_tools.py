@@ -240,7 +240,7 @@ def test_overwrite_replaces_only_a_dataset_folder(tmp_path, capsys):
     assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
 
 
-def test_log_positive_only_negatives(tmp_path):
+def test_log_positive_only_negatives(tmp_path, capsys):
     inter, items = _log(tmp_path, rating=False)
     out = tmp_path / "ds"
     run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", out, "--negatives", 1, "--seed", 3)
@@ -249,6 +249,7 @@ def test_log_positive_only_negatives(tmp_path):
     # early positives have few items that existed then and the user never touched: some get none, counted
     skipped = ds.card["negatives"]["skipped"]
     assert 0 < skipped < 10 and ds.card["negatives"]["sampled"] == 48 - skipped
+    assert f"note: {skipped} of the 48 negatives asked for were not drawn" in capsys.readouterr().out
     assert len(all_rows) == 96 - skipped and all_rows["label"].sum() == 48
     # a sampled negative is never an item the user interacted with
     pos = all_rows[all_rows.label == 1].groupby("uid")["iid"].agg(set)
