@@ -328,6 +328,17 @@ def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "w").exists()  # refused before any run folder or compilation
 
 
+def test_prompts_over_max_tokens_are_refused_before_any_phase_trains(dataset, capsys, tmp_path):
+    """A data.max_tokens too small for the longest title's prompt without history is named before the
+    SASRec phase trains (encoding the hybrid phase's rows would find it only after that phase)."""
+    run = tmp_path / "w"
+    assert train_main(["--config", str(ROOT / "configs/smoke.yaml"), "--set", f"data.dataset={dataset}",
+                       "--set", "data.max_tokens=24", "--workdir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "data.max_tokens=24 is too small for hybrid prompts" in err and "raise data.max_tokens" in err
+    assert not (run / "checkpoints").exists()
+
+
 def test_exponent_floats_read_as_floats(tmp_path):
     """YAML 1.1 reads 1e-5 as the string '1e-5'; in a file, in --set and inside a dict it is a float."""
     from sasrecllm_jax.config import load_config

@@ -17,7 +17,7 @@ from sasrecllm_jax.config import Config
 from sasrecllm_jax.data import prompts as prompts_lib
 from sasrecllm_jax.data.dataset import Dataset
 from sasrecllm_jax.data.pipeline import SplitData
-from sasrecllm_jax.errors import ConfigError
+from sasrecllm_jax.errors import ConfigError, DataError
 from sasrecllm_jax.host_cache import HostCache, memo
 
 
@@ -115,6 +115,26 @@ class SplitEncoder:
         texts = tuple(Path(t).read_text() if Path(t).exists() else str(t) for t, _ in prompt_templates(self.cfg, prompt))
         return base + (texts, at_last, self.tokenizer_source, d.max_titles, d.max_tokens, m.mapper.num_tokens,
                        d.late_rows if prompt == "hybrid" and d.prompt_hybrid_unknown_item else None)
+
+    def check_prompts_fit(self, prompt: str) -> None:
+        """Refuse a data.max_tokens too small for the prompts of the item with the longest title even without
+        history titles, before any phase trains (encoding a split would find it only when that phase starts)."""
+        if prompt == "none":
+            return
+        d, m = self.cfg.data, self.cfg.model
+        titles = self.dataset.titles()
+        longest = np.argsort([-len(t) for t in titles], kind="stable")[:20]  # by characters; tokens decide below
+        longest = max(longest, key=lambda i: len(self.tokenizer.encode(str(titles[i])).ids))
+        for path, kind in prompt_templates(self.cfg, prompt):
+            try:
+                prompts_lib.encode(prompts_lib.Template.load(path, kind), self.tokenizer, [np.zeros(0, np.int64)],
+                                   np.array([longest]), titles, max_titles=d.max_titles, max_tokens=d.max_tokens,
+                                   num_soft_tokens=m.mapper.num_tokens, where=str(path))
+            except DataError as e:
+                need = str(e).split(" needs ", 1)[1].split(" tokens", 1)[0]
+                raise DataError(f"data.max_tokens={d.max_tokens} is too small for {prompt} prompts: {path} with the "
+                                f"longest title (item {int(longest)}) and no history titles needs {need} tokens; "
+                                f"raise data.max_tokens") from None
 
     def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
         """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""

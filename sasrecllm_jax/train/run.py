@@ -244,6 +244,8 @@ class Run:
         assembly, params = Assembly.for_run(cfg, self.host_cache)
         if jax.process_index() == 0:
             check_dataset(self.workdir, assembly.dataset.path, assembly.dataset.digest(), record=True)
+        for prompt in sorted({ph.prompt for ph in self.phases} | {scoring_prompt(t.method, self.phases)}):
+            assembly.encoder.check_prompts_fit(prompt)  # before any phase trains
         check_stop()
         reporter = Reporter(self.workdir)
         reporter.forget_final()  # a final evaluation cut short is made again
