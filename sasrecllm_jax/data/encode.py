@@ -117,13 +117,14 @@ class SplitEncoder:
                        d.late_rows if prompt == "hybrid" and d.prompt_hybrid_unknown_item else None)
 
     def check_prompts_fit(self, prompt: str) -> None:
-        """Refuse a data.max_tokens too small for the prompts of the item with the longest title even without
-        history titles, before any phase trains (encoding a split would find it only when that phase starts)."""
+        """Refuse a data.max_tokens too small for the prompt of the item with the longest title that a row names,
+        without history titles, before any phase trains (encoding a split would find it when that phase starts)."""
         if prompt == "none":
             return
         d, m = self.cfg.data, self.cfg.model
         titles = self.dataset.titles()
-        longest = np.argsort([-len(t) for t in titles], kind="stable")[:20]  # by characters; tokens decide below
+        targets = np.unique(np.concatenate([df["iid"].to_numpy() for df in self.dataset.splits.values()]))
+        longest = targets[np.argsort([-len(titles[i]) for i in targets], kind="stable")[:20]]  # tokens decide below
         longest = max(longest, key=lambda i: len(self.tokenizer.encode(str(titles[i])).ids))
         for path, kind in prompt_templates(self.cfg, prompt):
             try:
@@ -133,7 +134,7 @@ class SplitEncoder:
             except DataError as e:
                 need = str(e).split(" needs ", 1)[1].split(" tokens", 1)[0]
                 raise DataError(f"data.max_tokens={d.max_tokens} is too small for {prompt} prompts: {path} with the "
-                                f"longest title (item {int(longest)}) and no history titles needs {need} tokens; "
+                                f"longest title a row names (item {int(longest)}) and no history titles needs {need} tokens; "
                                 f"raise data.max_tokens") from None
 
     def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
