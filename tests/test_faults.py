@@ -324,6 +324,14 @@ def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_pat
     assert "--restart: removed config.yaml, run_state.json, metrics.jsonl, tensorboard/, checkpoints/, final/, results.json, " \
            "scores.npz, dataset.sha256 from" in capsys.readouterr().out
     assert json.loads((folder / "results.json").read_text())["test"] == json.loads(finished)["test"]
+    # a folder train.py did not write (no config.yaml) is never cleared, with --restart or without
+    other = tmp_path / "project"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "mine.pt").write_text("keep")
+    for flags in ([], ["--restart"]):
+        assert train_main(argv(dataset, other, *TWO_PHASES, flags=flags)) == 2
+        assert "holds checkpoints but no config.yaml, so it is not a run folder" in one_error_line(capsys.readouterr().err)
+    assert (other / "checkpoints" / "mine.pt").read_text() == "keep"
 
 
 # ---------------------------------------------------------------------------------------------- evaluations

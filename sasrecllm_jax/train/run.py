@@ -24,8 +24,8 @@ from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig, from_dict, load_yaml, to_dict
 from sasrecllm_jax.errors import ConfigError, DamagedCheckpointError, TrainingError, check_stop
 from sasrecllm_jax.host_cache import HostCache
-from sasrecllm_jax.run_folder.files import (RunLock, check_dataset, code_version, phases_with_checkpoints, remove_run_files,
-                                           saved_work, write_whole)
+from sasrecllm_jax.run_folder.files import (RUN_FILES, RunLock, check_dataset, code_version, phases_with_checkpoints,
+                                           remove_run_files, saved_work, write_whole)
 from sasrecllm_jax.run_folder.metrics_log import Reporter, read_metrics
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.checkpoint import PhaseCheckpoints, Store
@@ -103,6 +103,10 @@ class Run:
         record: {completed: [phase], timing: {phase: ...}, reused: {phase: run}} (None: a finished run,
         resumed with its own config, left as it is)."""
         saved = saved_work(self.workdir)
+        ours = [n for n in RUN_FILES if (self.workdir / n).exists()]
+        if ours and not (self.workdir / "config.yaml").exists():  # never delete what train.py did not write
+            raise TrainingError(f"{self.workdir} holds {', '.join(ours)} but no config.yaml, so it is not a run "
+                                f"folder train.py wrote; choose another --workdir")
         if self.restart:
             removed = remove_run_files(self.workdir)
             if removed:
