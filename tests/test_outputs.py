@@ -614,6 +614,9 @@ def test_seeds_are_summarised_as_mean_and_sd(tmp_path, capsys):
     # a configuration without a run of the baselines' seed is passed over, however it does on valid
     summary["sasrecllm_z-seed1"] = _result("sasrecllm", 1, 0.80, 0.80, 0.80, 0.80)
     assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_x", pytest.approx(0.71), 2, 3)
+    # nor one evaluated on other valid rows (other row caps), whose AUC is not comparable
+    summary["sasrecllm_w"] = _result("sasrecllm", 0, 0.80, 0.80, 0.80, 0.90, n=400)
+    assert claims_lib.chosen_hybrid(summary) == ("sasrecllm_x", pytest.approx(0.71), 2, 3)
     assert experiments_cli.main(["ml1m", "--summary-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no finished runs under" in capsys.readouterr().err
 

@@ -39,8 +39,12 @@ def chosen_hybrid(summary: dict) -> tuple[str, float, int, int] | None:
     """(run, valid AUC, seeds, configurations): the SASRecLLM configuration best on valid AUC, averaged over
     its seeds where several ran (one seed's valid AUC can lead by the seed's luck), among the configurations
     with a run of the baselines' seed (sasrec's) where any has one, and of it that run (else its best on
-    valid), so that the claims pair runs of one seed."""
+    valid), so that the claims pair runs of one seed. Only configurations evaluated on as many valid rows as
+    sasrec's compete (a run of other row caps scored other rows)."""
     hybrids = {n: r for n, r in summary.items() if r.get("method") == "sasrecllm" and r["valid"]["all"]["auc"] is not None}
+    rows = summary.get("sasrec", {}).get("valid", {}).get("all", {}).get("n")
+    if rows is not None:  # valid AUCs rank configurations only on the same rows: sasrec's (the baselines')
+        hybrids = {n: r for n, r in hybrids.items() if r["valid"]["all"].get("n") == rows}
     if not hybrids:
         return None
     group_of = seed_group_of(summary)
