@@ -43,24 +43,22 @@ def test_text_prompt_and_shortening():
         encode(t, tok, [np.array([1])], np.array([4]), TITLES, max_titles=10, max_tokens=20, num_soft_tokens=1)
 
 
-def test_template_errors(tmp_path):
+@pytest.mark.parametrize("text,kind,match", [
+    ("History {history}. Target {target}? <ItemID> <UserID>", "hybrid",
+     r"needs the markers \['<UserID>', '<ItemID>'\] in this order"),
+    ("no fields <UserID> <ItemID>", "hybrid", "no {history} field"),
+    ("History {history} <UserID>. Target {target} <ItemID>?", "unknown_item",
+     r"holds <UserID> or no marker, found \['<UserID>', '<ItemID>'\]"),
+    ('Liked {history}. Rate {target} as {rating}: {"answer": "Yes"}', "text",
+     r"a field \{rating\}; it may hold \{history\} and \{target\} only"),
+    ("Liked {history}. Rate {target} {", "text", "Single '{' encountered"),
+])
+def test_template_errors(tmp_path, text, kind, match):
     bad = tmp_path / "t.txt"
-    bad.write_text("History {history}. Target {target}? <ItemID> <UserID>")
-    with pytest.raises(DataError, match=r"needs the markers \['<UserID>', '<ItemID>'\] in this order"):
-        Template.load(bad, "hybrid")
-    bad.write_text("no fields <UserID> <ItemID>")
-    with pytest.raises(DataError, match="no {history} field"):
-        Template.load(bad, "hybrid")
-    bad.write_text("History {history} <UserID>. Target {target} <ItemID>?")
-    with pytest.raises(DataError, match=r"holds <UserID> or no marker, found \['<UserID>', '<ItemID>'\]"):
-        Template.load(bad, "unknown_item")
+    bad.write_text(text)
+    with pytest.raises(DataError, match=match):
+        Template.load(bad, kind)
     assert Template.load(ROOT / "configs/prompts/hybrid_unknown_item.txt", "unknown_item").markers == ("<UserID>",)
-    bad.write_text('Liked {history}. Rate {target} as {rating}: {"answer": "Yes"}')
-    with pytest.raises(DataError, match=r"a field \{rating\}; it may hold \{history\} and \{target\} only"):
-        Template.load(bad, "text")
-    bad.write_text("Liked {history}. Rate {target} {")
-    with pytest.raises(DataError, match="Single '{' encountered"):
-        Template.load(bad, "text")
 
 
 def test_template_braces_written_twice_are_literal():
