@@ -39,16 +39,23 @@ def _timestamps(df: pd.DataFrame, path: Path, first: int | None, date_format: st
         else:
             parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
             kind = "a date like the other rows"
-            if parsed.isna().any():  # not all ISO: any format, if day-first and month-first agree on every row
-                parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
-                other = pd.to_datetime(text, errors="coerce", utc=True, format="mixed", dayfirst=True)
-                differ = np.flatnonzero((parsed != other).to_numpy() & parsed.notna().to_numpy())
-                if len(differ):
+            rest = np.flatnonzero(parsed.isna().to_numpy())
+            if len(rest):  # rows not in ISO 8601: any format, where day-first and month-first agree
+                sub = text.iloc[rest]
+                month = pd.to_datetime(sub, errors="coerce", utc=True, format="mixed")
+                # a date that starts with its year is year-month-day either way (day-first would swap them)
+                ask = (~sub.str.match(r"\s*\d{4}[-/.]") & month.notna()).to_numpy()
+                day = pd.to_datetime(sub[ask], errors="coerce", utc=True, format="mixed", dayfirst=True)
+                differ = rest[ask][(day != month[ask]).to_numpy()]
+                if len(differ) and not month.isna().any():  # a row that is no date at all is named first
                     i = int(differ[0])
+                    j = int(np.flatnonzero(rest == i)[0])
+                    other = pd.to_datetime(text.iloc[i:i + 1], utc=True, format="mixed", dayfirst=True).iloc[0]
                     raise DataError(f"{path}: column 'timestamp' {row_name(i, first)} is {raw.iloc[i]!r}, which "
-                                    f"reads as {parsed.iloc[i]:%Y-%m-%d} month-first and {other.iloc[i]:%Y-%m-%d} "
+                                    f"reads as {month.iloc[j]:%Y-%m-%d} month-first and {other:%Y-%m-%d} "
                                     f"day-first ({len(differ)} such row(s)); name the format, e.g. --date-format "
                                     f"'%d/%m/%Y %H:%M' (day first) or '%m/%d/%Y %H:%M' (month first)")
+                parsed = parsed.where(parsed.notna(), month.reindex(parsed.index))
         bad = parsed.isna().to_numpy()
         if not bad.any():  # whole seconds since 1970, whatever resolution pandas picked (ns before 3.0, us after)
             return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)

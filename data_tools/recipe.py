@@ -140,7 +140,7 @@ def read_table(path, where: str, columns: dict[str, str], optional: tuple[str, .
         else:
             df = pd.read_csv(path, sep=None if path.suffix not in (".csv", ".tsv") else
                              ("\t" if path.suffix == ".tsv" else ","), engine="python",
-                             dtype=str, keep_default_na=False)
+                             dtype=str, keep_default_na=False, skipinitialspace=True)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except Exception as e:  # pandas / pyarrow raise many types for a broken file

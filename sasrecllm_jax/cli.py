@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sasrecllm_jax import compile_cache
 from sasrecllm_jax.config import load_config
-from sasrecllm_jax.errors import run_command
+from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.train.run import RESULT_NEUTRAL_KEYS, train_and_evaluate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -30,14 +30,17 @@ def train_main(argv=None) -> int:
     p.add_argument("--allow-config-change", action="store_true",
                    help=f"with --resume: accept changes to keys that cannot change the results ({', '.join(RESULT_NEUTRAL_KEYS)})")
     args = p.parse_args(argv)
+    own = args.workdir / "config.yaml" if args.config is None and args.resume and args.workdir is not None else None
     if args.config is None:
-        own = args.workdir / "config.yaml" if args.workdir is not None else None
-        args.config = own if args.resume and own is not None and own.exists() else DEFAULT_CONFIG
-        if args.config == own:
-            print(f"resuming with {own}, the run's own config")
+        args.config = own if own is not None and own.exists() else DEFAULT_CONFIG
     workdir = args.workdir or Path("runs") / args.config.stem
 
     def body():
+        if own is not None and not own.exists():
+            raise ConfigError(f"--resume: {own} does not exist, so {workdir} holds no run to continue; check "
+                              f"--workdir, or give the run's --config")
+        if own is not None:
+            print(f"resuming with {own}, the run's own config")
         cfg = load_config(args.config, args.overrides)
         compile_cache.enable()
         train_and_evaluate(cfg, workdir, resume=args.resume, config_path=str(args.config), restart=args.restart,

@@ -189,6 +189,11 @@ def test_log_dates_that_read_two_ways_need_their_format(tmp_path, capsys):
         pd.testing.assert_frame_equal(dmy.splits[split], secs.splits[split])
     run_fails(capsys, tmp_path / "ymd", "prepare", "log", "--interactions", inter, "--items", items,
               "--out", tmp_path / "ymd", "--date-format", "%Y-%m-%d", match="not a date in --date-format '%Y-%m-%d'")
+    # year first is year-month-day whichever way a day-first parser would read it: not ambiguous
+    df["timestamp"] = dates.dt.strftime("%Y-%m-%d %H:%M:%S UTC")
+    df.to_csv(inter, index=False)
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "ymd")
+    pd.testing.assert_frame_equal(load_dataset(tmp_path / "ymd").splits["test"], secs.splits["test"])
 
 
 def test_log_files_that_are_not_as_read_say_what_to_change(tmp_path, capsys):
@@ -209,8 +214,8 @@ def test_log_files_that_are_not_as_read_say_what_to_change(tmp_path, capsys):
     empty.to_csv(tmp_path / "empty.csv", index=False)
     run_fails(capsys, out, *args, "--interactions", tmp_path / "empty.csv",
               match="column 'user' (user) line 5 is empty (1 such row(s))")
-    spaced = tmp_path / "spaced.csv"  # a header written with spaces after the commas reads as the names
-    (spaced).write_text(", ".join(df.columns) + "\n" + "\n".join(",".join(map(str, r)) for r in df.values) + "\n")
+    spaced = tmp_path / "spaced.csv"  # spaces after the commas (header and cells) are not part of the values
+    (spaced).write_text(", ".join(df.columns) + "\n" + "\n".join(", ".join(map(str, r)) for r in df.values) + "\n")
     run_ok(*args, "--interactions", spaced, "--threshold", 4)
     run_ok("prepare", "log", "--items", items, "--out", tmp_path / "plain", "--interactions", inter)
     assert load_dataset(out).splits["test"].equals(load_dataset(tmp_path / "plain").splits["test"])

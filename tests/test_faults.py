@@ -313,7 +313,11 @@ def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_pat
     line = one_error_line(capsys.readouterr().err)
     assert "holds an unfinished run (checkpoints of a, b); pass --resume to continue it, --restart" in line
     assert Store(folder / "checkpoints" / "b" / "latest").steps() == [4, 6]
-    # --resume without --config continues with the run's own config.yaml, to the same results
+    # --resume without --config continues with the run's own config.yaml, to the same results (and a
+    # --workdir without one is refused, not resumed with the default config)
+    assert train_main(["--workdir", str(tmp_path / "typo"), "--resume"]) == 2
+    assert "holds no run to continue; check --workdir, or give the run's --config" in \
+        one_error_line(capsys.readouterr().err)
     assert train_main(["--workdir", str(folder), "--resume"]) == 0
     assert f"resuming with {folder / 'config.yaml'}, the run's own config" in capsys.readouterr().out
     assert json.loads((folder / "results.json").read_text())["test"] == json.loads(finished)["test"]
@@ -321,8 +325,8 @@ def test_a_run_folder_is_only_continued_or_restarted(reference, dataset, tmp_pat
     assert train_main(argv(dataset, folder, *TWO_PHASES, flags=["--resume", "--restart"])) == 2
     assert "pass one of them" in capsys.readouterr().err
     assert train_main(argv(dataset, folder, *TWO_PHASES, flags=["--restart"])) == 0
-    assert "--restart: removed config.yaml, run_state.json, metrics.jsonl, tensorboard/, checkpoints/, final/, results.json, " \
-           "scores.npz, dataset.sha256 from" in capsys.readouterr().out
+    assert "--restart: removed run_state.json, metrics.jsonl, tensorboard/, checkpoints/, final/, results.json, " \
+           "scores.npz, dataset.sha256, config.yaml from" in capsys.readouterr().out
     assert json.loads((folder / "results.json").read_text())["test"] == json.loads(finished)["test"]
     # a folder train.py did not write (no config.yaml) is never cleared, with --restart or without
     other = tmp_path / "project"

@@ -52,6 +52,7 @@ def test_text_prompt_and_shortening():
     ('Liked {history}. Rate {target} as {rating}: {"answer": "Yes"}', "text",
      r"a field \{rating\}; it may hold \{history\} and \{target\} only"),
     ("Liked {history}. Rate {target} {", "text", "Single '{' encountered"),
+    ("Liked {{history}}. Rate {target}", "text", "no {history} field"),  # doubled braces: literal text
 ])
 def test_template_errors(tmp_path, text, kind, match):
     bad = tmp_path / "t.txt"

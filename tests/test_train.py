@@ -335,7 +335,8 @@ def test_prompts_over_max_tokens_are_refused_before_any_phase_trains(dataset, ca
     assert train_main(["--config", str(ROOT / "configs/smoke.yaml"), "--set", f"data.dataset={dataset}",
                        "--set", "data.max_tokens=24", "--workdir", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "data.max_tokens=24 is too small for hybrid prompts" in err and "raise data.max_tokens" in err
+    assert "data.max_tokens=24 is too small for hybrid prompts" in err and "with no history titles and an " \
+        "empty title; raise data.max_tokens" in err
     assert not (run / "checkpoints").exists()
 
 

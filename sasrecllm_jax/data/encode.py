@@ -117,25 +117,22 @@ class SplitEncoder:
                        d.late_rows if prompt == "hybrid" and d.prompt_hybrid_unknown_item else None)
 
     def check_prompts_fit(self, prompt: str) -> None:
-        """Refuse a data.max_tokens too small for the prompt of the item with the longest title that a row names,
-        without history titles, before any phase trains (encoding a split would find it when that phase starts)."""
+        """Refuse a data.max_tokens that no row's prompt can fit (the template with an empty title and no
+        history titles is over it), before any phase trains: encoding a split would find it only when that
+        phase starts."""
         if prompt == "none":
             return
         d, m = self.cfg.data, self.cfg.model
-        titles = self.dataset.titles()
-        targets = np.unique(np.concatenate([df["iid"].to_numpy() for df in self.dataset.splits.values()]))
-        longest = targets[np.argsort([-len(titles[i]) for i in targets], kind="stable")[:20]]  # tokens decide below
-        longest = max(longest, key=lambda i: len(self.tokenizer.encode(str(titles[i])).ids))
         for path, kind in prompt_templates(self.cfg, prompt):
-            try:
-                prompts_lib.encode(prompts_lib.Template.load(path, kind), self.tokenizer, [np.zeros(0, np.int64)],
-                                   np.array([longest]), titles, max_titles=d.max_titles, max_tokens=d.max_tokens,
+            template = prompts_lib.Template.load(path, kind)
+            try:  # item 0 is the padding item, whose title is empty
+                prompts_lib.encode(template, self.tokenizer, [np.zeros(0, np.int64)], np.array([0]),
+                                   self.dataset.titles(), max_titles=d.max_titles, max_tokens=d.max_tokens,
                                    num_soft_tokens=m.mapper.num_tokens, where=str(path))
-            except DataError as e:
-                need = str(e).split(" needs ", 1)[1].split(" tokens", 1)[0]
-                raise DataError(f"data.max_tokens={d.max_tokens} is too small for {prompt} prompts: {path} with the "
-                                f"longest title a row names (item {int(longest)}) and no history titles needs {need} tokens; "
-                                f"raise data.max_tokens") from None
+            except prompts_lib.PromptTooLong as e:
+                raise DataError(f"data.max_tokens={d.max_tokens} is too small for {prompt} prompts: {path} needs "
+                                f"{e.tokens} tokens with no history titles and an empty title; raise "
+                                f"data.max_tokens") from None
 
     def encode_rows(self, name: str, df: pd.DataFrame, prompt: str, max_rows: int = 0) -> SplitData:
         """Any table of canonical rows (a split, or rows to score) -> SplitData with its prompts."""

@@ -23,6 +23,14 @@ _SPLIT = re.compile("(" + "|".join(map(re.escape, MARKERS)) + ")")
 NO_HISTORY = "(none yet)"
 
 
+class PromptTooLong(DataError):
+    """A row whose prompt is over data.max_tokens even without history titles; `tokens`: what it needs."""
+
+    def __init__(self, message: str, tokens: int):
+        super().__init__(message)
+        self.tokens = tokens
+
+
 @dataclasses.dataclass(frozen=True)
 class Template:
     segments: tuple[str, ...]          # text pieces between markers
@@ -38,18 +46,19 @@ class Template:
         text = path.read_text().rstrip("\n")
         parts = _SPLIT.split(text)
         segments, markers = tuple(parts[0::2]), tuple(parts[1::2])
+        fields = []
         for seg in segments:
             try:
-                fields = [f for _, f, _, _ in string.Formatter().parse(seg) if f is not None]
+                fields += [f for _, f, _, _ in string.Formatter().parse(seg) if f is not None]
             except ValueError as e:
                 raise DataError(f"{path}: {e} in the template; write a literal brace as {{{{ or }}}}") from None
-            other = [f for f in fields if f not in ("history", "target")]
-            if other:
-                raise DataError(f"{path}: the template has a field {{{other[0]}}}; it may hold {{history}} and "
-                                f"{{target}} only (write a literal brace as {{{{ or }}}})")
-        for field in ("{history}", "{target}"):
-            if field not in text:
-                raise DataError(f"{path}: the template has no {field} field")
+        other = [f for f in fields if f not in ("history", "target")]
+        if other:
+            raise DataError(f"{path}: the template has a field {{{other[0]}}}; it may hold {{history}} and "
+                            f"{{target}} only (write a literal brace as {{{{ or }}}})")
+        for field in ("history", "target"):
+            if field not in fields:
+                raise DataError(f"{path}: the template has no {{{field}}} field")
         if kind == "unknown_item":  # data.prompt_hybrid_unknown_item: the item is shown by its title alone
             if markers not in ((), MARKERS[:1]):
                 raise DataError(f"{path}: a template for rows whose item is unknown (data.prompt_hybrid_unknown_item) "
@@ -134,8 +143,8 @@ def _render(template: Template, tokenizer, histories, targets, titles, todo: np.
                     pos += num_soft_tokens
             if pos > max_tokens:
                 if shown[r] == 0:
-                    raise DataError(f"{where}: row {r} needs {pos} tokens even without history titles, "
-                                    f"over data.max_tokens={max_tokens}; raise data.max_tokens")
+                    raise PromptTooLong(f"{where}: row {r} needs {pos} tokens even without history titles, "
+                                        f"over data.max_tokens={max_tokens}; raise data.max_tokens", pos)
                 shown[r] -= 1
                 shortened.add(int(r))
                 retry.append(r)

@@ -136,7 +136,10 @@ def remove_run_files(workdir: Path) -> list[str]:
     """Delete what a run wrote into `workdir` (RUN_FILES and half-written `*.partial` files; nothing else
     in the folder), and name what was removed."""
     removed = []
-    for path in [Path(workdir) / n for n in RUN_FILES] + sorted(Path(workdir).glob("*.partial")):
+    # config.yaml last: a folder cut short while being cleared still reads as a run folder (train.py
+    # clears no folder of run files without it)
+    names = [n for n in RUN_FILES if n != "config.yaml"] + ["config.yaml"]
+    for path in [Path(workdir) / n for n in names] + sorted(Path(workdir).glob("*.partial")):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
             removed.append(path.name + "/")

@@ -246,8 +246,8 @@ class Run:
         # the time earlier processes of this run spent on the phases they finished (reused ones count below)
         earlier_s = sum(timing.get(name, {}).get("wall_s", 0.0) for name in run_state["completed"] if name not in reused)
         assembly, params = Assembly.for_run(cfg, self.host_cache)
-        if jax.process_index() == 0:
-            check_dataset(self.workdir, assembly.dataset.path, assembly.dataset.digest(), record=True)
+        # every process compares (one that refused alone would leave the others waiting); the first records
+        check_dataset(self.workdir, assembly.dataset.path, assembly.dataset.digest(), record=jax.process_index() == 0)
         for prompt in sorted({ph.prompt for ph in self.phases} | {scoring_prompt(t.method, self.phases)}):
             assembly.encoder.check_prompts_fit(prompt)  # before any phase trains
         check_stop()
