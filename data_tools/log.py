@@ -26,6 +26,12 @@ def _timestamps(df: pd.DataFrame, path: Path, first: int | None, date_format: st
     otherwise): ISO 8601, `date_format` (strftime codes) when given, else any format pandas reads as long as
     no date reads differently day-first and month-first; a row that is neither like the others is named."""
     raw = df["timestamp"]
+    if pd.api.types.is_datetime64_any_dtype(raw):  # a Parquet datetime column (pd.to_numeric gives its ticks)
+        if raw.isna().any():
+            i = int(np.flatnonzero(raw.isna().to_numpy())[0])
+            raise DataError(f"{path}: column 'timestamp' {row_name(i, first)} is empty; fix or drop that row")
+        stamps = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw
+        return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
     values = pd.to_numeric(raw, errors="coerce")
     if values.notna().all() and date_format is None:
         return values.to_numpy().astype(np.int64)

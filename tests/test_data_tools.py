@@ -166,6 +166,19 @@ def test_log_with_dates_equals_log_with_unix_seconds(tmp_path):
         pd.testing.assert_frame_equal(dates.splits[split], secs.splits[split])
 
 
+def test_log_in_parquet_with_a_datetime_column_equals_unix_seconds(tmp_path):
+    """A datetime64 column is read as dates (to_numeric would give its nanosecond or microsecond ticks)."""
+    inter, items = _log(tmp_path)
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", tmp_path / "secs")
+    df = pd.read_csv(inter)
+    df["timestamp"] = pd.to_datetime(df["timestamp"], unit="s")
+    df.to_parquet(tmp_path / "log.parquet")
+    run_ok("prepare", "log", "--interactions", tmp_path / "log.parquet", "--items", items, "--out", tmp_path / "pq")
+    for split in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(load_dataset(tmp_path / "pq").splits[split],
+                                      load_dataset(tmp_path / "secs").splits[split])
+
+
 def test_log_dates_that_read_two_ways_need_their_format(tmp_path, capsys):
     """01/10 is 1 October day-first and 10 January month-first: such a column is refused, naming the row and
     both readings, until --date-format says which; then it equals the same log in unix seconds."""
