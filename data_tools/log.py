@@ -55,10 +55,9 @@ def _timestamps(df: pd.DataFrame, path: Path, first: int | None, date_format: st
                 differ = rest[ask][(day != month[ask]).to_numpy()]
                 if len(differ) and not month.isna().any():  # a row that is no date at all is named first
                     i = int(differ[0])
-                    j = int(np.flatnonzero(rest == i)[0])
-                    other = pd.to_datetime(text.iloc[i:i + 1], utc=True, format="mixed", dayfirst=True).iloc[0]
+                    label = text.index[i]
                     raise DataError(f"{path}: column 'timestamp' {row_name(i, first)} is {raw.iloc[i]!r}, which "
-                                    f"reads as {month.iloc[j]:%Y-%m-%d} month-first and {other:%Y-%m-%d} "
+                                    f"reads as {month[label]:%Y-%m-%d} month-first and {day[label]:%Y-%m-%d} "
                                     f"day-first ({len(differ)} such row(s)); name the format, e.g. --date-format "
                                     f"'%d/%m/%Y %H:%M' (day first) or '%m/%d/%Y %H:%M' (month first)")
                 parsed = parsed.where(parsed.notna(), month.reindex(parsed.index))

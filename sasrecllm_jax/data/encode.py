@@ -125,9 +125,9 @@ class SplitEncoder:
         d, m = self.cfg.data, self.cfg.model
         for path, kind in prompt_templates(self.cfg, prompt):
             template = prompts_lib.Template.load(path, kind)
-            try:  # item 0 is the padding item, whose title is empty
+            try:  # one row: no history, an empty title
                 prompts_lib.encode(template, self.tokenizer, [np.zeros(0, np.int64)], np.array([0]),
-                                   self.dataset.titles(), max_titles=d.max_titles, max_tokens=d.max_tokens,
+                                   np.array([""], dtype=object), max_titles=d.max_titles, max_tokens=d.max_tokens,
                                    num_soft_tokens=m.mapper.num_tokens, where=str(path))
             except prompts_lib.PromptTooLong as e:
                 raise DataError(f"data.max_tokens={d.max_tokens} is too small for {prompt} prompts: {path} needs "

@@ -2,8 +2,9 @@
 
 Each method's config is configs/experiments/DATASET/METHOD.yaml. Runs go to OUT/runs/NAME (NAME =
 METHOD, METHOD-seedN for seeds other than 0, then -TAG); a run whose results.json exists is skipped
-(refused when its config.yaml differs from the one the grid would train) and a cut one resumes, so a stopped grid continues where it stopped. Phases shared by several methods
-are trained once: runs share OUT/phase_cache (train.phase_cache).
+(refused when its config.yaml differs from the one the grid would train) and a cut one resumes, so a
+stopped grid continues where it stopped. Phases shared by several methods are trained once: runs share
+OUT/phase_cache (train.phase_cache).
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from pathlib import Path
 
 from sasrecllm_jax.ablate import ablate as run_ablation
 from sasrecllm_jax.config import load_config
+from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.host_cache import HostCache
 from sasrecllm_jax.run_folder.files import paired_tests, read_ablations
-from sasrecllm_jax.errors import ConfigError
-from sasrecllm_jax.train.run import RESULT_NEUTRAL_KEYS, saved_config_changes, train_and_evaluate
+from sasrecllm_jax.train.run import RESULT_NEUTRAL_KEYS, saved_config_changes, shown_changes, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["pop", "mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
@@ -40,9 +41,9 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
             if (workdir / "results.json").exists():
                 changed = [c for c in saved_config_changes(workdir, cfg) if c[0] not in RESULT_NEUTRAL_KEYS]
                 if changed:  # its numbers are another config's: never summarise them as this one's
-                    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
-                    raise ConfigError(f"{workdir} is a finished run of another config ({shown}); give this "
-                                      f"one its own folder with --tag or --out, or delete that run to train it again")
+                    raise ConfigError(f"{workdir} is a finished run of another config ({shown_changes(changed)}); "
+                                      f"give this one its own folder with --tag or --out, or delete that run to "
+                                      f"train it again")
                 print(f"{name}: done, skipped")
             else:
                 print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")

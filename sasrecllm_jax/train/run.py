@@ -55,6 +55,11 @@ def saved_config_changes(workdir: Path, cfg: Config) -> list[tuple[str, object, 
     return config_changes(json.loads(json.dumps(saved)), json.loads(json.dumps(to_dict(cfg))))
 
 
+def shown_changes(changes: list[tuple[str, object, object]]) -> str:
+    """saved_config_changes as one line: `train.batch_size: 16 -> 32; ...`."""
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+
+
 def flat_config(tree, prefix: str = "") -> dict:
     """A config as plain data, flattened to dotted keys (train.batch_size, train.phases[0].lr.mapper)."""
     if isinstance(tree, dict):
@@ -137,7 +142,7 @@ class Run:
         changes = saved_config_changes(self.workdir, self.cfg)
         if not changes:
             return
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+        shown = shown_changes(changes)
         neutral = [k for k, _, _ in changes if k in RESULT_NEUTRAL_KEYS]
         if self.allow_config_change and len(neutral) == len(changes):
             print(f"note: resuming with a changed config ({shown}); these keys cannot change the results")
