@@ -27,8 +27,10 @@ class Assembly:
     models: ModelFactory
 
     @staticmethod
-    def build(cfg: Config, needs_llm: bool, key=None, host_cache: HostCache | None = None) -> "Assembly":
-        dataset = resolve_dataset(cfg.data)
+    def build(cfg: Config, needs_llm: bool, key=None, host_cache: HostCache | None = None,
+              dataset: Dataset | None = None) -> "Assembly":
+        """dataset: cfg.data's, when the caller has loaded it already (to check it before the model loads)."""
+        dataset = dataset if dataset is not None else resolve_dataset(cfg.data)
         backbone = (load_backbone(cfg, key if key is not None else jax.random.key(0), host_cache)
                     if needs_llm else None)
         encoder = SplitEncoder(cfg, dataset, backbone.tokenizer if backbone else None,
@@ -37,12 +39,13 @@ class Assembly:
         return Assembly(cfg, dataset, backbone, encoder, models)
 
     @staticmethod
-    def for_run(cfg: Config, host_cache: HostCache | None = None) -> tuple["Assembly", dict]:
+    def for_run(cfg: Config, host_cache: HostCache | None = None,
+                dataset: Dataset | None = None) -> tuple["Assembly", dict]:
         """The assembly and initial parameters of a run, from train.seed alone. Training and every later
         reader of the run (scoring, ablations) call this, so a randomly initialised LLM base, which no
         checkpoint stores, is the same base for all of them."""
         key = jax.random.key(cfg.train.seed)
-        built = Assembly.build(cfg, cfg.train.method in LLM_METHODS, jax.random.fold_in(key, 0), host_cache)
+        built = Assembly.build(cfg, cfg.train.method in LLM_METHODS, jax.random.fold_in(key, 0), host_cache, dataset)
         return built, built.init_params(jax.random.fold_in(key, 1))
 
     def init_params(self, key) -> dict:

@@ -23,6 +23,7 @@ import pandas as pd
 from sasrecllm_jax import compile_cache
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, from_dict, load_yaml
+from sasrecllm_jax.data.registry import resolve_dataset
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, evaluate, score_split
 from sasrecllm_jax.run_folder.files import check_dataset, unfinished
@@ -43,8 +44,9 @@ class Recommender:
     def __init__(self, run: str | Path):
         run = Path(run)
         self.cfg, self.prompt = self.run_config(run)
-        self.assembly, params = Assembly.for_run(self.cfg)
-        check_dataset(run, self.assembly.dataset.path, self.assembly.dataset.digest())
+        dataset = resolve_dataset(self.cfg.data)
+        check_dataset(run, dataset.path, dataset.digest())  # before the model loads
+        self.assembly, params = Assembly.for_run(self.cfg, dataset=dataset)
         params = groups.select(params, groups.prompt_modules(self.prompt, self.cfg.model.encoder))
         store = Store(run / "final")
         try:

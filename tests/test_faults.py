@@ -516,3 +516,20 @@ def test_score_shows_the_titles_of_the_history_and_candidates(reference, dataset
     assert "user 1, history (oldest first):" in out
     for iid in (4, 5, 7, 8):
         assert titles[iid] in out
+
+
+def test_one_label_eval_split_refused(dataset, tmp_path, capsys):
+    """An evaluation split with one label cannot pick a checkpoint: refused before training, naming the
+    split, the label and (when a row cap chose the rows) the cap."""
+    from sasrecllm_jax.data.dataset import load_dataset, write_dataset
+    ds = load_dataset(dataset)
+    splits = {k: (v.assign(label=1) if k.startswith("valid") else v) for k, v in ds.splits.items()}
+    write_dataset(tmp_path / "liked", splits, ds.items, source="test", recipe="every valid label set to 1")
+    n = len(ds.splits[load_config(SMOKE, sets(dataset)).data.eval_split])
+    assert train_main(argv(tmp_path / "liked", tmp_path / "w", "train.method=sasrec", "data.max_rows={}")) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert f"every one of the {n:,} valid_small rows it evaluates on is labelled 1" in err
+    assert "row cap" not in err and not (tmp_path / "w" / "checkpoints").exists()
+    assert train_main(argv(tmp_path / "liked", tmp_path / "w2", "train.method=sasrec", "data.max_rows={eval: 7}")) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "every one of the 7 valid_small rows" in err and "a row cap chose them (data.max_rows / data.cpu_max_rows eval: 7)" in err

@@ -107,12 +107,17 @@ def unfinished(run: Path) -> str | None:
     return None
 
 
-def check_dataset(run: Path, dataset_path: Path, digest: str, record: bool = False) -> None:
+def check_dataset(run: Path, dataset_path: Path, digest: str, record: bool = False, restored_by: str = "") -> None:
     """Refuse a dataset that differs from the one the run was trained on (its ids would name other users and
-    items); record: write the digest when the run has none yet (a new run)."""
+    items); record: write the digest when the run has none yet (a new run); restored_by: the phase that
+    restores weights from the run (named in the refusal)."""
     path = Path(run) / DATASET_DIGEST_FILE
     if path.exists():
         if path.read_text().strip() != digest:
+            if restored_by:
+                raise ConfigError(f"{restored_by} restores weights from {run}, which was trained on another dataset "
+                                  f"than {dataset_path} (its rows or items differ: its item and user ids would "
+                                  f"name others here); restore from a run trained on this dataset, or train one")
             raise ConfigError(f"{dataset_path} is not the dataset {run} was trained on (its rows or items differ: "
                               f"ids may name other users and items now); prepare it again as it was, or train "
                               f"a new run on it")

@@ -22,6 +22,7 @@ import yaml
 from sasrecllm_jax import sharding
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, PhaseConfig, from_dict, load_yaml, to_dict
+from sasrecllm_jax.data.registry import resolve_dataset
 from sasrecllm_jax.errors import ConfigError, DamagedCheckpointError, TrainingError, check_stop
 from sasrecllm_jax.host_cache import HostCache
 from sasrecllm_jax.run_folder.files import (RUN_FILES, RunLock, check_dataset, code_version, phases_with_checkpoints,
@@ -250,9 +251,15 @@ class Run:
         reused: dict[str, str] = dict(run_state["reused"])
         # the time earlier processes of this run spent on the phases they finished (reused ones count below)
         earlier_s = sum(timing.get(name, {}).get("wall_s", 0.0) for name in run_state["completed"] if name not in reused)
-        assembly, params = Assembly.for_run(cfg, self.host_cache)
+        dataset = resolve_dataset(cfg.data)  # checked before the model loads
+        digest = dataset.digest()
         # every process compares (one that refused alone would leave the others waiting); the first records
-        check_dataset(self.workdir, assembly.dataset.path, assembly.dataset.digest(), record=jax.process_index() == 0)
+        check_dataset(self.workdir, dataset.path, digest, record=jax.process_index() == 0)
+        for phase in self.phases:  # weights restored from other runs must know these ids (before any phase trains)
+            for group, source in phase.restore.items():
+                if not source.startswith(("phase:", "peft:")):
+                    check_dataset(Path(source), dataset.path, digest, restored_by=f"phase {phase.name} (restore {group})")
+        assembly, params = Assembly.for_run(cfg, self.host_cache, dataset)
         for prompt in sorted({ph.prompt for ph in self.phases} | {scoring_prompt(t.method, self.phases)}):
             assembly.encoder.check_prompts_fit(prompt)  # before any phase trains
         check_stop()
