@@ -1,7 +1,8 @@
 """The one recipe every source goes through (CoLLM's).
 
 Input: one row per impression with raw `user`, `item`, `timestamp`, `label` and `split`
-(train / valid / test), plus a raw item -> title mapping. Output: canonical split tables.
+(train / valid / test), plus a raw item -> title mapping. Output: canonical split tables and the item
+table (iid, title, and the raw id as `item`).
   - rows sorted by (user, time), stably;
   - users and items renumbered from 1 by order of first appearance in that order;
   - `his` = the user's earlier positive items, oldest first, across split boundaries: the positives
@@ -58,7 +59,8 @@ def build_splits(rows: pd.DataFrame, titles: dict, where: str, *,
         raise DataError(f"{where}: item {missing[0]!r} (and {len(missing) - 1} more) has no title in the "
                         f"item table; add the missing items or drop their interactions")
     items = pd.DataFrame({"iid": np.arange(1, len(item_uniques) + 1),
-                          "title": [str(titles[raw]) for raw in item_uniques]})
+                          "title": [str(titles[raw]) for raw in item_uniques],
+                          "item": [str(raw) for raw in item_uniques]})  # the source's own ids, kept
     return out, items
 
 

@@ -9,7 +9,8 @@ vectors with model.mapper.new_items: text) and keeps the best --retrieve of them
 a run that scores with an LLM then re-ranks those by its own score (the Yes probability), and the best
 K are printed with their titles, or written as CSV or JSON (--out, by its suffix). A run without an
 encoder (TALLRec, ICL) ranks the items given with --candidates instead. Item ids are the dataset's
-(DATASET/items.parquet); a user id of 0 (the default) is a user the dataset does not know.
+(DATASET/items.parquet, which also maps them to the source's own ids: column `item`, shown beside iid in
+the output); a user id of 0 (the default) is a user the dataset does not know.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from sasrecllm_jax import compile_cache
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, score_split
 from sasrecllm_jax.models.hybrid import Hybrid
-from sasrecllm_jax.score import Recommender, p_like
+from sasrecllm_jax.score import Recommender, own_ids, p_like
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.fusion_start import id_rows
 
@@ -73,7 +74,7 @@ def recommend(rec: Recommender, history: list[int], k: int = 10, user: int = 0, 
     else:
         raise ConfigError(f"a {rec.cfg.train.method} run has no ID encoder to retrieve items with; pass "
                           f"--candidates 'ID ID ...' to rank those")
-    out = pd.DataFrame({"iid": pool, "title": d.titles()[pool], "encoder_score": first})
+    out = pd.DataFrame({"iid": pool, **own_ids(d, pool), "title": d.titles()[pool], "encoder_score": first})
     if rec.prompt != "none":  # the run's own score re-ranks what the encoder retrieved
         out["score"] = rec.score([user] * len(pool), [history] * len(pool), pool)
     else:

@@ -6,8 +6,9 @@
     python -m sasrecllm_jax.score --run runs/old --write-run-scores   # RUN/scores.npz for a run made without it
 
 Item ids are the dataset's (see DATASET/items.parquet): 1..the largest item id; user ids 1..the largest
-user id. Ids outside the dataset, ids that are not whole numbers and unreadable --rows files are refused
-with one line (exit 2). Scores are the model's logits (higher = more likely to be liked); `p_like` is
+user id. A dataset that data_tools prepared keeps each item's own id from its source (items.parquet,
+column `item`), and the output shows it beside the iid. Ids outside the dataset, ids that are not whole
+numbers and unreadable --rows files are refused with one line (exit 2). Scores are the model's logits (higher = more likely to be liked); `p_like` is
 sigmoid(score). Ranking candidates (--user) prints the titles of the history and of the candidates.
 """
 from __future__ import annotations
@@ -31,6 +32,12 @@ from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.checkpoint import Store
 from sasrecllm_jax.train.strategies import resolve_phases, scoring_prompt
+
+
+def own_ids(dataset, iids) -> dict[str, np.ndarray]:
+    """{"item": the source's own ids of iids}, to put beside them in a table ({} when the dataset has none)."""
+    ids = dataset.item_ids()
+    return {} if ids is None else {"item": ids[np.asarray(iids, np.int64)]}
 
 
 def p_like(scores) -> np.ndarray:
@@ -114,9 +121,9 @@ class Recommender:
 
     def rank(self, uid: int, history, candidates) -> pd.DataFrame:
         scores = self.score([uid] * len(candidates), [history] * len(candidates), candidates)
-        titles = self.assembly.dataset.titles()
-        out = pd.DataFrame({"iid": candidates, "title": titles[np.asarray(candidates)], "score": scores,
-                            "p_like": p_like(scores)})
+        d = self.assembly.dataset
+        out = pd.DataFrame({"iid": candidates, **own_ids(d, candidates), "title": d.titles()[np.asarray(candidates)],
+                            "score": scores, "p_like": p_like(scores)})
         return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -213,6 +220,9 @@ def main(argv=None) -> int:
             rec.check_ids(rows["uid"], histories, rows["iid"], where=str(args.rows))
             rows["score"] = rec.score(rows["uid"], histories, rows["iid"])
             rows["p_like"] = p_like(rows["score"])
+            for name, ids in own_ids(rec.assembly.dataset, rows["iid"]).items():
+                if name not in rows.columns:  # the source's own item ids beside the iids
+                    rows.insert(rows.columns.get_loc("iid") + 1, name, ids)
             out = rows
         else:
             uid, history, candidates = request

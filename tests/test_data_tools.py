@@ -144,6 +144,20 @@ def test_log_with_ratings(tmp_path):
     all_rows = pd.concat([ds.splits[k] for k in ("train", "valid", "test")])
     assert len(all_rows) == 48 and all_rows["label"].sum() == sum((u + k) % 5 + 1 >= 4 for u in range(6) for k in range(8))
     assert ds.splits["train"]["timestamp"].max() <= ds.splits["valid"]["timestamp"].min()
+    # the source's own item ids are kept beside the iids (item iK is titled TK in the log's item table)
+    ids, titles = ds.item_ids(), ds.titles()
+    assert ids[0] == "" and sorted(ids[1:]) == sorted(f"i{i}" for i in range(10))
+    assert all(titles[iid] == "T" + ids[iid][1:] for iid in range(1, 11))
+    # and a dataset written without them (older folders, hand-made tables) has none
+    assert load_dataset(_without_item_column(out, tmp_path / "old")).item_ids() is None
+
+
+def _without_item_column(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    items = pd.read_parquet(dst / "items.parquet")
+    items.drop(columns="item").to_parquet(dst / "items.parquet", index=False)
+    return dst
 
 
 def _as_dates(seconds: pd.Series) -> pd.Series:

@@ -48,6 +48,8 @@ def test_scoring_a_run_matches_its_evaluation(runs, method):
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     ranked = rec.rank(int(test["uid"].iloc[0]), list(test["his"].iloc[0]), [1, 2, 3])
     assert list(ranked["score"]) == sorted(ranked["score"], reverse=True) and set(ranked["iid"]) == {1, 2, 3}
+    own = rec.assembly.dataset.item_ids()
+    assert list(ranked["item"]) == [own[i] for i in ranked["iid"]] and all(i.startswith("i") for i in ranked["item"])
     np.testing.assert_allclose(ranked["p_like"], 1 / (1 + np.exp(-ranked["score"])))
 
 
@@ -97,6 +99,9 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
     mine = set(pd.concat([d[d.uid == user] for d in ds.splits.values()]).iid)
     assert len(top) == 5 and top.iid.is_unique and not set(top.iid) & (mine | set(history))
     assert list(top.title) == [ds.titles()[i] for i in top.iid]
+    # beside each iid, the item's own id in the log it was prepared from (log item iK is titled "Film K (...)")
+    assert list(top.columns[:3]) == ["rank", "iid", "item"]
+    assert all(title.startswith(f"Film {item[1:]} (") for item, title in zip(top.item, top.title))
     items = unseen_items(rec, user, history)
     retrieved = set(items[np.argsort(-encoder_scores(rec, user, history, items), kind="stable")[:8]])
     assert set(top.iid) <= retrieved and list(top.score) == sorted(top.score, reverse=True)
@@ -109,6 +114,25 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
     assert "no ID encoder to retrieve items with" in capsys.readouterr().err
     assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--history", "1 x"]) == 2
     assert "give item ids separated by spaces" in capsys.readouterr().err
+
+
+def test_score_cli_rows(runs, tmp_path):
+    """--rows FILE --out: every row scored as Recommender.score scores it, with p_like and the item's own id
+    beside its iid; the file's other columns kept."""
+    from sasrecllm_jax.data.dataset import load_dataset
+    dataset, out = runs
+    test = load_dataset(dataset).splits["test"].iloc[:5]
+    rows = pd.DataFrame({"uid": test["uid"], "history": [" ".join(map(str, h)) for h in test["his"]],
+                         "iid": test["iid"], "note": list("abcde")})
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    run = out / "runs" / "sasrec"
+    assert score_main(["--run", str(run), "--rows", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "s.csv")]) == 0
+    got = pd.read_csv(tmp_path / "s.csv")
+    assert list(got.columns) == ["uid", "history", "iid", "item", "note", "score", "p_like"]
+    rec = Recommender(run)
+    np.testing.assert_allclose(got["score"], rec.score(test["uid"], list(test["his"]), test["iid"]), atol=1e-5)
+    np.testing.assert_allclose(got["p_like"], 1 / (1 + np.exp(-got["score"])), atol=1e-6)
+    assert list(got["item"]) == list(rec.assembly.dataset.item_ids()[test["iid"]]) and list(got["note"]) == list("abcde")
 
 
 def test_score_cli_errors(runs, tmp_path, capsys):

@@ -4,7 +4,8 @@
         uid int64 (>= 1), iid int64 (>= 1), label int8 (0/1), timestamp int64 (unix s),
         his list<int64> (the user's earlier positive items, oldest first, no padding),
         not_cold int8 (1 = user and item both seen in train: "warm")
-    DIR/items.parquet      iid int64, title string (every iid used anywhere is listed)
+    DIR/items.parquet      iid int64, title string (every iid used anywhere is listed), and item string:
+                           the source's own id of the item (absent in folders written without it)
     DIR/dataset.json       the card: source, recipe, counts, id ranges, format version
 
 Id 0 is padding and never appears in a table.
@@ -69,6 +70,14 @@ class Dataset:
             for col in ("uid", "iid", "label"):
                 h.update(df[col].to_numpy(np.int64).tobytes())
         return h.hexdigest()
+
+    def item_ids(self) -> np.ndarray | None:
+        """The source's own item ids indexed by iid (index 0 is ""), or None when the folder has none."""
+        if "item" not in self.items.columns:
+            return None
+        out = np.full(self.num_items + 1, "", dtype=object)
+        out[self.items["iid"].to_numpy()] = self.items["item"].astype(str).to_numpy()
+        return out
 
     def titles(self) -> np.ndarray:
         """Titles indexed by iid (index 0 is the empty padding title)."""
@@ -202,10 +211,15 @@ def write_dataset(out: str | os.PathLike, splits: dict[str, pd.DataFrame], items
     check_replaceable(out, overwrite)
     if set(splits) != set(SPLITS):
         raise DataError(f"a dataset needs splits {SPLITS}, got {sorted(splits)}")
+    own_ids = items["item"].astype(str) if "item" in items.columns else None
     items = pd.DataFrame({"iid": _int_column(items, "iid", "items", minimum=1),
                           "title": items["title"].fillna("").astype(str)})
     if items["iid"].duplicated().any():
         raise DataError(f"items: iid {int(items['iid'][items['iid'].duplicated()].iloc[0])} is listed twice")
+    if own_ids is not None:
+        if own_ids.duplicated().any():
+            raise DataError(f"items: the source's item id {own_ids[own_ids.duplicated()].iloc[0]!r} names two iids")
+        items["item"] = own_ids.to_numpy()
     known = items["iid"].to_numpy()
     splits = {name: validate_split(splits[name], name, known) for name in SPLITS}
     card = make_card(splits, items, source=source, recipe=recipe, extra=extra)
