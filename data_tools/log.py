@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.recipe import (build_splits, collapse_duplicates, first_line, item_titles, numeric,
+from data_tools.recipe import (build_splits, collapse_duplicates, first_line, id_text, item_titles, numeric,
                                parse_columns, read_table, row_name, split_by_time_fraction)
 from sasrecllm_jax.errors import DataError
 
@@ -130,7 +130,7 @@ def prepare_log(interactions: Path, items_path: Path, *, threshold: float = 4.0,
             i = int(np.flatnonzero(empty)[0])
             raise DataError(f"{interactions}: column {cols[col]!r} ({col}) {row_name(i, first)} is empty "
                             f"({int(empty.sum())} such row(s)); fill or drop them")
-    rows = pd.DataFrame({"user": df["user"].astype(str), "item": df["item"].astype(str),
+    rows = pd.DataFrame({"user": id_text(df["user"]), "item": id_text(df["item"]),
                          "timestamp": _timestamps(df, interactions, first, date_format)})
     rated = "rating" in df.columns
     if rated and negatives:

@@ -183,6 +183,17 @@ def collapse_duplicates(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return rows.loc[np.sort(first.index.to_numpy())], len(rows) - len(first)
 
 
+def id_text(values: pd.Series) -> pd.Series:
+    """Ids as text, whole-number floats written as integers: a Parquet or CSV id column that holds floats
+    (pandas reads an integer column with a gap as float) names item 7 as '7', as the other table does."""
+    if pd.api.types.is_float_dtype(values):
+        v = values.to_numpy()
+        whole = np.isfinite(v) & (v == np.floor(np.where(np.isfinite(v), v, 0)))
+        if whole.all():
+            return pd.Series(v.astype(np.int64), index=values.index).astype(str)
+    return values.astype(str)
+
+
 def item_titles(items: pd.DataFrame, path, first: int | None, placeholder: str | None) -> tuple[dict, int]:
     """{item: title} from an item table (canonical columns item, title). An empty or missing title is
     refused, or replaced by `placeholder` when one is given; returns the titles and how many were
@@ -194,7 +205,7 @@ def item_titles(items: pd.DataFrame, path, first: int | None, placeholder: str |
         raise DataError(f"{path}: {int(empty.sum())} item(s) have an empty or missing title (the first at "
                         f"{row_name(i, first)}, item {show_value(items['item'].iloc[i])}); fill them in, or pass "
                         f"--missing-title TEXT to give them that placeholder")
-    keys = items["item"].astype(str)
+    keys = id_text(items["item"])
     dup = keys.duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])

@@ -180,6 +180,26 @@ def test_log_with_dates_equals_log_with_unix_seconds(tmp_path):
         pd.testing.assert_frame_equal(dates.splits[split], secs.splits[split])
 
 
+def test_log_with_float_ids_matches_an_item_table_of_integers(tmp_path):
+    """Ids that a Parquet file holds as whole-number floats (an int column with a gap becomes float) name
+    the same items as the item table's integers: the same dataset, ids kept as '7', not '7.0'."""
+    inter, items = _log(tmp_path)
+    df, it = pd.read_csv(inter), pd.read_csv(items)
+    df["item"] = df["item"].str[1:].astype(int)
+    it["item"] = it["item"].str[1:].astype(int)
+    df.to_csv(tmp_path / "ints.csv", index=False)
+    it.to_csv(tmp_path / "items_ints.csv", index=False)
+    run_ok("prepare", "log", "--interactions", tmp_path / "ints.csv", "--items", tmp_path / "items_ints.csv",
+           "--out", tmp_path / "ints", "--threshold", 4)
+    df["item"] = df["item"].astype(float)
+    df.to_parquet(tmp_path / "floats.parquet")
+    run_ok("prepare", "log", "--interactions", tmp_path / "floats.parquet", "--items", tmp_path / "items_ints.csv",
+           "--out", tmp_path / "floats", "--threshold", 4)
+    a, b = load_dataset(tmp_path / "ints"), load_dataset(tmp_path / "floats")
+    assert a.digest() == b.digest() and list(a.item_ids()) == list(b.item_ids())
+    assert sorted(b.item_ids()[1:], key=int) == [str(i) for i in range(10)]
+
+
 def test_log_in_parquet_with_a_datetime_column_equals_unix_seconds(tmp_path):
     """A datetime64 column is read as dates (to_numeric would give its nanosecond or microsecond ticks)."""
     inter, items = _log(tmp_path)
