@@ -2,6 +2,7 @@
 
     python -m sasrecllm_jax.recommend --run runs/quickstart --history "5 9 31" [--k 10] [--retrieve 50]
     python -m sasrecllm_jax.recommend --run runs/quickstart --user 12 --history "5 9 31" --out top.csv
+    python -m sasrecllm_jax.recommend --run runs/mine --own-ids --history "B0001 B0042"   # your item ids
 
 The run's encoder (SASRec or MF) scores every item the user has not interacted with (the history, and
 the user's rows in the dataset when --user names a known user; items without train rows by their titles'
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sasrecllm_jax import compile_cache
+from sasrecllm_jax.data.dataset import Dataset
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, score_split
 from sasrecllm_jax.models.hybrid import Hybrid
@@ -94,11 +96,15 @@ def write(table: pd.DataFrame, path: Path) -> None:
         raise ConfigError(f"--out {path}: write .csv or .json")
 
 
-def _ids(text: str, what: str) -> list[int]:
+def _ids(text: str, what: str, own: Dataset | None = None) -> list[int]:
+    """Item ids separated by spaces or commas; own: the source's own ids, mapped to the dataset's iids."""
+    if own is not None:
+        return own.iids_of(text.replace(",", " ").split(), what)
     try:
         return [int(x) for x in text.replace(",", " ").split()]
     except ValueError:
-        raise DataError(f"{what} {text!r}: give item ids separated by spaces, e.g. '5 9 31'") from None
+        raise DataError(f"{what} {text!r}: give item ids separated by spaces, e.g. '5 9 31' (the source's own "
+                        f"ids: add --own-ids)") from None
 
 
 def main(argv=None) -> int:
@@ -110,13 +116,18 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=10, help="items to recommend")
     p.add_argument("--retrieve", type=int, default=50, help="items the encoder retrieves for re-ranking")
     p.add_argument("--candidates", default="", help="rank these item ids instead of retrieving")
+    p.add_argument("--own-ids", action="store_true", help="--history and --candidates are the source's own "
+                   "item ids (the dataset's items.parquet column item)")
     p.add_argument("--out", type=Path, help="write the list as .csv or .json")
     args = p.parse_args(argv)
 
     def body():
         compile_cache.enable()
-        history, candidates = _ids(args.history, "--history"), _ids(args.candidates, "--candidates")
-        table = recommend(Recommender(args.run), history, args.k, args.user, args.retrieve, candidates or None)
+        dataset = Recommender.dataset_of(args.run)  # the request is checked before the model loads
+        own = dataset if args.own_ids else None
+        history, candidates = _ids(args.history, "--history", own), _ids(args.candidates, "--candidates", own)
+        table = recommend(Recommender(args.run, dataset), history, args.k, args.user, args.retrieve,
+                          candidates or None)
         if args.out:
             write(table, args.out)
             print(f"wrote {len(table)} recommendations to {args.out}")

@@ -4,11 +4,13 @@
         rows.csv: uid, history (space-separated item ids, oldest first), iid
     python -m sasrecllm_jax.score --run runs/quickstart --user 12 --history "5 9 31" --candidates "7 8 40"
     python -m sasrecllm_jax.score --run runs/old --write-run-scores   # RUN/scores.npz for a run made without it
+    python -m sasrecllm_jax.score --run runs/mine --own-ids --user 12 --history "B0001" --candidates "B0042 B0007"
 
 Item ids are the dataset's (see DATASET/items.parquet): 1..the largest item id; user ids 1..the largest
 user id. A dataset that data_tools prepared keeps each item's own id from its source (items.parquet,
-column `item`), and the output shows it beside the iid. Ids outside the dataset, ids that are not whole
-numbers and unreadable --rows files are refused with one line (exit 2). Scores are the model's logits (higher = more likely to be liked); `p_like` is
+column `item`), and the output shows it beside the iid; with --own-ids the item ids you give are those.
+Ids outside the dataset, ids that are not whole numbers and unreadable --rows files are refused with one
+line (exit 2). Scores are the model's logits (higher = more likely to be liked); `p_like` is
 sigmoid(score). Ranking candidates (--user) prints the titles of the history and of the candidates.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pandas as pd
 from sasrecllm_jax import compile_cache
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config, from_dict, load_yaml
+from sasrecllm_jax.data.dataset import Dataset
 from sasrecllm_jax.data.registry import resolve_dataset
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, evaluate, score_split
@@ -48,10 +51,11 @@ def p_like(scores) -> np.ndarray:
 class Recommender:
     """A run folder's final model, ready to score."""
 
-    def __init__(self, run: str | Path):
+    def __init__(self, run: str | Path, dataset: Dataset | None = None):
+        """dataset: the run's (data.dataset of its config), when the caller has loaded it already."""
         run = Path(run)
         self.cfg, self.prompt = self.run_config(run)
-        dataset = resolve_dataset(self.cfg.data)
+        dataset = dataset if dataset is not None else resolve_dataset(self.cfg.data)
         check_dataset(run, dataset.path, dataset.digest())  # before the model loads
         self.assembly, params = Assembly.for_run(self.cfg, dataset=dataset)
         params = groups.select(params, groups.prompt_modules(self.prompt, self.cfg.model.encoder))
@@ -69,6 +73,11 @@ class Recommender:
         cls.check_run(run)
         cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
         return cfg, scoring_prompt(cfg.train.method, resolve_phases(cfg, str(run / "config.yaml")))
+
+    @classmethod
+    def dataset_of(cls, run: Path) -> Dataset:
+        """A finished run's dataset, loaded without the model (to check a request before the model loads)."""
+        return resolve_dataset(cls.run_config(run)[0].data)
 
     @staticmethod
     def check_run(run: Path) -> None:
@@ -127,10 +136,13 @@ class Recommender:
         return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _ids(text, what: str) -> list[int]:
-    """Space-separated ids (an empty or missing cell: none); anything but whole numbers is refused."""
+def _ids(text, what: str, own: Dataset | None = None) -> list[int]:
+    """Space-separated ids (an empty or missing cell: none); anything but whole numbers is refused. own: the
+    ids are the source's own item ids, mapped to this dataset's iids."""
     if text is None or (isinstance(text, float) and np.isnan(text)) or not str(text).strip():
         return []
+    if own is not None:
+        return own.iids_of(str(text).split(), what)
     out = []
     for token in str(text).split():
         try:
@@ -147,8 +159,9 @@ def _one_id(text, what: str) -> int:
     return ids[0]
 
 
-def read_rows(path: Path) -> pd.DataFrame:
-    """A --rows CSV (uid, history, iid), refused with one line when missing, empty or malformed."""
+def read_rows(path: Path, own: Dataset | None = None) -> pd.DataFrame:
+    """A --rows CSV (uid, history, iid), refused with one line when missing, empty or malformed. own: history
+    and iid hold the source's own item ids, mapped to this dataset's iids (the file's ids kept as `item`)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file; --rows needs a CSV with columns uid, history, iid")
     try:
@@ -162,11 +175,24 @@ def read_rows(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; need uid, history, iid")
     if rows.empty:
         raise DataError(f"{path} holds a header but no rows; add one row per request")
-    for col in ("uid", "iid"):
-        rows[col] = [_one_id(v, f"{path} row {r + 1}, column {col}") for r, v in enumerate(rows[col])]
-    rows["history"] = [" ".join(map(str, _ids(v, f"{path} row {r + 1}, column history")))
+    rows["uid"] = [_one_id(v, f"{path} row {r + 1}, column uid") for r, v in enumerate(rows["uid"])]
+    if own is not None:
+        if "item" in rows.columns:
+            raise DataError(f"{path}: with --own-ids the iid column holds your item ids and the output adds "
+                            f"them as column 'item'; rename the file's 'item' column")
+        rows.insert(rows.columns.get_loc("iid") + 1, "item", rows["iid"].str.strip())
+        rows["iid"] = [_one_own_id(v, f"{path} row {r + 1}, column iid", own) for r, v in enumerate(rows["iid"])]
+    else:
+        rows["iid"] = [_one_id(v, f"{path} row {r + 1}, column iid") for r, v in enumerate(rows["iid"])]
+    rows["history"] = [" ".join(map(str, _ids(v, f"{path} row {r + 1}, column history", own)))
                        for r, v in enumerate(rows["history"])]
     return rows
+
+
+def _one_own_id(text, what: str, own: Dataset) -> int:
+    if len(str(text).split()) != 1:
+        raise DataError(f"{what}: {text!r} is not one item id")
+    return own.iids_of([str(text).strip()], what)[0]
 
 
 def show_request(rec: Recommender, uid: int, history: list[int]) -> str:
@@ -186,6 +212,8 @@ def main(argv=None) -> int:
     p.add_argument("--user", help="a user id (1..the dataset's largest; 0: a user it does not know)")
     p.add_argument("--history", default="")
     p.add_argument("--candidates", default="")
+    p.add_argument("--own-ids", action="store_true", help="item ids (--history, --candidates, the iid and "
+                   "history columns of --rows) are the source's own, as in the dataset's items.parquet column item")
     p.add_argument("--write-run-scores", action="store_true", help="evaluate the run's valid and test splits "
                    "again and write RUN/scores.npz (for python -m sasrecllm_jax.compare)")
     args = p.parse_args(argv)
@@ -194,16 +222,18 @@ def main(argv=None) -> int:
         Recommender.check_run(args.run)
         compile_cache.enable()
         rows = request = None  # the inputs, read and checked before the model is built
+        dataset = Recommender.dataset_of(args.run)
+        own = dataset if args.own_ids else None
         if args.write_run_scores:
             pass
         elif args.rows:
-            rows = read_rows(args.rows)
+            rows = read_rows(args.rows, own)
         elif args.user is not None and args.candidates:
-            request = (_one_id(args.user, "--user"), _ids(args.history, "--history"),
-                       _ids(args.candidates, "--candidates"))
+            request = (_one_id(args.user, "--user"), _ids(args.history, "--history", own),
+                       _ids(args.candidates, "--candidates", own))
         else:
             raise ConfigError("pass --rows FILE, or --user ID --candidates 'ID ID ...' [--history 'ID ...']")
-        rec = Recommender(args.run)
+        rec = Recommender(args.run, dataset)
         if args.write_run_scores:
             for split, (now, before) in rec.write_run_scores(args.run).items():
                 if before is None:

@@ -11,6 +11,7 @@ import pytest
 
 from helpers import run_fails, run_ok
 from sasrecllm_jax.data.dataset import load_dataset
+from sasrecllm_jax.errors import DataError
 
 
 def ts(year, month, day=1):
@@ -149,7 +150,13 @@ def test_log_with_ratings(tmp_path):
     assert ids[0] == "" and sorted(ids[1:]) == sorted(f"i{i}" for i in range(10))
     assert all(titles[iid] == "T" + ids[iid][1:] for iid in range(1, 11))
     # and a dataset written without them (older folders, hand-made tables) has none
-    assert load_dataset(_without_item_column(out, tmp_path / "old")).item_ids() is None
+    assert ds.iids_of(["i3", "i0"], "--history") == [list(ids).index("i3"), list(ids).index("i0")]
+    with pytest.raises(DataError, match=r"--history: item 'i10' is not an item of .*; 1 more unknown"):
+        ds.iids_of(["i1", "i10", "x"], "--history")
+    old = load_dataset(_without_item_column(out, tmp_path / "old"))
+    assert old.item_ids() is None
+    with pytest.raises(DataError, match="keeps no item ids of its source"):
+        old.iids_of(["i1"], "--history")
 
 
 def _without_item_column(src, dst):

@@ -114,9 +114,14 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
     assert "no ID encoder to retrieve items with" in capsys.readouterr().err
     assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--history", "1 x"]) == 2
     assert "give item ids separated by spaces" in capsys.readouterr().err
+    # the same request in the source's own item ids gives the same list
+    own = ds.item_ids()
+    assert recommend_main(["--run", str(out.parent / "hybrid"), "--own-ids", "--history", " ".join(own[history]),
+                           "--k", "3", "--out", str(tmp_path / "own.json")]) == 0
+    assert (tmp_path / "own.json").read_text() == (tmp_path / "top.json").read_text()
 
 
-def test_score_cli_rows(runs, tmp_path):
+def test_score_cli_rows(runs, tmp_path, capsys):
     """--rows FILE --out: every row scored as Recommender.score scores it, with p_like and the item's own id
     beside its iid; the file's other columns kept."""
     from sasrecllm_jax.data.dataset import load_dataset
@@ -133,6 +138,19 @@ def test_score_cli_rows(runs, tmp_path):
     np.testing.assert_allclose(got["score"], rec.score(test["uid"], list(test["his"]), test["iid"]), atol=1e-5)
     np.testing.assert_allclose(got["p_like"], 1 / (1 + np.exp(-got["score"])), atol=1e-6)
     assert list(got["item"]) == list(rec.assembly.dataset.item_ids()[test["iid"]]) and list(got["note"]) == list("abcde")
+    # --own-ids: the same rows written in the source's own item ids score the same, the file's ids kept as item
+    own = rec.assembly.dataset.item_ids()
+    rows.assign(iid=own[test["iid"]], history=[" ".join(own[h]) for h in test["his"]]).to_csv(tmp_path / "own.csv",
+                                                                                            index=False)
+    assert score_main(["--run", str(run), "--rows", str(tmp_path / "own.csv"), "--own-ids",
+                       "--out", str(tmp_path / "own_s.csv")]) == 0
+    mine = pd.read_csv(tmp_path / "own_s.csv")
+    pd.testing.assert_frame_equal(mine.drop(columns="history"), got.drop(columns="history"))
+    # an own id the dataset does not hold is refused by name; own ids without --own-ids are not ids
+    assert score_main(["--run", str(run), "--own-ids", "--user", "1", "--candidates", f"{own[1]} nope"]) == 2
+    assert "--candidates: item 'nope' is not an item of" in capsys.readouterr().err
+    assert score_main(["--run", str(run), "--user", "1", "--candidates", f"{own[1]}"]) == 2
+    assert "is not an id (ids are whole numbers" in capsys.readouterr().err
 
 
 def test_score_cli_errors(runs, tmp_path, capsys):

@@ -79,6 +79,20 @@ class Dataset:
         out[self.items["iid"].to_numpy()] = self.items["item"].astype(str).to_numpy()
         return out
 
+    def iids_of(self, own: list[str], what: str) -> list[int]:
+        """The iids of items named by the source's own ids; an id the dataset does not hold (or a dataset
+        prepared without own ids) is refused, naming it."""
+        ids = self.item_ids()
+        if ids is None:
+            raise DataError(f"{what}: {self.path} keeps no item ids of its source (items.parquet has no column "
+                            f"'item'); give the dataset's iids, or prepare the dataset again with data_tools")
+        index = {own_id: iid for iid, own_id in enumerate(ids) if iid}
+        missing = [x for x in own if x not in index]
+        if missing:
+            raise DataError(f"{what}: item {missing[0]!r} is not an item of {self.path} (its own ids are in "
+                            f"items.parquet, column 'item')" + (f"; {len(missing) - 1} more unknown" if len(missing) > 1 else ""))
+        return [index[x] for x in own]
+
     def titles(self) -> np.ndarray:
         """Titles indexed by iid (index 0 is the empty padding title)."""
         out = np.full(self.num_items + 1, "", dtype=object)
