@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.recipe import (build_splits, collapse_duplicates, first_line, id_text, item_titles, numeric,
+from data_tools.recipe import (build_splits, collapse_duplicates, first_line, item_titles, numeric,
                                parse_columns, read_table, row_name, split_by_time_fraction)
+from sasrecllm_jax.data.dataset import id_text
 from sasrecllm_jax.errors import DataError
 
 LOG_COLUMNS = {"user": "user", "item": "item", "timestamp": "timestamp", "rating": "rating"}

@@ -1,8 +1,9 @@
 """The one recipe every source goes through (CoLLM's).
 
 Input: one row per impression with raw `user`, `item`, `timestamp`, `label` and `split`
-(train / valid / test), plus a raw item -> title mapping. Output: canonical split tables and the item
-table (iid, title, and the raw id as `item`).
+(train / valid / test), plus a raw item -> title mapping. Output: canonical split tables (with each row's raw
+user id as `user`, which write_dataset keeps as users.parquet) and the item table (iid, title, and the raw
+id as `item`).
   - rows sorted by (user, time), stably;
   - users and items renumbered from 1 by order of first appearance in that order;
   - `his` = the user's earlier positive items, oldest first, across split boundaries: the positives
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sasrecllm_jax.data.dataset import show_value
+from sasrecllm_jax.data.dataset import id_text, show_value
 from sasrecllm_jax.errors import DataError
 
 VALID_SMALL_SEED = 2023
@@ -35,7 +36,8 @@ def build_splits(rows: pd.DataFrame, titles: dict, where: str, *,
             raise DataError(f"{where}: the {split} split is empty; check the time ranges or the "
                             f"split fractions for this data")
     rows = rows.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
-    uid = pd.factorize(rows["user"], sort=False)[0] + 1
+    user_codes, user_uniques = pd.factorize(rows["user"], sort=False)
+    uid = user_codes + 1
     item_codes, item_uniques = pd.factorize(rows["item"], sort=False)
     iid = item_codes + 1
     label = rows["label"].to_numpy().astype(np.int8)
@@ -51,6 +53,7 @@ def build_splits(rows: pd.DataFrame, titles: dict, where: str, *,
         "uid": uid.astype(np.int64), "iid": iid.astype(np.int64), "label": label,
         "timestamp": rows["timestamp"].to_numpy().astype(np.int64), "his": his,
         "not_cold": (train_users[uid] & train_items[iid]).astype(np.int8),
+        "user": np.asarray([str(u) for u in user_uniques], dtype=object)[user_codes],  # own ids: users.parquet
     })
     out = {name: table[split == name].reset_index(drop=True) for name in ("train", "valid", "test")}
     out["valid_small"] = out["valid"].sample(frac=0.5, random_state=VALID_SMALL_SEED)
@@ -181,17 +184,6 @@ def collapse_duplicates(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     rows in their original order and how many were dropped."""
     first = rows.sort_values("timestamp", kind="stable").drop_duplicates(["user", "item"], keep="first")
     return rows.loc[np.sort(first.index.to_numpy())], len(rows) - len(first)
-
-
-def id_text(values: pd.Series) -> pd.Series:
-    """Ids as text, whole-number floats written as integers: a Parquet or CSV id column that holds floats
-    (pandas reads an integer column with a gap as float) names item 7 as '7', as the other table does."""
-    if pd.api.types.is_float_dtype(values):
-        v = values.to_numpy()
-        whole = np.isfinite(v) & (v == np.floor(np.where(np.isfinite(v), v, 0)))
-        if whole.all():
-            return pd.Series(v.astype(np.int64), index=values.index).astype(str)
-    return values.astype(str)
 
 
 def item_titles(items: pd.DataFrame, path, first: int | None, placeholder: str | None) -> tuple[dict, int]:

@@ -102,7 +102,7 @@ def ablate(run: str | Path, modes=("drop", "shuffle"), split: str = "test", mask
     cfg = rec.cfg
     data = rec.assembly.split(split, "hybrid", rec.assembly.row_limit("eval"))
     # the run's own initial params (its seed), for the masks that put a group back to them
-    initial = Assembly.for_run(cfg)[1] if set(masks) - set(NO_INITIAL) else None
+    initial = Assembly.for_run(cfg, dataset=rec.assembly.dataset)[1] if set(masks) - set(NO_INITIAL) else None
     out_path = run / ABLATION_FILE
     out = read_ablations(run)
     trained = trained_scores(run, split, data)

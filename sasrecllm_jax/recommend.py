@@ -112,12 +112,13 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished run folder")
     p.add_argument("--history", default="", help="item ids the user liked, oldest first")
-    p.add_argument("--user", type=int, default=0, help="a dataset user id (default 0: a new user)")
+    p.add_argument("--user", default="0", help="a dataset user id (default 0: a new user)")
     p.add_argument("--k", type=int, default=10, help="items to recommend")
     p.add_argument("--retrieve", type=int, default=50, help="items the encoder retrieves for re-ranking")
     p.add_argument("--candidates", default="", help="rank these item ids instead of retrieving")
-    p.add_argument("--own-ids", action="store_true", help="--history and --candidates are the source's own "
-                   "item ids (the dataset's items.parquet column item)")
+    p.add_argument("--own-ids", action="store_true", help="--user, --history and --candidates are the source's "
+                   "own ids (the dataset's users.parquet and items.parquet column item; leave --user out for a "
+                   "new user)")
     p.add_argument("--out", type=Path, help="write the list as .csv or .json")
     args = p.parse_args(argv)
 
@@ -126,8 +127,15 @@ def main(argv=None) -> int:
         dataset = Recommender.dataset_of(args.run)  # the request is checked before the model loads
         own = dataset if args.own_ids else None
         history, candidates = _ids(args.history, "--history", own), _ids(args.candidates, "--candidates", own)
-        table = recommend(Recommender(args.run, dataset), history, args.k, args.user, args.retrieve,
-                          candidates or None)
+        if own is not None and args.user != "0":
+            user = own.uids_of([args.user], "--user")[0]
+        else:
+            try:
+                user = int(args.user)
+            except ValueError:
+                raise DataError(f"--user {args.user!r}: give a user id, a whole number (the source's own: add "
+                                f"--own-ids)") from None
+        table = recommend(Recommender(args.run, dataset), history, args.k, user, args.retrieve, candidates or None)
         if args.out:
             write(table, args.out)
             print(f"wrote {len(table)} recommendations to {args.out}")

@@ -8,7 +8,8 @@
 
 Item ids are the dataset's (see DATASET/items.parquet): 1..the largest item id; user ids 1..the largest
 user id. A dataset that data_tools prepared keeps each item's own id from its source (items.parquet,
-column `item`), and the output shows it beside the iid; with --own-ids the item ids you give are those.
+column `item`) and user (users.parquet), and the output shows the item's beside the iid; with --own-ids
+the ids you give are those (an empty uid cell of --rows: a user the dataset does not know).
 Ids outside the dataset, ids that are not whole numbers and unreadable --rows files are refused with one
 line (exit 2). Scores are the model's logits (higher = more likely to be liked); `p_like` is
 sigmoid(score). Ranking candidates (--user) prints the titles of the history and of the candidates.
@@ -160,8 +161,8 @@ def _one_id(text, what: str) -> int:
 
 
 def read_rows(path: Path, own: Dataset | None = None) -> pd.DataFrame:
-    """A --rows CSV (uid, history, iid), refused with one line when missing, empty or malformed. own: history
-    and iid hold the source's own item ids, mapped to this dataset's iids (the file's ids kept as `item`)."""
+    """A --rows CSV (uid, history, iid), refused with one line when missing, empty or malformed. own: uid,
+    history and iid hold the source's own ids, mapped to this dataset's (the file's kept as user and item)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file; --rows needs a CSV with columns uid, history, iid")
     try:
@@ -175,15 +176,18 @@ def read_rows(path: Path, own: Dataset | None = None) -> pd.DataFrame:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; need uid, history, iid")
     if rows.empty:
         raise DataError(f"{path} holds a header but no rows; add one row per request")
-    rows["uid"] = [_one_id(v, f"{path} row {r + 1}, column uid") for r, v in enumerate(rows["uid"])]
-    if own is not None:
-        if "item" in rows.columns:
-            raise DataError(f"{path}: with --own-ids the iid column holds your item ids and the output adds "
-                            f"them as column 'item'; rename the file's 'item' column")
+    if own is not None:  # the file's own ids are kept beside the dataset's, as user and item
+        taken = sorted({"user", "item"} & set(rows.columns))
+        if taken:
+            raise DataError(f"{path}: with --own-ids the uid and iid columns hold your ids and the output keeps "
+                            f"them as columns user and item; rename the file's {' and '.join(taken)} column")
+        rows.insert(rows.columns.get_loc("uid") + 1, "user", rows["uid"].str.strip())
         rows.insert(rows.columns.get_loc("iid") + 1, "item", rows["iid"].str.strip())
+        rows["uid"] = [own.uids_of([v], f"{path} row {r + 1}, column uid")[0] for r, v in enumerate(rows["uid"])]
         rows["iid"] = [_one_own_id(v, f"{path} row {r + 1}, column iid", own) for r, v in enumerate(rows["iid"])]
     else:
-        rows["iid"] = [_one_id(v, f"{path} row {r + 1}, column iid") for r, v in enumerate(rows["iid"])]
+        for col in ("uid", "iid"):
+            rows[col] = [_one_id(v, f"{path} row {r + 1}, column {col}") for r, v in enumerate(rows[col])]
     rows["history"] = [" ".join(map(str, _ids(v, f"{path} row {r + 1}, column history", own)))
                        for r, v in enumerate(rows["history"])]
     return rows
@@ -212,8 +216,9 @@ def main(argv=None) -> int:
     p.add_argument("--user", help="a user id (1..the dataset's largest; 0: a user it does not know)")
     p.add_argument("--history", default="")
     p.add_argument("--candidates", default="")
-    p.add_argument("--own-ids", action="store_true", help="item ids (--history, --candidates, the iid and "
-                   "history columns of --rows) are the source's own, as in the dataset's items.parquet column item")
+    p.add_argument("--own-ids", action="store_true", help="ids are the source's own (--user as in the dataset's "
+                   "users.parquet; --history, --candidates and the iid and history columns of --rows as in its "
+                   "items.parquet column item)")
     p.add_argument("--write-run-scores", action="store_true", help="evaluate the run's valid and test splits "
                    "again and write RUN/scores.npz (for python -m sasrecllm_jax.compare)")
     args = p.parse_args(argv)
@@ -229,7 +234,8 @@ def main(argv=None) -> int:
         elif args.rows:
             rows = read_rows(args.rows, own)
         elif args.user is not None and args.candidates:
-            request = (_one_id(args.user, "--user"), _ids(args.history, "--history", own),
+            user = own.uids_of([args.user], "--user")[0] if own is not None else _one_id(args.user, "--user")
+            request = (user, _ids(args.history, "--history", own),
                        _ids(args.candidates, "--candidates", own))
         else:
             raise ConfigError("pass --rows FILE, or --user ID --candidates 'ID ID ...' [--history 'ID ...']")
@@ -253,6 +259,9 @@ def main(argv=None) -> int:
             for name, ids in own_ids(rec.assembly.dataset, rows["iid"]).items():
                 if name not in rows.columns:  # the source's own item ids beside the iids
                     rows.insert(rows.columns.get_loc("iid") + 1, name, ids)
+                elif not args.own_ids:
+                    print(f"note: {args.rows} has its own column {name!r}, kept as it is; the items' own ids "
+                          f"are not added", file=sys.stderr)
             out = rows
         else:
             uid, history, candidates = request

@@ -153,6 +153,19 @@ def test_log_with_ratings(tmp_path):
     assert ds.iids_of(["i3", "i0"], "--history") == [list(ids).index("i3"), list(ids).index("i0")]
     with pytest.raises(DataError, match=r"--history: item 'i10' is not an item of .*; 1 more unknown"):
         ds.iids_of(["i1", "i10", "x"], "--history")
+    # and each user's: one uid per own id, the rows' uids; the folder can be prepared again over itself
+    assert sorted(ds.users["user"]) == [f"u{u}" for u in range(6)] and list(ds.users["uid"]) == list(range(1, 7))
+    assert ds.uids_of(["u3", ""], "--user") == [int(ds.users.set_index("user")["uid"]["u3"]), 0]
+    run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", out, "--threshold", 4, "--overwrite")
+    assert load_dataset(out).users.equals(ds.users)
+    # a hand-made item table: missing own ids are '', whole-number floats are integers, a repeat is refused
+    from sasrecllm_jax.data.dataset import write_dataset
+    splits = ds.splits
+    table = ds.items.assign(item=[np.nan, np.nan] + [float(i) for i in range(2, 10)])
+    write_dataset(tmp_path / "hand", splits, table, source="test", recipe="hand-made")
+    assert list(load_dataset(tmp_path / "hand").item_ids()) == ["", "", ""] + [str(i) for i in range(2, 10)]
+    with pytest.raises(DataError, match="item id '3' names two iids"):
+        write_dataset(tmp_path / "hand2", splits, table.assign(item=[3.0] * 10), source="test", recipe="hand-made")
     old = load_dataset(_without_item_column(out, tmp_path / "old"))
     assert old.item_ids() is None
     with pytest.raises(DataError, match="keeps no item ids of its source"):

@@ -529,7 +529,13 @@ def test_one_label_eval_split_refused(dataset, tmp_path, capsys):
     assert train_main(argv(tmp_path / "liked", tmp_path / "w", "train.method=sasrec", "data.max_rows={}")) == 2
     err = one_error_line(capsys.readouterr().err)
     assert f"every one of the {n:,} valid_small rows it evaluates on is labelled 1" in err
-    assert "row cap" not in err and not (tmp_path / "w" / "checkpoints").exists()
+    assert "check the dataset's labels" in err and "row cap" not in err and not (tmp_path / "w" / "checkpoints").exists()
+    # a cap that leaves no choice of rows (7 of 48 all labelled 1) is not blamed
     assert train_main(argv(tmp_path / "liked", tmp_path / "w2", "train.method=sasrec", "data.max_rows={eval: 7}")) == 2
     err = one_error_line(capsys.readouterr().err)
-    assert "every one of the 7 valid_small rows" in err and "a row cap chose them (data.max_rows / data.cpu_max_rows eval: 7)" in err
+    assert "every one of the 7 valid_small rows" in err and "row cap" not in err
+    # a split that holds both labels, capped to one row: the cap is named, not the labels
+    assert train_main(argv(dataset, tmp_path / "w3", "train.method=sasrec", "data.max_rows={eval: 1}")) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert f"the split's {n:,} rows hold both labels, and a row cap chose these (data.max_rows / " \
+           f"data.cpu_max_rows eval: 1): raise or drop it" in err and "check the dataset's labels" not in err

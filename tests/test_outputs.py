@@ -119,6 +119,14 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
     assert recommend_main(["--run", str(out.parent / "hybrid"), "--own-ids", "--history", " ".join(own[history]),
                            "--k", "3", "--out", str(tmp_path / "own.json")]) == 0
     assert (tmp_path / "own.json").read_text() == (tmp_path / "top.json").read_text()
+    # a known user by their own id: the same list as by uid (their rows in the dataset are left out alike)
+    me = ds.users.set_index("uid")["user"][user]
+    for flags, name in ((["--user", str(user), "--history", "1"], "by_uid"),
+                        (["--own-ids", "--user", me, "--history", own[1]], "by_own")):
+        assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--k", "4", *flags,
+                               "--out", str(tmp_path / f"{name}.json")]) == 0
+    assert len(json.loads((tmp_path / "by_own.json").read_text())) == 4
+    assert (tmp_path / "by_uid.json").read_text() == (tmp_path / "by_own.json").read_text()
 
 
 def test_score_cli_rows(runs, tmp_path, capsys):
@@ -138,17 +146,33 @@ def test_score_cli_rows(runs, tmp_path, capsys):
     np.testing.assert_allclose(got["score"], rec.score(test["uid"], list(test["his"]), test["iid"]), atol=1e-5)
     np.testing.assert_allclose(got["p_like"], 1 / (1 + np.exp(-got["score"])), atol=1e-6)
     assert list(got["item"]) == list(rec.assembly.dataset.item_ids()[test["iid"]]) and list(got["note"]) == list("abcde")
-    # --own-ids: the same rows written in the source's own item ids score the same, the file's ids kept as item
-    own = rec.assembly.dataset.item_ids()
-    rows.assign(iid=own[test["iid"]], history=[" ".join(own[h]) for h in test["his"]]).to_csv(tmp_path / "own.csv",
-                                                                                            index=False)
+    # a file with a column of its own named item keeps it, and says that the items' own ids are not added
+    rows.assign(item="mine").to_csv(tmp_path / "item.csv", index=False)
+    assert score_main(["--run", str(run), "--rows", str(tmp_path / "item.csv"), "--out", str(tmp_path / "i.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "i.csv")["item"]) == {"mine"}
+    assert "has its own column 'item', kept as it is" in capsys.readouterr().err
+    # --own-ids: the same rows written in the source's own ids (log user uK, item iK) score the same, the
+    # file's ids kept as user and item; an empty uid cell is a user the dataset does not know (uid 0)
+    ds = rec.assembly.dataset
+    own, users = ds.item_ids(), dict(zip(ds.users["uid"], ds.users["user"]))
+    assert sorted(users.values(), key=lambda u: int(u[1:])) == [f"u{k}" for k in range(40)]
+    rows.assign(uid=[users[u] for u in test["uid"]], iid=own[test["iid"]],
+                history=[" ".join(own[h]) for h in test["his"]]).to_csv(tmp_path / "own.csv", index=False)
     assert score_main(["--run", str(run), "--rows", str(tmp_path / "own.csv"), "--own-ids",
                        "--out", str(tmp_path / "own_s.csv")]) == 0
     mine = pd.read_csv(tmp_path / "own_s.csv")
-    pd.testing.assert_frame_equal(mine.drop(columns="history"), got.drop(columns="history"))
+    assert list(mine["user"]) == [users[u] for u in test["uid"]]
+    pd.testing.assert_frame_equal(mine.drop(columns=["history", "user"]), got.drop(columns="history"))
+    rows.assign(uid="", iid=own[test["iid"]], history="").to_csv(tmp_path / "new.csv", index=False)
+    assert score_main(["--run", str(run), "--rows", str(tmp_path / "new.csv"), "--own-ids",
+                       "--out", str(tmp_path / "new_s.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "new_s.csv")["score"],
+                               rec.score([0] * 5, [[]] * 5, test["iid"]), atol=1e-5)
     # an own id the dataset does not hold is refused by name; own ids without --own-ids are not ids
-    assert score_main(["--run", str(run), "--own-ids", "--user", "1", "--candidates", f"{own[1]} nope"]) == 2
+    assert score_main(["--run", str(run), "--own-ids", "--user", "u1", "--candidates", f"{own[1]} nope"]) == 2
     assert "--candidates: item 'nope' is not an item of" in capsys.readouterr().err
+    assert score_main(["--run", str(run), "--own-ids", "--user", "u99", "--candidates", f"{own[1]}"]) == 2
+    assert "--user: user 'u99' is not a user of" in capsys.readouterr().err
     assert score_main(["--run", str(run), "--user", "1", "--candidates", f"{own[1]}"]) == 2
     assert "is not an id (ids are whole numbers" in capsys.readouterr().err
 

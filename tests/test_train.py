@@ -244,16 +244,20 @@ def test_plug_and_play_restores_other_runs(dataset, tmp_path):
     # a checkpoint from a different model is refused, never loaded loosely
     with pytest.raises(CheckpointError, match=r"'sasrec' does not match this model \(shape of .*checkpoint \[64\], model \[32\]\)"):
         run(dataset, tmp_path / "pnp2", f"train.phases={phases}", "model.sasrec.hidden=32")
-    # weights of a run trained on another dataset are refused before anything trains (its ids name other items)
-    digest = tmp_path / "enc" / "dataset.sha256"
+    # an encoder trained on another dataset is refused before anything trains (its ids name other items); a
+    # LoRA adapter holds no ids and may come from another dataset
+    digest, other = tmp_path / "enc" / "dataset.sha256", tmp_path / "llm" / "dataset.sha256"
     kept = digest.read_text()
-    assert len(kept.strip()) == 64
+    assert len(kept.strip()) == 64 and other.read_text() == kept
     digest.write_text("0" * 64 + "\n")
+    other.write_text("0" * 64 + "\n")
     with pytest.raises(ConfigError, match=r"phase mapper \(restore sasrec\) restores weights from .*enc, which was "
                                           r"trained on another dataset than"):
         run(dataset, tmp_path / "pnp4", f"train.phases={phases}")
     assert not (tmp_path / "pnp4" / "checkpoints").exists()
     digest.write_text(kept)
+    run(dataset, tmp_path / "pnp4", f"train.phases={phases}")
+    assert (tmp_path / "pnp4" / "results.json").exists()
     # a damaged checkpoint is refused with a message
     for f in (tmp_path / "enc" / "final").rglob("*"):
         if f.is_file() and "sasrec" in str(f) and f.stat().st_size > 0 and "meta" not in str(f):

@@ -6,6 +6,8 @@
         not_cold int8 (1 = user and item both seen in train: "warm")
     DIR/items.parquet      iid int64, title string (every iid used anywhere is listed), and item string:
                            the source's own id of the item (absent in folders written without it)
+    DIR/users.parquet      uid int64, user string: the source's own id of each user (absent in folders
+                           written without them)
     DIR/dataset.json       the card: source, recipe, counts, id ranges, format version
 
 Id 0 is padding and never appears in a table.
@@ -25,6 +27,7 @@ top level. Folders written before `causes` existed get it computed when loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -49,6 +52,7 @@ class Dataset:
     splits: dict[str, pd.DataFrame]
     items: pd.DataFrame
     card: dict
+    users: pd.DataFrame | None = None  # uid, user (the source's own id); None when the folder has none
 
     @property
     def num_items(self) -> int:
@@ -79,19 +83,43 @@ class Dataset:
         out[self.items["iid"].to_numpy()] = self.items["item"].astype(str).to_numpy()
         return out
 
+    @functools.cached_property
+    def _iid_index(self) -> dict[str, int] | None:
+        ids = self.item_ids()
+        return None if ids is None else {own_id: iid for iid, own_id in enumerate(ids) if iid}
+
+    @functools.cached_property
+    def _uid_index(self) -> dict[str, int] | None:
+        if self.users is None:
+            return None
+        return {"": 0, **dict(zip(self.users["user"].astype(str), self.users["uid"].astype(int)))}
+
     def iids_of(self, own: list[str], what: str) -> list[int]:
         """The iids of items named by the source's own ids; an id the dataset does not hold (or a dataset
         prepared without own ids) is refused, naming it."""
-        ids = self.item_ids()
-        if ids is None:
+        index = self._iid_index
+        if index is None:
             raise DataError(f"{what}: {self.path} keeps no item ids of its source (items.parquet has no column "
                             f"'item'); give the dataset's iids, or prepare the dataset again with data_tools")
-        index = {own_id: iid for iid, own_id in enumerate(ids) if iid}
         missing = [x for x in own if x not in index]
         if missing:
             raise DataError(f"{what}: item {missing[0]!r} is not an item of {self.path} (its own ids are in "
                             f"items.parquet, column 'item')" + (f"; {len(missing) - 1} more unknown" if len(missing) > 1 else ""))
         return [index[x] for x in own]
+
+    def uids_of(self, own: list[str], what: str) -> list[int]:
+        """The uids of users named by the source's own ids ("" names a user the dataset does not know: 0);
+        an id it does not hold (or a dataset that keeps no user ids) is refused, naming it."""
+        if self.users is None:
+            raise DataError(f"{what}: {self.path} keeps no user ids of its source (no users.parquet); give the "
+                            f"dataset's uid, or prepare the dataset again with data_tools")
+        index = self._uid_index
+        missing = [x for x in own if str(x).strip() not in index]
+        if missing:
+            raise DataError(f"{what}: user {missing[0]!r} is not a user of {self.path} (its own ids are in "
+                            f"users.parquet, column 'user'); for a user it does not know, leave the id empty "
+                            f"(or --user out)")
+        return [index[str(x).strip()] for x in own]
 
     def titles(self) -> np.ndarray:
         """Titles indexed by iid (index 0 is the empty padding title)."""
@@ -103,6 +131,20 @@ class Dataset:
 def show_value(value) -> str:
     """A cell value as a user wrote it: 2.5, 'five' (no numpy reprs)."""
     return repr(value.item() if hasattr(value, "item") else value)
+
+
+def id_text(values: pd.Series) -> pd.Series:
+    """Ids as text, whole-number floats written as integers: a Parquet or CSV id column that holds floats
+    (pandas reads an integer column with a gap as float) names item 7 as '7', as the other table does.
+    A missing id (NaN, None) is ''."""
+    missing = values.isna().to_numpy()
+    if pd.api.types.is_float_dtype(values):
+        v = values.to_numpy()
+        whole = np.isfinite(v) & (v == np.floor(np.where(np.isfinite(v), v, 0)))
+        if (whole | missing).all():
+            text = np.where(missing, "", np.where(missing, 0, v).astype(np.int64).astype(str)).astype(object)
+            return pd.Series(text, index=values.index)
+    return pd.Series(np.where(missing, "", values.astype(str).to_numpy()).astype(object), index=values.index)
 
 
 def _int_column(df: pd.DataFrame, col: str, where: str, *, minimum: int) -> np.ndarray:
@@ -210,7 +252,7 @@ def check_replaceable(out: str | os.PathLike, overwrite: bool) -> None:
     if not out.is_dir():
         raise DataError(f"{out} is a file, not a dataset folder; choose another --out")
     names = {p.name for p in out.iterdir()}
-    ours = {"dataset.json", "items.parquet", *(f"{s}.parquet" for s in SPLITS)}
+    ours = {"dataset.json", "items.parquet", "users.parquet", *(f"{s}.parquet" for s in SPLITS)}
     if names and ("dataset.json" not in names or names - ours):
         other = sorted(names - ours) if "dataset.json" in names else sorted(names)
         raise DataError(f"{out} is not a dataset folder (it holds {', '.join(other[:5])}"
@@ -225,16 +267,19 @@ def write_dataset(out: str | os.PathLike, splits: dict[str, pd.DataFrame], items
     check_replaceable(out, overwrite)
     if set(splits) != set(SPLITS):
         raise DataError(f"a dataset needs splits {SPLITS}, got {sorted(splits)}")
-    own_ids = items["item"].astype(str) if "item" in items.columns else None
+    own_ids = id_text(items["item"]) if "item" in items.columns else None
     items = pd.DataFrame({"iid": _int_column(items, "iid", "items", minimum=1),
                           "title": items["title"].fillna("").astype(str)})
     if items["iid"].duplicated().any():
         raise DataError(f"items: iid {int(items['iid'][items['iid'].duplicated()].iloc[0])} is listed twice")
     if own_ids is not None:
-        if own_ids.duplicated().any():
-            raise DataError(f"items: the source's item id {own_ids[own_ids.duplicated()].iloc[0]!r} names two iids")
+        dup = own_ids.duplicated() & (own_ids != "")
+        if dup.any():
+            raise DataError(f"items: the source's item id {own_ids[dup].iloc[0]!r} names two iids (column 'item' "
+                            f"holds each item's own id; rename a column that holds something else)")
         items["item"] = own_ids.to_numpy()
     known = items["iid"].to_numpy()
+    users = own_user_ids(splits)
     splits = {name: validate_split(splits[name], name, known) for name in SPLITS}
     card = make_card(splits, items, source=source, recipe=recipe, extra=extra)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,6 +288,8 @@ def write_dataset(out: str | os.PathLike, splits: dict[str, pd.DataFrame], items
         for name, df in splits.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
         items.to_parquet(tmp / "items.parquet", index=False)
+        if users is not None:
+            users.to_parquet(tmp / "users.parquet", index=False)
         (tmp / "dataset.json").write_text(json.dumps(card, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -251,6 +298,20 @@ def write_dataset(out: str | os.PathLike, splits: dict[str, pd.DataFrame], items
         if tmp.exists():
             shutil.rmtree(tmp)
     return card
+
+
+def own_user_ids(splits: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """(uid, user) from the splits' `user` column (the source's own user ids), one row per uid; None when the
+    splits carry none. A uid with two own ids, or an own id on two uids, is refused."""
+    if not all("user" in df.columns for df in splits.values()):
+        return None
+    pairs = pd.concat([df[["uid", "user"]] for df in splits.values()]).drop_duplicates()
+    pairs = pairs.assign(uid=pairs["uid"].astype(np.int64), user=pairs["user"].astype(str))
+    for col, other in (("uid", "user"), ("user", "uid")):
+        dup = pairs[col].duplicated()
+        if dup.any():
+            raise DataError(f"splits: {col} {pairs[col][dup].iloc[0]!r} has two {other}s; one user, one id")
+    return pairs.sort_values("uid").reset_index(drop=True)
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
@@ -266,6 +327,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
                         f"{FORMAT_VERSION}; prepare the dataset again with this version")
     try:
         items = pd.read_parquet(path / "items.parquet")
+        users = pd.read_parquet(path / "users.parquet") if (path / "users.parquet").exists() else None
         splits = {}
         for name in SPLITS:
             df = pd.read_parquet(path / f"{name}.parquet")
@@ -278,4 +340,4 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
             raise DataError(f"{path / (name + '.parquet')}: {len(df)} rows, the card says "
                             f"{card['splits'][name]['rows']}; the folder is damaged, prepare it again")
         card["splits"][name].setdefault("causes", causes(df, splits["train"]))  # folders written before it
-    return Dataset(path=path, splits=splits, items=items, card=card)
+    return Dataset(path=path, splits=splits, items=items, card=card, users=users)

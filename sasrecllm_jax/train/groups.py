@@ -25,6 +25,7 @@ from sasrecllm_jax.trees import merge
 ENCODERS = ("sasrec", "mf")
 TRAINABLE = ("sasrec", "mf", "mapper", "lora")   # the groups a phase may list
 GROUPS = ("sasrec", "mf", "counts", "mapper", "lora", "frozen")
+ID_GROUPS = ("sasrec", "mf", "counts")  # the groups that hold rows indexed by the dataset's user and item ids
 RULES: tuple[tuple[str, Callable[[tuple[str, ...]], bool]], ...] = (
     ("lora", lambda p: p[0] == "llm" and "lora" in p),
     ("frozen", lambda p: p[0] == "llm" and "lora" not in p),

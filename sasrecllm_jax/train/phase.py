@@ -228,13 +228,14 @@ class PhaseRunner:
         cap = a.row_limit("eval")
         eval_data = a.split(self.cfg.data.eval_split, phase.prompt, cap)
         if len(eval_data) and len(np.unique(eval_data.label)) < 2:
-            capped = (f"; a row cap chose them (data.max_rows / data.cpu_max_rows eval: {cap:,}), raise or drop it"
-                      if cap else "")
-            raise TrainingError(
-                f"phase {phase.name}: every one of the {len(eval_data):,} {self.cfg.data.eval_split} rows it evaluates "
-                f"on is labelled {int(eval_data.label[0])}, so valid AUC cannot pick its checkpoint; check the "
-                f"dataset's labels (a 0/1 rating column needs data_tools' --threshold 1) or set data.eval_split"
-                f"{capped}")
+            where = (f"phase {phase.name}: every one of the {len(eval_data):,} {self.cfg.data.eval_split} rows it "
+                     f"evaluates on is labelled {int(eval_data.label[0])}, so valid AUC cannot pick its checkpoint")
+            whole = a.dataset.splits[self.cfg.data.eval_split]["label"]
+            if cap and whole.nunique() > 1:  # the split has both labels: the cap's rows do not
+                raise TrainingError(f"{where}; the split's {len(whole):,} rows hold both labels, and a row cap "
+                                    f"chose these (data.max_rows / data.cpu_max_rows eval: {cap:,}): raise or drop it")
+            raise TrainingError(f"{where}; check the dataset's labels (a 0/1 rating column needs data_tools' "
+                                f"--threshold 1) or set data.eval_split")
         bs = t.batch_size if with_prompts else t.encoder_batch_size
         packs = None
         if with_prompts and self.cfg.data.pack_train:

@@ -255,9 +255,9 @@ class Run:
         digest = dataset.digest()
         # every process compares (one that refused alone would leave the others waiting); the first records
         check_dataset(self.workdir, dataset.path, digest, record=jax.process_index() == 0)
-        for phase in self.phases:  # weights restored from other runs must know these ids (before any phase trains)
+        for phase in self.phases:  # weights indexed by ids must come from this dataset (before any phase trains)
             for group, source in phase.restore.items():
-                if not source.startswith(("phase:", "peft:")):
+                if group in groups.ID_GROUPS and not source.startswith(("phase:", "peft:")):
                     check_dataset(Path(source), dataset.path, digest, restored_by=f"phase {phase.name} (restore {group})")
         assembly, params = Assembly.for_run(cfg, self.host_cache, dataset)
         for prompt in sorted({ph.prompt for ph in self.phases} | {scoring_prompt(t.method, self.phases)}):
