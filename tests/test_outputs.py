@@ -257,9 +257,12 @@ def test_test_time_ablation(runs, capsys, monkeypatch):
     assert f"| {vs['drop']['all']['AUC']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] |" in table
     # the grid's recipe for this method is the run's own config
     monkeypatch.setattr(grid_lib, "config_path", lambda dataset, method: run / "config.yaml")
-    # a finished run made with another config is refused, naming what differs, and left as it was
-    with pytest.raises(ConfigError, match=r"finished run of another config \(train.batch_size: 16 -> 8\)"):
-        grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, ["train.batch_size=8"], ablate=True)
+    # a finished run made with another config is refused, naming what differs, and left as it was; before
+    # the grid trains anything (a run listed first is not started)
+    with pytest.raises(ConfigError, match=r"1 finished run\(s\) of another config: \S+hybrid \(train.batch_size: "
+                                          r"16 -> 8\); give this grid its own folders"):
+        grid_lib.run_grid("ml1m", ["first", "hybrid"], [0], table_dir, ["train.batch_size=8"], ablate=True)
+    assert not (table_dir / "runs" / "first").exists()
     # a grid stopped between the two ablations resumes the missing one only (a finished run is not retrained)
     (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}, "vs_trained": {"test": {"drop": vs["drop"]}}}))
     grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)

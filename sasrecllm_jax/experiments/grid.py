@@ -31,28 +31,35 @@ def config_path(dataset: str, method: str) -> Path:
 def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, overrides: list[str], tag: str = "",
              ablate: bool = False, phase_cache: bool = True) -> None:
     host_cache = HostCache()  # the backbone is read and each split encoded once for the whole grid
+    runs = []
     for method in methods:
         cfg_path = config_path(dataset, method)
         for seed in seeds if method not in ("icl", "pop") else [0]:  # nothing of theirs is random
             name = (method if seed == 0 else f"{method}-seed{seed}") + (f"-{tag}" if tag else "")
-            workdir = out / "runs" / name
             cache = [f"train.phase_cache={out / 'phase_cache'}"] if phase_cache else []
-            cfg = load_config(cfg_path, [f"train.seed={seed}", *cache, *overrides])
-            if (workdir / "results.json").exists():
-                changed = [c for c in saved_config_changes(workdir, cfg) if c[0] not in RESULT_NEUTRAL_KEYS]
-                if changed:  # its numbers are another config's: never summarise them as this one's
-                    raise ConfigError(f"{workdir} is a finished run of another config ({shown_changes(changed)}); "
-                                      f"give this one its own folder with --tag or --out, or delete that run to "
-                                      f"train it again")
-                print(f"{name}: done, skipped")
-            else:
-                print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
-                train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path),
-                                   host_cache=host_cache)
-            done = read_ablations(workdir)
-            # a stopped grid resumes them; an ablation made before its paired test was kept is made again
-            missing = [mode for mode in ("drop", "shuffle")
-                       if mode not in done.get("test", {}) or mode not in paired_tests(done, "test")]
-            if ablate and missing and (workdir / "results.json").exists() and json.loads(
-                    (workdir / "results.json").read_text())["config"]["train"]["method"] in HYBRID_METHODS:
-                run_ablation(workdir, tuple(missing), "test")
+            runs.append((name, out / "runs" / name, cfg_path, load_config(cfg_path, [f"train.seed={seed}", *cache,
+                                                                                    *overrides])))
+    # a finished run of another config holds another config's numbers: never summarised as this one's, and
+    # refused (all of them at once) before the grid trains anything
+    clashes = [(workdir, changed) for _, workdir, _, cfg in runs if (workdir / "results.json").exists()
+               for changed in [[c for c in saved_config_changes(workdir, cfg) if c[0] not in RESULT_NEUTRAL_KEYS]]
+               if changed]
+    if clashes:
+        shown = "; ".join(f"{workdir} ({shown_changes(changed)})" for workdir, changed in clashes[:5])
+        more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise ConfigError(f"{len(clashes)} finished run(s) of another config: {shown}{more}; give this grid its own "
+                          f"folders with --tag or --out, or delete those runs to train them again")
+    for name, workdir, cfg_path, cfg in runs:
+        if (workdir / "results.json").exists():
+            print(f"{name}: done, skipped")
+        else:
+            print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
+            train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path),
+                               host_cache=host_cache)
+        done = read_ablations(workdir)
+        # a stopped grid resumes them; an ablation made before its paired test was kept is made again
+        missing = [mode for mode in ("drop", "shuffle")
+                   if mode not in done.get("test", {}) or mode not in paired_tests(done, "test")]
+        if ablate and missing and (workdir / "results.json").exists() and json.loads(
+                (workdir / "results.json").read_text())["config"]["train"]["method"] in HYBRID_METHODS:
+            run_ablation(workdir, tuple(missing), "test")
