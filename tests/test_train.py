@@ -332,6 +332,11 @@ def test_collab_ablation_masks(dataset, tmp_path):
     (["--set", "model.mapper.new_items=unknown", "--set", "model.mapper.item_dropout=1.0"],
      "model.mapper.item_dropout = 1.0: must be in [0, 1)"),
     (["--set", "train.method=tallrec", "--set", "model.mapper.new_items=unknown"], "which method 'tallrec' does not use"),
+    (["--config", "configs/quickstart.yaml", "--set", "train.method=sasrec"],
+     "train.method = 'sasrec' trains only phases with prompt: none, but the config's train.phases include 'hybrid' on "
+     "hybrid prompts; for sasrec's own phases add --set 'train.phases=[]'"),
+    (["--set", "train.method=icl", "--set", "train.phases=[{name: t, trainable: [lora], prompt: text, lr: {lora: 0.001}}]"],
+     "train.method = 'icl' trains nothing, but the config's train.phases include 't' on text prompts"),
 ])
 def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -855,7 +860,8 @@ def test_late_mask_takes_the_latest_rows_by_time_then_table_order():
 def test_next_steps_name_the_run_folder_as_the_user_would_type_it(tmp_path, monkeypatch):
     """Under the working directory the printed commands use the relative path (runs/quickstart, as in the
     README); elsewhere the path as it is."""
-    assembly = SimpleNamespace(dataset=SimpleNamespace(splits={"test": pd.DataFrame({"his": [[0, 5, 7, 9]]})}))
+    splits = {"test": pd.DataFrame({"his": [[0, 5, 7, 9]]})}
+    assembly = SimpleNamespace(dataset=SimpleNamespace(splits=splits, item_ids=lambda: None))
     monkeypatch.chdir(tmp_path)
     text = next_steps(tmp_path / "runs" / "quickstart", assembly, "hybrid")
     assert "python -m sasrecllm_jax.report runs/quickstart --out runs/quickstart/curves.png" in text
@@ -863,6 +869,10 @@ def test_next_steps_name_the_run_folder_as_the_user_would_type_it(tmp_path, monk
     assert str(tmp_path) not in text
     elsewhere = tmp_path.parent / "other-run"
     assert f"--logdir {elsewhere}/tensorboard" in next_steps(elsewhere, assembly, "text")
+    # a dataset that keeps its source's item ids is asked in them
+    own = SimpleNamespace(dataset=SimpleNamespace(splits=splits, item_ids=lambda: [f"SKU-{i}" for i in range(10)]))
+    assert 'recommend --run runs/quickstart --own-ids --history "SKU-5 SKU-7 SKU-9"' in \
+        next_steps(tmp_path / "runs" / "quickstart", own, "hybrid")
 
 
 def test_unknown_items_get_no_vectors_at_the_last_position(dataset, tmp_path):

@@ -91,10 +91,13 @@ def next_steps(workdir: Path, assembly: Assembly, prompt: str) -> str:
         workdir = Path(workdir).resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         pass
-    history = " ".join(str(i) for i in assembly.dataset.splits["test"]["his"].iloc[0][-3:]) or "1"
+    iids = list(assembly.dataset.splits["test"]["his"].iloc[0][-3:]) or [1]
+    own = assembly.dataset.item_ids()  # a dataset that keeps its source's ids is asked in them
+    history = " ".join(str(own[i]) for i in iids) if own is not None else " ".join(str(i) for i in iids)
+    ask = f"--own-ids --history \"{history}\"" if own is not None else f"--history \"{history}\""
     lines = ["next:", f"  python -m sasrecllm_jax.report {workdir} --out {workdir}/curves.png     # training curves"]
     if prompt != "text":
-        lines.append(f"  python -m sasrecllm_jax.recommend --run {workdir} --history \"{history}\"   # top 10, titled")
+        lines.append(f"  python -m sasrecllm_jax.recommend --run {workdir} {ask}   # top 10, titled")
     lines.append(f"  tensorboard --logdir {workdir}/tensorboard    # the same curves, live (pip install tensorboard)")
     return "\n".join(lines)
 

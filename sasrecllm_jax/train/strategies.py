@@ -53,6 +53,10 @@ def preset_phases(method: str, strategy: str, encoder: str, enc_epochs: float = 
     return presets[strategy]
 
 
+# the prompt kinds a method's phases may train on (the others: any); icl and pop train nothing
+METHOD_PROMPTS = {"mf": ("none",), "sasrec": ("none",), "tallrec": ("text",), "icl": (), "pop": ()}
+
+
 def scoring_prompt(method: str, phases) -> str:
     """The prompt kind a finished run scores with: its last phase's; without phases, the untuned LLM's text
     prompt (icl) or none (pop, the counts)."""
@@ -64,6 +68,14 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
     t = cfg.train
     phases = t.phases or preset_phases(t.method, t.strategy, cfg.model.encoder, t.enc_epochs, t.llm_epochs,
                                        t.enc_lr, t.llm_lr)
+    allowed = METHOD_PROMPTS.get(t.method)
+    foreign = [ph for ph in phases if allowed is not None and ph.prompt not in allowed]
+    if foreign:  # e.g. --set train.method=sasrec on a config whose own phases train a hybrid
+        trains = f"trains only phases with prompt: {' or '.join(allowed)}" if allowed else "trains nothing"
+        raise ConfigError(f"{config_path}: train.method = {t.method!r} {trains}, but the config's train.phases "
+                          f"include {foreign[0].name!r} on {foreign[0].prompt} prompts; for {t.method}'s own "
+                          f"phases add --set 'train.phases=[]' (or start from configs/experiments/ml1m/"
+                          f"{t.method}.yaml)")
     if t.method == "collm_mf" and cfg.model.encoder != "mf":
         raise ConfigError(f"{config_path}: method collm_mf needs model.encoder: mf")
     if (t.method == "pop") != (cfg.model.encoder == "pop"):
