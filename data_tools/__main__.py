@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name, help, seed_help="seed of --cold-items"):
         q = ds.add_parser(name, help=help, description=help)
-        q.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
+        q.add_argument("--out", type=Path, required=True, help="output folder (must not exist, or pass --overwrite)")
         q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
         q.add_argument("--cold-items", metavar="FRAC", help=COLD_HELP)
         q.add_argument("--seed", type=int, default=0, help=seed_help)
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                         "timestamp=ts,rating=stars (with no rating column the log is positive-only)")
     q.add_argument("--item-columns", metavar="NAME=COLUMN,...",
                    help="the item table's column for item and title, e.g. --item-columns item=item_id,title=name")
-    q.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold")
+    q.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold (default 4: 4 and 5 stars are likes)")
     q.add_argument("--negatives", type=int, default=0,
                    help="sampled negatives per positive, for a positive-only log (no rating column): the "
                         "positive's user, time and history, with an item that existed then and that the user "

@@ -518,6 +518,17 @@ def test_score_shows_the_titles_of_the_history_and_candidates(reference, dataset
         assert titles[iid] in out
 
 
+def test_a_dataset_folder_is_not_a_workdir(dataset, tmp_path, capsys):
+    """--workdir naming a dataset folder is refused, and nothing is written into it."""
+    import shutil
+    shutil.copytree(dataset, tmp_path / "data")
+    before = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert train_main(argv(dataset, tmp_path / "data", *TWO_PHASES)) == 2
+    assert "is a dataset folder (it holds dataset.json); give the run its own --workdir, e.g. runs/data" in \
+        one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before
+
+
 def test_one_label_eval_split_refused(dataset, tmp_path, capsys):
     """An evaluation split with one label cannot pick a checkpoint: refused before training, naming the
     split, the label and (when a row cap chose the rows) the cap."""

@@ -292,6 +292,8 @@ def test_collab_ablation_masks(dataset, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--set", "train.batch_sise=4"], "unknown key(s) ['batch_sise']"),
     (["--set", "train.batch_size=many"], "train.batch_size must be int, got 'many'"),
+    (["--set", "data.max_rows={train: 256 eval: 128}"], "--set 'data.max_rows={train: 256 eval: 128}': the value is not "
+     "valid YAML (expected ',' or '}', but got ':'); a mapping is written {train: 256, eval: 128}"),
     (["--set", "model.llm=GPT5"], "model.llm = 'GPT5' is not a preset"),
     (["--set", "train.method=sasrecllm", "--set", 'train.phases=[{name: m, trainable: [mapper], prompt: hybrid, '
       'lr: {mapper: 0.001}, restore: {lora: /nowhere/run}}]'], "no finished run there"),

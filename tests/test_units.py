@@ -115,3 +115,19 @@ def test_an_eval_cap_can_keep_every_new_item_row():
     again = SplitData.from_frame("test", df, 3, max_rows=2, train=train, always=("new_item",))
     np.testing.assert_array_equal(again.iid, data.iid)  # seeded
     assert len(SplitData.from_frame("test", df, 3, max_rows=2, train=train)) == 2
+
+
+def test_row_caps_the_smaller_wins_on_the_cpu(monkeypatch):
+    """data.max_rows and data.cpu_max_rows: on the CPU backend the smaller cap set for a kind applies (a
+    --set data.max_rows below a config's cpu_max_rows was ignored); elsewhere max_rows alone."""
+    import jax
+
+    from sasrecllm_jax.config import load_config
+    from sasrecllm_jax.data.encode import row_limit
+    cfg = load_config(None, ["data.max_rows={train: 256, eval: 128}", "data.cpu_max_rows={train: 2048, eval: 64}"])
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert (row_limit(cfg, "train"), row_limit(cfg, "eval")) == (256, 64)
+    only_cpu = load_config(None, ["data.cpu_max_rows={eval: 500}"])
+    assert (row_limit(only_cpu, "train"), row_limit(only_cpu, "eval")) == (0, 500)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert (row_limit(cfg, "train"), row_limit(cfg, "eval")) == (256, 128) and row_limit(only_cpu, "eval") == 0

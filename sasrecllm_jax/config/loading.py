@@ -41,7 +41,12 @@ def apply_override(data: dict, assignment: str, where: str = "--set") -> dict:
     if "=" not in assignment:
         raise ConfigError(f"{where} {assignment!r}: expected key=value, e.g. train.batch_size=32")
     key, raw = assignment.split("=", 1)
-    value = load_yaml(raw) if raw.strip() else ""
+    try:
+        value = load_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where} {assignment!r}: the value is not valid YAML ({problem}); a mapping is written "
+                          f"{{train: 256, eval: 128}}, a list [a, b], text with ': ' or braces in quotes") from None
     node = data
     parts = key.strip().split(".")
     for p in parts[:-1]:

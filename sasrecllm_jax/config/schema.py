@@ -198,7 +198,7 @@ class DataConfig:
     # Row caps (a seeded random subset, 0 = all): "train" caps the rows of prompted (LLM) phases,
     # "eval" the rows of every evaluation and of the final test. Encoder phases train on every row.
     max_rows: dict = dataclasses.field(default_factory=dict)
-    cpu_max_rows: dict = dataclasses.field(default_factory=dict)  # the same, applied only on the CPU backend
+    cpu_max_rows: dict = dataclasses.field(default_factory=dict)  # the same, on the CPU backend only (the smaller wins)
     # parts of the evaluated rows kept whole under an eval cap (the cap then samples the other rows): e.g.
     # [new_item], to test every new-item row and a sample of the rest
     eval_always: tuple[Literal["warm", "cold", "new_user", "new_item"], ...] = ()

@@ -22,13 +22,15 @@ from sasrecllm_jax.host_cache import HostCache, memo
 
 
 def row_limit(cfg: Config, kind: str) -> int:
-    """data.max_rows[kind], with data.cpu_max_rows on top when running on the CPU backend."""
+    """data.max_rows[kind], and data.cpu_max_rows[kind] too when running on the CPU backend: the smaller of
+    the caps that are set (0: no cap)."""
     d = cfg.data
-    limits = {**d.max_rows, **(d.cpu_max_rows if jax.default_backend() == "cpu" else {})}
-    unknown = set(limits) - {"train", "eval"}
+    tables = [d.max_rows, *([d.cpu_max_rows] if jax.default_backend() == "cpu" else [])]
+    unknown = set().union(*tables) - {"train", "eval"}
     if unknown:
         raise ConfigError(f"data.max_rows / data.cpu_max_rows: unknown key(s) {sorted(unknown)}; use train, eval")
-    return int(limits.get(kind, 0))
+    caps = [int(t[kind]) for t in tables if t.get(kind)]
+    return min(caps) if caps else 0
 
 
 def prompt_templates(cfg: Config, prompt: str) -> list[tuple[str, str]]:

@@ -108,6 +108,9 @@ class Run:
         """Check what the folder holds against resume / restart, write config.yaml, and return the run's
         record: {completed: [phase], timing: {phase: ...}, reused: {phase: run}} (None: a finished run,
         resumed with its own config, left as it is)."""
+        if (self.workdir / "dataset.json").exists():  # a run's files would sit among the dataset's
+            raise TrainingError(f"{self.workdir} is a dataset folder (it holds dataset.json); give the run its own "
+                                f"--workdir, e.g. runs/{self.workdir.name}")
         saved = saved_work(self.workdir)
         ours = [n for n in RUN_FILES if (self.workdir / n).exists()]
         if ours and not (self.workdir / "config.yaml").exists():  # never delete what train.py did not write
