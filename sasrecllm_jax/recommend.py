@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sasrecllm_jax.recommend", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished run folder")
-    p.add_argument("--history", default="", help="item ids the user liked, oldest first")
+    p.add_argument("--history", default="", help="item ids the user liked, oldest first (default for a known "
+                   "--user: what the dataset knows they liked)")
     p.add_argument("--user", default="0", help="a dataset user id (default 0: a new user)")
     p.add_argument("--k", type=int, default=10, help="items to recommend")
     p.add_argument("--retrieve", type=int, default=50, help="items the encoder retrieves for re-ranking")
@@ -135,7 +136,13 @@ def main(argv=None) -> int:
             except ValueError:
                 raise DataError(f"--user {args.user!r}: give a user id, a whole number (the source's own: add "
                                 f"--own-ids)") from None
-        table = recommend(Recommender(args.run, dataset), history, args.k, user, args.retrieve, candidates or None)
+        rec = Recommender(args.run, dataset)
+        if user and not history:  # a known user without a --history is asked with what they liked
+            rec.check_user(user)
+            history = rec.liked_items(user)
+            print(f"note: no --history given: user {args.user}'s {len(history)} liked item(s) in the dataset are "
+                  f"their history")
+        table = recommend(rec, history, args.k, user, args.retrieve, candidates or None)
         if args.out:
             write(table, args.out)
             print(f"wrote {len(table)} recommendations to {args.out}")

@@ -75,6 +75,16 @@ class Recommender:
         cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
         return cfg, scoring_prompt(cfg.train.method, resolve_phases(cfg, str(run / "config.yaml")))
 
+    def liked_items(self, uid: int) -> list[int]:
+        """What the dataset knows a user liked: the items of their positive rows in every split, oldest first
+        (the history a known user is asked with when none is given)."""
+        if not uid:
+            return []
+        rows = pd.concat([df.loc[(df["uid"] == uid) & (df["label"] == 1), ["timestamp", "iid"]]
+                          for df in self.assembly.dataset.splits.values()])
+        rows = rows.sort_values("timestamp", kind="stable").drop_duplicates("iid", keep="last")
+        return [int(i) for i in rows["iid"]]
+
     @classmethod
     def dataset_of(cls, run: Path) -> Dataset:
         """A finished run's dataset, loaded without the model (to check a request before the model loads)."""
@@ -149,14 +159,15 @@ def _ids(text, what: str, own: Dataset | None = None) -> list[int]:
         try:
             out.append(int(token))
         except ValueError:
-            raise DataError(f"{what}: {token!r} is not an id (ids are whole numbers, space-separated)") from None
+            raise DataError(f"{what}: {token!r} is not an id (ids are whole numbers, space-separated; for the "
+                            f"source's own ids add --own-ids)") from None
     return out
 
 
 def _one_id(text, what: str) -> int:
     ids = _ids(text, what)
     if len(ids) != 1:
-        raise DataError(f"{what}: {text!r} is not one id (a whole number)")
+        raise DataError(f"{what}: {text!r} is not one id (a whole number; for the source's own ids add --own-ids)")
     return ids[0]
 
 
@@ -214,7 +225,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=Path, help="CSV with uid, history, iid")
     p.add_argument("--out", type=Path, help="where to write scores (CSV); default: print")
     p.add_argument("--user", help="a user id (1..the dataset's largest; 0: a user it does not know)")
-    p.add_argument("--history", default="")
+    p.add_argument("--history", default="", help="item ids the user liked, oldest first (default for a known "
+                   "--user: what the dataset knows they liked)")
     p.add_argument("--candidates", default="")
     p.add_argument("--own-ids", action="store_true", help="ids are the source's own (--user as in the dataset's "
                    "users.parquet; --history, --candidates and the iid and history columns of --rows as in its "
@@ -265,6 +277,10 @@ def main(argv=None) -> int:
             out = rows
         else:
             uid, history, candidates = request
+            if uid and not history:  # a known user without a --history is asked with what they liked
+                history = rec.liked_items(uid)
+                print(f"note: no --history given: user {args.user}'s {len(history)} liked item(s) in the dataset "
+                      f"are their history")
             rec.check_ids([uid] * len(candidates), [history] * len(candidates), candidates)
             print(show_request(rec, uid, history))
             out = rec.rank(uid, history, candidates)

@@ -127,6 +127,18 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
                                "--out", str(tmp_path / f"{name}.json")]) == 0
     assert len(json.loads((tmp_path / "by_own.json").read_text())) == 4
     assert (tmp_path / "by_uid.json").read_text() == (tmp_path / "by_own.json").read_text()
+    # without --history a known user is asked with what the dataset knows they liked, oldest first
+    rec_s = Recommender(out / "runs" / "sasrec")
+    rows = pd.concat([d[(d.uid == user) & (d.label == 1)] for d in ds.splits.values()]).sort_values("timestamp", kind="stable")
+    liked = rec_s.liked_items(user)
+    assert liked == list(dict.fromkeys(reversed(rows.iid.tolist())))[::-1] and len(liked) > 1
+    capsys.readouterr()
+    assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--user", str(user), "--k", "4",
+                           "--out", str(tmp_path / "known.json")]) == 0
+    assert f"user {user}'s {len(liked)} liked item(s) in the dataset are their history" in capsys.readouterr().out
+    assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--user", str(user), "--k", "4", "--history",
+                           " ".join(map(str, liked)), "--out", str(tmp_path / "given.json")]) == 0
+    assert (tmp_path / "known.json").read_text() == (tmp_path / "given.json").read_text()
 
 
 def test_score_cli_rows(runs, tmp_path, capsys):
