@@ -171,9 +171,10 @@ def _one_id(text, what: str) -> int:
     return ids[0]
 
 
-def read_rows(path: Path, own: Dataset | None = None) -> pd.DataFrame:
+def read_rows(path: Path, own: Dataset | None = None) -> tuple[pd.DataFrame, list[list[int]]]:
     """A --rows CSV (uid, history, iid), refused with one line when missing, empty or malformed. own: uid,
-    history and iid hold the source's own ids, mapped to this dataset's (the file's kept as user and item)."""
+    history and iid hold the source's own ids, mapped to this dataset's (the file's kept as user and item).
+    Returns the rows and each row's history as the dataset's item ids."""
     if not path.is_file():
         raise DataError(f"{path}: no such file; --rows needs a CSV with columns uid, history, iid")
     try:
@@ -199,9 +200,10 @@ def read_rows(path: Path, own: Dataset | None = None) -> pd.DataFrame:
     else:
         for col in ("uid", "iid"):
             rows[col] = [_one_id(v, f"{path} row {r + 1}, column {col}") for r, v in enumerate(rows[col])]
-    rows["history"] = [" ".join(map(str, _ids(v, f"{path} row {r + 1}, column history", own)))
-                       for r, v in enumerate(rows["history"])]
-    return rows
+    histories = [_ids(v, f"{path} row {r + 1}, column history", own) for r, v in enumerate(rows["history"])]
+    if own is None:  # (with own ids the file's history stays as written; the dataset's ids are only read)
+        rows["history"] = [" ".join(map(str, h)) for h in histories]
+    return rows, histories
 
 
 def _one_own_id(text, what: str, own: Dataset) -> int:
@@ -211,10 +213,15 @@ def _one_own_id(text, what: str, own: Dataset) -> int:
 
 
 def show_request(rec: Recommender, uid: int, history: list[int]) -> str:
-    """The user and their history (oldest first) with titles, as printed above a ranking."""
-    titles = rec.assembly.dataset.titles()
-    lines = [f"user {uid}, history (oldest first):" if history else f"user {uid}, no history"]
-    lines += [f"  {i:>6}  {titles[i]}" for i in history]
+    """The user and their history (oldest first) with titles (and the source's own ids, when the dataset
+    keeps them), as printed above a ranking."""
+    d = rec.assembly.dataset
+    titles, items = d.titles(), d.item_ids()
+    who = f"user {uid}"
+    if uid and d.users is not None:
+        who += f" ({d.users.set_index('uid')['user'].get(uid, '?')})"
+    lines = [f"{who}, history (oldest first):" if history else f"{who}, no history"]
+    lines += [f"  {i:>6}  {'' if items is None else items[i] + '  '}{titles[i]}" for i in history]
     return "\n".join(lines)
 
 
@@ -244,7 +251,7 @@ def main(argv=None) -> int:
         if args.write_run_scores:
             pass
         elif args.rows:
-            rows = read_rows(args.rows, own)
+            rows, histories = read_rows(args.rows, own)
         elif args.user is not None and args.candidates:
             user = own.uids_of([args.user], "--user")[0] if own is not None else _one_id(args.user, "--user")
             request = (user, _ids(args.history, "--history", own),
@@ -264,7 +271,6 @@ def main(argv=None) -> int:
             print(f"wrote {args.run / 'scores.npz'}")
             return 0
         if rows is not None:
-            histories = [_ids(h, "history") for h in rows["history"]]
             rec.check_ids(rows["uid"], histories, rows["iid"], where=str(args.rows))
             rows["score"] = rec.score(rows["uid"], histories, rows["iid"])
             rows["p_like"] = p_like(rows["score"])

@@ -510,12 +510,15 @@ def test_score_refuses_bad_ids_and_files(reference, tmp_path, capsys, args, mess
 
 def test_score_shows_the_titles_of_the_history_and_candidates(reference, dataset, capsys):
     from sasrecllm_jax.data.dataset import load_dataset
-    titles = load_dataset(dataset).titles()
+    ds = load_dataset(dataset)
+    titles, own, user = ds.titles(), ds.item_ids(), ds.users.set_index("uid")["user"][1]
     assert score_main(["--run", str(reference), "--user", "1", "--history", "4 5", "--candidates", "7 8"]) == 0
     out = capsys.readouterr().out
-    assert "user 1, history (oldest first):" in out
-    for iid in (4, 5, 7, 8):
-        assert titles[iid] in out
+    assert f"user 1 ({user}), history (oldest first):" in out  # with the user's and the items' own ids
+    for iid in (4, 5):
+        assert f"  {iid:>6}  {own[iid]}  {titles[iid]}" in out
+    for iid in (7, 8):
+        assert titles[iid] in out and own[iid] in out
 
 
 def test_a_dataset_folder_is_not_a_workdir(dataset, tmp_path, capsys):

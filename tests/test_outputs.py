@@ -129,7 +129,8 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
     assert (tmp_path / "by_uid.json").read_text() == (tmp_path / "by_own.json").read_text()
     # without --history a known user is asked with what the dataset knows they liked, oldest first
     rec_s = Recommender(out / "runs" / "sasrec")
-    rows = pd.concat([d[(d.uid == user) & (d.label == 1)] for d in ds.splits.values()]).sort_values("timestamp", kind="stable")
+    rows = pd.concat([d[(d.uid == user) & (d.label == 1)] for d in ds.splits.values()])
+    rows = rows.sort_values("timestamp", kind="stable")
     liked = rec_s.liked_items(user)
     assert liked == list(dict.fromkeys(reversed(rows.iid.tolist())))[::-1] and len(liked) > 1
     capsys.readouterr()
@@ -174,6 +175,7 @@ def test_score_cli_rows(runs, tmp_path, capsys):
                        "--out", str(tmp_path / "own_s.csv")]) == 0
     mine = pd.read_csv(tmp_path / "own_s.csv")
     assert list(mine["user"]) == [users[u] for u in test["uid"]]
+    assert list(mine["history"].fillna("")) == [" ".join(own[h]) for h in test["his"]]  # as the file wrote it
     pd.testing.assert_frame_equal(mine.drop(columns=["history", "user"]), got.drop(columns="history"))
     rows.assign(uid="", iid=own[test["iid"]], history="").to_csv(tmp_path / "new.csv", index=False)
     assert score_main(["--run", str(run), "--rows", str(tmp_path / "new.csv"), "--own-ids",
