@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -117,6 +118,9 @@ def summary(card: dict, out: Path) -> str:
     s = card["splits"]
     lines = [f"wrote {out}: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in s.items())
              + f"; {card['users']['count']:,} users, {card['items']['count']:,} items"]
+    rule = re.search(r"label = (rating >= [\d.]+)", card.get("recipe", ""))
+    lines.append("labels: " + (f"1 (a like) where {rule.group(1)}; " if rule else "") + "share of likes: " +
+                 ", ".join(f"{k} {v['positive_rate']:.3f}" for k, v in s.items()))
     dropped = card.get("input", {}).get("duplicate_rows_dropped", 0)
     if dropped:
         lines.append(f"note: {dropped:,} repeated (user, item) row(s) collapsed to the first in time")

@@ -137,11 +137,14 @@ def _log(tmp_path, rating=True):
     return inter, items
 
 
-def test_log_with_ratings(tmp_path):
+def test_log_with_ratings(tmp_path, capsys):
     inter, items = _log(tmp_path)
     out = tmp_path / "ds"
     run_ok("prepare", "log", "--interactions", inter, "--items", items, "--out", out, "--threshold", 4)
     ds = load_dataset(out)
+    # the summary says what a like is and how many rows are likes
+    rates = ", ".join(f"{k} {v['positive_rate']:.3f}" for k, v in ds.card["splits"].items())
+    assert f"labels: 1 (a like) where rating >= 4.0; share of likes: {rates}\n" in capsys.readouterr().out
     all_rows = pd.concat([ds.splits[k] for k in ("train", "valid", "test")])
     assert len(all_rows) == 48 and all_rows["label"].sum() == sum((u + k) % 5 + 1 >= 4 for u in range(6) for k in range(8))
     assert ds.splits["train"]["timestamp"].max() <= ds.splits["valid"]["timestamp"].min()
