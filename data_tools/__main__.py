@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         "timestamp=ts,rating=stars (with no rating column the log is positive-only)")
     q.add_argument("--item-columns", metavar="NAME=COLUMN,...",
                    help="the item table's column for item and title, e.g. --item-columns item=item_id,title=name")
-    q.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold (default 4: 4 and 5 stars are likes)")
+    q.add_argument("--threshold", type=float, default=4.0,
+                   help="label = rating >= threshold (default 4: 4 and 5 stars are likes)")
     q.add_argument("--negatives", type=int, default=0,
                    help="sampled negatives per positive, for a positive-only log (no rating column): the "
                         "positive's user, time and history, with an item that existed then and that the user "
@@ -109,6 +110,11 @@ def prepare(args) -> dict:
     if getattr(args, "negatives", 0) < 0:
         raise DataError(f"--negatives {args.negatives}: give a count of sampled negatives per positive, 1 or more")
     splits, items, source, recipe, extra = named.finish(build(args), cold_items=frac, seed=args.seed)
+    if "item" in items.columns:  # ids a command line splits cannot be given with --own-ids there
+        split = items["item"].astype(str).str.contains(r"[\s,\"']")
+        if split.any():
+            extra["own_ids"] = {"items_a_command_line_splits": int(split.sum()),
+                                "first": str(items["item"][split].iloc[0])}
     return write_dataset(args.out, splits, items, source=source, recipe=recipe, overwrite=args.overwrite,
                          extra=extra)
 
@@ -129,6 +135,11 @@ def summary(card: dict, out: Path) -> str:
         lines.append(f"note: {neg['skipped']:,} of the {neg['sampled'] + neg['skipped']:,} negatives asked for were "
                      f"not drawn (no item left that existed then and the user never touched); positive rate "
                      f"{s['train']['positive_rate']:.3f} in train")
+    split = card.get("own_ids", {})
+    if split:
+        lines.append(f"note: {split['items_a_command_line_splits']:,} item id(s) hold spaces, commas or quotes (the "
+                     f"first: {split['first']!r}); score and recommend --own-ids split ids on those, so give such "
+                     f"items by the dataset's iid (items.parquet maps them)")
     if "cold_items" in card:
         lines.append(f"held out of train: {card['cold_items']['items']:,} of the "
                      f"{card['cold_items']['of_valid_test_items']:,} valid/test items")

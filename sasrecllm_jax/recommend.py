@@ -141,7 +141,7 @@ def main(argv=None) -> int:
             rec.check_user(user)
             history = rec.liked_items(user)
             print(f"note: no --history given: user {args.user}'s {len(history)} liked item(s) in the dataset are "
-                  f"their history")
+                  f"their history", file=sys.stderr)
         table = recommend(rec, history, args.k, user, args.retrieve, candidates or None)
         if args.out:
             write(table, args.out)

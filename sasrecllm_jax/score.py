@@ -283,10 +283,11 @@ def main(argv=None) -> int:
             out = rows
         else:
             uid, history, candidates = request
+            rec.check_user(uid)
             if uid and not history:  # a known user without a --history is asked with what they liked
                 history = rec.liked_items(uid)
                 print(f"note: no --history given: user {args.user}'s {len(history)} liked item(s) in the dataset "
-                      f"are their history")
+                      f"are their history", file=sys.stderr)
             rec.check_ids([uid] * len(candidates), [history] * len(candidates), candidates)
             print(show_request(rec, uid, history))
             out = rec.rank(uid, history, candidates)

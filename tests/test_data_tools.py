@@ -144,7 +144,16 @@ def test_log_with_ratings(tmp_path, capsys):
     ds = load_dataset(out)
     # the summary says what a like is and how many rows are likes
     rates = ", ".join(f"{k} {v['positive_rate']:.3f}" for k, v in ds.card["splits"].items())
-    assert f"labels: 1 (a like) where rating >= 4.0; share of likes: {rates}\n" in capsys.readouterr().out
+    assert f"labels: 1 (a like) where rating >= 4.0; share of likes: {rates}\n" in (said := capsys.readouterr().out)
+    assert "hold spaces, commas or quotes" not in said
+    # item ids that a command line splits are named: --own-ids cannot give them there
+    pd.read_csv(items).assign(item=lambda d: d["item"].str.replace("i", "item ")).to_csv(tmp_path / "sp.csv",
+                                                                                       index=False)
+    pd.read_csv(inter).assign(item=lambda d: d["item"].str.replace("i", "item ")).to_csv(tmp_path / "sp_log.csv",
+                                                                                       index=False)
+    run_ok("prepare", "log", "--interactions", tmp_path / "sp_log.csv", "--items", tmp_path / "sp.csv", "--out",
+           tmp_path / "sp")
+    assert "note: 10 item id(s) hold spaces, commas or quotes (the first: 'item " in capsys.readouterr().out
     all_rows = pd.concat([ds.splits[k] for k in ("train", "valid", "test")])
     assert len(all_rows) == 48 and all_rows["label"].sum() == sum((u + k) % 5 + 1 >= 4 for u in range(6) for k in range(8))
     assert ds.splits["train"]["timestamp"].max() <= ds.splits["valid"]["timestamp"].min()

@@ -136,7 +136,7 @@ def test_recommend_retrieves_with_the_encoder_and_reranks_with_the_hybrid(runs, 
     capsys.readouterr()
     assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--user", str(user), "--k", "4",
                            "--out", str(tmp_path / "known.json")]) == 0
-    assert f"user {user}'s {len(liked)} liked item(s) in the dataset are their history" in capsys.readouterr().out
+    assert f"user {user}'s {len(liked)} liked item(s) in the dataset are their history" in capsys.readouterr().err
     assert recommend_main(["--run", str(out / "runs" / "sasrec"), "--user", str(user), "--k", "4", "--history",
                            " ".join(map(str, liked)), "--out", str(tmp_path / "given.json")]) == 0
     assert (tmp_path / "known.json").read_text() == (tmp_path / "given.json").read_text()
@@ -273,10 +273,19 @@ def test_test_time_ablation(runs, capsys, monkeypatch):
     monkeypatch.setattr(grid_lib, "config_path", lambda dataset, method: run / "config.yaml")
     # a finished run made with another config is refused, naming what differs, and left as it was; before
     # the grid trains anything (a run listed first is not started)
-    with pytest.raises(ConfigError, match=r"1 finished run\(s\) of another config: \S+hybrid \(train.batch_size: "
+    with pytest.raises(ConfigError, match=r"1 run\(s\) of another config: \S+hybrid \(finished: train.batch_size: "
                                           r"16 -> 8\); give this grid its own folders"):
         grid_lib.run_grid("ml1m", ["first", "hybrid"], [0], table_dir, ["train.batch_size=8"], ablate=True)
     assert not (table_dir / "runs" / "first").exists()
+    # an unfinished run of another config (it would not resume) is named with them
+    (table_dir / "runs" / "first").mkdir()
+    (table_dir / "runs" / "first" / "config.yaml").write_text((run / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"2 run\(s\) of another config: \S+first \(unfinished: train.batch_size: "
+                                          r"16 -> 8; .*\); \S+hybrid \(finished"):
+        grid_lib.run_grid("ml1m", ["first", "hybrid"], [0], table_dir, ["train.batch_size=8"], ablate=True)
+    assert sorted(p.name for p in (table_dir / "runs" / "first").iterdir()) == ["config.yaml"]
+    import shutil
+    shutil.rmtree(table_dir / "runs" / "first")
     # a grid stopped between the two ablations resumes the missing one only (a finished run is not retrained)
     (run / "ablation.json").write_text(json.dumps({"test": {"drop": ab["drop"]}, "vs_trained": {"test": {"drop": vs["drop"]}}}))
     grid_lib.run_grid("ml1m", ["hybrid"], [0], table_dir, [], ablate=True)

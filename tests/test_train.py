@@ -335,10 +335,12 @@ def test_collab_ablation_masks(dataset, tmp_path):
      "model.mapper.item_dropout = 1.0: must be in [0, 1)"),
     (["--set", "train.method=tallrec", "--set", "model.mapper.new_items=unknown"], "which method 'tallrec' does not use"),
     (["--config", "configs/quickstart.yaml", "--set", "train.method=sasrec"],
-     "train.method = 'sasrec' trains only phases with prompt: none, but the config's train.phases include 'hybrid' on "
-     "hybrid prompts; for sasrec's own phases add --set 'train.phases=[]'"),
+     "train.method = 'sasrec' trains only phases with prompt: none, but the config's train.phases (with "
+     "train.phase_overrides) include 'hybrid' on hybrid prompts; for sasrec's own phases add --set 'train.phases=[]'"),
+    (["--set", "train.method=sasrec", "--set", "train.phase_overrides={sasrec: {prompt: hybrid}}"],
+     "train.method = 'sasrec' trains only phases with prompt: none"),
     (["--set", "train.method=icl", "--set", "train.phases=[{name: t, trainable: [lora], prompt: text, lr: {lora: 0.001}}]"],
-     "train.method = 'icl' trains nothing, but the config's train.phases include 't' on text prompts"),
+     "train.method = 'icl' trains nothing, but the config's train.phases (with train.phase_overrides) include 't'"),
 ])
 def test_config_errors_are_clear(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -875,6 +877,9 @@ def test_next_steps_name_the_run_folder_as_the_user_would_type_it(tmp_path, monk
     own = SimpleNamespace(dataset=SimpleNamespace(splits=splits, item_ids=lambda: [f"SKU-{i}" for i in range(10)]))
     assert 'recommend --run runs/quickstart --own-ids --history "SKU-5 SKU-7 SKU-9"' in \
         next_steps(tmp_path / "runs" / "quickstart", own, "hybrid")
+    spaced = SimpleNamespace(dataset=SimpleNamespace(splits=splits, item_ids=lambda: [f"SKU {i}" for i in range(10)]))
+    assert 'recommend --run runs/quickstart --history "5 7 9"' in next_steps(tmp_path / "runs" / "quickstart", spaced,
+                                                                            "hybrid")
 
 
 def test_unknown_items_get_no_vectors_at_the_last_position(dataset, tmp_path):

@@ -39,16 +39,20 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
             cache = [f"train.phase_cache={out / 'phase_cache'}"] if phase_cache else []
             runs.append((name, out / "runs" / name, cfg_path, load_config(cfg_path, [f"train.seed={seed}", *cache,
                                                                                     *overrides])))
-    # a finished run of another config holds another config's numbers: never summarised as this one's, and
-    # refused (all of them at once) before the grid trains anything
-    clashes = [(workdir, changed) for _, workdir, _, cfg in runs if (workdir / "results.json").exists()
-               for changed in [[c for c in saved_config_changes(workdir, cfg) if c[0] not in RESULT_NEUTRAL_KEYS]]
-               if changed]
+    # a finished run of another config holds another config's numbers (never summarised as this one's), an
+    # unfinished one would not resume: all refused at once, before the grid trains anything
+    clashes = []
+    for _, workdir, _, cfg in runs:
+        if not (workdir / "config.yaml").exists():
+            continue
+        finished = (workdir / "results.json").exists()
+        changed = [c for c in saved_config_changes(workdir, cfg) if not finished or c[0] not in RESULT_NEUTRAL_KEYS]
+        if changed:
+            clashes.append(f"{workdir} ({'finished' if finished else 'unfinished'}: {shown_changes(changed)})")
     if clashes:
-        shown = "; ".join(f"{workdir} ({shown_changes(changed)})" for workdir, changed in clashes[:5])
         more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
-        raise ConfigError(f"{len(clashes)} finished run(s) of another config: {shown}{more}; give this grid its own "
-                          f"folders with --tag or --out, or delete those runs to train them again")
+        raise ConfigError(f"{len(clashes)} run(s) of another config: {'; '.join(clashes[:5])}{more}; give this grid "
+                          f"its own folders with --tag or --out, or delete those runs to train them again")
     for name, workdir, cfg_path, cfg in runs:
         if (workdir / "results.json").exists():
             print(f"{name}: done, skipped")

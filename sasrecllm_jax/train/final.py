@@ -3,6 +3,7 @@ and the table it prints."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -92,7 +93,9 @@ def next_steps(workdir: Path, assembly: Assembly, prompt: str) -> str:
     except ValueError:
         pass
     iids = list(assembly.dataset.splits["test"]["his"].iloc[0][-3:]) or [1]
-    own = assembly.dataset.item_ids()  # a dataset that keeps its source's ids is asked in them
+    own = assembly.dataset.item_ids()  # a dataset that keeps its source's ids is asked in them,
+    if own is not None and any(re.search(r"[\s,\"']", str(own[i])) for i in iids):
+        own = None  # unless they hold what a command line splits on
     history = " ".join(str(own[i]) for i in iids) if own is not None else " ".join(str(i) for i in iids)
     ask = f"--own-ids --history \"{history}\"" if own is not None else f"--history \"{history}\""
     lines = ["next:", f"  python -m sasrecllm_jax.report {workdir} --out {workdir}/curves.png     # training curves"]

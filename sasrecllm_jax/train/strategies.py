@@ -68,14 +68,6 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
     t = cfg.train
     phases = t.phases or preset_phases(t.method, t.strategy, cfg.model.encoder, t.enc_epochs, t.llm_epochs,
                                        t.enc_lr, t.llm_lr)
-    allowed = METHOD_PROMPTS.get(t.method)
-    foreign = [ph for ph in phases if allowed is not None and ph.prompt not in allowed]
-    if foreign:  # e.g. --set train.method=sasrec on a config whose own phases train a hybrid
-        trains = f"trains only phases with prompt: {' or '.join(allowed)}" if allowed else "trains nothing"
-        raise ConfigError(f"{config_path}: train.method = {t.method!r} {trains}, but the config's train.phases "
-                          f"include {foreign[0].name!r} on {foreign[0].prompt} prompts; for {t.method}'s own "
-                          f"phases add --set 'train.phases=[]' (or start from configs/experiments/ml1m/"
-                          f"{t.method}.yaml)")
     if t.method == "collm_mf" and cfg.model.encoder != "mf":
         raise ConfigError(f"{config_path}: method collm_mf needs model.encoder: mf")
     if (t.method == "pop") != (cfg.model.encoder == "pop"):
@@ -97,6 +89,14 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
     phases = [from_dict(PhaseConfig, {**to_dict(ph), **t.phase_overrides[ph.name]},
                         f"{config_path}: train.phase_overrides.{ph.name}") if ph.name in t.phase_overrides else ph
               for ph in phases]
+    allowed = METHOD_PROMPTS.get(t.method)
+    foreign = [ph for ph in phases if allowed is not None and ph.prompt not in allowed]
+    if foreign:  # e.g. --set train.method=sasrec on a config whose own phases train a hybrid
+        trains = f"trains only phases with prompt: {' or '.join(allowed)}" if allowed else "trains nothing"
+        raise ConfigError(f"{config_path}: train.method = {t.method!r} {trains}, but the config's train.phases "
+                          f"(with train.phase_overrides) include {foreign[0].name!r} on {foreign[0].prompt} "
+                          f"prompts; for {t.method}'s own phases add --set 'train.phases=[]' (or start from "
+                          f"configs/experiments/ml1m/{t.method}.yaml)")
     freeze = set(t.freeze)
     out, seen = [], set()
     for i, ph in enumerate(phases):
