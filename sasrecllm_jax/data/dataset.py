@@ -103,8 +103,9 @@ class Dataset:
                             f"'item'); give the dataset's iids, or prepare the dataset again with data_tools")
         missing = [x for x in own if x not in index]
         if missing:
+            more = f"; {len(missing) - 1} more unknown" if len(missing) > 1 else ""
             raise DataError(f"{what}: item {missing[0]!r} is not an item of {self.path} (its own ids are in "
-                            f"items.parquet, column 'item')" + (f"; {len(missing) - 1} more unknown" if len(missing) > 1 else ""))
+                            f"items.parquet, column 'item'){more}")
         return [index[x] for x in own]
 
     def uids_of(self, own: list[str], what: str) -> list[int]:

@@ -261,7 +261,8 @@ class Run:
         for phase in self.phases:  # weights indexed by ids must come from this dataset (before any phase trains)
             for group, source in phase.restore.items():
                 if group in groups.ID_GROUPS and not source.startswith(("phase:", "peft:")):
-                    check_dataset(Path(source), dataset.path, digest, restored_by=f"phase {phase.name} (restore {group})")
+                    check_dataset(Path(source), dataset.path, digest,
+                                  restored_by=f"phase {phase.name} (restore {group})")
         assembly, params = Assembly.for_run(cfg, self.host_cache, dataset)
         for prompt in sorted({ph.prompt for ph in self.phases} | {scoring_prompt(t.method, self.phases)}):
             assembly.encoder.check_prompts_fit(prompt)  # before any phase trains
