@@ -12,6 +12,9 @@ from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.train.run import RESULT_NEUTRAL_KEYS, train_and_evaluate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+# the keys the phases' checks (train.strategies.resolve_phases) read, named with the file when --set gave them
+PHASE_KEYS = ("train.phases", "train.phase_overrides", "train.method", "train.strategy", "train.freeze",
+              "data.late_rows", "model.encoder", "model.mapper")
 
 
 def train_main(argv=None) -> int:
@@ -43,7 +46,10 @@ def train_main(argv=None) -> int:
             print(f"resuming with {own}, the run's own config")
         cfg = load_config(args.config, args.overrides)
         compile_cache.enable()
-        train_and_evaluate(cfg, workdir, resume=args.resume, config_path=str(args.config), restart=args.restart,
+        # the phases' checks run after loading: name the --set flags that shaped the phases beside the file
+        shaping = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith(PHASE_KEYS)]
+        where = str(args.config) + "".join(f" --set {o}" for o in shaping)
+        train_and_evaluate(cfg, workdir, resume=args.resume, config_path=where, restart=args.restart,
                            allow_config_change=args.allow_config_change)
 
     code = run_command(body, graceful=True,

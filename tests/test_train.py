@@ -296,7 +296,10 @@ def test_collab_ablation_masks(dataset, tmp_path):
      "valid YAML (expected ',' or '}', but got ':'); a mapping is written {train: 256, eval: 128}"),
     (["--set", "model.llm=GPT5"], "model.llm = 'GPT5' is not a preset"),
     (["--set", "train.method=sasrecllm", "--set", 'train.phases=[{name: m, trainable: [mapper], prompt: hybrid, '
-      'lr: {mapper: 0.001}, restore: {lora: /nowhere/run}}]'], "no finished run there"),
+      'lr: {mapper: 0.001}, restore: {lora: /nowhere/run}}]'],
+     "configs/smoke.yaml --set train.method=sasrecllm --set train.phases=[{name: m, trainable: [mapper], prompt: "
+     "hybrid, lr: {mapper: 0.001}, restore: {lora: /nowhere/run}}]: train.phases[0] (m): restore lora from "
+     "'/nowhere/run': no finished run there"),
     (["--set", "train.phases=[{name: m, trainable: [mapper], prompt: text}]"], "cannot train on 'text' prompts"),
     (["--config", "configs/nope.yaml"], "config file configs/nope.yaml does not exist"),
     (["--set", "model.llm_overrides={scan_unroll: 0}"], "scan_unroll = 0; use 1"),
