@@ -27,7 +27,7 @@ from sasrecllm_jax.data.dataset import Dataset
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
 from sasrecllm_jax.evaluate import Scorer, score_split
 from sasrecllm_jax.models.hybrid import Hybrid
-from sasrecllm_jax.score import Recommender, own_ids, p_like
+from sasrecllm_jax.score import Recommender, own_ids, p_like, user_id
 from sasrecllm_jax.train import groups
 from sasrecllm_jax.train.fusion_start import id_rows
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, required=True, help="a finished run folder")
     p.add_argument("--history", default="", help="item ids the user liked, oldest first (default for a known "
                    "--user: what the dataset knows they liked)")
-    p.add_argument("--user", default="0", help="a dataset user id (default 0: a new user)")
+    p.add_argument("--user", help="a dataset user id (default: a new user, 0)")
     p.add_argument("--k", type=int, default=10, help="items to recommend")
     p.add_argument("--retrieve", type=int, default=50, help="items the encoder retrieves for re-ranking")
     p.add_argument("--candidates", default="", help="rank these item ids instead of retrieving")
@@ -128,20 +128,9 @@ def main(argv=None) -> int:
         dataset = Recommender.dataset_of(args.run)  # the request is checked before the model loads
         own = dataset if args.own_ids else None
         history, candidates = _ids(args.history, "--history", own), _ids(args.candidates, "--candidates", own)
-        if own is not None and args.user != "0":
-            user = own.uids_of([args.user], "--user")[0]
-        else:
-            try:
-                user = int(args.user)
-            except ValueError:
-                raise DataError(f"--user {args.user!r}: give a user id, a whole number (the source's own: add "
-                                f"--own-ids)") from None
+        user = user_id(args.user, "--user", own) if args.user not in (None, "0") else 0
         rec = Recommender(args.run, dataset)
-        if user and not history:  # a known user without a --history is asked with what they liked
-            rec.check_user(user)
-            history = rec.liked_items(user)
-            print(f"note: no --history given: user {args.user}'s {len(history)} liked item(s) in the dataset are "
-                  f"their history", file=sys.stderr)
+        history = rec.history_of(user, history, args.user)
         table = recommend(rec, history, args.k, user, args.retrieve, candidates or None)
         if args.out:
             write(table, args.out)

@@ -75,6 +75,17 @@ class Recommender:
         cfg = from_dict(Config, load_yaml((run / "config.yaml").read_text()), str(run / "config.yaml"))
         return cfg, scoring_prompt(cfg.train.method, resolve_phases(cfg, str(run / "config.yaml")))
 
+    def history_of(self, uid: int, history: list[int], shown_user) -> list[int]:
+        """The history a request is scored with: the given one, or for a known user given none what the
+        dataset knows they liked (a note on stderr says so)."""
+        self.check_user(uid)
+        if not uid or history:
+            return history
+        liked = self.liked_items(uid)
+        print(f"note: no --history given: user {shown_user}'s {len(liked)} liked item(s) in the dataset are their "
+              f"history", file=sys.stderr)
+        return liked
+
     def liked_items(self, uid: int) -> list[int]:
         """What the dataset knows a user liked: the items of their positive rows in every split, oldest first
         (the history a known user is asked with when none is given)."""
@@ -206,6 +217,11 @@ def read_rows(path: Path, own: Dataset | None = None) -> tuple[pd.DataFrame, lis
     return rows, histories
 
 
+def user_id(text, what: str, own: Dataset | None = None) -> int:
+    """A user id given on the command line: the dataset's uid, or with own the source's own id."""
+    return own.uids_of([text], what)[0] if own is not None else _one_id(text, what)
+
+
 def _one_own_id(text, what: str, own: Dataset) -> int:
     if len(str(text).split()) != 1:
         raise DataError(f"{what}: {text!r} is not one item id")
@@ -253,8 +269,7 @@ def main(argv=None) -> int:
         elif args.rows:
             rows, histories = read_rows(args.rows, own)
         elif args.user is not None and args.candidates:
-            user = own.uids_of([args.user], "--user")[0] if own is not None else _one_id(args.user, "--user")
-            request = (user, _ids(args.history, "--history", own),
+            request = (user_id(args.user, "--user", own), _ids(args.history, "--history", own),
                        _ids(args.candidates, "--candidates", own))
         else:
             raise ConfigError("pass --rows FILE, or --user ID --candidates 'ID ID ...' [--history 'ID ...']")
@@ -283,11 +298,7 @@ def main(argv=None) -> int:
             out = rows
         else:
             uid, history, candidates = request
-            rec.check_user(uid)
-            if uid and not history:  # a known user without a --history is asked with what they liked
-                history = rec.liked_items(uid)
-                print(f"note: no --history given: user {args.user}'s {len(history)} liked item(s) in the dataset "
-                      f"are their history", file=sys.stderr)
+            history = rec.history_of(uid, history, args.user)
             rec.check_ids([uid] * len(candidates), [history] * len(candidates), candidates)
             print(show_request(rec, uid, history))
             out = rec.rank(uid, history, candidates)
