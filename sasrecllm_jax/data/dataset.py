@@ -111,10 +111,10 @@ class Dataset:
     def uids_of(self, own: list[str], what: str) -> list[int]:
         """The uids of users named by the source's own ids ("" names a user the dataset does not know: 0);
         an id it does not hold (or a dataset that keeps no user ids) is refused, naming it."""
-        if self.users is None:
+        index = self._uid_index
+        if index is None:
             raise DataError(f"{what}: {self.path} keeps no user ids of its source (no users.parquet); give the "
                             f"dataset's uid, or prepare the dataset again with data_tools")
-        index = self._uid_index
         missing = [x for x in own if str(x).strip() not in index]
         if missing:
             raise DataError(f"{what}: user {missing[0]!r} is not a user of {self.path} (its own ids are in "
