@@ -111,14 +111,15 @@ def valid_split(run: Path, scores: dict) -> str:
 
 
 def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 21, abstain: bool = False,
-                split_gate: bool = False) -> dict:
+                split_gate: bool = False, known_gate_zero: bool = False) -> dict:
     """The control for a hybrid: two runs' scores mixed after the fact, (1 - w) z_a + w z_b, each score
     standardised by its valid mean and deviation, w in [0, 1] picked by valid AUC (the first best of
     `grid` evenly spaced values). With `abstain`, a abstains on new-item rows: z_a there is one constant
     c picked on valid with w (sasrecllm_jax.fusion.ABSTAIN_GRID), so those rows rank by b alone and c places them against the
     rest (the control for a hybrid with model.mapper.unknown_id_score: learned); with `split_gate` too, b's
     weight on those rows is fitted apart (the control for model.mapper.llm_gates: known_unknown; w stands for
-    the one-weight fit it starts from). Returns w (and c), the
+    the one-weight fit it starts from); with `known_gate_zero` too, b's weight on the other rows is held at 0
+    (the control for llm_gates: unknown_only: a alone ranks the rows of known items). Returns w (and c), the
     valid AUC, and the fused test scores with the test AUCs of the fusion and of each run, and the paired
     tests fusion - a and fusion - b."""
     loaded = load_scores(run_a), load_scores(run_b)
@@ -127,6 +128,8 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     ta, tb = paired_scores(run_a, run_b, "test", loaded)
     if split_gate and not abstain:
         raise ConfigError("--split-gate weighs the new-item rows apart, where BASE abstains: add --abstain")
+    if known_gate_zero and not split_gate:
+        raise ConfigError("--known-gate-zero holds the weight of a split gate on known items at 0: add --split-gate")
     if abstain and not all("new_item" in rows for rows in (va, ta)):
         raise ConfigError(f"{run_a}: its scores.npz has no new_item column to abstain on, and the dataset its "
                           f"config.yaml names is not here with those rows to read it from; prepare that dataset, or "
@@ -134,7 +137,7 @@ def late_fusion(run_a: Path, run_b: Path, valid: str | None = None, grid: int = 
     new = va["new_item"].astype(bool) if abstain else None
     # (a split gate starts from a fusion in which both runs count: w strictly between 0 and 1)
     f = fit_late_fusion(va["label"], va["score"], vb["score"], new, grid, gate_rows=new if split_gate else None,
-                        weights=np.linspace(0.0, 1.0, grid)[1:-1] if split_gate else None)
+                        weights=np.linspace(0.0, 1.0, grid)[1:-1] if split_gate else None, hold_gate=known_gate_zero)
     fused = f["fuse"](ta["score"], tb["score"], ta["new_item"].astype(bool) if abstain else None)
     return {**{k: v for k, v in f.items() if k != "fuse"}, "valid": valid, "test_scores": fused,
             "test": paired_parts(ta, ta["score"], fused), "test_vs_b": paired_parts(ta, tb["score"], fused)}
@@ -192,11 +195,11 @@ def environment_warnings(base: Path, runs: list[Path]) -> list[str]:
 
 
 def fusion_lines(run_a: Path, run_b: Path, valid: str | None = None, abstain: bool = False,
-                 against: list[Path] = (), split_gate: bool = False) -> list[str]:
+                 against: list[Path] = (), split_gate: bool = False, known_gate_zero: bool = False) -> list[str]:
     """The late fusion of run_a and run_b tested against each of them, then each run of `against` (a hybrid
     made of the two, say) tested against the fusion, paired on the same test rows."""
     name_a, name_b, *names = run_names([run_a, run_b, *against])
-    f = late_fusion(run_a, run_b, valid, abstain=abstain, split_gate=split_gate)
+    f = late_fusion(run_a, run_b, valid, abstain=abstain, split_gate=split_gate, known_gate_zero=known_gate_zero)
     if split_gate:
         first = (f"Late fusion of {name_a} and {name_b}: {name_a} + a x {name_b} with a = {f['gate_b']:.3g} on rows "
                  f"of known items and {f['gate_b_rows']:.3g} on new-item rows, where {name_a}'s score is "
@@ -245,15 +248,18 @@ def main(argv=None) -> int:
                    "constant, picked on --valid with the weight, stands for its score there)")
     p.add_argument("--split-gate", action="store_true", help="with --fuse --abstain: RUN's weight on new-item rows "
                    "is fitted apart from its weight on the others (which may go to 0)")
+    p.add_argument("--known-gate-zero", action="store_true", help="with --split-gate: RUN's weight on rows of "
+                   "known items is held at 0, so BASE alone ranks them (the control for model.mapper.llm_gates: "
+                   "unknown_only)")
     args = p.parse_args(argv)
 
     def body():
         if args.fuse:
             print("\n".join(fusion_lines(args.base, args.runs[0], args.valid, args.abstain, args.runs[1:],
-                                          args.split_gate)))
+                                          args.split_gate, args.known_gate_zero)))
             return
-        if args.abstain or args.split_gate:
-            raise ConfigError("--abstain and --split-gate are kinds of --fuse: add --fuse")
+        if args.abstain or args.split_gate or args.known_gate_zero:
+            raise ConfigError("--abstain, --split-gate and --known-gate-zero are kinds of --fuse: add --fuse")
         lines = table(args.base, args.runs, args.split)
         for warning in environment_warnings(args.base, args.runs):
             print(warning, file=sys.stderr)

@@ -79,7 +79,8 @@ FUSION = {
                 "(+ the encoder's user and item terms when sasrec.bias is not none)",
 }
 
-LLM_GATES = {"known_unknown": "; mapper/llm_gate_unknown in place of mapper/llm_gate when mapper/counts/item_seen[iid] is 0"}
+LLM_GATES = dict.fromkeys(["known_unknown", "unknown_only"],
+                          "; mapper/llm_gate_unknown in place of mapper/llm_gate when mapper/counts/item_seen[iid] is 0")
 UNKNOWN_ID_SCORE = {"learned": "; id_score = mapper/unknown_score instead when mapper/counts/item_seen[iid] is 0",
                     "offset": "; id_score + mapper/unknown_score when mapper/counts/item_seen[iid] is 0"}
 
@@ -310,7 +311,7 @@ def fusion_code(desc: dict) -> list[str]:
     """README lines: the run's score of a hybrid row, score_hybrid's LLM score fused with the encoder's."""
     unknown = desc["mapper"]["config"]["unknown_id_score"]
     bias = desc["encoder"]["config"].get("bias", "none") if desc["encoder"]["kind"] == "sasrec" else "none"
-    split = desc["mapper"]["config"].get("llm_gates", "one") == "known_unknown"
+    split = desc["mapper"]["config"].get("llm_gates", "one") != "one"
     total = ('llm_score + w["mapper/id_gate"].item() * id_score' if desc["fusion"]["kind"] == "gate"
              else 'id_score + gate * llm_score' if split else 'id_score + w["mapper/llm_gate"].item() * llm_score')
     return [

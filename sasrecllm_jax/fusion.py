@@ -14,7 +14,7 @@ With `gate_rows` (a row mask: with abstain or offset, those rows), b's weight ma
 a's units the fusion is z_a + g z_b on the other rows and (c or z_a + c) + g' z_b on them, g and g' (and c)
 found by coordinate ascent from the shared fit (g = g' = w / (1 - w)), g over {0} and the grid's w / (1 - w)
 for w strictly between 0 and 1, g' over those: b may drop out where a knows the item, never where it does
-not. gate_b and gate_b_rows are g and g' in the scorers' own units (a residual hybrid's llm_gate and
+not. With `hold_gate`, g is held at 0 (the other rows rank as a does) and only g' (and c) are fitted. gate_b and gate_b_rows are g and g' in the scorers' own units (a residual hybrid's llm_gate and
 llm_gate_unknown); two gates move the two kinds of rows apart by their difference x b's mean, which
 abstain_score or offset_score takes back. Without abstain or offset nothing could take it back, so there
 z_b is b / its deviation, not centred.
@@ -41,17 +41,20 @@ def standardiser(ref: np.ndarray):
 
 def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np.ndarray | None = None,
                     grid: int = 21, ref_a: np.ndarray | None = None, weights: np.ndarray | None = None,
-                    offset: np.ndarray | None = None, gate_rows: np.ndarray | None = None) -> dict:
+                    offset: np.ndarray | None = None, gate_rows: np.ndarray | None = None,
+                    hold_gate: bool = False) -> dict:
     """The late fusion of scorers a and b fitted on validation rows (labels `label`): weight_b (w), with
     `abstain` abstain_c (c) and abstain_score (a's score there in its own units), with `offset` offset_c
     and offset_score (the same; c_at_edge: c is at an end of ABSTAIN_GRID, which may clip it), gate_b (None
     when w = 1: the fusion drops a), the validation AUC, and
     `fuse(a, b, rows)`, which applies it to other rows (rows: their abstain or offset mask).
     a is standardised by `ref_a` (default: a itself), b by b; `weights` replaces the grid of w. With
-    `gate_rows`, gate_b_rows (b's gate on those rows; gate_b is then the other rows'), and `fuse` takes
-    new= those rows."""
+    `gate_rows`, gate_b_rows (b's gate on those rows; gate_b is then the other rows', 0 with `hold_gate`),
+    and `fuse` takes new= those rows."""
     if abstain is not None and offset is not None:
         raise ValueError("a fusion either abstains on rows or offsets them, not both")
+    if hold_gate and gate_rows is None:
+        raise ValueError("hold_gate holds b's gate at 0 on the rows outside gate_rows: pass gate_rows")
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)  # (the grid search sums in float64)
     ref = a if ref_a is None else np.asarray(ref_a, np.float64)
     za_of, zb_of = standardiser(ref), standardiser(b)
@@ -83,7 +86,7 @@ def fit_late_fusion(label: np.ndarray, a: np.ndarray, b: np.ndarray, abstain: np
         gates = [x / (1 - x) for x in ws if 0 < x < 1]
         mode = "offset" if offset is not None else "abstain" if abstain is not None else None
         zs_of = zb_of if mode else (lambda s: s / unit(b))
-        g, g_rows, c, valid = _split_gates(label, za, zs_of(b), gate_rows, mode, w / (1 - w), c, gates)
+        g, g_rows, c, valid = _split_gates(label, za, zs_of(b), gate_rows, mode, w / (1 - w), c, gates, hold_gate)
         gate, gate_rows_b = g * unit(ref) / unit(b), g_rows * unit(ref) / unit(b)
         shift = (gate - gate_rows_b) * b.mean() if mode else 0.0
         out.update(valid_auc=valid, c_at_edge=c is not None and abs(c) >= ABSTAIN_GRID.max(),
@@ -134,14 +137,19 @@ def shifted_aucs(label: np.ndarray, score: np.ndarray, rows: np.ndarray, shifts:
     return (within + across) / (n_pos * n_neg)
 
 
-def _split_gates(label, za, zb, new, mode: str | None, g0: float, c0, gates: list):
-    """(g, g_rows, c, AUC): coordinate ascent from the shared fit (g0 = g_rows, c0), a move taken only when it
-    raises the AUC; c over ABSTAIN_GRID for each g_rows at once (shifted_aucs)."""
-    g, g_rows, c = g0, g0, c0
+def _split_gates(label, za, zb, new, mode: str | None, g0: float, c0, gates: list, hold: bool = False):
+    """(g, g_rows, c, AUC): coordinate ascent from the shared fit (g0 = g_rows, c0; with `hold`, g = 0
+    throughout), a move taken only when it raises the AUC; c over ABSTAIN_GRID for each g_rows at once
+    (shifted_aucs)."""
+    g, g_rows, c = (0.0 if hold else g0), g0, c0
     best = auc(label, _split_mix(g, g_rows, c, za, zb, new, mode))
+    if hold and mode is not None:  # c of the shared fit placed rows that b also moved on the others: refit it
+        scores = shifted_aucs(label, _split_mix(g, g_rows, 0.0, za, zb, new, mode), new, ABSTAIN_GRID)
+        i = int(np.argmax(scores))
+        c, best = float(ABSTAIN_GRID[i]), float(scores[i])
     for _ in range(SPLIT_ROUNDS):
         moved = False
-        for cand in [0.0, *gates]:
+        for cand in [] if hold else [0.0, *gates]:
             score = auc(label, _split_mix(cand, g_rows, c, za, zb, new, mode))
             if score > best:
                 g, best, moved = cand, score, True

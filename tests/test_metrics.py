@@ -202,6 +202,34 @@ def test_split_gate_drops_b_where_it_is_noise_and_keeps_it_where_a_abstains():
         fit_late_fusion(y, a, b, new, weights=weights, gate_rows=~new)
 
 
+def test_a_held_gate_leaves_the_known_rows_to_a_and_fits_the_new_rows_alone():
+    """fit_late_fusion with gate_rows and hold_gate: where b adds to a on the known rows (so the free split
+    gate keeps it there), the held fit gives gate_b 0: the known rows rank exactly as a does and keep their
+    place against each other, and the new rows' gate and constant are the best on the grid with g held at 0
+    (no (g', c) pair beats its valid AUC); without gate_rows it is refused."""
+    from sasrecllm_jax.fusion import ABSTAIN_GRID, fit_late_fusion
+    r = np.random.default_rng(8)
+    n = 3000
+    new = r.random(n) < 0.3
+    y = (r.random(n) < 0.5).astype(np.int8)
+    a = np.where(new, 0.0, y + r.normal(size=n))
+    b = y + r.normal(size=n)  # signal everywhere: the free fit keeps it on known rows
+    weights = np.linspace(0, 1, 21)[1:-1]
+    free = fit_late_fusion(y, a, b, new, weights=weights, ref_a=a[~new], gate_rows=new)
+    held = fit_late_fusion(y, a, b, new, weights=weights, ref_a=a[~new], gate_rows=new, hold_gate=True)
+    assert free["gate_b"] > 0 and held["gate_b"] == 0.0 and held["gate_b_rows"] > 0
+    assert held["valid_auc"] < free["valid_auc"]
+    fused = held["fuse"](a, b, new)
+    np.testing.assert_array_equal(np.argsort(fused[~new], kind="stable"), np.argsort(a[~new], kind="stable"))
+    residual = np.where(new, held["abstain_score"] + held["gate_b_rows"] * b, a)
+    assert math.isclose(auc(y, residual), held["valid_auc"], abs_tol=1e-12)
+    za, zb = (a - a[~new].mean()) / a[~new].std(), (b - b.mean()) / b.std()
+    best = max(auc(y, np.where(new, c + w / (1 - w) * zb, za)) for w in weights for c in ABSTAIN_GRID)
+    assert math.isclose(held["valid_auc"], best, abs_tol=1e-12)
+    with pytest.raises(ValueError, match="pass gate_rows"):
+        fit_late_fusion(y, a, b, new, weights=weights, hold_gate=True)
+
+
 def test_shifted_aucs_are_the_aucs_of_the_shifted_scores():
     """The c search of a split gate: shifted_aucs equals auc of the scores with the rows shifted, for every
     shift, with ties (scores on a 0.1 grid) counted a half."""
@@ -293,6 +321,13 @@ def test_abstaining_fusion_ranks_new_item_rows_by_the_other_run(tmp_path):
         assert lines[1].startswith(second) and ("split_gate" in kw) == ("llm_gate_unknown" in lines[0]), (kw, lines[:2])
     with pytest.raises(ConfigError, match="add --abstain"):
         late_fusion(runs["a"], runs["b"], split_gate=True)
+    # --known-gate-zero: a alone ranks the known rows; without --split-gate it is refused
+    held = late_fusion(runs["a"], runs["b"], abstain=True, split_gate=True, known_gate_zero=True)
+    assert held["gate_b"] == 0.0 and held["gate_b_rows"] > 0
+    assert math.isclose(auc(yt[~new], held["test_scores"][~new]), auc(yt[~new], at[~new]), abs_tol=1e-12)
+    assert auc(yt[~new], split["test_scores"][~new]) != auc(yt[~new], at[~new])
+    with pytest.raises(ConfigError, match="add --split-gate"):
+        late_fusion(runs["a"], runs["b"], abstain=True, known_gate_zero=True)
     with pytest.raises(ConfigError, match="no new_item column"):
         late_fusion(_fake_run(tmp_path / "old_a", av, at, yv, yt), _fake_run(tmp_path / "old_b", bv, bt, yv, yt),
                     abstain=True)

@@ -548,6 +548,12 @@ def test_the_fusion_controls_add_the_abstaining_and_two_weight_fusions_where_val
     for row, kw in zip(rows, ({}, {"abstain": True}, {"abstain": True, "split_gate": True})):
         fused = late_fusion(runs / "sasrec", runs / "tallrec", **kw)
         assert row[1] == f"{auc(yt, at + bt):.4f}" and row[2] == f"{auc(yt, fused['test_scores']):.4f}"
+    summary["sasrecllm_x"]["config"]["model"]["mapper"]["llm_gates"] = "unknown_only"  # its own control
+    rows = claims_lib.fusion_control(tmp_path / "grid", summary, "sasrecllm_x")
+    assert len(rows) == 3 and rows[2][0].startswith("control: AUC > late fusion abstaining on new items, the LLM on "
+                                                    "new items only of sasrec + tallrec")
+    fused = late_fusion(runs / "sasrec", runs / "tallrec", abstain=True, split_gate=True, known_gate_zero=True)
+    assert rows[2][2] == f"{auc(yt, fused['test_scores']):.4f}"
     for name in ("sasrec", "tallrec", "sasrecllm_x"):  # no new item on valid: the plain fusion alone
         scores = dict(np.load(runs / name / "scores.npz"))
         np.savez(runs / name / "scores.npz", **{**scores, "valid_small.new_item": np.zeros(n, np.int8)})

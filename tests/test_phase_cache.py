@@ -182,10 +182,11 @@ def test_ml1m_grid_shares_the_phases_it_plans_to(tmp_path, monkeypatch):
         same = lambda phase, *methods: len({keys[m][phase] for m in methods}) == 1
         assert same("text_lora", "tallrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_dual_stage_late",
                     "sasrecllm_late_fused", "sasrecllm_text_items", "sasrecllm_text_items_whole",
-                    "sasrecllm_text_items_whole_gates", "sasrecllm_text_items_whole_cross")
+                    "sasrecllm_text_items_whole_gates", "sasrecllm_text_items_whole_cross",
+                    "sasrecllm_text_items_whole_cross_new_only")
         assert same("sasrec", "sasrecllm_dual_stage_late", "sasrecllm_late_fused", "sasrecllm_text_items")  # the early rows' SASRec, once
         assert same("sasrec", "sasrec", "sasrecllm_text_items_whole", "sasrecllm_text_items_whole_gates",
-                    "sasrecllm_text_items_whole_cross")  # every row's
+                    "sasrecllm_text_items_whole_cross", "sasrecllm_text_items_whole_cross_new_only")  # every row's
         assert same("sasrec", "sasrec", "sasrecllm_dual_stage", "sasrecllm_plug_and_play", "sasrecllm_hierarchical_freezing")
         assert not same("sasrec", "sasrec", "sasrecllm_dual_stage_late")  # trained on the early rows alone
         assert same("mf", "mf", "collm_mf")

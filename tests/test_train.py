@@ -615,11 +615,13 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
     assert abs(start["all/auc"] - f["valid_auc"]) < 1e-6
 
 
-def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsys):
+@pytest.mark.parametrize("gates", ["known_unknown", "unknown_only"])
+def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsys, gates):
     """model.mapper.llm_gates: known_unknown: the fitted start sets llm_gate and llm_gate_unknown to
     fit_late_fusion's split gates on the terms scored apart (the step-0 AUC is that fit's); the trained run
     scores a row as its ID score plus llm_gate (item with train rows) or llm_gate_unknown (held-out item) x
-    its LLM term, and so does the export's README code; `ablate --masks llm_term` zeroes both gates."""
+    its LLM term, and so does the export's README code; `ablate --masks llm_term` zeroes both gates.
+    unknown_only: the same with llm_gate fitted at 0 and still 0 after training."""
     from sasrecllm_jax.ablate import masked
     from sasrecllm_jax.evaluate import Scorer, evaluate
     from sasrecllm_jax.export import export_run
@@ -628,7 +630,7 @@ def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsy
     from sasrecllm_jax.score import Recommender
     from sasrecllm_jax.train import fusion_start
     cfg, held, starts, out = fused_start_run(dataset, tmp_path, capsys, "unknown", "learned",
-                                             "model.mapper.llm_gates=known_unknown")
+                                             f"model.mapper.llm_gates={gates}")
     line = next(l for l in out if "residual fusion started at the late fusion" in l)
     before = starts["mapper"]
     rec = Recommender(tmp_path / "run")
@@ -640,8 +642,10 @@ def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsy
     text = assembly.split(cfg.data.eval_split, "text", assembly.row_limit("eval"))
     _, llm = evaluate(Scorer(assembly.model("text", True)), before, text, cfg, "text")
     f = fit_late_fusion(valid.label, id_score, llm, ~known, weights=np.linspace(0, 1, 21)[1:-1], ref_a=id_score[known],
-                        gate_rows=~known)
-    assert f"model.mapper.llm_gate {f['gate_b']:.4g}," in line and f"llm_gate_unknown {f['gate_b_rows']:.4g}" in line
+                        gate_rows=~known, hold_gate=gates == "unknown_only")
+    held = " (held)" if gates == "unknown_only" else ""
+    assert f"model.mapper.llm_gate {f['gate_b']:.4g}{held}," in line and f"llm_gate_unknown {f['gate_b_rows']:.4g}" in line
+    assert (f["gate_b"] == 0) == (gates == "unknown_only")
     assert f"AUC {f['valid_auc']:.4f}" in line
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step0 = next(r for r in records if r["kind"] == "eval" and r["phase"] == "mapper" and r["step"] == 0)
@@ -650,7 +654,7 @@ def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsy
     # the trained run: ID score + the row's gate x the LLM term, the gates apart
     params, mapper = rec.params, rec.params["mapper"]
     gate, gate_unknown = float(mapper["llm_gate"]), float(mapper["llm_gate_unknown"])
-    assert abs(gate - gate_unknown) > 1e-3
+    assert abs(gate - gate_unknown) > 1e-3 and (gate == 0) == (gates == "unknown_only")
     scores = np.asarray(evaluate(Scorer(model), params, valid, cfg, "hybrid")[1])
     llm_now = np.asarray(evaluate(Scorer(fusion_start.llm_term_model(model)), params, valid, cfg, "hybrid")[1])
     id_now, known_now = (np.asarray(x) for x in model.apply({"params": params}, rows(valid), method=Hybrid.id_term))

@@ -131,8 +131,12 @@ def fusion_control(out: Path, summary: dict, best: str) -> list[list[str]]:
     kinds = [("late fusion", {})]
     if "new_item" in valid and valid["new_item"].any():
         kinds.append(("late fusion abstaining on new items", {"abstain": True}))
-        if summary[best]["config"]["model"].get("mapper", {}).get("llm_gates") == "known_unknown":
+        gates = summary[best]["config"]["model"].get("mapper", {}).get("llm_gates")
+        if gates == "known_unknown":
             kinds.append(("two-weight late fusion abstaining on new items", {"abstain": True, "split_gate": True}))
+        if gates == "unknown_only":
+            kinds.append(("late fusion abstaining on new items, the LLM on new items only",
+                          {"abstain": True, "split_gate": True, "known_gate_zero": True}))
     out_rows = []
     for name, kw in kinds:
         try:

@@ -1,6 +1,6 @@
 """`model.mapper.fusion_start: late_fusion`: a residual hybrid (score = ID score + a x LLM log-odds) whose
 llm_gate a (with `llm_gates: known_unknown` also llm_gate_unknown, fitted apart on the rows whose item is
-shown as unknown), and with `unknown_id_score: learned` or `offset` its unknown_score, are fitted when the phase
+shown as unknown; with `unknown_only` llm_gate is held at 0 and llm_gate_unknown alone is fitted), and with `unknown_id_score: learned` or `offset` its unknown_score, are fitted when the phase
 that first trains the mapper starts: the late fusion of the hybrid's own two terms, each scored on that phase's
 validation rows by the params the phase starts from, picked on those rows (sasrecllm_jax.fusion). The
 phase then starts at that fusion's ranking, and its evaluation at step 0 measures it.
@@ -65,20 +65,22 @@ def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_sco
     both = 0 < (~known).sum() < len(known)
     new = ~known if kind != "encoder" and both else None
     # (every row new or none: no number to place them by; unknown_score: the mean (learned), 0 (offset))
-    split = cfg.model.mapper.llm_gates == "known_unknown"
+    split, hold = cfg.model.mapper.llm_gates != "one", cfg.model.mapper.llm_gates == "unknown_only"
     f = fit_late_fusion(data.label, id_score, llm, new if kind == "learned" else None, weights=WEIGHTS,
                         ref_a=id_score[~new] if new is not None else None, offset=new if kind == "offset" else None,
-                        gate_rows=~known if split and both else None)
+                        gate_rows=~known if split and both else None, hold_gate=hold and both)
     values = {"llm_gate": float(f["gate_b"])}
-    if split:  # (rows of one kind only: both gates get the one fitted weight)
+    if split:  # (rows of one kind only: both gates get the one fitted weight, but a held llm_gate stays 0)
         values["llm_gate_unknown"] = float(f["gate_b_rows"]) if both else values["llm_gate"]
+        if hold:
+            values["llm_gate"] = 0.0
     if kind == "learned":
         values["unknown_score"] = float(f["abstain_score"]) if new is not None else float(id_score.mean())
     if kind == "offset":  # the ID score of those rows already holds the current offset: the fit adds to it
         values["unknown_score"] = float(params["mapper"]["unknown_score"]) + (float(f["offset_score"]) if new is not None else 0.0)
     return values, {"weight": f["weight_b"], "valid_auc": f["valid_auc"], "rows": len(data),
                     "new_rows": int(new.sum()) if new is not None else 0, "kind": kind, "at_edge": f["c_at_edge"],
-                    "split": "gate_b_rows" in f}
+                    "split": "gate_b_rows" in f, "held": hold}
 
 
 def with_values(tree: dict, values: dict) -> dict:
