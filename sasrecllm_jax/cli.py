@@ -10,11 +10,9 @@ from sasrecllm_jax import compile_cache
 from sasrecllm_jax.config import load_config
 from sasrecllm_jax.errors import ConfigError, run_command
 from sasrecllm_jax.train.run import RESULT_NEUTRAL_KEYS, train_and_evaluate
+from sasrecllm_jax.train.strategies import phase_source
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
-# the keys the phases' checks (train.strategies.resolve_phases) read, named with the file when --set gave them
-PHASE_KEYS = ("train.phases", "train.phase_overrides", "train.method", "train.strategy", "train.freeze",
-              "data.late_rows", "model.encoder", "model.mapper")
 
 
 def train_main(argv=None) -> int:
@@ -47,9 +45,8 @@ def train_main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         compile_cache.enable()
         # the phases' checks run after loading: name the --set flags that shaped the phases beside the file
-        shaping = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith(PHASE_KEYS)]
-        where = str(args.config) + "".join(f" --set {o}" for o in shaping)
-        train_and_evaluate(cfg, workdir, resume=args.resume, config_path=where, restart=args.restart,
+        train_and_evaluate(cfg, workdir, resume=args.resume, config_path=phase_source(args.config, args.overrides),
+                           restart=args.restart,
                            allow_config_change=args.allow_config_change)
 
     code = run_command(body, graceful=True,

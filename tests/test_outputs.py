@@ -733,3 +733,20 @@ def test_an_interrupted_grid_or_run_stops_with_one_line(tmp_path, monkeypatch, c
     assert cli.train_main(["--workdir", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert err.startswith("stopped: interrupted") and str(tmp_path / "run") in err and "--resume" in err
+
+
+def test_a_grid_checks_every_runs_phases_before_it_trains_any(tmp_path):
+    """A phase refusal of any run (here the second method's) stops the grid before the first trains, naming
+    the recipe and the --set flags that shaped the phases; a phase may restore from a run the grid trains
+    before it (resolve_phases' pending), never from one it has not trained."""
+    from sasrecllm_jax.config import load_config
+    from sasrecllm_jax.train.strategies import resolve_phases
+    with pytest.raises(ConfigError, match=r"configs/experiments/ml1m/tallrec\.yaml --set train\.llm_epochs=0: "
+                                          r"train\.phases\[0\] \(\w+\): set epochs > 0"):
+        grid_lib.run_grid("ml1m", ["sasrec", "tallrec"], [0], tmp_path, ["train.llm_epochs=0", "train.batch_size=8"])
+    assert not (tmp_path / "runs").exists()
+    cfg = load_config(grid_lib.config_path("ml1m", "tallrec"), [
+        f"train.phase_overrides={{text_lora: {{restore: {{lora: {tmp_path / 'runs' / 'first'}}}}}}}"])
+    with pytest.raises(ConfigError, match="no finished run there"):
+        resolve_phases(cfg)
+    assert resolve_phases(cfg, pending=[tmp_path / "runs" / "first"])[0].restore == {"lora": str(tmp_path / "runs" / "first")}

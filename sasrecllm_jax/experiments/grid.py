@@ -17,6 +17,7 @@ from sasrecllm_jax.errors import ConfigError
 from sasrecllm_jax.host_cache import HostCache
 from sasrecllm_jax.run_folder.files import paired_tests, read_ablations
 from sasrecllm_jax.train.run import RESULT_NEUTRAL_KEYS, saved_config_changes, shown_changes, train_and_evaluate
+from sasrecllm_jax.train.strategies import phase_source, resolve_phases
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["pop", "mf", "sasrec", "icl", "tallrec", "collm_mf", "sasrecllm_dual_stage",
@@ -39,8 +40,12 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
             cache = [f"train.phase_cache={out / 'phase_cache'}"] if phase_cache else []
             runs.append((name, out / "runs" / name, cfg_path, load_config(cfg_path, [f"train.seed={seed}", *cache,
                                                                                     *overrides])))
-    # a finished run of another config holds another config's numbers (never summarised as this one's), an
-    # unfinished one would not resume: all refused at once, before the grid trains anything
+    # every run's phases checked (a phase may restore from a run the grid trains before it), and a finished run
+    # of another config (it holds another config's numbers, never summarised as this one's) or an unfinished
+    # one (it would not resume) refused: all at once, before the grid trains anything
+    for i, (_, workdir, cfg_path, cfg) in enumerate(runs):
+        if not (workdir / "results.json").exists():  # (a finished run is skipped)
+            resolve_phases(cfg, phase_source(cfg_path, overrides), pending=[w for _, w, _, _ in runs[:i]])
     clashes = []
     for _, workdir, _, cfg in runs:
         if not (workdir / "config.yaml").exists():
@@ -58,7 +63,7 @@ def run_grid(dataset: str, methods: list[str], seeds: list[int], out: Path, over
             print(f"{name}: done, skipped")
         else:
             print(f"=== {name} ({cfg_path.relative_to(ROOT)}{''.join(' --set ' + o for o in overrides)})")
-            train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=str(cfg_path),
+            train_and_evaluate(cfg, workdir, resume=workdir.exists(), config_path=phase_source(cfg_path, overrides),
                                host_cache=host_cache)
         done = read_ablations(workdir)
         # a stopped grid resumes them; an ablation made before its paired test was kept is made again

@@ -63,8 +63,21 @@ def scoring_prompt(method: str, phases) -> str:
     return phases[-1].prompt if phases else ("text" if method == "icl" else "none")
 
 
-def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfig, ...]:
-    """The phases a run executes, checked before anything is compiled."""
+# the keys the phases' checks (resolve_phases) read, named with the file when --set gave them
+PHASE_KEYS = ("train.phases", "train.phase_overrides", "train.method", "train.strategy", "train.freeze",
+              "train.enc_epochs", "train.llm_epochs", "train.enc_lr", "train.llm_lr", "data.late_rows",
+              "model.encoder", "model.mapper")
+
+
+def phase_source(config_path, overrides) -> str:
+    """What the phases' checks name as their source: the config file and the --set flags that shaped them."""
+    shaping = [o for o in overrides if o.split("=", 1)[0].strip().startswith(PHASE_KEYS)]
+    return str(config_path) + "".join(f" --set {o}" for o in shaping)
+
+
+def resolve_phases(cfg: Config, config_path: str = "config", pending=()) -> tuple[PhaseConfig, ...]:
+    """The phases a run executes, checked before anything is compiled. pending: run folders that will be
+    finished before this run starts (a grid's earlier runs), which a phase may restore from."""
     t = cfg.train
     phases = t.phases or preset_phases(t.method, t.strategy, cfg.model.encoder, t.enc_epochs, t.llm_epochs,
                                        t.enc_lr, t.llm_lr)
@@ -128,7 +141,7 @@ def resolve_phases(cfg: Config, config_path: str = "config") -> tuple[PhaseConfi
                 if group != "lora" or not (Path(source[5:]) / "adapter_config.json").exists():
                     raise ConfigError(f"{where}: restore {group} from {source!r}: a PEFT adapter restores lora only, "
                                       f"from a folder with adapter_config.json and adapter_model.safetensors")
-            elif not (Path(source) / "final").exists():
+            elif not (Path(source) / "final").exists() and Path(source).absolute() not in {Path(p).absolute() for p in pending}:
                 raise ConfigError(f"{where}: restore {group} from {source!r}: no finished run there "
                                   f"({Path(source) / 'final'} is missing); train that run first or fix the path")
         if ph.patience < 0:
