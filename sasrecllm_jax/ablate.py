@@ -58,7 +58,7 @@ def masked(params: dict, group: str, initial: dict) -> dict:
     new_items: text the items' title vectors, fitted to the trained encoder, zeroed), the mapper's
     layers zeroed, llm_term the residual's llm_gate (and llm_gate_unknown) zeroed."""
     if group == "llm_term":
-        if "llm_gate" not in params.get("mapper", {}):
+        if not {"llm_gate", "llm_gate_unknown"} & set(params.get("mapper", {})):
             raise ConfigError("--masks llm_term zeroes the LLM term of a residual fusion (mapper/llm_gate), and this run "
                               "has none (model.mapper.fusion is not residual): its score is the LLM's alone; mask "
                               "lora or mapper, or drop its collaborative inputs (--modes drop)")

@@ -79,8 +79,9 @@ FUSION = {
                 "(+ the encoder's user and item terms when sasrec.bias is not none)",
 }
 
-LLM_GATES = dict.fromkeys(["known_unknown", "unknown_only"],
-                          "; mapper/llm_gate_unknown in place of mapper/llm_gate when mapper/counts/item_seen[iid] is 0")
+LLM_GATES = {"known_unknown": "; mapper/llm_gate_unknown in place of mapper/llm_gate when mapper/counts/item_seen[iid] is 0",
+             "unknown_only": "; mapper/llm_gate_unknown in place of mapper/llm_gate when mapper/counts/item_seen[iid] is "
+                             "0, and 0 when it is 1 (there is no mapper/llm_gate: those rows score id_score alone)"}
 UNKNOWN_ID_SCORE = {"learned": "; id_score = mapper/unknown_score instead when mapper/counts/item_seen[iid] is 0",
                     "offset": "; id_score + mapper/unknown_score when mapper/counts/item_seen[iid] is 0"}
 
@@ -311,7 +312,9 @@ def fusion_code(desc: dict) -> list[str]:
     """README lines: the run's score of a hybrid row, score_hybrid's LLM score fused with the encoder's."""
     unknown = desc["mapper"]["config"]["unknown_id_score"]
     bias = desc["encoder"]["config"].get("bias", "none") if desc["encoder"]["kind"] == "sasrec" else "none"
-    split = desc["mapper"]["config"].get("llm_gates", "one") != "one"
+    gates = desc["mapper"]["config"].get("llm_gates", "one")
+    split = gates != "one"
+    known_gate = '0.0' if gates == "unknown_only" else 'w["mapper/llm_gate"].item()'
     total = ('llm_score + w["mapper/id_gate"].item() * id_score' if desc["fusion"]["kind"] == "gate"
              else 'id_score + gate * llm_score' if split else 'id_score + w["mapper/llm_gate"].item() * llm_score')
     return [
@@ -325,7 +328,7 @@ def fusion_code(desc: dict) -> list[str]:
         *(['    if w["mapper/counts/item_seen"][iid] == 0:  # an item without train rows: a learned offset',
            '        id_score += w["mapper/unknown_score"].item()'] if unknown == "offset" else []),
         *(['    known = w["mapper/counts/item_seen"][iid] == 1  # the LLM\'s weight where the ID model knows the item',
-           '    gate = (w["mapper/llm_gate"] if known else w["mapper/llm_gate_unknown"]).item()'] if split else []),
+           f'    gate = {known_gate} if known else w["mapper/llm_gate_unknown"].item()'] if split else []),
         f"    return {total}",
         "",
         "",

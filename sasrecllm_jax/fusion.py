@@ -14,7 +14,8 @@ With `gate_rows` (a row mask: with abstain or offset, those rows), b's weight ma
 a's units the fusion is z_a + g z_b on the other rows and (c or z_a + c) + g' z_b on them, g and g' (and c)
 found by coordinate ascent from the shared fit (g = g' = w / (1 - w)), g over {0} and the grid's w / (1 - w)
 for w strictly between 0 and 1, g' over those: b may drop out where a knows the item, never where it does
-not. With `hold_gate`, g is held at 0 (the other rows rank as a does) and only g' (and c) are fitted. gate_b and gate_b_rows are g and g' in the scorers' own units (a residual hybrid's llm_gate and
+not. With `hold_gate`, g is held at 0 (the other rows rank as a does) and only g' (and c) are fitted.
+gate_b and gate_b_rows are g and g' in the scorers' own units (a residual hybrid's llm_gate and
 llm_gate_unknown); two gates move the two kinds of rows apart by their difference x b's mean, which
 abstain_score or offset_score takes back. Without abstain or offset nothing could take it back, so there
 z_b is b / its deviation, not centred.

@@ -233,27 +233,32 @@ def test_two_llm_gates_pick_by_the_item_shown_and_a_dropped_row_gets_the_unknown
                                rtol=1e-5, atol=1e-5)
 
 
-def test_a_held_llm_gate_scores_known_items_by_their_id_score_and_gets_no_gradient():
-    """llm_gates: unknown_only: llm_gate starts at 0 whatever llm_gate_init (llm_gate_unknown at it), a row
-    whose item is known scores its ID score exactly, an unknown one ID score + llm_gate_unknown x the LLM
-    term, and llm_gate gets no gradient (so training keeps it at 0) while llm_gate_unknown does."""
+def test_the_llm_term_on_unknown_items_only_leaves_known_items_their_id_score():
+    """llm_gates: unknown_only: no llm_gate, llm_gate_unknown starting at llm_gate_init; a row whose item is
+    known scores its ID score exactly (even where the LLM's score is not finite) and passes the LLM side no
+    gradient, an unknown one scores ID score + llm_gate_unknown x the LLM term."""
     plain = _hybrid()
     cfg = dataclasses.replace(plain.cfg, mapper=dataclasses.replace(
         plain.cfg.mapper, new_items="unknown", fusion="residual", llm_gates="unknown_only", llm_gate_init=0.7))
     model = Hybrid(cfg, DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
     batch = _batch()  # iids 11, 12
     params = model.init(jax.random.key(0), batch)["params"]
-    assert float(params["mapper"]["llm_gate"]) == 0.0 and float(params["mapper"]["llm_gate_unknown"]) == pytest.approx(0.7)
+    assert "llm_gate" not in params["mapper"] and float(params["mapper"]["llm_gate_unknown"]) == pytest.approx(0.7)
     params["mapper"]["counts"]["item_seen"] = jnp.zeros(21).at[11].set(1.0)  # item 11 seen, item 12 not
     id_score, known = model.apply({"params": params}, batch, method=Hybrid.id_term)
     np.testing.assert_array_equal(known, [True, False])
+    llm_only = Hybrid(dataclasses.replace(cfg, mapper=dataclasses.replace(cfg.mapper, fusion="none")),
+                      DEBUG_TINY, 9, 20, (5, 6), LoraConfig(dropout=0.0))
+    llm = llm_only.apply({"params": params}, batch)
     scores = model.apply({"params": params}, batch)
-    assert scores[0] == id_score[0] and abs(float(scores[1] - id_score[1])) > 1e-4
-    grads = jax.grad(lambda p: model.apply({"params": p}, batch).sum())(params)["mapper"]
-    assert float(grads["llm_gate"]) == 0.0 and float(grads["llm_gate_unknown"]) != 0.0
-    params["mapper"]["llm_gate"] = jnp.float32(0.5)  # a value set by hand still counts (the export reads it)
-    moved = model.apply({"params": params}, batch)
-    assert moved[0] != id_score[0] and moved[1] == scores[1]
+    assert scores[0] == id_score[0]
+    np.testing.assert_allclose(scores[1], id_score[1] + 0.7 * llm[1], rtol=1e-5, atol=1e-5)
+    # the known row passes no gradient to the LLM side: the mapper's layers learn from the unknown row alone
+    grad = lambda rows: jax.grad(lambda p: model.apply({"params": p}, batch)[rows].sum())(params)["mapper"]
+    assert float(jnp.abs(grad(0)["fc2"]["kernel"]).max()) == 0.0 and float(grad(0)["llm_gate_unknown"]) == 0.0
+    assert float(jnp.abs(grad(1)["fc2"]["kernel"]).max()) > 0.0 and float(grad(1)["llm_gate_unknown"]) != 0.0
+    fuse = lambda l: model.apply({"params": params}, l, id_score, known, method=lambda m, *a: m.mapper.fuse(*a))
+    assert float(fuse(jnp.array([jnp.inf, 1.0]))[0]) == float(id_score[0])
 
 
 def test_unknown_item_vector_replaces_items_without_train_rows():

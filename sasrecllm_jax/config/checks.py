@@ -168,6 +168,11 @@ def validate(cfg: Config) -> None:
         _refuse("model.mapper.llm_gates", m.llm_gates,
                 "weighs the LLM's log-odds apart on rows whose item is shown as unknown, so it needs "
                 "model.mapper.fusion: residual and model.mapper.new_items: unknown or text")
+    if m.llm_gates == "unknown_only" and not m.item_dropout and not cfg.data.late_rows:
+        _refuse("model.mapper.llm_gates", m.llm_gates,
+                "lets the LLM's log-odds count only on rows whose item is shown as unknown, and with "
+                "model.mapper.item_dropout 0 and data.late_rows 0 no train row is: nothing would train. Set "
+                "model.mapper.item_dropout (e.g. 0.2)")
     if cfg.model.mapper.fusion_start != "init" and cfg.model.mapper.fusion != "residual":
         _refuse("model.mapper.fusion_start", cfg.model.mapper.fusion_start,
                 "fits the residual fusion's starting weight, so it needs model.mapper.fusion: residual")

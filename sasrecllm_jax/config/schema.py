@@ -104,8 +104,9 @@ class MapperConfig:
     # second learned number, llm_gate_unknown (starting at llm_gate_init), on the rows whose item is shown as
     # unknown (no train row, or item_dropout): where the ID model knows the item, the LLM's weight can differ
     # from where it knows nothing (fusion_start: late_fusion fits both, the known rows' down to 0);
-    # "unknown_only", the same with llm_gate held at 0 (no gradient, fitted start 0): rows whose item the ID
-    # model knows score its ID score exactly, and the LLM's log-odds count only where it knows nothing
+    # "unknown_only", llm_gate_unknown alone: rows whose item the ID model knows score its ID score exactly,
+    # and the LLM's log-odds count only where it knows nothing (training reaches them through the rows
+    # shown as unknown: item_dropout, or late rows on items the early ones lack)
     llm_gates: Literal["one", "known_unknown", "unknown_only"] = "one"
     # "zeros": the output layer starts at zero, so the soft tokens start as zero vectors
     out_init: Literal["default", "zeros"] = "default"

@@ -73,8 +73,8 @@ class Mapper(nn.Module):
         if self.cfg.fusion == "gate":
             self.id_gate = self.param("id_gate", nn.initializers.ones, ())
         if self.cfg.fusion == "residual":
-            held = self.cfg.llm_gates == "unknown_only"  # (llm_gate held at 0: starts there, gets no gradient)
-            self.llm_gate = self.param("llm_gate", nn.initializers.constant(0.0 if held else self.cfg.llm_gate_init), ())
+            if self.cfg.llm_gates != "unknown_only":  # (unknown_only: no weight where the item is known)
+                self.llm_gate = self.param("llm_gate", nn.initializers.constant(self.cfg.llm_gate_init), ())
             if self.cfg.llm_gates != "one":
                 self.llm_gate_unknown = self.param("llm_gate_unknown", nn.initializers.constant(self.cfg.llm_gate_init), ())
         if self.cfg.new_items == "unknown":
@@ -121,14 +121,14 @@ class Mapper(nn.Module):
         """The hybrid's score: the LLM's ("none"), plus g x the ID score ("gate"), or the ID score plus
         a x the LLM's ("residual"; a starts at llm_gate_init: from 0, the first step moves only a, ReZero's start;
         with `llm_gates: known_unknown`, a is llm_gate where `known` (rows whose item shows its own vector) and
-        llm_gate_unknown elsewhere; with `unknown_only` the same, llm_gate passing no gradient)."""
+        llm_gate_unknown elsewhere; with `unknown_only`, the ID score alone where `known`, whatever the LLM's)."""
         if self.cfg.fusion == "gate":
             return llm_score + self.id_gate * id_score
         if self.cfg.fusion == "residual":
+            if self.cfg.llm_gates == "unknown_only":
+                return jnp.where(known, id_score, id_score + self.llm_gate_unknown.astype(llm_score.dtype) * llm_score)
             gate = self.llm_gate
-            if self.cfg.llm_gates != "one":
-                if self.cfg.llm_gates == "unknown_only":
-                    gate = jax.lax.stop_gradient(gate)
+            if self.cfg.llm_gates == "known_unknown":
                 gate = jnp.where(known, gate, self.llm_gate_unknown).astype(llm_score.dtype)
             return id_score + gate * llm_score
         return llm_score

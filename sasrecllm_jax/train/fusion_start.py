@@ -1,6 +1,6 @@
 """`model.mapper.fusion_start: late_fusion`: a residual hybrid (score = ID score + a x LLM log-odds) whose
 llm_gate a (with `llm_gates: known_unknown` also llm_gate_unknown, fitted apart on the rows whose item is
-shown as unknown; with `unknown_only` llm_gate is held at 0 and llm_gate_unknown alone is fitted), and with `unknown_id_score: learned` or `offset` its unknown_score, are fitted when the phase
+shown as unknown; with `unknown_only` llm_gate_unknown alone, the other rows' weight held at 0), and with `unknown_id_score: learned` or `offset` its unknown_score, are fitted when the phase
 that first trains the mapper starts: the late fusion of the hybrid's own two terms, each scored on that phase's
 validation rows by the params the phase starts from, picked on those rows (sasrecllm_jax.fusion). The
 phase then starts at that fusion's ranking, and its evaluation at step 0 measures it.
@@ -16,6 +16,7 @@ from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.pipeline import SplitData
 from sasrecllm_jax.evaluate import Scorer, score_split
 from sasrecllm_jax.fusion import fit_late_fusion
+from sasrecllm_jax.metrics import auc
 from sasrecllm_jax.models.hybrid import Hybrid
 from sasrecllm_jax.trees import set_path
 
@@ -69,16 +70,17 @@ def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_sco
     f = fit_late_fusion(data.label, id_score, llm, new if kind == "learned" else None, weights=WEIGHTS,
                         ref_a=id_score[~new] if new is not None else None, offset=new if kind == "offset" else None,
                         gate_rows=~known if split and both else None, hold_gate=hold and both)
-    values = {"llm_gate": float(f["gate_b"])}
-    if split:  # (rows of one kind only: both gates get the one fitted weight, but a held llm_gate stays 0)
-        values["llm_gate_unknown"] = float(f["gate_b_rows"]) if both else values["llm_gate"]
-        if hold:
-            values["llm_gate"] = 0.0
+    values = {} if hold else {"llm_gate": float(f["gate_b"])}
+    if split:  # (rows of one kind only: both gates get the one fitted weight)
+        values["llm_gate_unknown"] = float(f["gate_b_rows"]) if both else float(f["gate_b"])
+    valid_auc = f["valid_auc"]
+    if hold and not (~known).any():  # every row known: the start is the ID score alone, whatever the fit
+        valid_auc = auc(data.label, id_score)
     if kind == "learned":
         values["unknown_score"] = float(f["abstain_score"]) if new is not None else float(id_score.mean())
     if kind == "offset":  # the ID score of those rows already holds the current offset: the fit adds to it
         values["unknown_score"] = float(params["mapper"]["unknown_score"]) + (float(f["offset_score"]) if new is not None else 0.0)
-    return values, {"weight": f["weight_b"], "valid_auc": f["valid_auc"], "rows": len(data),
+    return values, {"weight": f["weight_b"], "valid_auc": valid_auc, "rows": len(data),
                     "new_rows": int(new.sum()) if new is not None else 0, "kind": kind, "at_edge": f["c_at_edge"],
                     "split": "gate_b_rows" in f, "held": hold}
 

@@ -184,8 +184,8 @@ class PhaseRunner:
         print(f"[{phase.name}] residual fusion started at the late fusion of its ID score and its LLM's log-odds "
               f"on {split} ({found['rows']:,} rows; {'one-weight fit ' if found['split'] else ''}weight "
               f"{found['weight']:.2f}, AUC {found['valid_auc']:.4f}): "
-              + ", ".join(f"model.mapper.{k} {v:.4g}" + (" (held)" if k == "llm_gate" and found["held"] else "")
-                          for k, v in values.items())
+              + ", ".join(f"model.mapper.{k} {v:.4g}" for k, v in values.items())
+              + (" (rows of known items: the ID score alone)" if found["held"] else "")
               + (f" ({found['new_rows']:,} rows {'abstain' if found['kind'] == 'learned' else 'offset'})"
                  if found["new_rows"] else "")
               + ("; that score is at the end of the fit's grid (5 deviations of the other rows' ID scores), "
