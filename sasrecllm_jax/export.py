@@ -67,9 +67,24 @@ ENCODER_VECTORS = {
 }
 EXAMPLE_VECTORS = {  # README lines that define user_vector and item_vector for user 1 and item 7
     "mf": ['user_vector, item_vector = w["mf/user_emb/embedding"][1], w["mf/item_emb/embedding"][7]'],
-    "sasrec": ['item_vector = w["sasrec/item_emb/embedding"][7]',
-               "user_vector = ...  # SASRec's output for the user's history: sasrecllm_jax.models.sasrec.SASRec("
-               "config, num_items).apply({'params': sasrec params}, his, method='user_vector')"],
+    "sasrec": [
+        "# SASRec's user vector runs its network over the history: this part needs sasrecllm_jax (pip install",
+        "# the project); the rest is numpy, torch, transformers and peft",
+        "from flax.traverse_util import unflatten_dict",
+        "from sasrecllm_jax.config import SASRecConfig",
+        "from sasrecllm_jax.models.sasrec import SASRec",
+        'SAS = SASRecConfig(**collab["encoder"]["config"])',
+        'sasrec = SASRec(SAS, w["sasrec/item_emb/embedding"].shape[0] - 1)',
+        'sasrec_params = unflatten_dict({tuple(k.split("/")[1:]): v for k, v in w.items() if k.startswith("sasrec/")})',
+        "",
+        "",
+        "def user_vector_of(history):  # the user's liked item ids, oldest first",
+        "    his = ([0] * SAS.max_len + list(history))[-SAS.max_len:]  # the most recent max_len, left-padded with 0",
+        '    return np.asarray(sasrec.apply({"params": sasrec_params}, np.array([his]), method="user_vector"))[0]',
+        "",
+        "",
+        "user_vector, item_vector = user_vector_of(HISTORY), w[\"sasrec/item_emb/embedding\"][7]",
+    ],
 }
 FUSION = {
     "none": "score = llm_score",
@@ -98,7 +113,8 @@ def scoring_description(rec) -> dict:
         "method": cfg.train.method, "prompt": rec.prompt, "template": template_text(template),
         "fields": {"{history}": f"the user's most recent liked titles (at most data.max_titles = {d.max_titles}), "
                                 f"oldest first, each in double quotes, joined by ', '; {prompts_lib.NO_HISTORY!r} "
-                                f"when there are none",
+                                f"when there are none; while the tokenized prompt (placeholders included) is longer "
+                                f"than data.max_tokens = {d.max_tokens} tokens, its oldest title is dropped",
                    "{target}": "the title of the item to score"},
         "tokenization": "the template's text pieces between markers are tokenized separately (the first with "
                         "the tokenizer's special tokens, the others without) and concatenated",
@@ -148,7 +164,11 @@ def readme(rec, out: Path, desc: dict) -> str:
     ret = ("(logits[YES] - logits[NO]).item()" if desc["score_head"] == "log_odds" else "logits[YES].item()")
     what = "logit(Yes) - logit(No)" if desc["score_head"] == "log_odds" else "logit(Yes)"
     text_template = prompts_lib.Template.load(rec.cfg.data.prompt_text, "text")
-    example = template_text(text_template).format(history='"Toy Story (1995)", "Heat (1995)"', target="Casino (1995)")
+    titles = rec.assembly.dataset.titles()  # the example: items 1, 2, 3 liked, item 7 asked about
+    history = prompts_lib.history_text([str(t) for t in titles[1:1 + len(EXAMPLE_HISTORY)]])
+    target = str(titles[7]) if len(titles) > 7 else ""
+    fill = f"history={history!r}, target={target!r}"
+    example = template_text(text_template).format(history=history, target=target)
     lines = [
         f"# {rec.cfg.train.method} run, exported for transformers + PEFT",
         "",
@@ -159,10 +179,22 @@ def readme(rec, out: Path, desc: dict) -> str:
         "",
         f"The run scores {desc['prompt']} prompts. The score of a prompt is {what} at its last token "
         f"(Yes = {yes['text']!r}, token {yes['token_id']}; No = {no['text']!r}, token {no['token_id']}); "
-        "sigmoid(score) is the probability of a like.",
+        "sigmoid(score) is the probability of a like. The examples below ask about the dataset's item 7 "
+        f"({target!r}) for a user who liked items {EXAMPLE_HISTORY}; `collaborative/{COLLAB_JSON}` (`fields`) says "
+        f"how the run fills a prompt, including the cut at data.max_tokens = {rec.cfg.data.max_tokens} tokens.",
+        "",
+        f"In float32, transformers gives the run's scores within 1e-4 when the run computes in float32"
+        + (f"; this run rounds its matrix products to {rec.cfg.model.llm_overrides['matmul_dtype']} "
+           f"(`model.llm_overrides.matmul_dtype`), so its own scores differ from these by rounding, a few hundredths "
+           f"of a logit" if rec.cfg.model.llm_overrides.get("matmul_dtype") not in (None, "float32") else "")
+        + ". `adapter/adapter_config.json` names the base as `base`, relative: "
+        "`AutoPeftModelForCausalLM.from_pretrained` finds it when run from this folder; elsewhere load the two as "
+        "below.",
         "",
         "## Scoring a text prompt",
         "",
+        *(["This run scores hybrid prompts (the next section): a text prompt read by its LLM and adapter, as "
+           "here, is not the run's score of a row.", ""] if desc["prompt"] == "hybrid" else []),
         "```python",
         "import torch",
         "from peft import PeftModel",
@@ -225,10 +257,11 @@ def readme(rec, out: Path, desc: dict) -> str:
             "",
             "",
             'collab = json.loads(open(f"{DIR}/collaborative/collaborative.json").read())',
-            "text = collab[\"template\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', target=\"Casino (1995)\")",
+            f"HISTORY = {EXAMPLE_HISTORY}  # the liked items' ids, oldest first (their titles are in the prompt)",
+            f"text = collab[\"template\"].format({fill})",
             'pieces = re.split("<UserID>|<ItemID>", text)',
             *EXAMPLE_VECTORS[desc["encoder"]["kind"]],
-            *unknown_item_example(desc),
+            *unknown_item_example(desc, fill),
             f"print({hybrid_call(desc)})",
             "```",
         ]
@@ -239,6 +272,7 @@ def readme(rec, out: Path, desc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+EXAMPLE_HISTORY = [1, 2, 3]  # the README example's liked items (iids)
 SCORE_PLACEHOLDERS = [  # README lines: score_hybrid's start for soft tokens at the template's placeholders
     "def score_hybrid(pieces, user_vector, item_vector):",
     '    """pieces: the filled-in template split at its markers (<UserID>, <ItemID>: three strings)."""',
@@ -256,7 +290,7 @@ SCORE_PLACEHOLDERS = [  # README lines: score_hybrid's start for soft tokens at 
 ADD_AT_LAST = "embeds[0, -1] += torch.from_numpy(soft_tokens(user_vector)[0] + soft_tokens(item_vector)[0]).to(embeds.dtype)"
 
 
-def unknown_item_example(desc: dict) -> list[str]:
+def unknown_item_example(desc: dict, fill: str) -> list[str]:
     """The README example's lines for an item without train rows: one `if` holding what changes for it (the
     shared unknown vector, the template that shows the item by its title alone)."""
     body = []
@@ -265,8 +299,7 @@ def unknown_item_example(desc: dict) -> list[str]:
     if desc["mapper"]["config"]["new_items"] == "text":
         body += ['    item_vector = w["mapper/counts/item_text"][7]  # the vector its title predicts']
     if "template_unknown_item" in desc:
-        body += ["    text = collab[\"template_unknown_item\"].format(history='\"Toy Story (1995)\", \"Heat (1995)\"', "
-                 "target=\"Casino (1995)\")  # shown by its title alone",
+        body += [f"    text = collab[\"template_unknown_item\"].format({fill})  # shown by its title alone",
                  '    pieces = re.split("<UserID>|<ItemID>", text)']
     return ['if w["mapper/counts/item_seen"][7] == 0:  # an item without train rows', *body] if body else []
 

@@ -368,6 +368,39 @@ def test_export_cli_end_to_end(dataset, tmp_path, capsys, inject):
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 
+def test_export_readme_of_a_sasrec_hybrid_runs_as_written_and_scores_like_the_run(dataset, tmp_path):
+    """A SASRec hybrid (the quickstart's kind) exported: its README's code runs as written (SASRec's user
+    vector from the example's history included), its example asks about the dataset's own titles, and its
+    user_vector_of, score_hybrid and fused_score score test rows as the run does; collaborative.json says
+    where a prompt is cut (data.max_tokens)."""
+    import re
+    from sasrecllm_jax.data.prompts import history_text
+    from sasrecllm_jax.export import main
+    from sasrecllm_jax.score import Recommender
+    run = finish_run(dataset, tmp_path / "run", "sasrecllm", "model.encoder=sasrec", "model.sasrec.hidden=16",
+                     "model.mapper.fusion=residual", "model.mapper.llm_gate_init=0.5")
+    out = tmp_path / "export"
+    assert main([str(run), "--out", str(out)]) == 0
+    rec = Recommender(run)
+    collab = json.loads((out / "collaborative" / "collaborative.json").read_text())
+    assert f"data.max_tokens = {rec.cfg.data.max_tokens} tokens" in collab["fields"]["{history}"]
+    titles = rec.assembly.dataset.titles()
+    text = (out / "README.md").read_text()
+    assert repr(str(titles[7])) in text and "Toy Story" not in text
+    readme = {}
+    exec(compile(readme_code(out), str(out / "README.md"), "exec"), readme)  # prints the example's scores
+    rows = rec.assembly.dataset.splits["test"].head(3)
+    uids, iids, hists = rows["uid"].tolist(), rows["iid"].tolist(), [list(h) for h in rows["his"]]
+    theirs = []
+    for u, i, h in zip(uids, iids, hists):
+        prompt = collab["template"].format(history=history_text([titles[x] for x in h[-rec.cfg.data.max_titles:]]),
+                                           target=titles[i])
+        user_vector, item_vector = readme["user_vector_of"](h), readme["w"]["sasrec/item_emb/embedding"][i]
+        llm_score = readme["score_hybrid"](re.split("<UserID>|<ItemID>", prompt), user_vector, item_vector)
+        theirs.append(readme["fused_score"](llm_score, user_vector, item_vector, u, i))
+    np.testing.assert_allclose(theirs, rec.score(uids, hists, iids), rtol=0, atol=1e-4)
+
+
 def test_regex_target_modules_are_read_from_the_keys(tmp_path):
     peft_trained_adapter(tmp_path, target_modules=r".*\.(q_proj|up_proj)")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"] == r".*\.(q_proj|up_proj)"
