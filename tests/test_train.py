@@ -647,7 +647,7 @@ def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsy
     f = fit_late_fusion(valid.label, id_score, llm, ~known, weights=np.linspace(0, 1, 21)[1:-1], ref_a=id_score[known],
                         gate_rows=~known, hold_gate=gates == "unknown_only")
     if gates == "unknown_only":
-        assert f["gate_b"] == 0 and "model.mapper.llm_gate " not in line and "known items: the ID score alone" in line
+        assert f["gate_b"] == 0 and "model.mapper.llm_gate " not in line and "; rows of known items: the ID score alone" in line
     else:
         assert f"model.mapper.llm_gate {f['gate_b']:.4g}," in line
     assert f"llm_gate_unknown {f['gate_b_rows']:.4g}" in line

@@ -185,9 +185,9 @@ class PhaseRunner:
               f"on {split} ({found['rows']:,} rows; {'one-weight fit ' if found['split'] else ''}weight "
               f"{found['weight']:.2f}, AUC {found['valid_auc']:.4f}): "
               + ", ".join(f"model.mapper.{k} {v:.4g}" for k, v in values.items())
-              + (" (rows of known items: the ID score alone)" if found["held"] else "")
               + (f" ({found['new_rows']:,} rows {'abstain' if found['kind'] == 'learned' else 'offset'})"
                  if found["new_rows"] else "")
+              + ("; rows of known items: the ID score alone" if found["held"] else "")
               + ("; that score is at the end of the fit's grid (5 deviations of the other rows' ID scores), "
                  "so it may be clipped: training moves it on" if found["at_edge"] else ""))
         return fusion_start.with_values(trainable, values)
