@@ -183,7 +183,7 @@ def readme(rec, out: Path, desc: dict) -> str:
         f"({target!r}) for a user who liked items {EXAMPLE_HISTORY}; `collaborative/{COLLAB_JSON}` (`fields`) says "
         f"how the run fills a prompt, including the cut at data.max_tokens = {rec.cfg.data.max_tokens} tokens.",
         "",
-        f"In float32, transformers gives the run's scores within 1e-4 when the run computes in float32"
+        "In float32, transformers gives the run's scores within 1e-4 when the run computes in float32"
         + (f"; this run rounds its matrix products to {rec.cfg.model.llm_overrides['matmul_dtype']} "
            f"(`model.llm_overrides.matmul_dtype`), so its own scores differ from these by rounding, a few hundredths "
            f"of a logit" if rec.cfg.model.llm_overrides.get("matmul_dtype") not in (None, "float32") else "")
