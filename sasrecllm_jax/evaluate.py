@@ -180,11 +180,52 @@ def score_split(scorer: Scorer, params, data: SplitData, batch_size: int, pad_mu
     return scores
 
 
+ID_ROWS = 4096  # rows per call of id_rows
+
+
+def id_rows(model, method, params: dict, data: SplitData) -> tuple[np.ndarray, ...]:
+    """The outputs of `method` of model (a tuple of per-row arrays) on rows (his, uid, iid) of data, ID_ROWS
+    rows per call (the last call padded with the first row, one compiled shape); no prompt is read."""
+    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method=method))
+    n = len(data)
+    if n == 0:  # no rows: empty outputs of the shapes one row would give
+        one = {k: np.zeros((1, *getattr(data, k).shape[1:]), getattr(data, k).dtype) for k in ("his", "uid", "iid")}
+        return tuple(np.zeros((0, *o.shape[1:]), o.dtype) for o in jax.eval_shape(fn, params, one))
+    rows = min(ID_ROWS, n)
+    pad = lambda x: np.concatenate([x, np.repeat(x[:1], -n % rows, axis=0)]) if n % rows else x
+    cols = {"his": pad(data.his), "uid": pad(data.uid), "iid": pad(data.iid)}
+    parts = [jax.device_get(fn(params, {k: v[i:i + rows] for k, v in cols.items()})) for i in range(0, n, rows)]
+    return tuple(np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0])))
+
+
+def id_only_rows(model, params, data: SplitData, prompt: str, collab: str) -> np.ndarray | None:
+    """A hybrid whose LLM counts only on rows of unknown items (model.mapper.llm_gates: unknown_only) scores the
+    others by its ID score alone: (that score, or NaN on the rows the LLM must read) for every row, or None for
+    any other model, prompt or collaborative mode (dropped or shuffled inputs change which rows are known)."""
+    mapper = getattr(getattr(model, "cfg", None), "mapper", None)
+    if (prompt != "hybrid" or collab != "on" or mapper is None or mapper.fusion != "residual"
+            or mapper.llm_gates != "unknown_only" or not hasattr(model, "id_term")):
+        return None
+    id_score, known = id_rows(model, type(model).id_term, params, data)
+    return np.where(np.asarray(known, bool), np.asarray(id_score, np.float64), np.nan)
+
+
 def evaluate(scorer: Scorer, params, data: SplitData, cfg: Config, prompt: str, collab: str | None = None,
              progress=None) -> tuple[dict, np.ndarray]:
     """(metrics for each of data.parts(), every row's score) of `data` rendered with `prompt` ("none", "text",
     "hybrid"), in batches of train.eval_batch_size padded to data.pad_multiple; collaborative inputs as
-    train.collab unless `collab` says otherwise (test-time ablations)."""
-    scores = score_split(scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
-                         collab or cfg.train.collab, progress, cfg.eval.share_prefix)
+    train.collab unless `collab` says otherwise (test-time ablations). A hybrid whose LLM counts only on rows
+    of unknown items runs its LLM on those rows alone (id_only_rows)."""
+    collab = collab or cfg.train.collab
+    score = lambda d: score_split(scorer, params, d, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
+                                  collab, progress, cfg.eval.share_prefix)
+    scores = id_only_rows(scorer.model, params, data, prompt, collab)
+    if scores is None:
+        scores = score(data)
+    else:
+        llm = np.isnan(scores)
+        if progress is not None:
+            progress.update(int((~llm).sum()))
+        if llm.any():
+            scores[llm] = score(data.take(llm))
     return metrics.report(data.uid, data.label, scores, data.parts()), scores

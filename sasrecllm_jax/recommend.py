@@ -25,11 +25,10 @@ import pandas as pd
 from sasrecllm_jax import compile_cache
 from sasrecllm_jax.data.dataset import Dataset
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
-from sasrecllm_jax.evaluate import Scorer, score_split
+from sasrecllm_jax.evaluate import Scorer, id_rows, score_split
 from sasrecllm_jax.models.hybrid import Hybrid
 from sasrecllm_jax.score import Recommender, own_ids, p_like, user_id
 from sasrecllm_jax.train import groups
-from sasrecllm_jax.train.fusion_start import id_rows
 
 
 def unseen_items(rec: Recommender, user: int, history: list[int]) -> np.ndarray:

@@ -618,13 +618,14 @@ def test_residual_fusion_starts_at_the_late_fusion_of_its_own_terms(dataset, tmp
 
 
 @pytest.mark.parametrize("gates", ["known_unknown", "unknown_only"])
-def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsys, gates):
+def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsys, monkeypatch, gates):
     """model.mapper.llm_gates: known_unknown: the fitted start sets llm_gate and llm_gate_unknown to
     fit_late_fusion's split gates on the terms scored apart (the step-0 AUC is that fit's); the trained run
     scores a row as its ID score plus llm_gate (item with train rows) or llm_gate_unknown (held-out item) x
     its LLM term, and so does the export's README code; `ablate --masks llm_term` zeroes both gates.
     unknown_only: the same with no llm_gate (0 in the fit and in the export's code) and llm_gate_unknown
-    trained from its fitted start by the rows item_dropout shows as unknown."""
+    trained from its fitted start by the rows item_dropout shows as unknown; its evaluation runs the LLM on
+    the rows of unknown items alone and scores as the whole model does."""
     from sasrecllm_jax.ablate import masked
     from sasrecllm_jax.evaluate import Scorer, evaluate
     from sasrecllm_jax.export import export_run
@@ -662,7 +663,15 @@ def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsy
     assert abs(gate - gate_unknown) > 1e-3 and ("llm_gate" in mapper) == (gates == "known_unknown")
     evals = [r["all/auc"] for r in records if r["kind"] == "eval" and r["phase"] == "mapper"]
     assert len(evals) > 1 and len(set(evals)) > 1  # training moved the scores from the fitted start
+    import sasrecllm_jax.evaluate as evaluate_lib
+    read = []
+    whole = evaluate_lib.score_split
+    monkeypatch.setattr(evaluate_lib, "score_split", lambda s, p, d, *a: read.append(len(d)) or whole(s, p, d, *a))
     scores = np.asarray(evaluate(Scorer(model), params, valid, cfg, "hybrid")[1])
+    monkeypatch.undo()
+    assert read == ([int((~known).sum())] if gates == "unknown_only" else [len(valid)]) and 0 < read[0] <= len(valid)
+    full = whole(Scorer(model), params, valid, cfg.train.eval_batch_size, cfg.data.pad_multiple, True, "on")
+    np.testing.assert_allclose(scores, full, rtol=1e-5, atol=1e-5)
     llm_now = np.asarray(evaluate(Scorer(fusion_start.llm_term_model(model)), params, valid, cfg, "hybrid")[1])
     id_now, known_now = (np.asarray(x) for x in model.apply({"params": params}, rows(valid), method=Hybrid.id_term))
     np.testing.assert_array_equal(known_now, known)
@@ -702,7 +711,7 @@ def test_new_items_show_the_vectors_their_titles_predict(dataset, tmp_path, caps
     from sasrecllm_jax.score import Recommender
     from sasrecllm_jax.metrics import auc
     from sasrecllm_jax.train import fusion_start
-    from sasrecllm_jax.train.fusion_start import id_rows
+    from sasrecllm_jax.evaluate import id_rows
     from sasrecllm_jax.train.item_text_start import with_table
     monkeypatch.setenv("SASRECLLM_COMMIT", "0123abc")  # the phase cache serves a named, clean code version
     cache = f"train.phase_cache={tmp_path / 'cache'}"

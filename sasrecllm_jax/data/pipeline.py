@@ -60,6 +60,18 @@ class SplitData:
                          df["label"].to_numpy(np.float32), df["not_cold"].to_numpy(np.int8), his,
                          list(df["his"]), new_user, new_item)
 
+    def take(self, rows: np.ndarray) -> "SplitData":
+        """The split's rows `rows` (a boolean mask or indices), prompts included, in that order."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        pick = lambda a: None if a is None else a[idx]
+        prompts = None if self.prompts is None else dataclasses.replace(
+            self.prompts, tokens=[self.prompts.tokens[i] for i in idx], user_pos=self.prompts.user_pos[idx],
+            item_pos=self.prompts.item_pos[idx])
+        return dataclasses.replace(self, uid=self.uid[idx], iid=self.iid[idx], label=self.label[idx],
+                                   not_cold=self.not_cold[idx], his=self.his[idx],
+                                   histories=[self.histories[i] for i in idx], new_user=pick(self.new_user),
+                                   new_item=pick(self.new_item), prompts=prompts)
+
     def parts(self) -> dict[str, np.ndarray]:
         """The row sets metrics are reported on (metrics.PARTS): all, warm, cold and, when the causes are
         known, new_user (the user has no train row) and new_item (the item has no train row)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.pipeline import SplitData
-from sasrecllm_jax.evaluate import Scorer, score_split
+from sasrecllm_jax.evaluate import Scorer, id_rows, score_split
 from sasrecllm_jax.fusion import fit_late_fusion
 from sasrecllm_jax.metrics import auc
 from sasrecllm_jax.models.hybrid import Hybrid
@@ -24,27 +24,11 @@ from sasrecllm_jax.trees import set_path
 # express; at 0 the LLM term does, and with llm_gate 0 the mapper would get no gradient). With two gates the
 # known items' may go to 0: the unknown items' rows still pass the mapper its gradient.
 WEIGHTS = np.linspace(0.0, 1.0, 21)[1:-1]
-ID_ROWS = 4096  # rows per call of the ID term
 
 
 def llm_term_model(model: Hybrid) -> Hybrid:
     """The same hybrid scoring with its LLM alone: the residual's second term (its fusion numbers unused)."""
     return model.clone(cfg=dataclasses.replace(model.cfg, mapper=dataclasses.replace(model.cfg.mapper, fusion="none")))
-
-
-def id_rows(model: Hybrid, method, params: dict, data: SplitData) -> tuple[np.ndarray, ...]:
-    """The outputs of `method` of model (a tuple of per-row arrays) on rows (his, uid, iid) of data, ID_ROWS
-    rows per call (the last call padded with the first row, one compiled shape); no prompt is read."""
-    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method=method))
-    n = len(data)
-    if n == 0:  # no rows: empty outputs of the shapes one row would give
-        one = {k: np.zeros((1, *getattr(data, k).shape[1:]), getattr(data, k).dtype) for k in ("his", "uid", "iid")}
-        return tuple(np.zeros((0, *o.shape[1:]), o.dtype) for o in jax.eval_shape(fn, params, one))
-    rows = min(ID_ROWS, n)
-    pad = lambda x: np.concatenate([x, np.repeat(x[:1], -n % rows, axis=0)]) if n % rows else x
-    cols = {"his": pad(data.his), "uid": pad(data.uid), "iid": pad(data.iid)}
-    parts = [jax.device_get(fn(params, {k: v[i:i + rows] for k, v in cols.items()})) for i in range(0, n, rows)]
-    return tuple(np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0])))
 
 
 def id_terms(model: Hybrid, params: dict, data: SplitData) -> tuple[np.ndarray, np.ndarray]:

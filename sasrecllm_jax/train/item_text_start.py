@@ -8,10 +8,10 @@ import jax
 import numpy as np
 
 from sasrecllm_jax.data.pipeline import SplitData
+from sasrecllm_jax.evaluate import id_rows
 from sasrecllm_jax.item_text import fit_item_vectors, title_features
 from sasrecllm_jax.models.hybrid import Hybrid
 from sasrecllm_jax.models.pop import COUNTS
-from sasrecllm_jax.train.fusion_start import id_rows
 from sasrecllm_jax.trees import set_path
 
 TABLE = ("mapper", COUNTS, "item_text")
