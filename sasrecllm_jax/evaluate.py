@@ -210,22 +210,28 @@ def id_only_rows(model, params, data: SplitData, prompt: str, collab: str) -> np
     return np.where(np.asarray(known, bool), np.asarray(id_score, np.float64), np.nan)
 
 
+def score_rows(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int, prompt: str,
+               collab: str = "on", progress=None, share_prefix: bool = False) -> np.ndarray:
+    """score_split of rows rendered with `prompt`, except that a hybrid whose LLM counts only on rows of unknown
+    items runs its LLM on those rows alone (id_only_rows)."""
+    score = lambda d: score_split(scorer, params, d, batch_size, pad_multiple, prompt != "none", collab, progress,
+                                  share_prefix)
+    scores = id_only_rows(scorer.model, params, data, prompt, collab)
+    if scores is None:
+        return score(data)
+    llm = np.isnan(scores)
+    if progress is not None:
+        progress.update(int((~llm).sum()))
+    if llm.any():
+        scores[llm] = score(data.take(llm))
+    return scores
+
+
 def evaluate(scorer: Scorer, params, data: SplitData, cfg: Config, prompt: str, collab: str | None = None,
              progress=None) -> tuple[dict, np.ndarray]:
     """(metrics for each of data.parts(), every row's score) of `data` rendered with `prompt` ("none", "text",
     "hybrid"), in batches of train.eval_batch_size padded to data.pad_multiple; collaborative inputs as
-    train.collab unless `collab` says otherwise (test-time ablations). A hybrid whose LLM counts only on rows
-    of unknown items runs its LLM on those rows alone (id_only_rows)."""
-    collab = collab or cfg.train.collab
-    score = lambda d: score_split(scorer, params, d, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
-                                  collab, progress, cfg.eval.share_prefix)
-    scores = id_only_rows(scorer.model, params, data, prompt, collab)
-    if scores is None:
-        scores = score(data)
-    else:
-        llm = np.isnan(scores)
-        if progress is not None:
-            progress.update(int((~llm).sum()))
-        if llm.any():
-            scores[llm] = score(data.take(llm))
+    train.collab unless `collab` says otherwise (test-time ablations)."""
+    scores = score_rows(scorer, params, data, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt,
+                        collab or cfg.train.collab, progress, cfg.eval.share_prefix)
     return metrics.report(data.uid, data.label, scores, data.parts()), scores

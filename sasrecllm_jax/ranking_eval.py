@@ -18,7 +18,7 @@ import pandas as pd
 from sasrecllm_jax.assembly import Assembly
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.pipeline import SplitData
-from sasrecllm_jax.evaluate import Scorer, score_split
+from sasrecllm_jax.evaluate import Scorer, score_rows
 from sasrecllm_jax.ranking import ranking_rows, sample_candidates
 from sasrecllm_jax.run_folder.scores import rows_fingerprint
 
@@ -67,8 +67,8 @@ def rank_split(assembly: Assembly, scorer: Scorer, params: dict, data: SplitData
                           "his": [np.asarray(data.histories[r], np.int64) for r in positives for _ in range(c)],
                           "not_cold": 1})
     rows = assembly.encoder.encode_rows(f"{data.name} candidates", table, prompt)
-    scores = score_split(scorer, params, rows, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt != "none",
-                         cfg.train.collab, share_prefix=cfg.eval.share_prefix).reshape(len(positives), c)
+    scores = score_rows(scorer, params, rows, cfg.train.eval_batch_size, cfg.data.pad_multiple, prompt,
+                        cfg.train.collab, share_prefix=cfg.eval.share_prefix).reshape(len(positives), c)
     parts = {k: v[positives] for k, v in data.parts().items()}
     return RankedRows(positives, parts, ranking_rows(scores, e.ranking_ks), skipped)
 

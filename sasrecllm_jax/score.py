@@ -30,7 +30,7 @@ from sasrecllm_jax.config import Config, from_dict, load_yaml
 from sasrecllm_jax.data.dataset import Dataset
 from sasrecllm_jax.data.registry import resolve_dataset
 from sasrecllm_jax.errors import ConfigError, DataError, run_command
-from sasrecllm_jax.evaluate import Scorer, evaluate, score_split
+from sasrecllm_jax.evaluate import Scorer, evaluate, score_rows
 from sasrecllm_jax.run_folder.files import check_dataset, unfinished
 from sasrecllm_jax.run_folder.scores import SCORES_FILE, save_scores
 from sasrecllm_jax.train import groups
@@ -133,8 +133,8 @@ class Recommender:
         df = pd.DataFrame({"uid": np.asarray(uids, np.int64), "iid": np.asarray(iids, np.int64), "label": 0,
                            "timestamp": 0, "his": [np.asarray(h, np.int64) for h in histories], "not_cold": 1})
         data = self.assembly.encoder.encode_rows("request", df, self.prompt)
-        return score_split(self.scorer, self.params, data, batch_size, self.cfg.data.pad_multiple,
-                           self.prompt != "none", share_prefix=self.cfg.eval.share_prefix)
+        return score_rows(self.scorer, self.params, data, batch_size, self.cfg.data.pad_multiple, self.prompt,
+                          share_prefix=self.cfg.eval.share_prefix)
 
     def write_run_scores(self, run: Path) -> dict:
         """Evaluate the run's valid and test splits again (the rows its results.json counts) and write

@@ -672,6 +672,9 @@ def test_known_and_unknown_items_get_their_own_llm_gate(dataset, tmp_path, capsy
     assert read == ([int((~known).sum())] if gates == "unknown_only" else [len(valid)]) and 0 < read[0] <= len(valid)
     full = whole(Scorer(model), params, valid, cfg.train.eval_batch_size, cfg.data.pad_multiple, True, "on")
     np.testing.assert_allclose(scores, full, rtol=1e-5, atol=1e-5)
+    some = np.concatenate([np.flatnonzero(known)[:3], np.flatnonzero(~known)[:3]])  # score and recommend alike
+    asked = rec.score(valid.uid[some], [valid.histories[i] for i in some], valid.iid[some])
+    np.testing.assert_allclose(asked, scores[some], rtol=1e-4, atol=1e-4)
     llm_now = np.asarray(evaluate(Scorer(fusion_start.llm_term_model(model)), params, valid, cfg, "hybrid")[1])
     id_now, known_now = (np.asarray(x) for x in model.apply({"params": params}, rows(valid), method=Hybrid.id_term))
     np.testing.assert_array_equal(known_now, known)
