@@ -198,6 +198,13 @@ def id_rows(model, method, params: dict, data: SplitData) -> tuple[np.ndarray, .
     return tuple(np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0])))
 
 
+def id_terms(model, params: dict, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """(ID score, known) of every row of data for a hybrid `model`: what its residual fusion adds to the LLM's
+    weighted log-odds, and whether each row's item is shown as its own."""
+    score, known = id_rows(model, type(model).id_term, params, data)
+    return np.asarray(score, np.float64), np.asarray(known, bool)
+
+
 def id_only_rows(model, params, data: SplitData, prompt: str, collab: str) -> np.ndarray | None:
     """A hybrid whose LLM counts only on rows of unknown items (model.mapper.llm_gates: unknown_only) scores the
     others by its ID score alone: (that score, or NaN on the rows the LLM must read) for every row, or None for
@@ -206,8 +213,8 @@ def id_only_rows(model, params, data: SplitData, prompt: str, collab: str) -> np
     if (prompt != "hybrid" or collab != "on" or mapper is None or mapper.fusion != "residual"
             or mapper.llm_gates != "unknown_only" or not hasattr(model, "id_term")):
         return None
-    id_score, known = id_rows(model, type(model).id_term, params, data)
-    return np.where(np.asarray(known, bool), np.asarray(id_score, np.float64), np.nan)
+    id_score, known = id_terms(model, params, data)
+    return np.where(known, id_score, np.nan)
 
 
 def score_rows(scorer: Scorer, params, data: SplitData, batch_size: int, pad_multiple: int, prompt: str,

@@ -65,6 +65,7 @@ ENCODER_VECTORS = {
                "item_vector": "sasrec/item_emb/embedding[iid] (row 0 is padding)"},
     "mf": {"user_vector": "mf/user_emb/embedding[uid]", "item_vector": "mf/item_emb/embedding[iid]"},
 }
+EXAMPLE_HISTORY = [1, 2, 3]  # the README example's liked items (iids)
 EXAMPLE_VECTORS = {  # README lines that define user_vector and item_vector for user 1 and item 7
     "mf": ['user_vector, item_vector = w["mf/user_emb/embedding"][1], w["mf/item_emb/embedding"][7]'],
     "sasrec": [
@@ -272,7 +273,6 @@ def readme(rec, out: Path, desc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-EXAMPLE_HISTORY = [1, 2, 3]  # the README example's liked items (iids)
 SCORE_PLACEHOLDERS = [  # README lines: score_hybrid's start for soft tokens at the template's placeholders
     "def score_hybrid(pieces, user_vector, item_vector):",
     '    """pieces: the filled-in template split at its markers (<UserID>, <ItemID>: three strings)."""',

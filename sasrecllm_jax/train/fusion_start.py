@@ -14,7 +14,7 @@ import numpy as np
 
 from sasrecllm_jax.config import Config
 from sasrecllm_jax.data.pipeline import SplitData
-from sasrecllm_jax.evaluate import Scorer, id_rows, score_split
+from sasrecllm_jax.evaluate import Scorer, id_terms, score_split
 from sasrecllm_jax.fusion import fit_late_fusion
 from sasrecllm_jax.metrics import auc
 from sasrecllm_jax.models.hybrid import Hybrid
@@ -29,12 +29,6 @@ WEIGHTS = np.linspace(0.0, 1.0, 21)[1:-1]
 def llm_term_model(model: Hybrid) -> Hybrid:
     """The same hybrid scoring with its LLM alone: the residual's second term (its fusion numbers unused)."""
     return model.clone(cfg=dataclasses.replace(model.cfg, mapper=dataclasses.replace(model.cfg.mapper, fusion="none")))
-
-
-def id_terms(model: Hybrid, params: dict, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
-    """(ID score, known) of every row of data: what the residual adds to a x the LLM's log-odds."""
-    score, known = id_rows(model, Hybrid.id_term, params, data)
-    return np.asarray(score, np.float64), np.asarray(known, bool)
 
 
 def fit_start(cfg: Config, model: Hybrid, params: dict, data: SplitData, llm_scorer: Scorer,
